@@ -1,0 +1,163 @@
+"""Typed entry points: train, evaluate and predict. The command line is a thin layer on top."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import checkpoint
+from .config import Config, from_dict
+from .data import SegmentationData, build_data, normalize
+from .data.folder import IMAGE_EXTENSIONS, read_image, read_mask, resize_image
+from .errors import DataError, RunFolderError
+from .evaluation import PROTOCOLS, binary_scores, foreground_probability, multiclass_scores, per_image_at_size
+from .inference import predict_tensor
+from .methods import Method, build_method
+from .training import Trainer, resolve_device, selection_scores, write_json
+
+
+def default_run_dir(cfg: Config) -> Path:
+    percent = f"{cfg.data.labeled_percent:g}"
+    return Path("runs") / cfg.data.name / cfg.method.name / f"p{percent}-s{cfg.train.seed}"
+
+
+def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, force: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir``, then evaluate the selected checkpoint on test.
+
+    Returns the results written to ``run_dir/results.json``.
+    """
+    run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+    if resume and (run_dir / "config.yaml").exists():
+        from .config import load_yaml
+
+        cfg = from_dict(load_yaml(run_dir / "config.yaml"))
+    data = build_data(cfg.data, cfg.train.seed)
+    trainer = Trainer(cfg, data, run_dir)
+    start = time.perf_counter()
+    best = trainer.fit(resume=resume, force=force)
+    best = dict(best, path=str(run_dir / "checkpoints" / "best.pt"))
+    results = evaluate_method(trainer.method, data, cfg, best, trainer.device)
+    results["train_seconds"] = round(trainer.elapsed, 2)
+    results["wall_seconds_this_process"] = round(time.perf_counter() - start, 2)
+    write_json(run_dir / "results.json", results)
+    return results
+
+
+def evaluate_method(
+    method: Method, data: SegmentationData, cfg: Config, best: dict[str, Any], device: torch.device
+) -> dict[str, Any]:
+    """Load the selected checkpoint's weights into ``method`` and score the test split."""
+    run_best = best.get("path")
+    if run_best:
+        method.load_state_dict(checkpoint.load(Path(run_best))["model"])
+    split_name, metric = PROTOCOLS[cfg.eval.protocol]
+    test = data.test
+    results: dict[str, Any] = {
+        "method": cfg.method.name,
+        "dataset": cfg.data.name,
+        "labeled_percent": cfg.data.labeled_percent,
+        "seed": cfg.train.seed,
+        "protocol": cfg.eval.protocol,
+        "selection": {"split": split_name, "metric": metric, "epoch": best.get("epoch"),
+                      "threshold": best.get("threshold", 0.5)},
+        "counts": {"labeled": len(data.labeled), "unlabeled": len(data.unlabeled), "val": len(data.val),
+                   "test": len(test)},
+        "samples": cfg.eval.samples,
+    }
+    if data.num_classes != 2:
+        window = tuple(cfg.data.patch_size) if data.spatial_dims == 3 else None
+        pred = predict_tensor(method, test.images, device, cfg.eval.batch_size, cfg.eval.samples, window)
+        results["test"] = {"resized": multiclass_scores(pred.probs, test.masks)}
+        return results
+    if cfg.eval.protocol == "paper":  # the paper tunes the threshold on test itself
+        from .evaluation import best_threshold
+
+        best_row = best_threshold(selection_scores(method, test, cfg, device), metric)
+        results["selection"]["threshold"] = best_row["threshold"]
+    threshold = results["selection"]["threshold"]
+    window = tuple(cfg.data.patch_size) if data.spatial_dims == 3 else None
+    pred = predict_tensor(method, test.images, device, cfg.eval.batch_size, cfg.eval.samples, window)
+    fg = foreground_probability(pred.probs)
+    results["test"] = {"resized": binary_scores(fg, test.masks, threshold)}
+    if data.spatial_dims == 2 and test.pairs:
+        masks = [read_mask(p.mask, cfg.data.num_classes, cfg.data.mask_mode) for p in test.pairs]
+        results["test"]["original"] = per_image_at_size(fg, masks, threshold)
+    if pred.spread is not None:
+        results["test"]["mean_uncertainty"] = float(pred.spread.mean())
+    return results
+
+
+def load_run(run_dir: str | Path, which: str = "best.pt") -> tuple[Config, Method, dict[str, Any]]:
+    """Rebuild the method of a run folder from its checkpoint alone."""
+    path = Path(run_dir) / "checkpoints" / which
+    if not path.exists() and not checkpoint.previous_path(path).exists():
+        raise RunFolderError(f"{run_dir}: no checkpoint {which} (has this run finished an evaluation epoch?)")
+    state = checkpoint.load(path)
+    cfg = from_dict(state["config"])
+    d = state["data"]
+    method = build_method(cfg, d["channels"], d["num_classes"], d["spatial_dims"])
+    method.load_state_dict(state["model"])
+    return cfg, method, state
+
+
+def evaluate(run_dir: str | Path, protocol: str | None = None, samples: int | None = None) -> dict[str, Any]:
+    """Re-score a finished run's selected checkpoint on its test split."""
+    cfg, method, state = load_run(run_dir)
+    if protocol:
+        cfg.eval.protocol = protocol
+    if samples:
+        cfg.eval.samples = samples
+    data = build_data(cfg.data, cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    results = evaluate_method(method.to(device), data, cfg, dict(state["best"]), device)
+    write_json(Path(run_dir) / f"evaluation-{cfg.eval.protocol}-k{cfg.eval.samples}.json", results)
+    return results
+
+
+def _inputs(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise DataError(f"{path}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def predict(run_dir: str | Path, inputs: str | Path, output: str | Path, samples: int = 1) -> list[Path]:
+    """Segment every image of ``inputs`` (a file or a folder) and write, per image, a PNG mask
+    at the input's size (0/255 for binary tasks, class indices otherwise) and, with
+    ``samples`` > 1, an uncertainty PNG (standard deviation over draws, x 510, capped at 255)."""
+    cfg, method, state = load_run(run_dir)
+    device = resolve_device(cfg.train.device)
+    method.to(device)
+    stats, channels = state["data"]["stats"], state["data"]["channels"]
+    threshold = float(state["best"].get("threshold", 0.5))
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in _inputs(Path(inputs)):
+        image = read_image(path, channels)
+        size = image.shape[1:]
+        x = normalize(resize_image(image, tuple(cfg.data.size))[None], stats)
+        pred = predict_tensor(method, x, device, samples=samples)
+        probs = torch.nn.functional.interpolate(pred.probs, size=size, mode="bilinear", align_corners=False)[0]
+        if method.num_classes == 2:
+            mask = ((probs[1:].sum(0) > threshold).numpy() * 255).astype(np.uint8)
+        else:
+            mask = probs.argmax(0).numpy().astype(np.uint8)
+        target = output / f"{path.stem}.png"
+        Image.fromarray(mask).save(target)
+        written.append(target)
+        if pred.spread is not None:
+            spread = torch.nn.functional.interpolate(pred.spread[None], size=size, mode="bilinear", align_corners=False)
+            unc = (spread[0, 0].clamp(0, 0.5) * 510).numpy().astype(np.uint8)
+            Image.fromarray(unc).save(output / f"{path.stem}_uncertainty.png")
+            written.append(output / f"{path.stem}_uncertainty.png")
+    return written

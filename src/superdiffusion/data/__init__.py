@@ -1,0 +1,146 @@
+"""Datasets: folders of 2D images + masks, volumes, label regimes and augmentation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ..config import DataConfig
+from ..errors import DataError
+from .folder import Pair, load_pairs, scan_folder
+from .splits import carve, split_labeled
+
+__all__ = ["SegmentationData", "Split", "build_data", "resolve_root", "Pair", "scan_folder"]
+
+TEST_SPLIT_SEED = 0  # the test set of a folder without split.csv is the same for every run
+
+
+def resolve_root(root: str) -> Path:
+    """``builtin:NAME`` -> the copy shipped in the package; anything else is a path."""
+    if root.startswith("builtin:"):
+        path = Path(str(resources.files("superdiffusion") / "builtin" / root.split(":", 1)[1]))
+        if not path.is_dir():
+            raise DataError(f"{root}: no such built-in dataset")
+        return path
+    return Path(root).expanduser()
+
+
+@dataclass
+class Split:
+    """Images ``(N, C, *S)`` (normalised), masks ``(N, *S)`` or None, and their sources."""
+
+    images: torch.Tensor
+    masks: torch.Tensor | None
+    ids: list[str]
+    pairs: list[Pair] = field(default_factory=list)
+    sizes: list[tuple[int, ...]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class SegmentationData:
+    labeled: Split
+    unlabeled: Split
+    val: Split
+    test: Split
+    channels: int
+    num_classes: int
+    spatial_dims: int
+    stats: dict[str, list[float]]
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.labeled)} labeled + {len(self.unlabeled)} unlabeled training images, "
+            f"{len(self.val)} validation, {len(self.test)} test"
+        )
+
+
+def normalize(images: torch.Tensor, stats: dict[str, list[float]]) -> torch.Tensor:
+    """Apply the dataset's normalisation: ``(x - mean) / std`` per channel."""
+    shape = (1, -1) + (1,) * (images.dim() - 2)
+    mean = torch.tensor(stats["mean"], dtype=images.dtype).view(shape)
+    std = torch.tensor(stats["std"], dtype=images.dtype).view(shape)
+    return (images - mean) / std
+
+
+def dataset_stats(images: torch.Tensor, mode: str) -> dict[str, list[float]]:
+    """minmax maps [0, 1] to [-1, 1]; zscore uses the training images' channel mean/std."""
+    channels = images.shape[1]
+    if mode == "minmax":
+        return {"mean": [0.5] * channels, "std": [0.5] * channels}
+    if mode == "zscore":
+        dims = [0] + list(range(2, images.dim()))
+        return {"mean": images.mean(dims).tolist(), "std": images.std(dims).clamp_min(1e-6).tolist()}
+    raise DataError(f"data.normalize must be minmax or zscore, got {mode!r}")
+
+
+def _assign_splits(pairs: list[Pair], cfg: DataConfig, seed: int) -> dict[str, list[Pair]]:
+    by = {s: [p for p in pairs if p.split == s] for s in ("train", "val", "test")}
+    if not any(p.split != "train" for p in pairs):  # no split.csv: a fixed test split
+        keep, held = carve([p.id for p in pairs], cfg.test_fraction, TEST_SPLIT_SEED, stream=7)
+        held_set = set(held)
+        by["test"] = [p for p in pairs if p.id in held_set]
+        by["train"] = [p for p in pairs if p.id not in held_set]
+    if not by["val"]:
+        keep, held = carve([p.id for p in by["train"]], cfg.val_fraction, seed, stream=3)
+        held_set = set(held)
+        by["val"] = [p for p in by["train"] if p.id in held_set]
+        by["train"] = [p for p in by["train"] if p.id not in held_set]
+    for name in ("train", "test"):
+        if not by[name]:
+            raise DataError(f"{cfg.root}: the {name} split is empty")
+    return by
+
+
+def build_data(cfg: DataConfig, seed: int) -> SegmentationData:
+    """Scan, check, load and split a dataset for one run (regime and seed)."""
+    if cfg.spatial_dims == 3:
+        from .volumes import build_volume_data
+
+        return build_volume_data(cfg, seed)
+    root = resolve_root(cfg.root)
+    pairs = scan_folder(root)
+    by = _assign_splits(pairs, cfg, seed)
+    labeled_ids, unlabeled_ids = split_labeled([p.id for p in by["train"]], cfg.labeled_percent, seed)
+    size = tuple(cfg.size)
+    if len(size) != 2:
+        raise DataError(f"data.size must be [H, W] for 2D data, got {cfg.size}")
+    loaded = {name: load_pairs(group, size, cfg.num_classes, cfg.mask_mode) for name, group in by.items() if group}
+    channels = loaded["train"]["channels"]
+    for name, item in loaded.items():
+        if item["channels"] != channels:
+            raise DataError(f"{root}: {name} images have {item['channels']} channels, train images {channels}")
+    extra = None
+    if cfg.unlabeled_root:
+        extra_pairs = [p for p in scan_folder(resolve_root(cfg.unlabeled_root), require_masks=False) if p.split == "train"]
+        extra = load_pairs(extra_pairs, size, cfg.num_classes, cfg.mask_mode, channels=channels)
+    stats = dataset_stats(loaded["train"]["images"], cfg.normalize)
+
+    def make(name: str, keep: list[str] | None = None) -> Split:
+        item, group = loaded[name], by[name]
+        idx = [i for i, p in enumerate(group) if keep is None or p.id in keep]
+        images = normalize(item["images"][idx], stats)
+        return Split(
+            images, item["masks"][idx], [group[i].id for i in idx], [group[i] for i in idx], [item["sizes"][i] for i in idx]
+        )
+
+    unlabeled = make("train", set(unlabeled_ids))
+    unlabeled.masks = None
+    if extra is not None:
+        unlabeled.images = torch.cat([unlabeled.images, normalize(extra["images"], stats)])
+        unlabeled.ids = unlabeled.ids + extra["ids"]
+    return SegmentationData(
+        labeled=make("train", set(labeled_ids)),
+        unlabeled=unlabeled,
+        val=make("val"),
+        test=make("test"),
+        channels=channels,
+        num_classes=cfg.num_classes,
+        spatial_dims=2,
+        stats=stats,
+    )

@@ -1,0 +1,201 @@
+"""2D datasets laid out as ``images/`` + ``masks/`` (+ optional ``split.csv``).
+
+A mask pairs with the image of the same stem (``IMD002.png`` <-> ``IMD002.png``), or with
+the stem plus one of :data:`MASK_SUFFIXES` (``case1_mask.bmp``). ``split.csv`` has at least
+the columns ``id`` (the stem) and ``split`` (``train``, ``val`` or ``test``).
+Every file is checked before training starts; a problem is a :class:`DataError` naming
+the file.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MASK_SUFFIXES = ("", "_mask", "_anno", "_label", "_segmentation", "_Segmentation", "m")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Pair:
+    id: str
+    image: Path
+    mask: Path | None
+    split: str = "train"
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found")
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
+            if path.stem in files:
+                raise DataError(f"{path}: two files share the id {path.stem!r} ({files[path.stem].name})")
+            files[path.stem] = path
+    if not files:
+        raise DataError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
+    """List the image/mask pairs of a dataset folder and their split."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    images = _files(root / "images")
+    masks = _files(root / "masks") if require_masks else {}
+    pairs, used = [], set()
+    for stem, image in images.items():
+        mask = next((masks[stem + s] for s in MASK_SUFFIXES if stem + s in masks), None)
+        if mask is None and require_masks:
+            raise DataError(f"{image}: no mask for this image in {root / 'masks'}")
+        if mask is not None:
+            used.add(mask.stem)
+        pairs.append(Pair(stem, image, mask))
+    orphans = sorted(set(masks) - used)
+    if orphans:
+        raise DataError(f"{masks[orphans[0]]}: mask without an image ({len(orphans)} such masks)")
+    split_file = root / "split.csv"
+    if split_file.is_file():
+        _apply_split(pairs, split_file)
+    return pairs
+
+
+def _apply_split(pairs: list[Pair], split_file: Path) -> None:
+    with split_file.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "id" not in rows[0] or "split" not in rows[0]:
+        raise DataError(f"{split_file}: needs the columns 'id' and 'split'")
+    by_id = {p.id: p for p in pairs}
+    for line, row in enumerate(rows, start=2):
+        if row["id"] not in by_id:
+            raise DataError(f"{split_file}:{line}: id {row['id']!r} has no image in {split_file.parent / 'images'}")
+        if row["split"] not in SPLITS:
+            raise DataError(f"{split_file}:{line}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
+        by_id[row["id"]].split = row["split"]
+    missing = sorted(set(by_id) - {r["id"] for r in rows})
+    if missing:
+        raise DataError(f"{split_file}: no row for image {missing[0]!r} ({len(missing)} images missing)")
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: cannot read image ({err})") from None
+    return img
+
+
+def read_image(path: Path, channels: int | None = None) -> np.ndarray:
+    """Image as float32 ``(C, H, W)`` in [0, 1]; 8- and 16-bit, grey, RGB(A) and palette."""
+    img = _open(path)
+    if img.mode == "P":
+        img = img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "CMYK", "YCbCr"):
+        img = img.convert("RGB" if img.mode != "LA" else "L")
+    if channels == 3 and img.mode not in ("RGB",):
+        img = img.convert("RGB") if img.mode in ("L", "1") else img
+    arr = np.asarray(img)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype == np.uint8:
+        scale = 255.0
+    elif arr.dtype in (np.uint16, np.int32, np.int16) or img.mode.startswith("I"):
+        scale = 65535.0
+    elif arr.dtype.kind == "f":
+        scale = max(1.0, float(arr.max()))
+    else:
+        raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
+    arr = arr.astype(np.float32) / scale
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if channels == 1 and arr.shape[0] == 3:
+        arr = arr.mean(axis=0, keepdims=True)
+    if channels == 3 and arr.shape[0] == 1:
+        arr = np.repeat(arr, 3, axis=0)
+    return np.ascontiguousarray(arr)
+
+
+def read_mask(path: Path, num_classes: int, mode: str) -> np.ndarray:
+    """Mask as int64 ``(H, W)`` of class indices, checked against the declared classes."""
+    img = _open(path)
+    if img.mode in ("RGB", "RGBA"):
+        rgb = np.asarray(img)[..., :3]
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise DataError(f"{path}: colour mask; save masks as single-channel class indices or 0/255")
+        arr = rgb[..., 0]
+    else:
+        arr = np.asarray(img)  # palette images give their indices
+    arr = arr.astype(np.int64)
+    values = np.unique(arr)
+    if mode == "binary":
+        if len(values) > 2:
+            raise DataError(
+                f"{path}: mask has {len(values)} distinct values {values[:6].tolist()}...; "
+                "a binary mask holds 0 and one foreground value (set data.mask_mode=index for classes)"
+            )
+        return (arr > 0).astype(np.int64)
+    if mode == "index":
+        if values.min() < 0 or values.max() >= num_classes:
+            raise DataError(f"{path}: mask values {values.tolist()[:8]} outside the classes 0..{num_classes - 1}")
+        return arr
+    raise DataError(f"data.mask_mode must be binary or index, got {mode!r}")
+
+
+def resize_image(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    x = torch.from_numpy(arr)[None]
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x[0]
+
+
+def resize_mask(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    x = torch.from_numpy(arr)[None, None].float()
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="nearest-exact")
+    return x[0, 0].long()
+
+
+def load_pairs(
+    pairs: list[Pair], size: tuple[int, int], num_classes: int, mask_mode: str, channels: int | None = None
+) -> dict:
+    """Decode, check and resize every pair once. Returns stacked tensors and metadata.
+
+    ``images``: float32 ``(N, C, H, W)`` in [0, 1]; ``masks``: int64 ``(N, H, W)`` (or None
+    when the pairs have no masks); ``sizes``: the original ``(H, W)`` of each image.
+    """
+    if not pairs:
+        raise DataError("no images to load")
+    if channels is None:
+        first = read_image(pairs[0].image)
+        channels = first.shape[0]
+    images, masks, sizes = [], [], []
+    for pair in pairs:
+        img = read_image(pair.image, channels)
+        sizes.append(tuple(img.shape[1:]))
+        images.append(resize_image(img, size))
+        if pair.mask is not None:
+            mask = read_mask(pair.mask, num_classes, mask_mode)
+            if mask.shape != img.shape[1:]:
+                raise DataError(
+                    f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {pair.image.name} "
+                    f"is {img.shape[2]}x{img.shape[1]}"
+                )
+            masks.append(resize_mask(mask, size))
+    return {
+        "images": torch.stack(images),
+        "masks": torch.stack(masks) if masks else None,
+        "sizes": sizes,
+        "ids": [p.id for p in pairs],
+        "channels": channels,
+    }

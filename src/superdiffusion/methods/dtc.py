@@ -1,0 +1,65 @@
+"""Dual-task consistency (Luo et al., AAAI 2021): a segmentation head and a signed-distance
+head whose transformed output must agree with the segmentation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from .base import Batch, Method, StepContext, dice_loss, supervised_ce
+
+
+def signed_distance(mask: np.ndarray) -> np.ndarray:
+    """Normalised signed distance of a binary mask: -1..0 inside, 0 on the boundary,
+    0..1 outside (each side scaled by its own maximum). An empty mask gives zeros."""
+    mask = mask.astype(bool)
+    out = np.zeros(mask.shape, dtype=np.float32)
+    if not mask.any() or mask.all():
+        return out
+    outside = ndimage.distance_transform_edt(~mask)
+    inside = ndimage.distance_transform_edt(mask)
+    boundary = mask & ~ndimage.binary_erosion(mask, border_value=0)
+    out = outside / outside.max() - inside / inside.max()
+    out[boundary] = 0
+    return out.astype(np.float32)
+
+
+def batch_signed_distance(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(B, *S)`` class indices -> ``(B, C-1, *S)`` signed distances of each foreground class."""
+    arr = labels.cpu().numpy()
+    maps = [[signed_distance(arr[b] == c) for c in range(1, num_classes)] for b in range(arr.shape[0])]
+    return torch.from_numpy(np.asarray(maps)).to(labels.device)
+
+
+class DualTaskConsistency(Method):
+    name = "dtc"
+    description = "dual-task consistency: segmentation + signed-distance heads kept consistent"
+
+    @dataclass
+    class Params:
+        sdf_weight: float = 0.3
+        sharpness: float = 1500.0  # k of sigmoid(-k * sdf)
+
+    def __init__(self, cfg, channels, num_classes, spatial_dims):
+        super().__init__(cfg, channels, num_classes, spatial_dims)
+        self.net = self.make_unet(channels, num_classes, sdf_head=True)
+
+    def losses(self, batch: Batch, ctx: StepContext):
+        out = self.net.forward_all(batch.images)
+        losses = {"sup": supervised_ce(out.logits, batch)}
+        if batch.has_labeled:
+            lab = batch.labeled
+            losses["dice"] = dice_loss(out.logits[lab], batch.labels[lab])
+            target = batch_signed_distance(batch.labels[lab], self.num_classes)
+            losses["sdf"] = self.params.sdf_weight * F.mse_loss(out.sdf[lab], target)
+        mask_from_sdf = torch.sigmoid(-self.params.sharpness * out.sdf)
+        foreground = out.logits.softmax(1)[:, 1:]
+        losses["consistency"] = ctx.weight * F.mse_loss(mask_from_sdf, foreground)
+        return losses
+
+    def segmenter(self):
+        return self.net

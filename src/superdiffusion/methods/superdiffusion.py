@@ -1,0 +1,155 @@
+"""The paper's method: a diffusion teacher (mask and image pathways) pretrained by cycle
+consistency, co-trained with a student by cross pseudo supervision, with multiple rounds
+of diffusion (Sec. 3, Eq. 1-16)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..diffusion import NoiseSchedule
+from ..errors import ConfigError
+from .base import Batch, Method, Phase, Prediction, StepContext, supervised_ce
+
+
+def mask_to_input(probs: torch.Tensor) -> torch.Tensor:
+    """Class probabilities or one-hot masks in [0, 1] -> the [-1, 1] range of diffusion inputs."""
+    return probs * 2 - 1
+
+
+def cps_loss(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """Eq. 9: each network learns the other's hard pseudo-labels (no gradient through argmax)."""
+    return F.cross_entropy(logits_a, logits_b.detach().argmax(1)) + F.cross_entropy(
+        logits_b, logits_a.detach().argmax(1)
+    )
+
+
+class SuperDiffusion(Method):
+    name = "superdiffusion"
+    description = "diffusion teacher (mask + image pathways, cycle pretraining) co-trained with a student; R rounds"
+    stochastic_inference = True
+
+    @dataclass
+    class Params:
+        rounds: int = 5  # R of Sec. 3.3; 0 gives plain diffusion co-training
+        pretrain_epochs: int = -1  # teacher pretraining (Eq. 5-7); -1: a quarter of train.epochs; 0: off
+        recon_space: str = "noise"  # noise: MSE on predicted noise; image: MSE on x0 clipped to x0_clip
+        pretrain_image_input: str = "noisy"  # noisy: q(i, t', v) (Sec. 3.3); noise: pure noise (Eq. 6)
+        x0_clip: float = 1.0
+        timesteps: int = 1000
+        beta_start: float = 1e-4
+        beta_end: float = 0.02
+
+    def __init__(self, cfg, channels, num_classes, spatial_dims):
+        super().__init__(cfg, channels, num_classes, spatial_dims)
+        p = self.params
+        if p.rounds < 0:
+            raise ConfigError(f"method.rounds must be >= 0, got {p.rounds}")
+        if p.recon_space not in ("noise", "image"):
+            raise ConfigError(f"method.recon_space must be noise or image, got {p.recon_space!r}")
+        if p.pretrain_image_input not in ("noisy", "noise"):
+            raise ConfigError(f"method.pretrain_image_input must be noisy or noise, got {p.pretrain_image_input!r}")
+        self.schedule = NoiseSchedule(p.timesteps, p.beta_start, p.beta_end)
+        c, k = channels, num_classes
+        self.teacher_mask = self.make_unet(k + c, k, time_embedding=True)  # f_m: (noisy mask, image) -> mask
+        self.teacher_image = self.make_unet(c + k, c, time_embedding=True)  # f_i: (noisy image, mask) -> noise
+        self.student_mask = self.make_unet(k + c, k, time_embedding=True)
+
+    # --- the two pathways ------------------------------------------------------------------
+    def mask_pathway(
+        self, net: nn.Module, images: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Eq. 5/8: mask logits from the image and a pure-noise mask ``q(0, t, v_m)``."""
+        shape = (images.shape[0], self.num_classes, *images.shape[2:])
+        noisy_mask = self.schedule.pure_noise(shape, t, generator).to(images.dtype)
+        return net(torch.cat([noisy_mask, images], dim=1), t)
+
+    def image_pathway(
+        self, images: torch.Tensor, mask_probs: torch.Tensor, t: torch.Tensor, pure_noise: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 2-4 (and 6/11): reconstruct ``images`` conditioned on a (soft) mask.
+
+        Returns the reconstruction ``i^`` (clipped to ``x0_clip``) and the reconstruction
+        loss (Eq. 7/14) in the configured space.
+        """
+        noise = torch.randn_like(images)
+        x_t = noise if pure_noise else self.schedule.q_sample(images, t, noise)
+        noise_pred = self.teacher_image(torch.cat([x_t, mask_to_input(mask_probs)], dim=1), t)
+        x0 = self.schedule.predict_x0(x_t, t, noise_pred)
+        clip = self.params.x0_clip
+        if self.params.recon_space == "noise":
+            target = noise if not pure_noise else self.schedule.noise_target(x_t, t, images)
+            loss = F.mse_loss(noise_pred, target)
+        else:
+            loss = F.mse_loss(x0.clamp(-clip, clip), images)
+        return x0.clamp(-clip, clip), loss
+
+    def _t(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        return self.schedule.sample_timesteps(batch_size, device)
+
+    # --- what the loop calls -----------------------------------------------------------------
+    def phases(self) -> list[Phase]:
+        pre = self.params.pretrain_epochs
+        pre = max(1, self.cfg.train.epochs // 4) if pre < 0 else pre
+        phases = [Phase("pretrain", pre, evaluate=False)] if pre > 0 else []
+        return phases + [Phase("train", self.cfg.train.epochs, evaluate=True)]
+
+    def parameters_for(self, phase: str):
+        if phase == "pretrain":
+            return list(self.teacher_mask.parameters()) + list(self.teacher_image.parameters())
+        return list(self.parameters())
+
+    def pretrain_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Eq. 5-7: unsupervised cycle consistency (labels are not used)."""
+        images = batch.images
+        b, dev = images.shape[0], images.device
+        mask_logits = self.mask_pathway(self.teacher_mask, images, self._t(b, dev))
+        pure = self.params.pretrain_image_input == "noise"
+        _, cycle = self.image_pathway(images, mask_logits.softmax(1), self._t(b, dev), pure_noise=pure)
+        return {"cycle": cycle}
+
+    def losses(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
+        if ctx.phase == "pretrain":
+            return self.pretrain_losses(batch)
+        images = batch.images
+        b, dev = images.shape[0], images.device
+        t = self._t(b, dev)
+        teacher = self.mask_pathway(self.teacher_mask, images, t)  # Eq. 8
+        student = self.mask_pathway(self.student_mask, images, t)
+        out = {
+            "sup": supervised_ce(teacher, batch) + supervised_ce(student, batch),  # Eq. 10
+            "semi": ctx.weight * cps_loss(teacher, student),  # Eq. 9
+        }
+        rounds = self.params.rounds
+        if rounds == 0:
+            return out
+        target = torch.where(
+            batch.labeled.view(-1, *([1] * (images.dim() - 2))), batch.labels, student.detach().argmax(1)
+        )  # l^ of Eq. 13
+        align = recon = images.new_zeros(())
+        previous = teacher
+        for _ in range(rounds):  # Eq. 11-14
+            reconstruction, recon_r = self.image_pathway(images, previous.softmax(1), self._t(b, dev))
+            previous = self.mask_pathway(self.teacher_mask, reconstruction, self._t(b, dev))
+            align = align + F.cross_entropy(previous, target)
+            recon = recon + recon_r
+        out["align"] = ctx.weight * align / rounds  # Eq. 15/16
+        out["recon"] = ctx.weight * recon / rounds
+        return out
+
+    def segmenter(self) -> nn.Module:
+        return self.student_mask
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, samples: int = 1, net: nn.Module | None = None) -> Prediction:
+        """The student's mask pathway from pure-noise masks at ``eval.inference_t``; with
+        ``samples`` > 1 the draws are averaged and their spread is the uncertainty."""
+        net = net or self.student_mask
+        t = torch.full((images.shape[0],), self.cfg.eval.inference_t, device=images.device, dtype=torch.long)
+        generator = torch.Generator(device=images.device).manual_seed(self.cfg.train.seed)
+        draws = torch.stack([self.mask_pathway(net, images, t, generator).softmax(1) for _ in range(samples)])
+        spread = draws[:, :, 1:].sum(2).std(0, unbiased=False) if samples > 1 else None
+        return Prediction(draws.mean(0), spread)

@@ -1,0 +1,3 @@
+from .unet import UNet, UNetOutput
+
+__all__ = ["UNet", "UNetOutput"]

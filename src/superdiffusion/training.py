@@ -1,0 +1,309 @@
+"""The one training loop. A :class:`~superdiffusion.methods.Method` turns a batch into named
+losses; this loop owns batching, augmentation, optimisation, the lambda ramp, validation,
+checkpoint selection, atomic checkpoints, resume and logging.
+
+Randomness is derived from ``(seed, phase, epoch, step)`` at every step (batch order,
+augmentation, noise, dropout), so a run resumed from any checkpoint continues exactly
+as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from . import checkpoint
+from .config import Config
+from .data import SegmentationData, Split
+from .data.augment import flip_rotate
+from .errors import ConfigError, RunFolderError, TrainingDiverged
+from .evaluation import PROTOCOLS, best_threshold, foreground_probability, sweep, thresholds
+from .inference import predict_tensor
+from .methods import Batch, Method, StepContext, build_method
+from .methods.ramps import ramp_weight
+
+CHECKPOINT_FORMAT = 1
+
+
+def step_seed(seed: int, phase: int, epoch: int, step: int) -> int:
+    return (((seed * 1_000_003 + phase) * 10_007 + epoch) * 100_003 + step) % (2**63 - 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but no CUDA device is available")
+    return torch.device(name)
+
+
+@dataclass
+class BatchPlan:
+    """Batches mixing labeled and unlabeled items (both streams cycle through seeded
+    permutations). One epoch is one pass over the training images."""
+
+    n_labeled: int
+    n_unlabeled: int
+    batch_size: int
+    labeled_batch_size: int
+    max_steps: int = 0
+    rank: int = 0
+    world: int = 1
+
+    def __post_init__(self):
+        if self.n_labeled < 1:
+            raise ConfigError("the training split has no labeled image")
+        if self.batch_size < self.world:
+            raise ConfigError(f"train.batch_size={self.batch_size} is smaller than the {self.world} processes")
+        if self.n_unlabeled == 0:
+            self.labeled_batch_size = self.batch_size
+        elif not 0 < self.labeled_batch_size < self.batch_size:
+            raise ConfigError(
+                f"train.labeled_batch_size must be in [1, batch_size - 1] (got {self.labeled_batch_size}, "
+                f"batch_size {self.batch_size})"
+            )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        steps = math.ceil((self.n_labeled + self.n_unlabeled) / self.batch_size)
+        return min(steps, self.max_steps) if self.max_steps > 0 else steps
+
+    def _stream(self, n: int, per_step: int, generator: torch.Generator) -> list[torch.Tensor]:
+        need = per_step * self.steps_per_epoch
+        order = torch.cat([torch.randperm(n, generator=generator) for _ in range(math.ceil(need / n))])
+        return [order[i * per_step : (i + 1) * per_step] for i in range(self.steps_per_epoch)]
+
+    def epoch(self, seed: int, phase: int, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(step_seed(seed, phase, epoch, 999_999))
+        lab = self._stream(self.n_labeled, self.labeled_batch_size, g)
+        n_unl = self.batch_size - self.labeled_batch_size
+        unl = self._stream(self.n_unlabeled, n_unl, g) if n_unl else [torch.empty(0, dtype=torch.long)] * len(lab)
+        return [(a[self.rank :: self.world], b[self.rank :: self.world]) for a, b in zip(lab, unl)]
+
+
+def make_batch(data: SegmentationData, lab: torch.Tensor, unl: torch.Tensor, generator: torch.Generator) -> Batch:
+    images = torch.cat([data.labeled.images[lab], data.unlabeled.images[unl]])
+    spatial = images.shape[2:]
+    labels = torch.cat([data.labeled.masks[lab], torch.zeros((len(unl), *spatial), dtype=torch.long)])
+    labeled = torch.cat([torch.ones(len(lab), dtype=torch.bool), torch.zeros(len(unl), dtype=torch.bool)])
+    if data.spatial_dims == 3 and hasattr(data, "sample_patches"):
+        images, labels = data.sample_patches(images, labels, generator)
+    images, labels = flip_rotate(images, labels, generator)
+    return Batch(images, labels, labeled)
+
+
+class Trainer:
+    """Runs (or resumes) one training of ``cfg`` on ``data`` into ``run_dir``."""
+
+    def __init__(self, cfg: Config, data: SegmentationData, run_dir: Path, rank: int = 0, world: int = 1):
+        self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
+        self.rank, self.world = rank, world
+        self.device = resolve_device(cfg.train.device)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        torch.manual_seed(cfg.train.seed)
+        self.method: Method = build_method(cfg, data.channels, data.num_classes, data.spatial_dims).to(self.device)
+        if not 0 <= cfg.eval.inference_t < getattr(getattr(self.method, "schedule", None), "timesteps", 10**9):
+            raise ConfigError(f"eval.inference_t={cfg.eval.inference_t} is outside the diffusion steps")
+        if cfg.eval.protocol not in PROTOCOLS:
+            raise ConfigError(f"eval.protocol must be one of {', '.join(PROTOCOLS)}, got {cfg.eval.protocol!r}")
+        self.model = self.method
+        if world > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(self.method, find_unused_parameters=True)
+        self.plan = BatchPlan(
+            len(data.labeled), len(data.unlabeled), cfg.train.batch_size, cfg.train.labeled_batch_size,
+            cfg.train.max_steps_per_epoch, rank, world,
+        )
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.writer = None
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {}
+        self.position = {"phase": 0, "epoch": 0, "step": 0}
+        self.elapsed = 0.0
+
+    # --- run folder ------------------------------------------------------------------------
+    def prepare_folder(self, resume: bool, force: bool) -> None:
+        cfg_path = self.run_dir / "config.yaml"
+        last = self.ckpt_dir / "last.pt"
+        if resume:
+            if last.exists() or checkpoint.previous_path(last).exists():
+                self.restore(checkpoint.load(last))
+                return
+            if cfg_path.exists() and (self.run_dir / "results.json").exists():
+                raise RunFolderError(f"{self.run_dir}: finished run without checkpoints")
+        elif cfg_path.exists():
+            if not force:
+                raise RunFolderError(
+                    f"{self.run_dir} already holds a run; pass --resume to continue it or --force to replace it"
+                )
+            for name in ("checkpoints", "tensorboard"):
+                shutil.rmtree(self.run_dir / name, ignore_errors=True)
+            for name in ("results.json", "history.jsonl", "config.yaml"):
+                (self.run_dir / name).unlink(missing_ok=True)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg_path.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "method": self.method.name,
+            "config": self.cfg.to_dict(),
+            "data": {
+                "channels": self.data.channels, "num_classes": self.data.num_classes,
+                "spatial_dims": self.data.spatial_dims, "stats": self.data.stats,
+            },
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "position": dict(self.position),
+            "best": dict(self.best),
+            "history": list(self.history),
+            "elapsed": self.elapsed,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state["method"] != self.method.name:
+            raise RunFolderError(f"{self.run_dir}: checkpoint is of method {state['method']}, not {self.method.name}")
+        self.method.load_state_dict(state["model"])
+        self.position = dict(state["position"])
+        self.best = dict(state["best"])
+        self.history = list(state["history"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+        self._resume_optim = (state["optimizer"], state["scheduler"])
+
+    def save(self, name: str = "last.pt") -> None:
+        if self.rank == 0:
+            checkpoint.save_atomic(self.state(), self.ckpt_dir / name)
+
+    # --- the loop --------------------------------------------------------------------------
+    def _optimizer(self, phase: str) -> None:
+        t = self.cfg.train
+        self.optimizer = torch.optim.Adam(
+            self.method.parameters_for(phase), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
+
+    def log(self, message: str) -> None:
+        if self.rank == 0:
+            tqdm.write(message, file=sys.stderr)
+
+    def fit(self, resume: bool = False, force: bool = False) -> dict[str, Any]:
+        self._resume_optim = None
+        self.prepare_folder(resume, force)
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        phases = self.method.phases()
+        self.log(f"[superdiffusion] {self.method.name} on {self.cfg.data.name}: {self.data.summary()}; "
+                 f"device {self.device}; run folder {self.run_dir}")
+        for index, phase in enumerate(phases):
+            if index < self.position["phase"]:
+                continue
+            self._optimizer(phase.name)
+            if self._resume_optim is not None:
+                self.optimizer.load_state_dict(self._resume_optim[0])
+                self.scheduler.load_state_dict(self._resume_optim[1])
+                self._resume_optim = None
+            for epoch in range(self.position["epoch"], phase.epochs):
+                self.run_epoch(index, phase, epoch)
+                self.position.update(epoch=epoch + 1)
+                if phase.evaluate and ((epoch + 1) % self.cfg.train.eval_every == 0 or epoch + 1 == phase.epochs):
+                    self.select(epoch)
+                self.save()
+            self.position.update(phase=index + 1, epoch=0)
+            self.save()
+        if self.writer is not None:
+            self.writer.close()
+        return self.best
+
+    def run_epoch(self, phase_index: int, phase, epoch: int) -> None:
+        cfg = self.cfg
+        self.model.train()
+        weight = ramp_weight(cfg.method.ramp, cfg.method.lambda_max, epoch, phase.epochs)
+        batches = self.plan.epoch(cfg.train.seed, phase_index, epoch)
+        sums: dict[str, float] = {}
+        start = time.perf_counter()
+        bar = tqdm(batches, desc=f"{phase.name} {epoch + 1}/{phase.epochs}", leave=False, disable=None if self.rank == 0 else True)
+        for i, (lab, unl) in enumerate(bar):
+            seed = step_seed(cfg.train.seed, phase_index, epoch, i)
+            torch.manual_seed(seed)
+            batch = make_batch(self.data, lab, unl, torch.Generator().manual_seed(seed))
+            batch = Batch(batch.images.to(self.device), batch.labels.to(self.device), batch.labeled.to(self.device))
+            ctx = StepContext(phase.name, epoch, phase.epochs, self.position["step"], weight)
+            with torch.autocast("cuda", torch.bfloat16, enabled=cfg.train.amp and self.device.type == "cuda"):
+                losses = self.model(batch, ctx) if self.world > 1 else self.method.losses(batch, ctx)
+            total = sum(losses.values())
+            if not torch.isfinite(total):
+                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                raise TrainingDiverged(
+                    f"non-finite loss at step {self.position['step']} ({phase.name} epoch {epoch + 1}): {terms}; "
+                    f"last good checkpoint: {self.ckpt_dir / 'last.pt'}"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            self.method.after_step(ctx)
+            self.position["step"] += 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+        self.scheduler.step()
+        seconds = time.perf_counter() - start
+        self.elapsed += seconds
+        means = {k: v / len(batches) for k, v in sums.items()}
+        record = {"phase": phase.name, "epoch": epoch + 1, "weight": weight, "seconds": seconds, **means}
+        self.history.append(record)
+        if self.writer is not None:
+            for k, v in means.items():
+                self.writer.add_scalar(f"{phase.name}/loss_{k}", v, self.position["step"])
+            self.writer.add_scalar(f"{phase.name}/lambda", weight, self.position["step"])
+        terms = " ".join(f"{k}={v:.4f}" for k, v in means.items())
+        self.log(f"{phase.name} epoch {epoch + 1}/{phase.epochs}  {terms}  ({seconds:.1f}s)")
+
+    def select(self, epoch: int) -> None:
+        """Score the selection split, keep the best checkpoint and its threshold."""
+        split_name, metric = PROTOCOLS[self.cfg.eval.protocol]
+        split: Split = getattr(self.data, split_name)
+        score = selection_scores(self.method, split, self.cfg, self.device)
+        best = best_threshold(score, metric) if self.data.num_classes == 2 else score[0]
+        if self.writer is not None:
+            for k in ("dice_per_image", "jaccard_per_image", "dice_pooled", "jaccard_pooled"):
+                if k in best:
+                    self.writer.add_scalar(f"{split_name}/{k}", best[k], self.position["step"])
+        self.history[-1][f"{split_name}_{metric}"] = best[metric]
+        improved = not self.best or best[metric] > self.best["score"]
+        if improved:
+            self.best = {"score": best[metric], "metric": metric, "split": split_name, "epoch": epoch + 1,
+                         "threshold": best.get("threshold", 0.5)}
+            self.save("best.pt")
+        self.log(f"  {split_name} {metric}={best[metric]:.4f} (threshold {best.get('threshold', 0.5):.2f})"
+                 f"{'  * best' if improved else ''}")
+
+
+def selection_scores(method: Method, split: Split, cfg: Config, device: torch.device) -> list[dict[str, float]]:
+    from .evaluation import multiclass_scores
+
+    window = tuple(cfg.data.patch_size) if method.spatial_dims == 3 else None
+    pred = predict_tensor(method, split.images, device, cfg.eval.batch_size, cfg.eval.samples, window, cfg.eval.sw_overlap)
+    if method.num_classes != 2:
+        return [multiclass_scores(pred.probs, split.masks)]
+    grid = thresholds(cfg.eval.threshold_start, cfg.eval.threshold_stop, cfg.eval.threshold_step)
+    return sweep(foreground_probability(pred.probs), split.masks, grid)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
