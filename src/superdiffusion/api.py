@@ -63,10 +63,18 @@ def evaluate_method(
         "labeled_percent": cfg.data.labeled_percent,
         "seed": cfg.train.seed,
         "protocol": cfg.eval.protocol,
-        "selection": {"split": split_name, "metric": metric, "epoch": best.get("epoch"),
-                      "threshold": best.get("threshold", 0.5)},
-        "counts": {"labeled": len(data.labeled), "unlabeled": len(data.unlabeled), "val": len(data.val),
-                   "test": len(test)},
+        "selection": {
+            "split": split_name,
+            "metric": metric,
+            "epoch": best.get("epoch"),
+            "threshold": best.get("threshold", 0.5),
+        },
+        "counts": {
+            "labeled": len(data.labeled),
+            "unlabeled": len(data.unlabeled),
+            "val": len(data.val),
+            "test": len(test),
+        },
         "samples": cfg.eval.samples,
     }
     if data.num_classes != 2:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,10 +17,12 @@ examples:
 
 
 def _table(results: dict) -> str:
-    lines = [f"{results['method']} on {results['dataset']} ({results['labeled_percent']:g} % labels, "
-             f"seed {results['seed']}, protocol {results['protocol']}, threshold "
-             f"{results['selection']['threshold']:.2f} from {results['selection']['split']} epoch "
-             f"{results['selection']['epoch']})"]
+    lines = [
+        f"{results['method']} on {results['dataset']} ({results['labeled_percent']:g} % labels, "
+        f"seed {results['seed']}, protocol {results['protocol']}, threshold "
+        f"{results['selection']['threshold']:.2f} from {results['selection']['split']} epoch "
+        f"{results['selection']['epoch']})"
+    ]
     for where, scores in results["test"].items():
         if isinstance(scores, dict):
             parts = "  ".join(f"{k}={100 * v:.2f}%" for k, v in scores.items())
@@ -31,13 +32,19 @@ def _table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="superdiffusion", description="Semi-supervised biomedical segmentation with diffusion models.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="superdiffusion",
+        description="Semi-supervised biomedical segmentation with diffusion models.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a method, then evaluate it on the test split", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="train a method, then evaluate it on the test split",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("overrides", nargs="*", help="dataset=, method=, profile= and section.key=value")
     p.add_argument("--config", help="YAML file with sections data/model/method/train/eval")
     p.add_argument("--out", help="run folder (default runs/DATASET/METHOD/pPERCENT-sSEED)")

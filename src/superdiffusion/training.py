@@ -121,8 +121,13 @@ class Trainer:
         if world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(self.method, find_unused_parameters=True)
         self.plan = BatchPlan(
-            len(data.labeled), len(data.unlabeled), cfg.train.batch_size, cfg.train.labeled_batch_size,
-            cfg.train.max_steps_per_epoch, rank, world,
+            len(data.labeled),
+            len(data.unlabeled),
+            cfg.train.batch_size,
+            cfg.train.labeled_batch_size,
+            cfg.train.max_steps_per_epoch,
+            rank,
+            world,
         )
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.writer = None
@@ -160,8 +165,10 @@ class Trainer:
             "method": self.method.name,
             "config": self.cfg.to_dict(),
             "data": {
-                "channels": self.data.channels, "num_classes": self.data.num_classes,
-                "spatial_dims": self.data.spatial_dims, "stats": self.data.stats,
+                "channels": self.data.channels,
+                "num_classes": self.data.num_classes,
+                "spatial_dims": self.data.spatial_dims,
+                "stats": self.data.stats,
             },
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -206,8 +213,10 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         phases = self.method.phases()
-        self.log(f"[superdiffusion] {self.method.name} on {self.cfg.data.name}: {self.data.summary()}; "
-                 f"device {self.device}; run folder {self.run_dir}")
+        self.log(
+            f"[superdiffusion] {self.method.name} on {self.cfg.data.name}: {self.data.summary()}; "
+            f"device {self.device}; run folder {self.run_dir}"
+        )
         for index, phase in enumerate(phases):
             if index < self.position["phase"]:
                 continue
@@ -235,7 +244,12 @@ class Trainer:
         batches = self.plan.epoch(cfg.train.seed, phase_index, epoch)
         sums: dict[str, float] = {}
         start = time.perf_counter()
-        bar = tqdm(batches, desc=f"{phase.name} {epoch + 1}/{phase.epochs}", leave=False, disable=None if self.rank == 0 else True)
+        bar = tqdm(
+            batches,
+            desc=f"{phase.name} {epoch + 1}/{phase.epochs}",
+            leave=False,
+            disable=None if self.rank == 0 else True,
+        )
         for i, (lab, unl) in enumerate(bar):
             seed = step_seed(cfg.train.seed, phase_index, epoch, i)
             torch.manual_seed(seed)
@@ -246,7 +260,7 @@ class Trainer:
                 losses = self.model(batch, ctx) if self.world > 1 else self.method.losses(batch, ctx)
             total = sum(losses.values())
             if not torch.isfinite(total):
-                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                 raise TrainingDiverged(
                     f"non-finite loss at step {self.position['step']} ({phase.name} epoch {epoch + 1}): {terms}; "
                     f"last good checkpoint: {self.ckpt_dir / 'last.pt'}"
@@ -285,18 +299,27 @@ class Trainer:
         self.history[-1][f"{split_name}_{metric}"] = best[metric]
         improved = not self.best or best[metric] > self.best["score"]
         if improved:
-            self.best = {"score": best[metric], "metric": metric, "split": split_name, "epoch": epoch + 1,
-                         "threshold": best.get("threshold", 0.5)}
+            self.best = {
+                "score": best[metric],
+                "metric": metric,
+                "split": split_name,
+                "epoch": epoch + 1,
+                "threshold": best.get("threshold", 0.5),
+            }
             self.save("best.pt")
-        self.log(f"  {split_name} {metric}={best[metric]:.4f} (threshold {best.get('threshold', 0.5):.2f})"
-                 f"{'  * best' if improved else ''}")
+        self.log(
+            f"  {split_name} {metric}={best[metric]:.4f} (threshold {best.get('threshold', 0.5):.2f})"
+            f"{'  * best' if improved else ''}"
+        )
 
 
 def selection_scores(method: Method, split: Split, cfg: Config, device: torch.device) -> list[dict[str, float]]:
     from .evaluation import multiclass_scores
 
     window = tuple(cfg.data.patch_size) if method.spatial_dims == 3 else None
-    pred = predict_tensor(method, split.images, device, cfg.eval.batch_size, cfg.eval.samples, window, cfg.eval.sw_overlap)
+    pred = predict_tensor(
+        method, split.images, device, cfg.eval.batch_size, cfg.eval.samples, window, cfg.eval.sw_overlap
+    )
     if method.num_classes != 2:
         return [multiclass_scores(pred.probs, split.masks)]
     grid = thresholds(cfg.eval.threshold_start, cfg.eval.threshold_stop, cfg.eval.threshold_step)

@@ -117,7 +117,9 @@ def build_data(cfg: DataConfig, seed: int) -> SegmentationData:
             raise DataError(f"{root}: {name} images have {item['channels']} channels, train images {channels}")
     extra = None
     if cfg.unlabeled_root:
-        extra_pairs = [p for p in scan_folder(resolve_root(cfg.unlabeled_root), require_masks=False) if p.split == "train"]
+        extra_pairs = [
+            p for p in scan_folder(resolve_root(cfg.unlabeled_root), require_masks=False) if p.split == "train"
+        ]
         extra = load_pairs(extra_pairs, size, cfg.num_classes, cfg.mask_mode, channels=channels)
     stats = dataset_stats(loaded["train"]["images"], cfg.normalize)
 
@@ -126,7 +128,11 @@ def build_data(cfg: DataConfig, seed: int) -> SegmentationData:
         idx = [i for i, p in enumerate(group) if keep is None or p.id in keep]
         images = normalize(item["images"][idx], stats)
         return Split(
-            images, item["masks"][idx], [group[i].id for i in idx], [group[i] for i in idx], [item["sizes"][i] for i in idx]
+            images,
+            item["masks"][idx],
+            [group[i].id for i in idx],
+            [group[i] for i in idx],
+            [item["sizes"][i] for i in idx],
         )
 
     unlabeled = make("train", set(unlabeled_ids))

@@ -18,7 +18,9 @@ def flip_rotate(
     b = images.shape[0]
     flips = torch.rand(b, dims, generator=generator) < 0.5
     square = images.shape[2] == images.shape[3]
-    turns = torch.randint(0, 4, (b,), generator=generator) if square else 2 * torch.randint(0, 2, (b,), generator=generator)
+    turns = (
+        torch.randint(0, 4, (b,), generator=generator) if square else 2 * torch.randint(0, 2, (b,), generator=generator)
+    )
     out_i, out_m = [], []
     for k in range(b):
         img, msk = images[k], masks[k]

@@ -40,7 +40,11 @@ class ConvBlock(nn.Sequential):
 
     def __init__(self, dims: int, cin: int, cout: int, norm: str, dropout: float = 0.0):
         conv = _CONV[dims]
-        layers: list[nn.Module] = [conv(cin, cout, 3, padding=1, bias=False), _norm(norm, dims, cout), nn.LeakyReLU(0.01)]
+        layers: list[nn.Module] = [
+            conv(cin, cout, 3, padding=1, bias=False),
+            _norm(norm, dims, cout),
+            nn.LeakyReLU(0.01),
+        ]
         if dropout > 0:
             layers.append(_DROP[dims](dropout))
         layers += [conv(cout, cout, 3, padding=1, bias=False), _norm(norm, dims, cout), nn.LeakyReLU(0.01)]
@@ -141,8 +145,12 @@ class UNet(nn.Module):
         self.deep_heads = nn.ModuleList()
         if deep_supervision:
             rev = features[::-1]
-            self.deep_heads = nn.ModuleList(_CONV[spatial_dims](rev[i + 1], out_channels, 1) for i in range(len(rev) - 2))
-        self.sdf = _CONV[spatial_dims](features[0], out_channels - 1 if out_channels > 1 else 1, 1) if sdf_head else None
+            self.deep_heads = nn.ModuleList(
+                _CONV[spatial_dims](rev[i + 1], out_channels, 1) for i in range(len(rev) - 2)
+            )
+        self.sdf = (
+            _CONV[spatial_dims](features[0], out_channels - 1 if out_channels > 1 else 1, 1) if sdf_head else None
+        )
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         sizes = list(x.shape[2:])

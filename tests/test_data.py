@@ -1,0 +1,140 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from superdiffusion.config import DataConfig
+from superdiffusion.data import build_data, scan_folder
+from superdiffusion.data.augment import flip_rotate
+from superdiffusion.data.folder import read_image, read_mask
+from superdiffusion.data.splits import labeled_count, split_labeled
+from superdiffusion.errors import ConfigError, DataError
+
+
+@pytest.mark.parametrize(
+    "n,p,k", [(144, 1, 2), (144, 2, 3), (144, 5, 8), (144, 10, 15), (144, 20, 29), (144, 100, 144)]
+)
+def test_labeled_count_is_ceil(n, p, k):
+    assert labeled_count(n, p) == k == math.ceil(n * p / 100)
+
+
+def test_labeled_split_is_seeded_disjoint_and_complete():
+    ids = [f"i{k}" for k in range(50)]
+    lab, unl = split_labeled(ids, 10, seed=3)
+    assert len(lab) == 5 and len(unl) == 45 and not set(lab) & set(unl) and set(lab) | set(unl) == set(ids)
+    assert split_labeled(ids, 10, seed=3) == (lab, unl)
+    assert split_labeled(ids, 10, seed=4)[0] != lab
+
+
+@pytest.mark.parametrize("p", [0, -5, 100.5])
+def test_regimes_out_of_range_are_refused(p):
+    with pytest.raises(ConfigError, match="labeled_percent"):
+        labeled_count(100, p)
+
+
+def test_builtin_ph2_splits():
+    data = build_data(DataConfig(labeled_percent=5), seed=0)
+    assert len(data.test) == 40  # split.csv
+    assert len(data.val) == 16 and len(data.labeled) == 8 and len(data.unlabeled) == 136
+    ids = [set(s.ids) for s in (data.labeled, data.unlabeled, data.val, data.test)]
+    assert sum(map(len, ids)) == 200 and len(set().union(*ids)) == 200
+    assert data.labeled.images.shape == (8, 3, 128, 128) and data.labeled.images.min() >= -1
+    assert set(data.labeled.masks.unique().tolist()) == {0, 1}
+    again = build_data(DataConfig(labeled_percent=5), seed=0)
+    assert again.labeled.ids == data.labeled.ids and again.val.ids == data.val.ids
+
+
+def test_folder_without_split_gets_a_fixed_test_split(tmp_path):
+    from conftest import write_pair_folder
+
+    root = write_pair_folder(tmp_path / "d", n=10, split=False)
+    cfg = DataConfig(root=str(root), size=[16, 16], labeled_percent=50, val_fraction=0.2)
+    a, b = build_data(cfg, seed=0), build_data(cfg, seed=1)
+    assert a.test.ids == b.test.ids and len(a.test) == 2
+    assert len(a.val) == 2 and len(a.labeled) == 3
+
+
+def test_augmentation_moves_image_and_mask_together():
+    images = torch.arange(2 * 16, dtype=torch.float32).view(2, 1, 4, 4).repeat(4, 1, 1, 1)
+    masks = images[:, 0].long()
+    out_i, out_m = flip_rotate(images, masks, torch.Generator().manual_seed(0))
+    assert torch.equal(out_i[:, 0].long(), out_m)
+    assert any(not torch.equal(out_i[k], images[k]) for k in range(8))
+
+
+# --- hostile data: each a clear error naming the file -----------------------------------------
+def _corrupt(root, case):
+    if case == "image without mask":
+        (root / "masks" / "case1.png").unlink()
+        return "case1.png", "no mask"
+    if case == "mask without image":
+        Image.fromarray(np.zeros((24, 20), np.uint8)).save(root / "masks" / "extra.png")
+        return "extra.png", "mask without an image"
+    if case == "size mismatch":
+        Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "masks" / "case2.png")
+        return "case2.png", "is 10x10"
+    if case == "truncated png":
+        data = (root / "images" / "case3.png").read_bytes()
+        (root / "images" / "case3.png").write_bytes(data[: len(data) // 3])
+        return "case3.png", "cannot read"
+    if case == "not an image":
+        (root / "images" / "case3.png").write_text("hello")
+        return "case3.png", "cannot read"
+    if case == "mask with many values":
+        Image.fromarray(np.arange(24 * 20).reshape(24, 20).astype(np.uint8) % 5).save(root / "masks" / "case0.png")
+        return "case0.png", "distinct values"
+    if case == "split names a missing file":
+        with open(root / "split.csv", "a") as handle:
+            handle.write("ghost,train\n")
+        return "ghost", "has no image"
+    if case == "split with unknown split":
+        text = (root / "split.csv").read_text().replace("case0,train", "case0,training")
+        (root / "split.csv").write_text(text)
+        return "training", "not one of"
+    if case == "empty images folder":
+        for p in (root / "images").iterdir():
+            p.unlink()
+        return "images", "no image files"
+    raise AssertionError(case)
+
+
+CASES = [
+    "image without mask",
+    "mask without image",
+    "size mismatch",
+    "truncated png",
+    "not an image",
+    "mask with many values",
+    "split names a missing file",
+    "split with unknown split",
+    "empty images folder",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_hostile_data_gives_a_clear_error(pair_folder, case):
+    name, message = _corrupt(pair_folder, case)
+    with pytest.raises(DataError) as info:
+        build_data(DataConfig(root=str(pair_folder), size=[16, 16], labeled_percent=50), seed=0)
+    assert name in str(info.value) and message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        scan_folder(tmp_path / "nowhere")
+
+
+def test_sixteen_bit_and_palette_files(tmp_path):
+    arr16 = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(arr16).save(tmp_path / "grey16.png")
+    img = read_image(tmp_path / "grey16.png")
+    assert img.shape == (1, 8, 8) and abs(img.max() - 63000 / 65535) < 1e-4
+    pal = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8), mode="P")
+    pal.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    pal.save(tmp_path / "pal.png")
+    assert read_mask(tmp_path / "pal.png", 3, "index").tolist() == [[0, 1], [2, 1]]
+    with pytest.raises(DataError, match="outside the classes"):
+        read_mask(tmp_path / "pal.png", 2, "index")

@@ -1,0 +1,136 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+from PIL import Image
+
+from superdiffusion import api, checkpoint
+from superdiffusion.errors import RunFolderError, TrainingDiverged
+from superdiffusion.training import Trainer
+
+TINY = ["train.epochs=3", "method.pretrain_epochs=1", "method.rounds=1", "train.lr_step=2"]
+
+
+def _weights(run_dir, name="last.pt"):
+    return checkpoint.load(run_dir / "checkpoints" / name)["model"]
+
+
+def _same(a, b):
+    return all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_training_writes_results_and_resume_matches_uninterrupted(tmp_path, monkeypatch):
+    cfg = tiny_config(*TINY)
+    full = api.train(cfg, tmp_path / "full")
+    assert set(full["test"]) == {"resized", "original"}
+    assert json.loads((tmp_path / "full" / "results.json").read_text())["method"] == "superdiffusion"
+    assert (tmp_path / "full" / "config.yaml").exists() and (tmp_path / "full" / "tensorboard").is_dir()
+
+    calls = {"n": 0}
+    original = Trainer.run_epoch
+
+    def crash_after_two(self, *args):
+        if calls["n"] == 2:  # pretraining epoch + one training epoch, then a crash
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "run_epoch", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        api.train(tiny_config(*TINY), tmp_path / "resumed")
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    with pytest.raises(RunFolderError, match="--resume"):
+        api.train(tiny_config(*TINY), tmp_path / "resumed")
+    resumed = api.train(tiny_config(*TINY), tmp_path / "resumed", resume=True)
+    assert _same(_weights(tmp_path / "full"), _weights(tmp_path / "resumed"))
+    assert resumed["test"] == full["test"]
+
+
+def test_sigkill_mid_run_then_resume_gives_the_same_weights(tmp_path):
+    args = [
+        sys.executable,
+        "-m",
+        "superdiffusion",
+        "train",
+        *TINY,
+        "train.epochs=4",
+        "data.size=[32, 32]",
+        "model.features=[8, 16, 32]",
+        "train.max_steps_per_epoch=3",
+        "train.batch_size=4",
+        "train.labeled_batch_size=2",
+        "train.threads=1",
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    subprocess.run(args + ["--out", str(tmp_path / "a")], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(args + ["--out", str(tmp_path / "b")], env=env, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # kill as soon as the second training epoch has started
+        if "train epoch 1/4" in line:
+            break
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = checkpoint.load(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert state["position"]["phase"] == 1 and state["position"]["epoch"] < 4  # really interrupted
+    done = subprocess.run(args + ["--out", str(tmp_path / "b"), "--resume"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert _same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    path = tmp_path / "last.pt"
+    checkpoint.save_atomic({"format": 1, "value": 1}, path)
+    checkpoint.save_atomic({"format": 1, "value": 2}, path)
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert checkpoint.load(path)["value"] == 1
+
+
+def test_nan_loss_stops_with_step_terms_and_checkpoint(tmp_path, monkeypatch):
+    from superdiffusion.methods.superdiffusion import SuperDiffusion
+
+    def nan_losses(self, batch, ctx):
+        return {"sup": torch.tensor(float("nan"), requires_grad=True), "semi": torch.tensor(0.5)}
+
+    monkeypatch.setattr(SuperDiffusion, "losses", nan_losses)
+    with pytest.raises(TrainingDiverged, match=r"step 0 .*sup=nan, semi=0.5.*last.pt"):
+        api.train(tiny_config(*TINY), tmp_path / "nan")
+
+
+def test_predict_round_trip_on_real_images(tmp_path):
+    cfg = tiny_config(*TINY)
+    api.train(cfg, tmp_path / "run")
+    source = tmp_path / "in"
+    source.mkdir()
+    from superdiffusion.data import resolve_root
+
+    for name in ("IMD002.png", "IMD003.png"):
+        img = Image.open(resolve_root("builtin:ph2_128") / "images" / name).resize((90, 70))
+        img.save(source / name)
+    written = api.predict(tmp_path / "run", source, tmp_path / "out", samples=3)
+    assert len(written) == 4
+    mask = np.asarray(Image.open(tmp_path / "out" / "IMD002.png"))
+    assert mask.shape == (70, 90) and set(np.unique(mask)) <= {0, 255}
+    assert np.asarray(Image.open(tmp_path / "out" / "IMD002_uncertainty.png")).shape == (70, 90)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "superdiffusion",
+        "train",
+        f"data.root={tmp_path / 'missing'}",
+        "--out",
+        str(tmp_path / "x"),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "missing" in out.stderr and "Traceback" not in out.stderr
