@@ -134,3 +134,19 @@ def test_cli_errors_are_one_line(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "missing" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_short_real_training_on_ph2_beats_trivial_predictors(tmp_path):
+    from superdiffusion.data import build_data
+    from superdiffusion.evaluation import binary_scores
+
+    overrides = ["data.size=[64, 64]", "model.features=[8, 16, 32, 64]", "train.epochs=4", "train.lr_step=3",
+                 "method.pretrain_epochs=1", "method.rounds=1", "data.labeled_percent=20"]
+    cfg = tiny_config(*overrides, "train.max_steps_per_epoch=0", "train.batch_size=8", "train.labeled_batch_size=4")
+    results = api.train(cfg, tmp_path / "run")
+    test_masks = build_data(cfg.data, 0).test.masks
+    all_background = binary_scores(torch.zeros(test_masks.shape), test_masks, 0.5)["dice_per_image"]
+    all_foreground = binary_scores(torch.ones(test_masks.shape), test_masks, 0.5)["dice_per_image"]
+    dice = results["test"]["resized"]["dice_per_image"]
+    assert all_background == 0.0 and all_foreground < 0.45
+    assert dice > 0.6 and dice > all_foreground + 0.2, results["test"]

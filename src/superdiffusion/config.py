@@ -197,13 +197,17 @@ def resolve(
     user = load_yaml(config_file) if config_file else {}
     presets = {**{k: user.pop(k) for k in ("dataset", "method", "profile") if k in user}, **presets}
     profile = presets.get("profile", "cpu")
-    merge(cfg, load_yaml(_preset_file("profiles", profile)), f"profile {profile}")
+    profile_yaml = load_yaml(_preset_file("profiles", profile))
+    per_method = profile_yaml.pop("methods", {}) or {}  # a profile's settings for one method
+    merge(cfg, profile_yaml, f"profile {profile}")
     if "dataset" in presets:
         merge(cfg, load_yaml(_preset_file("datasets", presets["dataset"])), f"dataset {presets['dataset']}")
     method = presets.get("method", cfg.method.name)
     method_yaml = load_yaml(_preset_file("methods", method))
     method_yaml.setdefault("method", {}).setdefault("name", method)
     merge(cfg, method_yaml, f"method {method}")
+    if cfg.method.name in per_method:
+        merge(cfg, {"method": per_method[cfg.method.name]}, f"profile {profile}")
     merge(cfg, user, str(config_file))
     merge(cfg, nested, "command line")
     return cfg
