@@ -75,9 +75,13 @@ def unet_pass(size: int, batch: int, repeats: int, time_embedding: bool, feature
     net.eval()
     infer_s = timeit(infer_pass, repeats)
     return {
-        "train_pass_s": train_s, "train_images_per_s": batch / train_s, "train_gflop": train_flops / 1e9,
+        "train_pass_s": train_s,
+        "train_images_per_s": batch / train_s,
+        "train_gflop": train_flops / 1e9,
         "train_gflops_per_s": train_flops / train_s / 1e9,
-        "infer_pass_s": infer_s, "infer_images_per_s": batch / infer_s, "infer_gflop": infer_flops / 1e9,
+        "infer_pass_s": infer_s,
+        "infer_images_per_s": batch / infer_s,
+        "infer_gflop": infer_flops / 1e9,
         "infer_gflops_per_s": infer_flops / infer_s / 1e9,
     }
 
@@ -115,8 +119,13 @@ def inference(size: int, batch: int, samples: int, repeats: int) -> dict:
 
     seconds = timeit(run, repeats)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"samples": samples, "seconds": seconds, "images_per_s": batch / seconds,
-            "peak_rss_mb": peak / 1024, "rss_growth_mb": (peak - before) / 1024}
+    return {
+        "samples": samples,
+        "seconds": seconds,
+        "images_per_s": batch / seconds,
+        "peak_rss_mb": peak / 1024,
+        "rss_growth_mb": (peak - before) / 1024,
+    }
 
 
 def main() -> None:
@@ -131,8 +140,13 @@ def main() -> None:
     features = tuple(resolve([]).model.features)
     batch, size = 8, 128
     result: dict = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "python": sys.version.split()[0]},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        },
         "settings": {"batch": batch, "size": size, "features": list(features), "quick": args.quick},
     }
     start = time.perf_counter()
@@ -141,7 +155,9 @@ def main() -> None:
     result["unet_timestep"] = unet_pass(size, batch, repeats, True, features)
     for key in ("unet_plain", "unet_timestep"):
         for kind in ("train", "infer"):
-            result[key][f"{kind}_fraction_of_matmul"] = result[key][f"{kind}_gflops_per_s"] / result["matmul_gflops_fp32"]
+            result[key][f"{kind}_fraction_of_matmul"] = (
+                result[key][f"{kind}_gflops_per_s"] / result["matmul_gflops_fp32"]
+            )
     one_pass = result["unet_timestep"]["train_pass_s"]
     rounds = [0, 1, 2] if args.quick else [0, 1, 2, 3, 5]
     result["rounds"] = {}
@@ -157,7 +173,9 @@ def main() -> None:
         over = ["method.rounds=5"] if name == "superdiffusion" else []
         result["methods"][name] = {**method_step(name, size, batch, repeats, over), "unet_passes": PASSES[name] or 12}
     sizes = [64, 128] if args.quick else [64, 128, 256]
-    result["sizes"] = {str(s): method_step("superdiffusion", s, batch, max(2, repeats - 2), ["method.rounds=2"]) for s in sizes}
+    result["sizes"] = {
+        str(s): method_step("superdiffusion", s, batch, max(2, repeats - 2), ["method.rounds=2"]) for s in sizes
+    }
     result["inference"] = [inference(size, 16, k, repeats) for k in ((1, 4) if args.quick else (1, 4, 16))]
     result["seconds"] = time.perf_counter() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -165,8 +183,10 @@ def main() -> None:
     print(f"matmul fp32: {result['matmul_gflops_fp32']:.1f} GFLOP/s")
     for key in ("unet_plain", "unet_timestep"):
         u = result[key]
-        print(f"{key:14s} train {u['train_images_per_s']:6.1f} img/s ({100 * u['train_fraction_of_matmul']:.0f}% of matmul)"
-              f"  infer {u['infer_images_per_s']:6.1f} img/s ({100 * u['infer_fraction_of_matmul']:.0f}%)")
+        print(
+            f"{key:14s} train {u['train_images_per_s']:6.1f} img/s ({100 * u['train_fraction_of_matmul']:.0f}% of matmul)"
+            f"  infer {u['infer_images_per_s']:6.1f} img/s ({100 * u['infer_fraction_of_matmul']:.0f}%)"
+        )
     for r, s in result["rounds"].items():
         print(f"superdiffusion R={r}: {s['images_per_s']:.1f} img/s, overhead ratio {s['step_overhead_ratio']:.2f}")
     for name, s in result["methods"].items():

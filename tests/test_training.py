@@ -140,8 +140,15 @@ def test_short_real_training_on_ph2_beats_trivial_predictors(tmp_path):
     from superdiffusion.data import build_data
     from superdiffusion.evaluation import binary_scores
 
-    overrides = ["data.size=[64, 64]", "model.features=[8, 16, 32, 64]", "train.epochs=4", "train.lr_step=3",
-                 "method.pretrain_epochs=1", "method.rounds=1", "data.labeled_percent=20"]
+    overrides = [
+        "data.size=[64, 64]",
+        "model.features=[8, 16, 32, 64]",
+        "train.epochs=4",
+        "train.lr_step=3",
+        "method.pretrain_epochs=1",
+        "method.rounds=1",
+        "data.labeled_percent=20",
+    ]
     cfg = tiny_config(*overrides, "train.max_steps_per_epoch=0", "train.batch_size=8", "train.labeled_batch_size=4")
     results = api.train(cfg, tmp_path / "run")
     test_masks = build_data(cfg.data, 0).test.masks

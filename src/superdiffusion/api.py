@@ -15,10 +15,20 @@ from .config import Config, from_dict
 from .data import SegmentationData, build_data, normalize
 from .data.folder import IMAGE_EXTENSIONS, read_image, read_mask, resize_image
 from .errors import DataError, RunFolderError
-from .evaluation import PROTOCOLS, binary_scores, foreground_probability, multiclass_scores, per_image_at_size
+from .evaluation import (
+    PROTOCOLS,
+    best_threshold,
+    binary_scores,
+    foreground_probability,
+    multiclass_scores,
+    per_image_at_size,
+    surface_distances,
+    sweep,
+    thresholds,
+)
 from .inference import predict_tensor
 from .methods import Method, build_method
-from .training import Trainer, resolve_device, selection_scores, write_json
+from .training import Trainer, resolve_device, split_probabilities, write_json
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -77,26 +87,26 @@ def evaluate_method(
         },
         "samples": cfg.eval.samples,
     }
+    spreads: list[torch.Tensor] = []
+    probs, masks = split_probabilities(method, test, cfg, device, keep=spreads)
     if data.num_classes != 2:
-        window = tuple(cfg.data.patch_size) if data.spatial_dims == 3 else None
-        pred = predict_tensor(method, test.images, device, cfg.eval.batch_size, cfg.eval.samples, window)
-        results["test"] = {"resized": multiclass_scores(pred.probs, test.masks)}
+        results["test"] = {"resized": multiclass_scores(probs, masks)}
         return results
     if cfg.eval.protocol == "paper":  # the paper tunes the threshold on test itself
-        from .evaluation import best_threshold
-
-        best_row = best_threshold(selection_scores(method, test, cfg, device), metric)
-        results["selection"]["threshold"] = best_row["threshold"]
+        grid = thresholds(cfg.eval.threshold_start, cfg.eval.threshold_stop, cfg.eval.threshold_step)
+        results["selection"]["threshold"] = best_threshold(sweep(foreground_probability(probs), masks, grid), metric)[
+            "threshold"
+        ]
     threshold = results["selection"]["threshold"]
-    window = tuple(cfg.data.patch_size) if data.spatial_dims == 3 else None
-    pred = predict_tensor(method, test.images, device, cfg.eval.batch_size, cfg.eval.samples, window)
-    fg = foreground_probability(pred.probs)
-    results["test"] = {"resized": binary_scores(fg, test.masks, threshold)}
+    fg = foreground_probability(probs)
+    results["test"] = {"resized": binary_scores(fg, masks, threshold)}
     if data.spatial_dims == 2 and test.pairs:
-        masks = [read_mask(p.mask, cfg.data.num_classes, cfg.data.mask_mode) for p in test.pairs]
-        results["test"]["original"] = per_image_at_size(fg, masks, threshold)
-    if pred.spread is not None:
-        results["test"]["mean_uncertainty"] = float(pred.spread.mean())
+        originals = [read_mask(p.mask, cfg.data.num_classes, cfg.data.mask_mode) for p in test.pairs]
+        results["test"]["original"] = per_image_at_size(fg, originals, threshold)
+    if data.spatial_dims == 3:
+        results["test"]["surface"] = surface_distances(fg, test, threshold)
+    if spreads:
+        results["test"]["mean_uncertainty"] = float(spreads[0].mean())
     return results
 
 
@@ -128,44 +138,81 @@ def evaluate(run_dir: str | Path, protocol: str | None = None, samples: int | No
 
 
 def _inputs(path: Path) -> list[Path]:
+    from .data.volumes import is_volume
+
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise DataError(f"{path}: no such file or folder")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS or is_volume(p))
     if not files:
-        raise DataError(f"{path}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        raise DataError(f"{path}: no image or volume files")
     return files
 
 
 def predict(run_dir: str | Path, inputs: str | Path, output: str | Path, samples: int = 1) -> list[Path]:
-    """Segment every image of ``inputs`` (a file or a folder) and write, per image, a PNG mask
-    at the input's size (0/255 for binary tasks, class indices otherwise) and, with
-    ``samples`` > 1, an uncertainty PNG (standard deviation over draws, x 510, capped at 255)."""
+    """Segment every image or volume of ``inputs`` (a file or a folder).
+
+    2D: a PNG mask per image at the input's size (0/255 for binary tasks, class indices
+    otherwise). 3D: a NIfTI label volume with the input's affine, by sliding windows.
+    With ``samples`` > 1, an uncertainty map beside each (standard deviation of the
+    foreground probability over draws; PNG scaled x 510, NIfTI as float).
+    """
     cfg, method, state = load_run(run_dir)
     device = resolve_device(cfg.train.device)
     method.to(device)
-    stats, channels = state["data"]["stats"], state["data"]["channels"]
     threshold = float(state["best"].get("threshold", 0.5))
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[Path] = []
     for path in _inputs(Path(inputs)):
-        image = read_image(path, channels)
-        size = image.shape[1:]
-        x = normalize(resize_image(image, tuple(cfg.data.size))[None], stats)
-        pred = predict_tensor(method, x, device, samples=samples)
-        probs = torch.nn.functional.interpolate(pred.probs, size=size, mode="bilinear", align_corners=False)[0]
-        if method.num_classes == 2:
-            mask = ((probs[1:].sum(0) > threshold).numpy() * 255).astype(np.uint8)
+        if method.spatial_dims == 3:
+            written += _predict_volume(method, cfg, path, output, samples, threshold, device)
         else:
-            mask = probs.argmax(0).numpy().astype(np.uint8)
-        target = output / f"{path.stem}.png"
-        Image.fromarray(mask).save(target)
-        written.append(target)
-        if pred.spread is not None:
-            spread = torch.nn.functional.interpolate(pred.spread[None], size=size, mode="bilinear", align_corners=False)
-            unc = (spread[0, 0].clamp(0, 0.5) * 510).numpy().astype(np.uint8)
-            Image.fromarray(unc).save(output / f"{path.stem}_uncertainty.png")
-            written.append(output / f"{path.stem}_uncertainty.png")
+            written += _predict_image(method, cfg, state, path, output, samples, threshold, device)
+    return written
+
+
+def _mask_from(probs: torch.Tensor, num_classes: int, threshold: float) -> np.ndarray:
+    if num_classes == 2:
+        return (probs[1:].sum(0) > threshold).numpy().astype(np.uint8)
+    return probs.argmax(0).numpy().astype(np.uint8)
+
+
+def _predict_image(method, cfg, state, path, output, samples, threshold, device) -> list[Path]:
+    stats, channels = state["data"]["stats"], state["data"]["channels"]
+    image = read_image(path, channels)
+    size = image.shape[1:]
+    x = normalize(resize_image(image, tuple(cfg.data.size))[None], stats)
+    pred = predict_tensor(method, x, device, samples=samples)
+    probs = torch.nn.functional.interpolate(pred.probs, size=size, mode="bilinear", align_corners=False)[0]
+    mask = _mask_from(probs, method.num_classes, threshold)
+    target = output / f"{path.stem}.png"
+    Image.fromarray(mask * 255 if method.num_classes == 2 else mask).save(target)
+    written = [target]
+    if pred.spread is not None:
+        spread = torch.nn.functional.interpolate(pred.spread[None], size=size, mode="bilinear", align_corners=False)
+        unc = (spread[0, 0].clamp(0, 0.5) * 510).numpy().astype(np.uint8)
+        Image.fromarray(unc).save(output / f"{path.stem}_uncertainty.png")
+        written.append(output / f"{path.stem}_uncertainty.png")
+    return written
+
+
+def _predict_volume(method, cfg, path, output, samples, threshold, device) -> list[Path]:
+    import nibabel as nib
+
+    from .data.volumes import VolumePair, load_volume_pair, volume_stem
+
+    image, _, geometry = load_volume_pair(VolumePair(volume_stem(path), path, path), cfg.data, labels=False)
+    pred = predict_tensor(
+        method, image[None], device, cfg.eval.batch_size, samples, tuple(cfg.data.patch_size), cfg.eval.sw_overlap
+    )
+    mask = _mask_from(pred.probs[0], method.num_classes, threshold)
+    target = output / f"{volume_stem(path)}.nii.gz"
+    nib.save(nib.Nifti1Image(mask, geometry.affine), str(target))
+    written = [target]
+    if pred.spread is not None:
+        unc = output / f"{volume_stem(path)}_uncertainty.nii.gz"
+        nib.save(nib.Nifti1Image(pred.spread[0].numpy().astype(np.float32), geometry.affine), str(unc))
+        written.append(unc)
     return written

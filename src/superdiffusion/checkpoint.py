@@ -40,7 +40,9 @@ def load(path: Path, fallback: bool = True) -> dict[str, Any]:
             state = torch.load(candidate, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file means: try the previous one
             errors.append(f"{candidate}: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
-            warnings.warn(f"checkpoint {candidate} is unreadable ({type(err).__name__}); trying the previous one", stacklevel=2)
+            warnings.warn(
+                f"checkpoint {candidate} is unreadable ({type(err).__name__}); trying the previous one", stacklevel=2
+            )
             continue
         if not isinstance(state, dict) or "format" not in state:
             errors.append(f"{candidate}: not a superdiffusion checkpoint")

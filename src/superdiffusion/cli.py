@@ -25,7 +25,10 @@ def _table(results: dict) -> str:
     ]
     for where, scores in results["test"].items():
         if isinstance(scores, dict):
-            parts = "  ".join(f"{k}={100 * v:.2f}%" for k, v in scores.items())
+            parts = "  ".join(
+                f"{k}={100 * v:.2f}%" if k.startswith(("dice", "jaccard")) else f"{k}={v:.2f}"
+                for k, v in scores.items()
+            )
             lines.append(f"  test [{where}] {parts}")
     return "\n".join(lines)
 
@@ -64,6 +67,34 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("methods", help="list the available methods")
 
+    p = sub.add_parser(
+        "sweep",
+        help="run a grid of trainings (finished runs are skipped, interrupted ones resume)",
+        epilog="grid axes are key=[a,b,...], e.g. method=[cps,superdiffusion] "
+        "data.labeled_percent=[5,20] train.seed=[0,1,2]; other key=value are fixed",
+    )
+    p.add_argument("overrides", nargs="*", help="grid axes key=[...] and fixed key=value settings")
+    p.add_argument("--grid", help="YAML with 'grid: {key: [values]}' and optional 'fixed: {key: value}'")
+    p.add_argument("--preset", help="table1, ablation-pretrain or ablation-rounds")
+    p.add_argument("--root", default="runs/sweep", help="folder of the runs (default runs/sweep)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel local processes")
+    p.add_argument("--executor", default="local", choices=["local", "slurm", "submitit-local"])
+    p.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="submitit parameters, e.g. slurm_partition=gpu timeout_min=600 gpus_per_node=1",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
+
+    p = sub.add_parser("report", help="tables (Markdown, CSV, LaTeX) and plots of finished runs")
+    p.add_argument("roots", nargs="+", help="folders searched for results.json")
+    p.add_argument("--out", default="reports", help="output folder (default reports)")
+    p.add_argument("--resolution", default="resized", choices=["resized", "original"])
+    p.add_argument("--pooled", action="store_true", help="pooled instead of per-image scores")
+    p.add_argument("--plot", action="store_true", help="also plot the ablation (error bars) as PNG")
+
     args = parser.parse_args(argv)
     try:
         return _run(args)
@@ -97,6 +128,38 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "predict":
         written = api.predict(args.run, args.inputs, args.output, args.samples)
         print(f"wrote {len(written)} files to {Path(args.output)}")
+        return 0
+    if args.command == "sweep":
+        import yaml
+
+        from .experiments.sweep import expand, load_grid, run_sweep
+
+        grid, fixed = load_grid(args.grid, args.preset, args.overrides)
+        specs = expand(grid, fixed, Path(args.root))
+        if args.dry_run:
+            for s in specs:
+                state = "finished" if s.finished else "started" if s.started else "new"
+                print(f"{state:9s} {s.folder}  {' '.join(s.overrides)}")
+            return 0
+        slurm = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.slurm)}
+        counts = run_sweep(specs, args.jobs, args.executor, slurm)
+        print(
+            f"{counts['total']} runs: {counts['skipped']} already finished, {counts['finished']} finished now, "
+            f"{counts['failed']} failed (see train.log in their folders)"
+        )
+        return 1 if counts["failed"] else 0
+    if args.command == "report":
+        from .experiments.report import write_report
+
+        files = write_report(
+            [Path(r) for r in args.roots],
+            Path(args.out),
+            args.resolution,
+            "pooled" if args.pooled else "per_image",
+            args.plot,
+        )
+        print(files["md"].read_text())
+        print("wrote " + ", ".join(str(f) for f in files.values()))
         return 0
     raise AssertionError(args.command)
 

@@ -37,7 +37,7 @@ def predict_tensor(
             if window is None:
                 pred = method.predict(chunk, samples)
             else:
-                pred = _sliding(method, chunk, samples, window, overlap)
+                pred = _sliding(method, chunk, samples, window, overlap, batch_size)
             probs.append(pred.probs.float().cpu())
             if pred.spread is not None:
                 spreads.append(pred.spread.float().cpu())
@@ -46,7 +46,9 @@ def predict_tensor(
     return Prediction(torch.cat(probs), torch.cat(spreads) if spreads else None)
 
 
-def _sliding(method: Method, volume: torch.Tensor, samples: int, window: tuple[int, ...], overlap: float) -> Prediction:
+def _sliding(
+    method: Method, volume: torch.Tensor, samples: int, window: tuple[int, ...], overlap: float, batch_size: int
+) -> Prediction:
     def run(patch: torch.Tensor) -> torch.Tensor:
         pred = method.predict(patch, samples)
         if pred.spread is None:
@@ -54,6 +56,6 @@ def _sliding(method: Method, volume: torch.Tensor, samples: int, window: tuple[i
         return torch.cat([pred.probs, pred.spread[:, None]], dim=1)
 
     roi = tuple(min(w, s) for w, s in zip(window, volume.shape[2:]))
-    out = sliding_window_inference(volume, roi, 1, run, overlap=overlap, mode="gaussian")
+    out = sliding_window_inference(volume, roi, batch_size, run, overlap=overlap, mode="gaussian")
     c = method.num_classes
     return Prediction(out[:, :c], out[:, c] if out.shape[1] > c else None)

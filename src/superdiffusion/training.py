@@ -91,13 +91,22 @@ class BatchPlan:
         return [(a[self.rank :: self.world], b[self.rank :: self.world]) for a, b in zip(lab, unl)]
 
 
-def make_batch(data: SegmentationData, lab: torch.Tensor, unl: torch.Tensor, generator: torch.Generator) -> Batch:
-    images = torch.cat([data.labeled.images[lab], data.unlabeled.images[unl]])
-    spatial = images.shape[2:]
-    labels = torch.cat([data.labeled.masks[lab], torch.zeros((len(unl), *spatial), dtype=torch.long)])
+def make_batch(
+    data: SegmentationData, lab: torch.Tensor, unl: torch.Tensor, generator: torch.Generator, patch=None
+) -> Batch:
+    """Gather, crop (volumes: one random patch each) and augment one batch."""
+    if data.spatial_dims == 3:
+        from .data.volumes import random_patches
+
+        vols = [data.labeled.images[i] for i in lab.tolist()] + [data.unlabeled.images[i] for i in unl.tolist()]
+        labs = [data.labeled.masks[i] for i in lab.tolist()]
+        labs += [torch.zeros(data.unlabeled.images[i].shape[1:], dtype=torch.long) for i in unl.tolist()]
+        images, labels = random_patches(vols, labs, tuple(patch), generator)
+    else:
+        images = torch.cat([data.labeled.images[lab], data.unlabeled.images[unl]])
+        spatial = images.shape[2:]
+        labels = torch.cat([data.labeled.masks[lab], torch.zeros((len(unl), *spatial), dtype=torch.long)])
     labeled = torch.cat([torch.ones(len(lab), dtype=torch.bool), torch.zeros(len(unl), dtype=torch.bool)])
-    if data.spatial_dims == 3 and hasattr(data, "sample_patches"):
-        images, labels = data.sample_patches(images, labels, generator)
     images, labels = flip_rotate(images, labels, generator)
     return Batch(images, labels, labeled)
 
@@ -253,7 +262,7 @@ class Trainer:
         for i, (lab, unl) in enumerate(bar):
             seed = step_seed(cfg.train.seed, phase_index, epoch, i)
             torch.manual_seed(seed)
-            batch = make_batch(self.data, lab, unl, torch.Generator().manual_seed(seed))
+            batch = make_batch(self.data, lab, unl, torch.Generator().manual_seed(seed), cfg.data.patch_size)
             batch = Batch(batch.images.to(self.device), batch.labels.to(self.device), batch.labeled.to(self.device))
             ctx = StepContext(phase.name, epoch, phase.epochs, self.position["step"], weight)
             with torch.autocast("cuda", torch.bfloat16, enabled=cfg.train.amp and self.device.type == "cuda"):
@@ -316,14 +325,36 @@ class Trainer:
 def selection_scores(method: Method, split: Split, cfg: Config, device: torch.device) -> list[dict[str, float]]:
     from .evaluation import multiclass_scores
 
-    window = tuple(cfg.data.patch_size) if method.spatial_dims == 3 else None
-    pred = predict_tensor(
-        method, split.images, device, cfg.eval.batch_size, cfg.eval.samples, window, cfg.eval.sw_overlap
-    )
+    probs, masks = split_probabilities(method, split, cfg, device)
     if method.num_classes != 2:
-        return [multiclass_scores(pred.probs, split.masks)]
+        return [multiclass_scores(probs, masks)]
     grid = thresholds(cfg.eval.threshold_start, cfg.eval.threshold_stop, cfg.eval.threshold_step)
-    return sweep(foreground_probability(pred.probs), split.masks, grid)
+    return sweep(foreground_probability(probs), masks, grid)
+
+
+def split_probabilities(method: Method, split: Split, cfg: Config, device: torch.device, keep=None):
+    """Class probabilities and masks of a split, stacked; volumes of different sizes are
+    zero-padded to the largest (padding adds no true or false positive). ``keep`` receives
+    the :class:`Prediction` (for its spread)."""
+    from .data.volumes import pad_stack
+
+    if isinstance(split.images, list):
+        window = tuple(cfg.data.patch_size)
+        preds = [
+            predict_tensor(
+                method, img[None], device, cfg.eval.batch_size, cfg.eval.samples, window, cfg.eval.sw_overlap
+            )
+            for img in split.images
+        ]
+        probs = pad_stack([p.probs[0] for p in preds])
+        masks = pad_stack(list(split.masks))
+        if keep is not None and preds[0].spread is not None:
+            keep.append(pad_stack([p.spread[0] for p in preds]))
+        return probs, masks
+    pred = predict_tensor(method, split.images, device, cfg.eval.batch_size, cfg.eval.samples)
+    if keep is not None and pred.spread is not None:
+        keep.append(pred.spread)
+    return pred.probs, split.masks
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -1,0 +1,244 @@
+"""3D volumes: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``) and HDF5 (``image`` and
+``label`` datasets, the usual LA layout ``CASE/mri_norm2.h5``).
+
+Folder layouts:
+- ``images/`` + ``labels/`` (or ``masks/``) with the same file names (+ optional ``split.csv``);
+- HDF5 files holding both, anywhere one or two levels below the root.
+
+Volumes keep their own sizes: they are held as lists, cropped into random patches for
+training and predicted by sliding windows. Spacing and affine are kept for metrics in
+physical units and for writing predictions with the input's geometry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import DataConfig
+from ..errors import DataError
+from .folder import SPLITS
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".h5", ".hdf5")
+
+
+def volume_stem(path: Path) -> str:
+    name = path.name
+    for suffix in VOLUME_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def is_volume(path: Path) -> bool:
+    return path.name.endswith(VOLUME_SUFFIXES)
+
+
+@dataclass
+class Volume:
+    array: np.ndarray  # (H, W, D) float32 image, or int64 labels
+    affine: np.ndarray  # 4x4
+    spacing: tuple[float, float, float]
+
+
+def read_volume(path: Path, dataset: str = "image") -> Volume:
+    """Read one volume; ``dataset`` names the HDF5 dataset (``image`` or ``label``)."""
+    try:
+        if path.name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            img = nib.load(str(path))
+            arr = np.asarray(img.dataobj)
+            affine = np.asarray(img.affine, dtype=np.float64)
+            spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+        elif path.name.endswith(".nrrd"):
+            import nrrd
+
+            arr, header = nrrd.read(str(path))
+            directions = np.asarray(header.get("space directions", np.eye(3)), dtype=np.float64)
+            if directions.shape != (3, 3):
+                directions = np.eye(3)
+            spacing = tuple(float(np.linalg.norm(d)) for d in directions)
+            affine = np.eye(4)
+            affine[:3, :3] = directions.T
+            affine[:3, 3] = np.asarray(header.get("space origin", np.zeros(3)), dtype=np.float64)
+        elif path.name.endswith((".h5", ".hdf5")):
+            import h5py
+
+            with h5py.File(path, "r") as handle:
+                if dataset not in handle:
+                    raise DataError(f"{path}: no HDF5 dataset {dataset!r} (has {', '.join(handle.keys())})")
+                arr = handle[dataset][()]
+            affine, spacing = np.eye(4), (1.0, 1.0, 1.0)
+        else:
+            raise DataError(f"{path}: not a volume ({', '.join(VOLUME_SUFFIXES)})")
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any reader failure is an unreadable file for the user
+        raise DataError(
+            f"{path}: cannot read volume ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+        ) from None
+    arr = np.squeeze(np.asarray(arr))
+    if arr.ndim != 3:
+        raise DataError(f"{path}: expected a 3D volume, got shape {arr.shape}")
+    return Volume(arr, affine, spacing)
+
+
+@dataclass
+class VolumePair:
+    id: str
+    image: Path
+    label: Path | None
+    split: str = "train"
+
+
+def scan_volumes(root: str | Path) -> list[VolumePair]:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    pairs: list[VolumePair] = []
+    images_dir = root / "images"
+    if images_dir.is_dir() and any(
+        is_volume(p) and not p.name.endswith((".h5", ".hdf5")) for p in images_dir.iterdir()
+    ):
+        labels_dir = next((root / d for d in ("labels", "masks") if (root / d).is_dir()), None)
+        if labels_dir is None:
+            raise DataError(f"{root}: no labels/ (or masks/) folder beside images/")
+        labels = {volume_stem(p): p for p in labels_dir.iterdir() if is_volume(p)}
+        for path in sorted(p for p in images_dir.iterdir() if is_volume(p)):
+            stem = volume_stem(path)
+            if stem not in labels:
+                raise DataError(f"{path}: no label volume for this image in {labels_dir}")
+            pairs.append(VolumePair(stem, path, labels.pop(stem)))
+        if labels:
+            orphan = sorted(labels.values())[0]
+            raise DataError(f"{orphan}: label without an image ({len(labels)} such labels)")
+    else:
+        files = sorted({*root.glob("*.h5"), *root.glob("*/*.h5"), *root.glob("*.hdf5"), *root.glob("*/*.hdf5")})
+        for path in files:
+            case = volume_stem(path) if path.parent == root or path.parent.name == "images" else path.parent.name
+            pairs.append(VolumePair(case, path, path))
+    if not pairs:
+        raise DataError(f"{root}: no volumes (images/ + labels/ of NIfTI/NRRD, or HDF5 files)")
+    split_file = root / "split.csv"
+    if split_file.is_file():
+        import csv
+
+        by_id = {p.id: p for p in pairs}
+        with split_file.open(newline="") as handle:
+            for line, row in enumerate(csv.DictReader(handle), start=2):
+                if row.get("id") not in by_id:
+                    raise DataError(f"{split_file}:{line}: id {row.get('id')!r} has no volume")
+                if row.get("split") not in SPLITS:
+                    raise DataError(
+                        f"{split_file}:{line}: split {row.get('split')!r} is not one of {', '.join(SPLITS)}"
+                    )
+                by_id[row["id"]].split = row["split"]
+    return pairs
+
+
+def load_volume_pair(
+    pair: VolumePair, cfg: DataConfig, labels: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None, Volume]:
+    """Image ``(1, H, W, D)`` float32, normalised per volume, and labels ``(H, W, D)``
+    int64 checked against the declared classes (None when ``labels`` is False)."""
+    image = read_volume(pair.image, "image")
+    if not labels:
+        return _normalize(torch.from_numpy(image.array.astype(np.float32))[None], cfg.normalize), None, image
+    label = read_volume(pair.label, "label")
+    if image.array.shape != label.array.shape:
+        raise DataError(f"{pair.label}: label shape {label.array.shape} differs from its image {image.array.shape}")
+    lab = label.array
+    if lab.dtype.kind == "f":
+        if not np.all(np.equal(np.mod(lab, 1), 0)):
+            raise DataError(f"{pair.label}: label volume has non-integer values")
+    lab = lab.astype(np.int64)
+    values = np.unique(lab)
+    if cfg.mask_mode == "binary":
+        lab = (lab > 0).astype(np.int64)
+    elif values.min() < 0 or values.max() >= cfg.num_classes:
+        raise DataError(
+            f"{pair.label}: label values {values.tolist()[:8]} outside the classes 0..{cfg.num_classes - 1}"
+        )
+    img = _normalize(torch.from_numpy(image.array.astype(np.float32))[None], cfg.normalize)
+    return img, torch.from_numpy(lab), image
+
+
+def _normalize(img: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode in ("per_image", "zscore"):  # volumes: z-score of each volume
+        return (img - img.mean()) / img.std().clamp_min(1e-6)
+    if mode == "minmax":
+        low, high = img.min(), img.max()
+        return (img - low) / (high - low).clamp_min(1e-6) * 2 - 1
+    raise DataError(f"data.normalize must be per_image, zscore or minmax for volumes, got {mode!r}")
+
+
+def random_patches(
+    volumes: list[torch.Tensor], labels: list[torch.Tensor], size: tuple[int, ...], generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random patch per volume (volumes smaller than ``size`` are zero-padded)."""
+    out_i, out_l = [], []
+    for img, lab in zip(volumes, labels):
+        pads = []
+        for s, p in zip(reversed(img.shape[1:]), reversed(size)):
+            pads += [0, max(0, p - s)]
+        if any(pads):
+            img, lab = F.pad(img, pads), F.pad(lab, pads)
+        starts = [int(torch.randint(0, s - p + 1, (1,), generator=generator)) for s, p in zip(img.shape[1:], size)]
+        region = tuple(slice(a, a + p) for a, p in zip(starts, size))
+        out_i.append(img[(slice(None), *region)])
+        out_l.append(lab[region])
+    return torch.stack(out_i), torch.stack(out_l)
+
+
+def pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Stack tensors of different trailing sizes, zero-padded to the largest."""
+    shape = [max(t.shape[d] for t in tensors) for d in range(tensors[0].dim())]
+    out = tensors[0].new_zeros((len(tensors), *shape))
+    for k, t in enumerate(tensors):
+        out[(k, *(slice(0, s) for s in t.shape))] = t
+    return out
+
+
+def build_volume_data(cfg: DataConfig, seed: int):
+    from . import SegmentationData, Split, _assign_splits, resolve_root
+    from .splits import split_labeled
+
+    if len(cfg.patch_size) != 3:
+        raise DataError(f"data.patch_size must be [H, W, D] for volumes, got {cfg.patch_size}")
+    root = resolve_root(cfg.root)
+    pairs = scan_volumes(root)
+    by = _assign_splits(pairs, cfg, seed)
+    labeled_ids, unlabeled_ids = split_labeled([p.id for p in by["train"]], cfg.labeled_percent, seed)
+
+    def make(name: str, keep: set[str] | None = None) -> Split:
+        group = [p for p in by[name] if keep is None or p.id in keep]
+        loaded = [load_volume_pair(p, cfg) for p in group]
+        split = Split(
+            [x[0] for x in loaded],
+            [x[1] for x in loaded],
+            [p.id for p in group],
+            group,
+            [tuple(x[1].shape) for x in loaded],
+        )
+        split.geometry = [x[2] for x in loaded]
+        for v in split.geometry:
+            v.array = None  # keep affine and spacing only
+        return split
+
+    unlabeled = make("train", set(unlabeled_ids))
+    unlabeled.masks = None
+    return SegmentationData(
+        labeled=make("train", set(labeled_ids)),
+        unlabeled=unlabeled,
+        val=make("val"),
+        test=make("test"),
+        channels=1,
+        num_classes=cfg.num_classes,
+        spatial_dims=3,
+        stats={"mean": [0.0], "std": [1.0]},
+    )

@@ -1,0 +1,1 @@
+"""Experiments: sweeps over datasets x methods x regimes x seeds, reports and figures."""

@@ -1,0 +1,233 @@
+"""Collect finished runs into the paper's tables: mean and 90 % confidence interval
+(Student t over seeds) of Dice and Jaccard per dataset, regime and method, best per column
+in bold; written as Markdown, CSV and LaTeX. Plots for the ablations."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from scipy import stats
+
+METHOD_ORDER = ["supervised", "em", "mt", "cct", "uamt", "urpc", "cps", "dtc", "superdiffusion"]
+
+
+def mean_ci(values: list[float], level: float = 0.90) -> tuple[float, float]:
+    """Mean and half-width of the two-sided ``level`` Student-t interval (0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+
+
+def collect(roots: list[Path]) -> list[dict[str, Any]]:
+    """Every ``results.json`` under ``roots``, with its run folder's variant name."""
+    rows = []
+    for root in roots:
+        for path in sorted(Path(root).rglob("results.json")):
+            result = json.loads(path.read_text())
+            variant = path.parent.name.split("-", 2)[2] if path.parent.name.count("-") >= 2 else ""
+            result["variant"] = variant
+            result["folder"] = str(path.parent)
+            rows.append(result)
+    return rows
+
+
+def aggregate(rows: list[dict[str, Any]], score: str = "resized", per: str = "per_image") -> list[dict[str, Any]]:
+    """One row per (dataset, regime, method, variant, protocol) with mean and CI in %."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        key = (r["dataset"], float(r["labeled_percent"]), r["method"], r.get("variant", ""), r["protocol"])
+        groups[key].append(r)
+    table = []
+    for (dataset, percent, method, variant, protocol), runs in groups.items():
+        entry = {
+            "dataset": dataset,
+            "labeled_percent": percent,
+            "method": method,
+            "variant": variant,
+            "protocol": protocol,
+            "seeds": sorted(r["seed"] for r in runs),
+        }
+        for metric in ("dice", "jaccard"):
+            values = [100 * r["test"][score][f"{metric}_{per}"] for r in runs]
+            entry[metric], entry[f"{metric}_ci90"] = mean_ci(values)
+        table.append(entry)
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    table.sort(
+        key=lambda e: (
+            e["dataset"],
+            -e["labeled_percent"] if e["labeled_percent"] == 100 else e["labeled_percent"],
+            order.get(e["method"], 99),
+            e["variant"],
+        )
+    )
+    return table
+
+
+def _name(e: dict[str, Any]) -> str:
+    return e["method"] + (f" ({e['variant']})" if e["variant"] else "")
+
+
+def _best(table: list[dict[str, Any]]) -> set[tuple]:
+    """(dataset, regime, metric, name) of the best mean in each column of each regime."""
+    best = set()
+    for metric in ("dice", "jaccard"):
+        groups: dict[tuple, list] = defaultdict(list)
+        for e in table:
+            groups[(e["dataset"], e["labeled_percent"])].append(e)
+        for (dataset, percent), entries in groups.items():
+            top = max(entries, key=lambda e: e[metric])
+            best.add((dataset, percent, metric, _name(top)))
+    return best
+
+
+def caption(table: list[dict[str, Any]], score: str, per: str) -> str:
+    protocols = sorted({e["protocol"] for e in table})
+    text = {
+        "honest": "threshold and checkpoint chosen on a validation split carved from the training images",
+        "paper": "threshold and checkpoint chosen on the test set (the paper's protocol, optimistic)",
+    }
+    seeds = sorted({len(e["seeds"]) for e in table})
+    return (
+        f"Test Dice (DC) and Jaccard (JI) in %, mean +- 90 % Student-t interval over {'/'.join(map(str, seeds))} "
+        f"seed(s); {per.replace('_', ' ')} scores at the {score} resolution; protocol: "
+        + "; ".join(f"{p} ({text.get(p, p)})" for p in protocols)
+        + ". Best per regime and column in bold."
+    )
+
+
+def markdown(table: list[dict[str, Any]], score: str = "resized", per: str = "per_image") -> str:
+    best = _best(table)
+    out = io.StringIO()
+    out.write(
+        f"{caption(table, score, per)}\n\n| dataset | labels | method | DC (%) | JI (%) | seeds |\n|---|---|---|---|---|---|\n"
+    )
+    for e in table:
+        cells = []
+        for metric in ("dice", "jaccard"):
+            cell = f"{e[metric]:.2f} ± {e[metric + '_ci90']:.2f}"
+            if (e["dataset"], e["labeled_percent"], metric, _name(e)) in best:
+                cell = f"**{cell}**"
+            cells.append(cell)
+        out.write(
+            f"| {e['dataset']} | {e['labeled_percent']:g} % | {_name(e)} | {cells[0]} | {cells[1]} | {len(e['seeds'])} |\n"
+        )
+    return out.getvalue()
+
+
+def latex(table: list[dict[str, Any]], score: str = "resized", per: str = "per_image") -> str:
+    best = _best(table)
+    lines = [
+        "\\begin{table}",
+        "\\centering",
+        f"\\caption{{{caption(table, score, per)}}}",
+        "\\begin{tabular}{lllcc}",
+        "\\hline",
+        "Dataset & Labeled & Method & DC (\\%) & JI (\\%) \\\\",
+        "\\hline",
+    ]
+    for e in table:
+        cells = []
+        for metric in ("dice", "jaccard"):
+            cell = f"{e[metric]:.2f} $\\pm$ {e[metric + '_ci90']:.2f}"
+            if (e["dataset"], e["labeled_percent"], metric, _name(e)) in best:
+                cell = f"\\textbf{{{cell}}}"
+            cells.append(cell)
+        lines.append(f"{e['dataset']} & {e['labeled_percent']:g}\\% & {_name(e)} & {cells[0]} & {cells[1]} \\\\")
+    lines += ["\\hline", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(table: list[dict[str, Any]], path: Path) -> None:
+    fields = [
+        "dataset",
+        "labeled_percent",
+        "method",
+        "variant",
+        "protocol",
+        "dice",
+        "dice_ci90",
+        "jaccard",
+        "jaccard_ci90",
+        "seeds",
+    ]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for e in table:
+            writer.writerow({**e, "seeds": " ".join(map(str, e["seeds"]))})
+
+
+def plot_ablation(table: list[dict[str, Any]], path: Path, metric: str = "dice") -> None:
+    """Error-bar plot of every variant of the paper's method against the label regime
+    (pretraining on/off, Fig. 4) or against R when the variants are rounds (Fig. 5)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [e for e in table if e["method"] == "superdiffusion"]
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    rounds = [e for e in entries if e["variant"].startswith("rounds")]
+    if rounds:
+        for percent in sorted({e["labeled_percent"] for e in rounds}):
+            pts = sorted(
+                (int(e["variant"][6:].split("-")[0]), e[metric], e[f"{metric}_ci90"])
+                for e in rounds
+                if e["labeled_percent"] == percent
+            )
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                yerr=[p[2] for p in pts],
+                marker="o",
+                capsize=3,
+                label=f"{percent:g} % labels",
+            )
+        ax.set_xlabel("rounds of diffusion R")
+    else:
+        for variant in sorted({e["variant"] for e in entries}):
+            pts = sorted(
+                (e["labeled_percent"], e[metric], e[f"{metric}_ci90"]) for e in entries if e["variant"] == variant
+            )
+            label = {"pretrain_epochs0": "no teacher pretraining", "pretrain_epochs-1": "teacher pretraining"}.get(
+                variant, variant or "default"
+            )
+            ax.errorbar(
+                [p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=label
+            )
+        ax.set_xlabel("labeled images (%)")
+    ax.set_ylabel(f"test {'Dice' if metric == 'dice' else 'Jaccard'} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(
+    roots: list[Path], out: Path, score: str = "resized", per: str = "per_image", plot: bool = False
+) -> dict[str, Path]:
+    rows = collect(roots)
+    if not rows:
+        from ..errors import RunFolderError
+
+        raise RunFolderError(f"no finished runs (results.json) under {', '.join(map(str, roots))}")
+    table = aggregate(rows, score, per)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"md": out / "table.md", "csv": out / "table.csv", "tex": out / "table.tex"}
+    files["md"].write_text(markdown(table, score, per))
+    write_csv(table, files["csv"])
+    files["tex"].write_text(latex(table, score, per))
+    if plot:
+        files["png"] = out / "ablation.png"
+        plot_ablation(table, files["png"])
+    return files

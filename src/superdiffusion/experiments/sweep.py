@@ -1,0 +1,157 @@
+"""A grid of runs (datasets x methods x label regimes x seeds x any other setting), each in
+its own folder keyed by its settings. A finished run (``results.json``) is never redone; an
+interrupted one resumes from its checkpoint. Runs go in parallel local processes, or to a
+Slurm cluster (or submitit's local executor) through submitit."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import load_yaml, resolve
+from ..errors import ConfigError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Table 1 on one dataset: every 2D method at the paper's five regimes, 3 seeds
+    "table1": {
+        "grid": {
+            "method": ["supervised", "em", "cct", "uamt", "urpc", "cps", "superdiffusion"],
+            "data.labeled_percent": [1, 2, 5, 10, 20],
+            "train.seed": [0, 1, 2],
+        }
+    },
+    # Fig. 4: teacher pretraining on/off
+    "ablation-pretrain": {
+        "grid": {
+            "method": ["superdiffusion"],
+            "method.pretrain_epochs": [0, -1],
+            "data.labeled_percent": [5, 20],
+            "train.seed": [0, 1, 2],
+        }
+    },
+    # Fig. 5: number of rounds of diffusion
+    "ablation-rounds": {
+        "grid": {
+            "method": ["superdiffusion"],
+            "method.rounds": [0, 1, 2, 3, 5],
+            "data.labeled_percent": [10],
+            "train.seed": [0, 1, 2],
+        }
+    },
+}
+
+KEYED = ("dataset", "method", "data.labeled_percent", "train.seed")
+
+
+@dataclass
+class RunSpec:
+    overrides: list[str]
+    folder: Path
+
+    @property
+    def finished(self) -> bool:
+        return (self.folder / "results.json").exists()
+
+    @property
+    def started(self) -> bool:
+        return (self.folder / "config.yaml").exists()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def parse_grid_args(items: list[str]) -> tuple[dict[str, list[Any]], list[str]]:
+    """``key=[a,b]`` entries become grid axes; plain ``key=value`` entries are fixed."""
+    grid, fixed = {}, []
+    for item in items:
+        key, _, value = item.partition("=")
+        if value.startswith("[") and value.endswith("]") and not key.startswith(("data.size", "model.", "data.patch")):
+            grid[key] = yaml.safe_load(value)
+        else:
+            fixed.append(item)
+    return grid, fixed
+
+
+def expand(grid: dict[str, list[Any]], fixed: list[str], root: Path) -> list[RunSpec]:
+    """Every combination of the grid, with a folder named after its settings."""
+    keys = list(grid)
+    specs = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        setting = dict(zip(keys, values))
+        overrides = fixed + [f"{k}={_fmt(v) if not isinstance(v, list) else v}" for k, v in setting.items()]
+        cfg = resolve(overrides)  # checks every setting before anything runs
+        extra = "-".join(f"{k.split('.')[-1]}{_fmt(v)}" for k, v in setting.items() if k not in KEYED)
+        name = f"p{cfg.data.labeled_percent:g}-s{cfg.train.seed}" + (f"-{extra}" if extra else "")
+        specs.append(RunSpec(overrides, root / cfg.data.name / cfg.method.name / name))
+    folders = [s.folder for s in specs]
+    if len(set(folders)) != len(folders):
+        raise ConfigError("two grid points map to the same run folder; vary dataset, method, regime or seed")
+    return specs
+
+
+def load_grid(path: str | None, preset: str | None, items: list[str]) -> tuple[dict[str, list[Any]], list[str]]:
+    grid: dict[str, list[Any]] = {}
+    fixed: list[str] = []
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown sweep preset {preset!r}; presets: {', '.join(PRESETS)}")
+        grid.update(PRESETS[preset]["grid"])
+    if path:
+        spec = load_yaml(path)
+        grid.update(spec.get("grid", {}))
+        fixed += [f"{k}={v}" for k, v in (spec.get("fixed") or {}).items()]
+    cli_grid, cli_fixed = parse_grid_args(items)
+    grid.update(cli_grid)
+    return grid, fixed + cli_fixed
+
+
+def command(spec: RunSpec, threads: int) -> list[str]:
+    cmd = [sys.executable, "-m", "superdiffusion", "train", *spec.overrides, "--out", str(spec.folder)]
+    if threads:
+        cmd.append(f"train.threads={threads}")
+    if spec.started:
+        cmd.append("--resume")
+    return cmd
+
+
+def run_one(spec: RunSpec, threads: int = 0) -> int:
+    """Train one grid point in a child process (its log goes to ``folder/train.log``)."""
+    spec.folder.mkdir(parents=True, exist_ok=True)
+    with open(spec.folder / "train.log", "a") as log:
+        return subprocess.run(
+            command(spec, threads), stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
+        ).returncode
+
+
+def run_sweep(
+    specs: list[RunSpec], jobs: int = 1, executor: str = "local", slurm: dict | None = None
+) -> dict[str, int]:
+    """Run every unfinished spec; returns counts of skipped, finished and failed runs."""
+    todo = [s for s in specs if not s.finished]
+    counts = {"total": len(specs), "skipped": len(specs) - len(todo), "finished": 0, "failed": 0}
+    if executor == "local":
+        threads = max(1, (os.cpu_count() or 1) // max(1, jobs)) if jobs > 1 else 0
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            codes = list(pool.map(lambda s: run_one(s, threads), todo))
+    elif executor in ("slurm", "submitit-local"):
+        import submitit
+
+        folder = (specs[0].folder.parents[2] if specs else Path(".")) / "submitit"
+        ex = submitit.AutoExecutor(folder=str(folder), cluster="local" if executor == "submitit-local" else None)
+        ex.update_parameters(**(slurm or {}))
+        jobs_ = [ex.submit(run_one, s) for s in todo]
+        codes = [j.result() for j in jobs_]
+    else:
+        raise ConfigError(f"sweep executor must be local, slurm or submitit-local, got {executor!r}")
+    for code in codes:
+        counts["finished" if code == 0 else "failed"] += 1
+    return counts

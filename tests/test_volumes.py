@@ -1,0 +1,129 @@
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+from torch import nn
+
+from superdiffusion import api
+from superdiffusion.data.volumes import read_volume, scan_volumes
+from superdiffusion.errors import DataError
+from superdiffusion.inference import predict_tensor
+from superdiffusion.methods.base import Prediction
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "Hippocampus3D"
+TINY3D = [
+    "data.spatial_dims=3",
+    "data.patch_size=[16, 16, 16]",
+    "model.features=[8, 16, 32]",
+    "train.epochs=2",
+    "method.rounds=1",
+    "method.pretrain_epochs=1",
+    "data.labeled_percent=50",
+    "data.normalize=per_image",
+    "data.val_fraction=0.2",
+]
+
+
+def write_volumes(root: Path, n=8, shape=(32, 32, 24), spacing=(1.5, 1.0, 2.0)):
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    affine = np.diag([*spacing, 1.0])
+    for i in range(n):
+        label = np.zeros(shape, np.uint8)
+        label[8 : 20 + i % 3, 6:18, 5:15] = 1
+        image = rng.normal(0, 0.3, shape).astype(np.float32) + label * 2
+        nib.save(nib.Nifti1Image(image, affine), str(root / "images" / f"v{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(label, affine), str(root / "labels" / f"v{i}.nii.gz"))
+    return root
+
+
+def test_volumes_train_predict_and_surface_metrics(tmp_path):
+    root = write_volumes(tmp_path / "vols")
+    cfg = tiny_config(*TINY3D, f"data.root={root}", "data.name=synthetic3d")
+    results = api.train(cfg, tmp_path / "run")
+    assert set(results["test"]) == {"resized", "surface"}
+    assert results["test"]["resized"]["dice_per_image"] > 0  # a bright box is found after a few steps
+    written = api.predict(tmp_path / "run", root / "images" / "v0.nii.gz", tmp_path / "pred", samples=2)
+    out = nib.load(str(written[0]))
+    assert out.shape == (32, 32, 24) and np.allclose(out.affine, np.diag([1.5, 1.0, 2.0, 1.0]))
+    assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1} and len(written) == 2
+
+
+class Pointwise(nn.Module):
+    """A method stand-in whose prediction at a voxel depends on that voxel only."""
+
+    num_classes, stochastic_inference, name = 2, False, "pointwise"
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, 1)
+
+    def predict(self, x, samples=1):
+        return Prediction(self.conv(x).softmax(1))
+
+
+def test_sliding_window_equals_whole_volume_for_a_pointwise_model():
+    torch.manual_seed(0)
+    model = Pointwise()
+    volume = torch.randn(1, 1, 32, 32, 24)
+    whole = model.predict(volume).probs
+    windowed = predict_tensor(model, volume, torch.device("cpu"), 4, 1, window=(16, 16, 12), overlap=0.5).probs
+    assert torch.allclose(whole, windowed, atol=1e-5)
+
+
+def test_hdf5_and_nrrd_volumes(tmp_path):
+    import nrrd
+
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    (tmp_path / "case1").mkdir()
+    with h5py.File(tmp_path / "case1" / "mri_norm2.h5", "w") as f:
+        f["image"] = data
+        f["label"] = (data > 60).astype(np.uint8)
+    pairs = scan_volumes(tmp_path)
+    assert [p.id for p in pairs] == ["case1"]
+    assert np.array_equal(read_volume(pairs[0].image, "label").array, (data > 60).astype(np.uint8))
+    nrrd.write(
+        str(tmp_path / "v.nrrd"),
+        data,
+        {"space directions": np.diag([0.6, 0.6, 2.5]), "space": "left-posterior-superior"},
+    )
+    vol = read_volume(tmp_path / "v.nrrd")
+    assert np.array_equal(vol.array, data) and np.allclose(vol.spacing, (0.6, 0.6, 2.5))
+
+
+def test_bad_volumes_are_named(tmp_path):
+    root = write_volumes(tmp_path / "vols", n=3)
+    (root / "images" / "v1.nii.gz").write_bytes(b"not a nifti")
+    cfg = tiny_config(*TINY3D, f"data.root={root}")
+    from superdiffusion.data import build_data
+
+    with pytest.raises(DataError, match=r"v1.nii.gz: cannot read volume"):
+        build_data(cfg.data, 0)
+    (root / "labels" / "v2.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"v2.nii.gz: no label volume"):
+        scan_volumes(root)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/Hippocampus3D")
+def test_real_hippocampus_volumes_through_the_whole_path(tmp_path):
+    root = tmp_path / "hippo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for path in sorted((SHARED / "images").glob("*.nii.gz"))[:10]:
+        (root / "images" / path.name).symlink_to(path)
+        (root / "labels" / path.name).symlink_to(SHARED / "labels" / path.name)
+    cfg = tiny_config(
+        *TINY3D, f"data.root={root}", "data.patch_size=[32, 32, 32]", "train.epochs=1", "method.pretrain_epochs=0"
+    )
+    results = api.train(cfg, tmp_path / "run")
+    assert results["counts"] == {"labeled": 3, "unlabeled": 3, "val": 2, "test": 2}
+    assert np.isfinite(results["test"]["resized"]["dice_per_image"])
+    written = api.predict(tmp_path / "run", root / "images", tmp_path / "pred")
+    assert len(written) == 10
+    first = nib.load(str(written[0]))
+    assert first.shape == nib.load(str(root / "images" / written[0].name)).shape
