@@ -88,6 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
 
+    p = sub.add_parser("import-dataset", help="convert an official download of glas, ph2, hmeps or la")
+    p.add_argument("kind", choices=["glas", "ph2", "hmeps", "la"])
+    p.add_argument("source", help="the downloaded folder")
+    p.add_argument("dest", help="a new folder for the converted dataset")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split where no official one exists")
+
+    p = sub.add_parser("figure", help="qualitative figure: sample / teacher / student / target / uncertainty")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", default="figure.png")
+    p.add_argument("--ids", nargs="*", help="test image ids (default: the first --count)")
+    p.add_argument("--count", type=int, default=4)
+    p.add_argument("--samples", type=int, default=8, help="noise draws for the uncertainty column")
+
     p = sub.add_parser("report", help="tables (Markdown, CSV, LaTeX) and plots of finished runs")
     p.add_argument("roots", nargs="+", help="folders searched for results.json")
     p.add_argument("--out", default="reports", help="output folder (default reports)")
@@ -148,6 +161,17 @@ def _run(args: argparse.Namespace) -> int:
             f"{counts['failed']} failed (see train.log in their folders)"
         )
         return 1 if counts["failed"] else 0
+    if args.command == "import-dataset":
+        from .data.importers import import_dataset
+
+        counts = import_dataset(args.kind, args.source, args.dest, args.seed)
+        print(f"{args.kind}: " + ", ".join(f"{n} {split}" for split, n in sorted(counts.items())) + f" -> {args.dest}")
+        return 0
+    if args.command == "figure":
+        from .experiments.figures import qualitative_figure
+
+        print(f"wrote {qualitative_figure(args.run, args.out, args.ids, args.count, args.samples)}")
+        return 0
     if args.command == "report":
         from .experiments.report import write_report
 

@@ -115,9 +115,10 @@ def load_grid(path: str | None, preset: str | None, items: list[str]) -> tuple[d
 
 
 def command(spec: RunSpec, threads: int) -> list[str]:
-    cmd = [sys.executable, "-m", "superdiffusion", "train", *spec.overrides, "--out", str(spec.folder)]
-    if threads:
+    cmd = [sys.executable, "-m", "superdiffusion", "train", *spec.overrides]
+    if threads and not any(o.startswith("train.threads=") for o in spec.overrides):
         cmd.append(f"train.threads={threads}")
+    cmd += ["--out", str(spec.folder)]
     if spec.started:
         cmd.append("--resume")
     return cmd
