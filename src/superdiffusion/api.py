@@ -47,15 +47,39 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
 
         cfg = from_dict(load_yaml(run_dir / "config.yaml"))
     data = build_data(cfg.data, cfg.train.seed)
-    trainer = Trainer(cfg, data, run_dir)
+    rank, world = distributed_setup(cfg)
+    trainer = Trainer(cfg, data, run_dir, rank, world)
     start = time.perf_counter()
     best = trainer.fit(resume=resume, force=force)
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+        if rank != 0:
+            return {}
     best = dict(best, path=str(run_dir / "checkpoints" / "best.pt"))
     results = evaluate_method(trainer.method, data, cfg, best, trainer.device)
     results["train_seconds"] = round(trainer.elapsed, 2)
     results["wall_seconds_this_process"] = round(time.perf_counter() - start, 2)
     write_json(run_dir / "results.json", results)
     return results
+
+
+def distributed_setup(cfg: Config) -> tuple[int, int]:
+    """Join the process group when started by ``torchrun`` (gloo on CPU, NCCL on GPU)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    rank = int(os.environ["RANK"])
+    cuda = cfg.train.device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        cfg.train.device = f"cuda:{local}"
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return rank, world
 
 
 def evaluate_method(

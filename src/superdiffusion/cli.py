@@ -132,7 +132,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         cfg = resolve(args.overrides, args.config)
         results = api.train(cfg, args.out, resume=args.resume, force=args.force)
-        print(_table(results))
+        if results:  # ranks other than 0 of a torchrun job print nothing
+            print(_table(results))
         return 0
     if args.command == "evaluate":
         results = api.evaluate(args.run, args.protocol, args.samples)

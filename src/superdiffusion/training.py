@@ -63,8 +63,11 @@ class BatchPlan:
     def __post_init__(self):
         if self.n_labeled < 1:
             raise ConfigError("the training split has no labeled image")
-        if self.batch_size < self.world:
-            raise ConfigError(f"train.batch_size={self.batch_size} is smaller than the {self.world} processes")
+        if self.batch_size % self.world or self.labeled_batch_size % self.world:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} and train.labeled_batch_size={self.labeled_batch_size} "
+                f"must be multiples of the {self.world} processes"
+            )
         if self.n_unlabeled == 0:
             self.labeled_batch_size = self.batch_size
         elif not 0 < self.labeled_batch_size < self.batch_size:
@@ -88,7 +91,17 @@ class BatchPlan:
         lab = self._stream(self.n_labeled, self.labeled_batch_size, g)
         n_unl = self.batch_size - self.labeled_batch_size
         unl = self._stream(self.n_unlabeled, n_unl, g) if n_unl else [torch.empty(0, dtype=torch.long)] * len(lab)
-        return [(a[self.rank :: self.world], b[self.rank :: self.world]) for a, b in zip(lab, unl)]
+        return list(zip(lab, unl))
+
+    def shard(self, batch: Batch) -> Batch:
+        """This process's share of a global batch: every ``world``-th labeled and unlabeled
+        item from ``rank`` (the global batch is built and augmented identically everywhere)."""
+        if self.world == 1:
+            return batch
+        idx = torch.arange(len(batch.labeled))
+        lab, unl = idx[batch.labeled], idx[~batch.labeled]
+        keep = torch.cat([lab[self.rank :: self.world], unl[self.rank :: self.world]])
+        return Batch(batch.images[keep], batch.labels[keep], batch.labeled[keep])
 
 
 def make_batch(
@@ -147,6 +160,17 @@ class Trainer:
 
     # --- run folder ------------------------------------------------------------------------
     def prepare_folder(self, resume: bool, force: bool) -> None:
+        last = self.ckpt_dir / "last.pt"
+        if self.world > 1 and self.rank != 0:
+            torch.distributed.barrier()  # rank 0 has checked and prepared the folder
+            if resume and (last.exists() or checkpoint.previous_path(last).exists()):
+                self.restore(checkpoint.load(last))
+            return
+        self._prepare_folder(resume, force)
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def _prepare_folder(self, resume: bool, force: bool) -> None:
         cfg_path = self.run_dir / "config.yaml"
         last = self.ckpt_dir / "last.pt"
         if resume:
@@ -164,9 +188,8 @@ class Trainer:
                 shutil.rmtree(self.run_dir / name, ignore_errors=True)
             for name in ("results.json", "history.jsonl", "config.yaml"):
                 (self.run_dir / name).unlink(missing_ok=True)
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            cfg_path.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
 
     def state(self) -> dict[str, Any]:
         return {
@@ -237,7 +260,8 @@ class Trainer:
             for epoch in range(self.position["epoch"], phase.epochs):
                 self.run_epoch(index, phase, epoch)
                 self.position.update(epoch=epoch + 1)
-                if phase.evaluate and ((epoch + 1) % self.cfg.train.eval_every == 0 or epoch + 1 == phase.epochs):
+                due = (epoch + 1) % self.cfg.train.eval_every == 0 or epoch + 1 == phase.epochs
+                if phase.evaluate and due and self.rank == 0:
                     self.select(epoch)
                 self.save()
             self.position.update(phase=index + 1, epoch=0)
@@ -263,6 +287,7 @@ class Trainer:
             seed = step_seed(cfg.train.seed, phase_index, epoch, i)
             torch.manual_seed(seed)
             batch = make_batch(self.data, lab, unl, torch.Generator().manual_seed(seed), cfg.data.patch_size)
+            batch = self.plan.shard(batch)
             batch = Batch(batch.images.to(self.device), batch.labels.to(self.device), batch.labeled.to(self.device))
             ctx = StepContext(phase.name, epoch, phase.epochs, self.position["step"], weight)
             with torch.autocast("cuda", torch.bfloat16, enabled=cfg.train.amp and self.device.type == "cuda"):
