@@ -86,6 +86,38 @@ def unet_pass(size: int, batch: int, repeats: int, time_embedding: bool, feature
     }
 
 
+def unet_variants(size: int, batch: int, repeats: int, features) -> dict:
+    """The timestep UNet's training pass as is, in channels-last memory format, and compiled."""
+    out = {}
+    for name in ("eager", "channels_last", "compile"):
+        torch.manual_seed(0)
+        net = UNet(5, 2, 2, features, time_embedding=True)
+        x = torch.randn(batch, 5, size, size)
+        t = torch.randint(0, 1000, (batch,))
+        if name == "channels_last":
+            net = net.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        run = net
+        if name == "compile":
+            try:
+                run = torch.compile(net)
+            except Exception as err:  # noqa: BLE001
+                out[name] = {"error": str(err)[:200]}
+                continue
+
+        def train_pass(net=net, run=run, x=x, t=t):
+            net.zero_grad(set_to_none=True)
+            run(x, t).square().mean().backward()
+
+        try:
+            seconds = timeit(train_pass, repeats, warmup=3)
+        except Exception as err:  # noqa: BLE001 - compile needs a C++ toolchain; report, don't fail
+            out[name] = {"error": f"{type(err).__name__}: {str(err)[:200]}"}
+            continue
+        out[name] = {"train_pass_s": seconds, "train_images_per_s": batch / seconds}
+    return out
+
+
 def method_step(name: str, size: int, batch: int, repeats: int, overrides: list[str]) -> dict:
     cfg = resolve([f"method={name}", f"data.size=[{size}, {size}]", *overrides])
     torch.manual_seed(0)
@@ -158,6 +190,8 @@ def main() -> None:
             result[key][f"{kind}_fraction_of_matmul"] = (
                 result[key][f"{kind}_gflops_per_s"] / result["matmul_gflops_fp32"]
             )
+    if not args.quick:
+        result["unet_variants"] = unet_variants(size, batch, repeats, features)
     one_pass = result["unet_timestep"]["train_pass_s"]
     rounds = [0, 1, 2] if args.quick else [0, 1, 2, 3, 5]
     result["rounds"] = {}
@@ -187,6 +221,8 @@ def main() -> None:
             f"{key:14s} train {u['train_images_per_s']:6.1f} img/s ({100 * u['train_fraction_of_matmul']:.0f}% of matmul)"
             f"  infer {u['infer_images_per_s']:6.1f} img/s ({100 * u['infer_fraction_of_matmul']:.0f}%)"
         )
+    for name, v in result.get("unet_variants", {}).items():
+        print(f"variant {name:14s} " + (f"{v['train_images_per_s']:.1f} img/s" if "error" not in v else v["error"]))
     for r, s in result["rounds"].items():
         print(f"superdiffusion R={r}: {s['images_per_s']:.1f} img/s, overhead ratio {s['step_overhead_ratio']:.2f}")
     for name, s in result["methods"].items():

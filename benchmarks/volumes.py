@@ -1,0 +1,108 @@
+"""3D cost at the paper's patch size (96x96x80): one training step (batch 2, default width)
+of the paper's method and of the supervised UNet, and sliding-window inference of one
+volume, each in its own process so that peak memory (max RSS) is its own.
+
+    python benchmarks/volumes.py --out benchmarks/results/volumes-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def child(what: str, method: str, rounds: int, patch: list[int], volume: list[int], repeats: int) -> dict:
+    import torch
+
+    from superdiffusion.config import resolve
+    from superdiffusion.inference import predict_tensor
+    from superdiffusion.methods import Batch, StepContext, build_method
+
+    overrides = [f"method={method}", "data.spatial_dims=3", f"data.patch_size={patch}"]
+    if method == "superdiffusion":
+        overrides.append(f"method.rounds={rounds}")
+    cfg = resolve(overrides)
+    torch.manual_seed(0)
+    m = build_method(cfg, 1, 2, 3)
+    times = []
+    if what == "train":
+        opt = torch.optim.Adam(m.parameters_for("train"), lr=1e-4)
+        batch = Batch(torch.randn(2, 1, *patch), (torch.rand(2, *patch) > 0.7).long(), torch.tensor([True, False]))
+        ctx = StepContext("train", 1, 10, 1, 1.0)
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            losses = m.losses(batch, ctx)
+            opt.zero_grad(set_to_none=True)
+            sum(losses.values()).backward()
+            opt.step()
+            times.append(time.perf_counter() - start)
+    else:
+        x = torch.randn(1, 1, *volume)
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            predict_tensor(m, x, torch.device("cpu"), batch_size=2, window=tuple(patch), overlap=0.5)
+            times.append(time.perf_counter() - start)
+    times = sorted(times[1:])
+    return {
+        "what": what,
+        "method": method,
+        "rounds": rounds if method == "superdiffusion" else None,
+        "seconds": times[len(times) // 2],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--patch", type=int, nargs=3, default=[96, 96, 80])
+    parser.add_argument("--volume", type=int, nargs=3, default=[160, 160, 88])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--child", nargs=3, metavar=("WHAT", "METHOD", "ROUNDS"))
+    args = parser.parse_args()
+    if args.child:
+        what, method, rounds = args.child
+        print(json.dumps(child(what, method, int(rounds), args.patch, args.volume, args.repeats)))
+        return
+    runs = [
+        ("train", "supervised", 0),
+        ("train", "superdiffusion", 0),
+        ("train", "superdiffusion", 2),
+        ("infer", "superdiffusion", 0),
+    ]
+    results = []
+    for what, method, rounds in runs:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            what,
+            method,
+            str(rounds),
+            "--patch",
+            *map(str, args.patch),
+            "--volume",
+            *map(str, args.volume),
+            "--repeats",
+            str(args.repeats),
+        ]
+        row = json.loads(
+            subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        )
+        results.append(row)
+        label = f"{method}" + (f" R={rounds}" if method == "superdiffusion" and what == "train" else "")
+        print(f"{what:5s} {label:20s} {row['seconds']:7.2f} s  peak RSS {row['peak_rss_mb']:7.0f} MB")
+    out = {"machine": platform.platform(), "patch": args.patch, "volume": args.volume, "batch": 2, "runs": results}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
