@@ -109,7 +109,7 @@ def surface_distances(fg_prob: torch.Tensor, split, threshold: float) -> dict[st
         if not pred.any() or not target.any():
             empty += 1
             continue
-        spacing = list(split.geometry[k].spacing) if hasattr(split, "geometry") else None
+        spacing = list(split.geometry[k].spacing) if split.geometry else None
         y_pred = torch.stack([~pred, pred])[None].float()
         y = torch.stack([~target, target])[None].float()
         hd.append(float(compute_hausdorff_distance(y_pred, y, percentile=95, spacing=spacing)[0, 0]))

@@ -30,13 +30,15 @@ def resolve_root(root: str) -> Path:
 
 @dataclass
 class Split:
-    """Images ``(N, C, *S)`` (normalised), masks ``(N, *S)`` or None, and their sources."""
+    """Images ``(N, C, *S)`` (normalised), masks ``(N, *S)`` or None, and their sources.
+    Volumes of different sizes are lists of ``(C, *S)`` and ``(*S)`` tensors instead."""
 
     images: torch.Tensor
     masks: torch.Tensor | None
     ids: list[str]
     pairs: list[Pair] = field(default_factory=list)
     sizes: list[tuple[int, ...]] = field(default_factory=list)
+    geometry: list = field(default_factory=list)  # volumes: affine and spacing of each
 
     def __len__(self) -> int:
         return len(self.ids)

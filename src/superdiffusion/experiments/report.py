@@ -104,6 +104,15 @@ def caption(table: list[dict[str, Any]], score: str, per: str) -> str:
     )
 
 
+def _cells(e: dict[str, Any], best: set[tuple], pm: str, bold: str) -> list[str]:
+    """The DC and JI cells of one row: ``mean pm ci``, wrapped in ``bold`` when best."""
+    cells = []
+    for metric in ("dice", "jaccard"):
+        cell = f"{e[metric]:.2f} {pm} {e[metric + '_ci90']:.2f}"
+        cells.append(bold.format(cell) if (e["dataset"], e["labeled_percent"], metric, _name(e)) in best else cell)
+    return cells
+
+
 def markdown(table: list[dict[str, Any]], score: str = "resized", per: str = "per_image") -> str:
     best = _best(table)
     out = io.StringIO()
@@ -111,12 +120,7 @@ def markdown(table: list[dict[str, Any]], score: str = "resized", per: str = "pe
         f"{caption(table, score, per)}\n\n| dataset | labels | method | DC (%) | JI (%) | seeds |\n|---|---|---|---|---|---|\n"
     )
     for e in table:
-        cells = []
-        for metric in ("dice", "jaccard"):
-            cell = f"{e[metric]:.2f} ± {e[metric + '_ci90']:.2f}"
-            if (e["dataset"], e["labeled_percent"], metric, _name(e)) in best:
-                cell = f"**{cell}**"
-            cells.append(cell)
+        cells = _cells(e, best, "±", "**{}**")
         out.write(
             f"| {e['dataset']} | {e['labeled_percent']:g} % | {_name(e)} | {cells[0]} | {cells[1]} | {len(e['seeds'])} |\n"
         )
@@ -135,12 +139,7 @@ def latex(table: list[dict[str, Any]], score: str = "resized", per: str = "per_i
         "\\hline",
     ]
     for e in table:
-        cells = []
-        for metric in ("dice", "jaccard"):
-            cell = f"{e[metric]:.2f} $\\pm$ {e[metric + '_ci90']:.2f}"
-            if (e["dataset"], e["labeled_percent"], metric, _name(e)) in best:
-                cell = f"\\textbf{{{cell}}}"
-            cells.append(cell)
+        cells = _cells(e, best, "$\\pm$", "\\textbf{{{}}}")
         lines.append(f"{e['dataset']} & {e['labeled_percent']:g}\\% & {_name(e)} & {cells[0]} & {cells[1]} \\\\")
     lines += ["\\hline", "\\end{tabular}", "\\end{table}"]
     return "\n".join(lines) + "\n"
