@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 
 
-def child(what: str, method: str, rounds: int, patch: list[int], volume: list[int], repeats: int) -> dict:
+def child(what: str, method: str, rounds: int, patch: list[int], volume: list[int], repeats: int, ckpt: bool) -> dict:
     import torch
 
     from superdiffusion.config import resolve
     from superdiffusion.inference import predict_tensor
     from superdiffusion.methods import Batch, StepContext, build_method
 
-    overrides = [f"method={method}", "data.spatial_dims=3", f"data.patch_size={patch}"]
+    overrides = [f"method={method}", "data.spatial_dims=3", f"data.patch_size={patch}", f"model.checkpointing={ckpt}"]
     if method == "superdiffusion":
         overrides.append(f"method.rounds={rounds}")
     cfg = resolve(overrides)
@@ -64,11 +64,11 @@ def main() -> None:
     parser.add_argument("--patch", type=int, nargs=3, default=[96, 96, 80])
     parser.add_argument("--volume", type=int, nargs=3, default=[160, 160, 88])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--child", nargs=3, metavar=("WHAT", "METHOD", "ROUNDS"))
+    parser.add_argument("--child", nargs=4, metavar=("WHAT", "METHOD", "ROUNDS", "CHECKPOINTING"))
     args = parser.parse_args()
     if args.child:
-        what, method, rounds = args.child
-        print(json.dumps(child(what, method, int(rounds), args.patch, args.volume, args.repeats)))
+        what, method, rounds, ckpt = args.child
+        print(json.dumps(child(what, method, int(rounds), args.patch, args.volume, args.repeats, ckpt == "true")))
         return
     runs = [
         ("train", "supervised", 0),
@@ -97,6 +97,7 @@ def main() -> None:
         )
         results.append(row)
         label = f"{method}" + (f" R={rounds}" if method == "superdiffusion" and what == "train" else "")
+        label += " ckpt" if ckpt == "true" else ""
         print(f"{what:5s} {label:20s} {row['seconds']:7.2f} s  peak RSS {row['peak_rss_mb']:7.0f} MB")
     out = {"machine": platform.platform(), "patch": args.patch, "volume": args.volume, "batch": 2, "runs": results}
     if args.out:

@@ -39,6 +39,8 @@ class ModelConfig:
     features: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
     norm: str = "batch"
     dropout: float = 0.0
+    checkpointing: bool = False  # recompute activations in backward: less memory (3D), ~1/3 more time;
+    # with batch norm the running statistics then see each batch twice
 
 
 @dataclass

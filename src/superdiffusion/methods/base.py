@@ -122,6 +122,7 @@ class Method(nn.Module):
     def make_unet(self, in_channels: int, out_channels: int, **options: Any) -> UNet:
         m = self.cfg.model
         options.setdefault("dropout", m.dropout)
+        options.setdefault("checkpointing", m.checkpointing)
         return UNet(in_channels, out_channels, self.spatial_dims, tuple(m.features), m.norm, **options)
 
     # --- what the training loop calls -------------------------------------------------

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONVT = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
@@ -59,11 +60,20 @@ def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
+def run_block(block: nn.Module, x: torch.Tensor, recompute: bool) -> torch.Tensor:
+    """Apply ``block``; with ``recompute`` its activations are recomputed in the backward
+    pass instead of stored (gradient checkpointing: less memory, about a third more compute)."""
+    if recompute and torch.is_grad_enabled():
+        return checkpoint(block, x, use_reentrant=False)
+    return block(x)
+
+
 class Decoder(nn.Module):
     """Upsampling path; returns the logits and the features of every scale (coarse to fine)."""
 
     def __init__(self, dims: int, features: tuple[int, ...], out_channels: int, norm: str, dropout: float):
         super().__init__()
+        self.recompute = False
         rev = features[::-1]
         self.ups = nn.ModuleList(_CONVT[dims](rev[i], rev[i + 1], 2, stride=2) for i in range(len(rev) - 1))
         self.blocks = nn.ModuleList(ConvBlock(dims, 2 * rev[i + 1], rev[i + 1], norm) for i in range(len(rev) - 1))
@@ -74,7 +84,7 @@ class Decoder(nn.Module):
         x = self.dropout(skips[-1])
         scales = []
         for up, block, skip in zip(self.ups, self.blocks, reversed(skips[:-1])):
-            x = block(torch.cat([up(x), skip], dim=1))
+            x = run_block(block, torch.cat([up(x), skip], dim=1), self.recompute)
             scales.append(x)
         return self.head(x), scales
 
@@ -122,8 +132,10 @@ class UNet(nn.Module):
         aux_decoders: int = 0,
         deep_supervision: bool = False,
         sdf_head: bool = False,
+        checkpointing: bool = False,
     ):
         super().__init__()
+        self.checkpointing = checkpointing
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         features = tuple(int(f) for f in features)
@@ -164,7 +176,7 @@ class UNet(nn.Module):
     def _encode(self, x: torch.Tensor, t: torch.Tensor | None) -> list[torch.Tensor]:
         skips = []
         for i, block in enumerate(self.blocks):
-            x = block(x if i == 0 else self.pool(x))
+            x = run_block(block, x if i == 0 else self.pool(x), self.checkpointing)
             if i == 0 and self.time_mlp is not None:
                 if t is None:
                     raise ValueError("this UNet embeds the diffusion step: pass t")
