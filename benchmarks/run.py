@@ -33,9 +33,12 @@ from superdiffusion.nn import UNet
 PASSES = {"superdiffusion": None, "supervised": 1, "em": 1, "mt": 2, "uamt": 2, "cct": 1, "urpc": 1, "cps": 2, "dtc": 1}
 
 
-def timeit(fn, repeats: int, warmup: int = 2) -> float:
+WARMUP = 2  # untimed runs before timing; --quick uses 1
+
+
+def timeit(fn, repeats: int, warmup: int | None = None) -> float:
     """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
+    for _ in range(WARMUP if warmup is None else warmup):
         fn()
     times = []
     for _ in range(repeats):
@@ -168,6 +171,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global WARMUP
+    WARMUP = 1 if args.quick else 2
     repeats = 3 if args.quick else 7
     features = tuple(resolve([]).model.features)
     batch, size = 8, 128
