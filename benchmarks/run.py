@@ -142,6 +142,21 @@ def method_step(name: str, size: int, batch: int, repeats: int, overrides: list[
     return {"step_s": seconds, "images_per_s": batch / seconds}
 
 
+def data_batch(repeats: int) -> dict:
+    """Time to gather and augment one training batch from the in-memory dataset."""
+    from superdiffusion.data import build_data
+    from superdiffusion.training import BatchPlan, make_batch
+
+    cfg = resolve([])
+    start = time.perf_counter()
+    data = build_data(cfg.data, 0)
+    load_s = time.perf_counter() - start
+    plan = BatchPlan(len(data.labeled), len(data.unlabeled), 8, 4)
+    lab, unl = plan.epoch(0, 0, 0)[0]
+    seconds = timeit(lambda: make_batch(data, lab, unl, torch.Generator().manual_seed(0)), repeats * 10)
+    return {"dataset_load_s": load_s, "batch_s": seconds}
+
+
 def inference(size: int, batch: int, samples: int, repeats: int) -> dict:
     cfg = resolve([f"data.size=[{size}, {size}]"])
     method = build_method(cfg, 3, 2, 2).eval()
@@ -215,6 +230,7 @@ def main() -> None:
     result["sizes"] = {
         str(s): method_step("superdiffusion", s, batch, max(2, repeats - 2), ["method.rounds=2"]) for s in sizes
     }
+    result["data"] = data_batch(repeats)
     result["inference"] = [inference(size, 16, k, repeats) for k in ((1, 4) if args.quick else (1, 4, 16))]
     result["seconds"] = time.perf_counter() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -232,6 +248,9 @@ def main() -> None:
         print(f"superdiffusion R={r}: {s['images_per_s']:.1f} img/s, overhead ratio {s['step_overhead_ratio']:.2f}")
     for name, s in result["methods"].items():
         print(f"{name:14s} {s['images_per_s']:6.1f} img/s/step ({s['unet_passes']} UNet passes)")
+    print(
+        f"data: load+decode+resize once {result['data']['dataset_load_s']:.2f}s, one batch {1000 * result['data']['batch_s']:.2f} ms"
+    )
     for inf in result["inference"]:
         print(f"inference K={inf['samples']}: {inf['images_per_s']:.1f} img/s, peak RSS {inf['peak_rss_mb']:.0f} MB")
     print(f"wrote {args.out} in {result['seconds']:.0f}s")
