@@ -26,7 +26,8 @@ def _same(a, b):
     return all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
 
 
-def test_training_writes_results_and_resume_matches_uninterrupted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("crash_at", [1, 2])  # right after pretraining; after one training epoch
+def test_training_writes_results_and_resume_matches_uninterrupted(tmp_path, monkeypatch, crash_at):
     cfg = tiny_config(*TINY)
     full = api.train(cfg, tmp_path / "full")
     assert set(full["test"]) == {"resized", "original"}
@@ -37,7 +38,7 @@ def test_training_writes_results_and_resume_matches_uninterrupted(tmp_path, monk
     original = Trainer.run_epoch
 
     def crash_after_two(self, *args):
-        if calls["n"] == 2:  # pretraining epoch + one training epoch, then a crash
+        if calls["n"] == crash_at:
             raise KeyboardInterrupt
         calls["n"] += 1
         return original(self, *args)

@@ -205,6 +205,7 @@ class Trainer:
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "optimizer_phase": self.optimizer_phase,
             "position": dict(self.position),
             "best": dict(self.best),
             "history": list(self.history),
@@ -219,7 +220,8 @@ class Trainer:
         self.best = dict(state["best"])
         self.history = list(state["history"])
         self.elapsed = float(state.get("elapsed", 0.0))
-        self._resume_optim = (state["optimizer"], state["scheduler"])
+        if state["optimizer_phase"] == self.position["phase"]:  # else the saved one belongs to a finished phase
+            self._resume_optim = (state["optimizer"], state["scheduler"])
 
     def save(self, name: str = "last.pt") -> None:
         if self.rank == 0:
@@ -253,6 +255,7 @@ class Trainer:
             if index < self.position["phase"]:
                 continue
             self._optimizer(phase.name)
+            self.optimizer_phase = index
             if self._resume_optim is not None:
                 self.optimizer.load_state_dict(self._resume_optim[0])
                 self.scheduler.load_state_dict(self._resume_optim[1])
