@@ -178,6 +178,19 @@ def inference(size: int, batch: int, samples: int, repeats: int) -> dict:
     }
 
 
+def inference_in_child(size: int, batch: int, samples: int, repeats: int) -> dict:
+    """:func:`inference` in a fresh process, so that its peak memory is its own."""
+    import subprocess
+
+    here = str(Path(__file__).parent)
+    code = (
+        f"import json, sys; sys.path.insert(0, {here!r}); import run; "
+        f"print(json.dumps(run.inference({size}, {batch}, {samples}, {repeats})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes (under a minute)")
@@ -231,7 +244,7 @@ def main() -> None:
         str(s): method_step("superdiffusion", s, batch, max(2, repeats - 2), ["method.rounds=2"]) for s in sizes
     }
     result["data"] = data_batch(repeats)
-    result["inference"] = [inference(size, 16, k, repeats) for k in ((1, 4) if args.quick else (1, 4, 16))]
+    result["inference"] = [inference_in_child(size, 16, k, repeats) for k in ((1, 4) if args.quick else (1, 4, 16))]
     result["seconds"] = time.perf_counter() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

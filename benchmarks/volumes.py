@@ -71,13 +71,14 @@ def main() -> None:
         print(json.dumps(child(what, method, int(rounds), args.patch, args.volume, args.repeats, ckpt == "true")))
         return
     runs = [
-        ("train", "supervised", 0),
-        ("train", "superdiffusion", 0),
-        ("train", "superdiffusion", 2),
-        ("infer", "superdiffusion", 0),
+        ("train", "supervised", 0, "false"),
+        ("train", "superdiffusion", 0, "false"),
+        ("train", "superdiffusion", 2, "false"),
+        ("train", "superdiffusion", 2, "true"),
+        ("infer", "superdiffusion", 0, "false"),
     ]
     results = []
-    for what, method, rounds in runs:
+    for what, method, rounds, ckpt in runs:
         cmd = [
             sys.executable,
             __file__,
@@ -85,6 +86,7 @@ def main() -> None:
             what,
             method,
             str(rounds),
+            ckpt,
             "--patch",
             *map(str, args.patch),
             "--volume",

@@ -41,6 +41,7 @@ class ModelConfig:
     dropout: float = 0.0
     checkpointing: bool = False  # recompute activations in backward: less memory (3D), ~1/3 more time;
     # with batch norm the running statistics then see each batch twice
+    channels_last: bool = True  # 2D only: NHWC memory format, faster convolutions on CPU and GPU
 
 
 @dataclass

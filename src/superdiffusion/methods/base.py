@@ -123,6 +123,7 @@ class Method(nn.Module):
         m = self.cfg.model
         options.setdefault("dropout", m.dropout)
         options.setdefault("checkpointing", m.checkpointing)
+        options.setdefault("channels_last", m.channels_last)
         return UNet(in_channels, out_channels, self.spatial_dims, tuple(m.features), m.norm, **options)
 
     # --- what the training loop calls -------------------------------------------------

@@ -5,6 +5,8 @@
 - ``aux_decoders``: extra decoders fed perturbed encoder features (CCT).
 - ``deep_supervision``: one 1x1 head per decoder scale, upsampled to the input size (URPC).
 - ``sdf_head``: a tanh head regressing the signed distance map (DTC).
+- ``checkpointing``: recompute block activations in the backward pass (memory for 3D).
+- ``channels_last``: 2D weights and activations in NHWC memory format (faster on CPU).
 
 Tensors are ``(B, C, H, W)`` in 2D and ``(B, C, H, W, D)`` in 3D. Inputs whose sides are
 not multiples of ``2 ** (levels - 1)`` are padded internally and cropped back.
@@ -133,9 +135,11 @@ class UNet(nn.Module):
         deep_supervision: bool = False,
         sdf_head: bool = False,
         checkpointing: bool = False,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.checkpointing = checkpointing
+        self.channels_last = channels_last and spatial_dims == 2
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         features = tuple(int(f) for f in features)
@@ -165,6 +169,8 @@ class UNet(nn.Module):
         )
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        if self.channels_last:  # NHWC convolutions are about a third faster on CPU (benchmarks/run.py)
+            x = x.contiguous(memory_format=torch.channels_last)
         sizes = list(x.shape[2:])
         pads: list[int] = []
         for s in reversed(sizes):
