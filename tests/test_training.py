@@ -120,6 +120,9 @@ def test_predict_round_trip_on_real_images(tmp_path):
     mask = np.asarray(Image.open(tmp_path / "out" / "IMD002.png"))
     assert mask.shape == (70, 90) and set(np.unique(mask)) <= {0, 255}
     assert np.asarray(Image.open(tmp_path / "out" / "IMD002_uncertainty.png")).shape == (70, 90)
+    with pytest.raises(RunFolderError, match="already exists"):  # nothing a user has is overwritten
+        api.predict(tmp_path / "run", source, tmp_path / "out")
+    assert len(api.predict(tmp_path / "run", source, tmp_path / "out", force=True)) == 2
 
 
 def test_cli_errors_are_one_line(tmp_path):

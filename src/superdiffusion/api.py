@@ -174,7 +174,9 @@ def _inputs(path: Path) -> list[Path]:
     return files
 
 
-def predict(run_dir: str | Path, inputs: str | Path, output: str | Path, samples: int = 1) -> list[Path]:
+def predict(
+    run_dir: str | Path, inputs: str | Path, output: str | Path, samples: int = 1, force: bool = False
+) -> list[Path]:
     """Segment every image or volume of ``inputs`` (a file or a folder).
 
     2D: a PNG mask per image at the input's size (0/255 for binary tasks, class indices
@@ -188,8 +190,20 @@ def predict(run_dir: str | Path, inputs: str | Path, output: str | Path, samples
     threshold = float(state["best"].get("threshold", 0.5))
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    files = _inputs(Path(inputs))
+    if not force:
+        from .data.volumes import volume_stem
+
+        for path in files:
+            stem = volume_stem(path) if method.spatial_dims == 3 else path.stem
+            suffix = ".nii.gz" if method.spatial_dims == 3 else ".png"
+            for name in (f"{stem}{suffix}", f"{stem}_uncertainty{suffix}"):
+                if (output / name).exists():
+                    raise RunFolderError(
+                        f"{output / name} already exists; choose another output folder or pass --force"
+                    )
     written: list[Path] = []
-    for path in _inputs(Path(inputs)):
+    for path in files:
         if method.spatial_dims == 3:
             written += _predict_volume(method, cfg, path, output, samples, threshold, device)
         else:

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("inputs", help="an image file or a folder of images")
     p.add_argument("output", help="folder for the PNG masks")
     p.add_argument("--samples", type=int, default=1, help="noise draws; > 1 also writes uncertainty maps")
+    p.add_argument("--force", action="store_true", help="overwrite masks already in the output folder")
 
     sub.add_parser("methods", help="list the available methods")
 
@@ -140,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
         print(_table(results))
         return 0
     if args.command == "predict":
-        written = api.predict(args.run, args.inputs, args.output, args.samples)
+        written = api.predict(args.run, args.inputs, args.output, args.samples, args.force)
         print(f"wrote {len(written)} files to {Path(args.output)}")
         return 0
     if args.command == "sweep":
