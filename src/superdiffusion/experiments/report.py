@@ -59,6 +59,8 @@ def aggregate(rows: list[dict[str, Any]], score: str = "resized", per: str = "pe
         for metric in ("dice", "jaccard"):
             values = [100 * r["test"][score][f"{metric}_{per}"] for r in runs]
             entry[metric], entry[f"{metric}_ci90"] = mean_ci(values)
+        seconds = [r.get("train_seconds") for r in runs]
+        entry["train_minutes"] = sum(seconds) / len(seconds) / 60 if None not in seconds else None
         table.append(entry)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     table.sort(
@@ -113,6 +115,10 @@ def _cells(e: dict[str, Any], best: set[tuple], pm: str, bold: str) -> list[str]
     return cells
 
 
+def _minutes(e: dict[str, Any]) -> str:
+    return "-" if e.get("train_minutes") is None else f"{e['train_minutes']:.1f}"
+
+
 def markdown(table: list[dict[str, Any]], score: str = "resized", per: str = "per_image") -> str:
     best = _best(table)
     out = io.StringIO()
@@ -122,7 +128,8 @@ def markdown(table: list[dict[str, Any]], score: str = "resized", per: str = "pe
     for e in table:
         cells = _cells(e, best, "±", "**{}**")
         out.write(
-            f"| {e['dataset']} | {e['labeled_percent']:g} % | {_name(e)} | {cells[0]} | {cells[1]} | {len(e['seeds'])} |\n"
+            f"| {e['dataset']} | {e['labeled_percent']:g} % | {_name(e)} | {cells[0]} | {cells[1]} | {len(e['seeds'])} "
+            f"| {_minutes(e)} |\n"
         )
     return out.getvalue()
 
@@ -157,12 +164,13 @@ def write_csv(table: list[dict[str, Any]], path: Path) -> None:
         "jaccard",
         "jaccard_ci90",
         "seeds",
+        "train_minutes",
     ]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for e in table:
-            writer.writerow({**e, "seeds": " ".join(map(str, e["seeds"]))})
+            writer.writerow({**e, "seeds": " ".join(map(str, e["seeds"])), "train_minutes": _minutes(e)})
 
 
 def plot_ablation(table: list[dict[str, Any]], path: Path, metric: str = "dice") -> None:
