@@ -13,6 +13,8 @@ import platform
 import time
 from pathlib import Path
 
+from run import matmul_gflops  # benchmarks/run.py: states how fast this machine is
+
 from superdiffusion.experiments.report import aggregate, collect, markdown
 from superdiffusion.experiments.sweep import expand, run_sweep
 
@@ -32,6 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     grid = dict(GRID, **{"train.seed": list(range(args.seeds))})
     specs = expand(grid, [], args.root)
+    gflops = matmul_gflops()
     start = time.perf_counter()
     counts = run_sweep(specs, jobs=args.jobs)
     wall = time.perf_counter() - start
@@ -44,6 +47,7 @@ def main() -> None:
     result = {
         "command": "python benchmarks/quality.py",
         "machine": platform.platform(),
+        "matmul_gflops_fp32": gflops,
         "grid": grid,
         "counts": counts,
         "wall_seconds_this_invocation": wall,

@@ -58,6 +58,8 @@ def test_report_tables_from_hand_made_results(tmp_path):
     assert "**85.00 ± 8.43**" in md and "72.00 ± 3.37" in md and "honest" in md
     # mean training time: (1 + 2 + 3) / 3 minutes for cps; unknown for the hand-made supervised runs
     assert "| 3 | 2.0 |" in md and "| 3 | - |" in md
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in lines}) == 1  # header, rule and rows have the same columns
     files = write_report([tmp_path], tmp_path / "report")
     assert "cps" in files["csv"].read_text() and "\\textbf{85.00" in files["tex"].read_text()
 

@@ -123,7 +123,8 @@ def markdown(table: list[dict[str, Any]], score: str = "resized", per: str = "pe
     best = _best(table)
     out = io.StringIO()
     out.write(
-        f"{caption(table, score, per)}\n\n| dataset | labels | method | DC (%) | JI (%) | seeds |\n|---|---|---|---|---|---|\n"
+        f"{caption(table, score, per)}\n\n| dataset | labels | method | DC (%) | JI (%) | seeds | train (min/run) |\n"
+        "|---|---|---|---|---|---|---|\n"
     )
     for e in table:
         cells = _cells(e, best, "±", "**{}**")
