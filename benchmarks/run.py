@@ -228,7 +228,6 @@ def main() -> None:
     passes = ("unet_timestep",) if args.quick else ("unet_plain", "unet_timestep")
     for key in passes:
         result[key] = unet_pass(size, batch, repeats, key == "unet_timestep", features)
-    for key in passes:
         for kind in ("train", "infer"):
             result[key][f"{kind}_fraction_of_matmul"] = (
                 result[key][f"{kind}_gflops_per_s"] / result["matmul_gflops_fp32"]
@@ -236,12 +235,12 @@ def main() -> None:
     if not args.quick:
         result["unet_variants"] = unet_variants(size, batch, repeats, features)
     one_pass = result["unet_timestep"]["train_pass_s"]
-    if args.quick:
-        repeats = 2  # the steps below repeat several passes each: two timings suffice for a smoke run
+    # the steps below hold several passes each: in a smoke run two timings of each suffice
+    step_repeats = 2 if args.quick else repeats
     rounds = [0, 2] if args.quick else [0, 1, 2, 3, 5]
     result["rounds"] = {}
     for r in rounds:
-        step = method_step("superdiffusion", size, batch, repeats, [f"method.rounds={r}"])
+        step = method_step("superdiffusion", size, batch, step_repeats, [f"method.rounds={r}"])
         step["unet_passes"] = 2 + 2 * r
         step["step_overhead_ratio"] = step["step_s"] / ((2 + 2 * r) * one_pass)
         result["rounds"][str(r)] = step
@@ -250,15 +249,18 @@ def main() -> None:
     result["methods"] = {}
     for name in names:
         over = ["method.rounds=5"] if name == "superdiffusion" else []
-        result["methods"][name] = {**method_step(name, size, batch, repeats, over), "unet_passes": PASSES[name] or 12}
+        result["methods"][name] = {
+            **method_step(name, size, batch, step_repeats, over),
+            "unet_passes": PASSES[name] or 12,
+        }
     sizes = [64] if args.quick else [64, 128, 256]
     result["sizes"] = {
-        str(s): method_step("superdiffusion", s, batch, max(2, repeats - 2), ["method.rounds=2"]) for s in sizes
+        str(s): method_step("superdiffusion", s, batch, max(2, step_repeats - 2), ["method.rounds=2"]) for s in sizes
     }
-    result["data"] = data_batch(repeats)
+    result["data"] = data_batch(step_repeats)
     infer_batch = 8 if args.quick else 16
     result["inference"] = [
-        inference_in_child(size, infer_batch, k, repeats) for k in ((1, 4) if args.quick else (1, 4, 16))
+        inference_in_child(size, infer_batch, k, step_repeats) for k in ((1, 4) if args.quick else (1, 4, 16))
     ]
     result["seconds"] = time.perf_counter() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -171,7 +171,7 @@ def write_csv(table: list[dict[str, Any]], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for e in table:
-            writer.writerow({**e, "seeds": " ".join(map(str, e["seeds"])), "train_minutes": _minutes(e)})
+            writer.writerow({**e, "seeds": " ".join(map(str, e["seeds"]))})
 
 
 def plot_ablation(table: list[dict[str, Any]], path: Path, metric: str = "dice") -> None:
