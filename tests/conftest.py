@@ -16,7 +16,7 @@ def tiny_config(*overrides: str):
         "data.size=[32, 32]",
         "model.features=[8, 16, 32]",
         "train.epochs=2",
-        "train.max_steps_per_epoch=2",
+        "train.steps_per_epoch=2",
         "train.batch_size=4",
         "train.labeled_batch_size=2",
         "eval.batch_size=64",

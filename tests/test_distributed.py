@@ -9,7 +9,7 @@ ARGS = [
     "data.size=[32, 32]",
     "model.features=[8, 16, 32]",
     "train.epochs=2",
-    "train.max_steps_per_epoch=3",
+    "train.steps_per_epoch=3",
     "train.threads=1",
 ]
 

@@ -64,7 +64,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_weights(tmp_path):
         "train.epochs=4",
         "data.size=[32, 32]",
         "model.features=[8, 16, 32]",
-        "train.max_steps_per_epoch=3",
+        "train.steps_per_epoch=3",
         "train.batch_size=4",
         "train.labeled_batch_size=2",
         "train.threads=1",
@@ -153,7 +153,7 @@ def test_short_real_training_on_ph2_beats_trivial_predictors(tmp_path):
         "method.rounds=1",
         "data.labeled_percent=20",
     ]
-    cfg = tiny_config(*overrides, "train.max_steps_per_epoch=0", "train.batch_size=8", "train.labeled_batch_size=4")
+    cfg = tiny_config(*overrides, "train.steps_per_epoch=0", "train.batch_size=8", "train.labeled_batch_size=4")
     results = api.train(cfg, tmp_path / "run")
     test_masks = build_data(cfg.data, 0).test.masks
     all_background = binary_scores(torch.zeros(test_masks.shape), test_masks, 0.5)["dice_per_image"]

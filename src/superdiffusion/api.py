@@ -58,6 +58,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
             return {}
     best = dict(best, path=str(run_dir / "checkpoints" / "best.pt"))
     results = evaluate_method(trainer.method, data, cfg, best, trainer.device)
+    results["health"] = trainer.health
     results["train_seconds"] = round(trainer.elapsed, 2)
     results["wall_seconds_this_process"] = round(time.perf_counter() - start, 2)
     write_json(run_dir / "results.json", results)

@@ -49,6 +49,12 @@ class MethodConfig:
     name: str = "superdiffusion"
     lambda_max: float = 5.0
     ramp: str = "linear"  # linear: lambda_max * epoch / epochs (the paper); sigmoid: exp(-5 (1 - x)^2)
+    # reference: each method's own lambda_max and ramp (its YAML: SSL4MIS's 0.1 and sigmoid ramp
+    # for the baselines); paper: Appendix A's linear ramp to 5 for every method
+    lambda_schedule: str = "reference"
+    supervised_loss: str = (
+        "auto"  # auto: the method's reference (0.5 (CE + Dice); CE for the paper's method); ce; ce_dice
+    )
     params: dict[str, Any] = field(default_factory=dict)  # method-specific, checked by the method
 
 
@@ -67,7 +73,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # 0: torch's default
     amp: bool = False  # bf16 autocast on CUDA only (slower than fp32 on CPUs without AVX-512)
-    max_steps_per_epoch: int = 0  # 0: one pass over the training images
+    # The run length in updates is epochs x steps_per_epoch, whatever the dataset size (as
+    # nnU-Net's fixed iterations per epoch). 0: one pass over the training images per epoch
+    # (the paper's epoch: the length then shrinks with the dataset).
+    steps_per_epoch: int = 50
 
 
 @dataclass
@@ -165,6 +174,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return content
 
 
+DEFAULT_PROFILE = "cpu"
+
+
 def parse_overrides(items: list[str]) -> tuple[dict[str, str], dict[str, Any]]:
     """Split ``dataset=ph2 method=cps train.epochs=5`` into presets and nested overrides."""
     presets: dict[str, str] = {}
@@ -199,7 +211,7 @@ def resolve(
         merge(cfg, base, "base config")
     user = load_yaml(config_file) if config_file else {}
     presets = {**{k: user.pop(k) for k in ("dataset", "method", "profile") if k in user}, **presets}
-    profile = presets.get("profile", "cpu")
+    profile = presets.get("profile", DEFAULT_PROFILE)
     profile_yaml = load_yaml(_preset_file("profiles", profile))
     per_method = profile_yaml.pop("methods", {}) or {}  # a profile's settings for one method
     merge(cfg, profile_yaml, f"profile {profile}")
@@ -213,9 +225,39 @@ def resolve(
         merge(cfg, {"method": per_method[cfg.method.name]}, f"profile {profile}")
     merge(cfg, user, str(config_file))
     merge(cfg, nested, "command line")
+    _apply_lambda_schedule(cfg, [user.get("method") or {}, nested.get("method") or {}])
     return cfg
+
+
+PAPER_LAMBDA = {"lambda_max": 5.0, "ramp": "linear"}  # Appendix A's reading for every method
+
+
+def _apply_lambda_schedule(cfg: Config, user_method_sections: list[dict[str, Any]]) -> None:
+    """``method.lambda_schedule=paper`` gives every semi-supervised method the paper's linear
+    ramp to 5; it refuses an explicit ``lambda_max`` or ``ramp`` beside it (which would win?)."""
+    choice = cfg.method.lambda_schedule
+    if choice not in ("reference", "paper"):
+        raise ConfigError(f"method.lambda_schedule must be reference or paper, got {choice!r}")
+    if choice == "reference" or cfg.method.name == "supervised":
+        return
+    explicit = sorted({k for section in user_method_sections for k in section if k in PAPER_LAMBDA})
+    if explicit:
+        raise ConfigError(
+            f"method.lambda_schedule=paper sets method.lambda_max=5 and method.ramp=linear; "
+            f"drop the explicit method.{explicit[0]} or use lambda_schedule=reference"
+        )
+    cfg.method.lambda_max = PAPER_LAMBDA["lambda_max"]
+    cfg.method.ramp = PAPER_LAMBDA["ramp"]
+
+
+LEGACY_KEYS = {("train", "max_steps_per_epoch"): ("train", "steps_per_epoch")}  # older run folders
 
 
 def from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a config saved by :meth:`Config.to_dict` (e.g. from a checkpoint)."""
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for (section, old), (_, new) in LEGACY_KEYS.items():
+        if old in values.get(section, {}):
+            steps = values[section].pop(old)
+            values[section].setdefault(new, steps)
     return merge(Config(), values, "saved config")

@@ -52,9 +52,22 @@ def _scores(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> dict[str, f
 
 
 def sweep(fg_prob: torch.Tensor, labels: torch.Tensor, grid: list[float]) -> list[dict[str, float]]:
-    """Binary scores of ``fg_prob > th`` for each threshold of ``grid``."""
+    """Binary scores of ``fg_prob > th`` for each threshold of ``grid``, with the fraction of
+    pixels predicted foreground and the true one."""
     target = labels > 0
-    return [{"threshold": th, **_scores(*_counts(fg_prob > th, target))} for th in grid]
+    true_fraction = float(target.float().mean())
+    rows = []
+    for th in grid:
+        pred = fg_prob > th
+        rows.append(
+            {
+                "threshold": th,
+                **_scores(*_counts(pred, target)),
+                "predicted_fraction": float(pred.float().mean()),
+                "true_fraction": true_fraction,
+            }
+        )
+    return rows
 
 
 def best_threshold(results: list[dict[str, float]], metric: str) -> dict[str, float]:
@@ -119,3 +132,40 @@ def surface_distances(fg_prob: torch.Tensor, split, threshold: float) -> dict[st
         "asd": float(np.mean(asd)) if asd else float("nan"),
         "empty": empty,
     }
+
+
+def health_flags(history: list[dict], best: dict, grid: list[float], key: str) -> list[str]:
+    """Signs that a run collapsed, from its selection records (``history`` rows holding
+    ``key``, its threshold and foreground fractions) and the selected one (``best``):
+
+    - ``threshold_at_edge``: the selected threshold is the first or last of the grid;
+    - ``all_foreground`` / ``all_background``: at that threshold the selection split is
+      (nearly) all foreground (>= 95 % of pixels, truth under 80 %) or nearly all background
+      (under 5 % of the true foreground fraction);
+    - ``degrading``: the last score fell below 75 % of the best one while the last threshold
+      sank into the lowest tenth of the grid (pseudo-labels drifting to background, typically).
+    """
+    flags = []
+    if "threshold" in best and best["threshold"] in (grid[0], grid[-1]):
+        flags.append("threshold_at_edge")
+    pred, true = best.get("predicted_fraction"), best.get("true_fraction")
+    if pred is not None and true is not None:
+        if pred >= 0.95 and true < 0.8:
+            flags.append("all_foreground")
+        elif true > 0 and pred < 0.05 * true:
+            flags.append("all_background")
+    scored = [h for h in history if key in h]
+    if scored and best.get("score"):
+        last = scored[-1]
+        low = grid[0] + 0.1 * (grid[-1] - grid[0])
+        if last[key] < 0.75 * best["score"] and last.get("threshold", 1.0) <= low:
+            flags.append("degrading")
+    return flags
+
+
+FLAG_ADVICE = {
+    "threshold_at_edge": "the selected threshold sits at the edge of the grid",
+    "all_foreground": "the selected predictions paint (nearly) every pixel foreground",
+    "all_background": "the selected predictions are (nearly) all background",
+    "degrading": "the validation score fell far below its best while the threshold sank to the grid's bottom",
+}

@@ -27,7 +27,15 @@ from .config import Config
 from .data import SegmentationData, Split
 from .data.augment import flip_rotate
 from .errors import ConfigError, RunFolderError, TrainingDiverged
-from .evaluation import PROTOCOLS, best_threshold, foreground_probability, sweep, thresholds
+from .evaluation import (
+    FLAG_ADVICE,
+    PROTOCOLS,
+    best_threshold,
+    foreground_probability,
+    health_flags,
+    sweep,
+    thresholds,
+)
 from .inference import predict_tensor
 from .methods import Batch, Method, StepContext, build_method
 from .methods.ramps import ramp_weight
@@ -50,17 +58,20 @@ def resolve_device(name: str) -> torch.device:
 @dataclass
 class BatchPlan:
     """Batches mixing labeled and unlabeled items (both streams cycle through seeded
-    permutations). One epoch is one pass over the training images."""
+    permutations). One epoch is ``steps`` updates, or one pass over the training images
+    when ``steps`` is 0."""
 
     n_labeled: int
     n_unlabeled: int
     batch_size: int
     labeled_batch_size: int
-    max_steps: int = 0
+    steps: int = 0
     rank: int = 0
     world: int = 1
 
     def __post_init__(self):
+        if self.steps < 0:
+            raise ConfigError(f"train.steps_per_epoch must be >= 0 (0: one pass over the images), got {self.steps}")
         if self.n_labeled < 1:
             raise ConfigError("the training split has no labeled image")
         if self.batch_size % self.world or self.labeled_batch_size % self.world:
@@ -78,8 +89,9 @@ class BatchPlan:
 
     @property
     def steps_per_epoch(self) -> int:
-        steps = math.ceil((self.n_labeled + self.n_unlabeled) / self.batch_size)
-        return min(steps, self.max_steps) if self.max_steps > 0 else steps
+        if self.steps > 0:
+            return self.steps
+        return math.ceil((self.n_labeled + self.n_unlabeled) / self.batch_size)
 
     def _stream(self, n: int, per_step: int, generator: torch.Generator) -> list[torch.Tensor]:
         need = per_step * self.steps_per_epoch
@@ -147,7 +159,7 @@ class Trainer:
             len(data.unlabeled),
             cfg.train.batch_size,
             cfg.train.labeled_batch_size,
-            cfg.train.max_steps_per_epoch,
+            cfg.train.steps_per_epoch,
             rank,
             world,
         )
@@ -271,7 +283,29 @@ class Trainer:
             self.save()
         if self.writer is not None:
             self.writer.close()
+        self.health = self.check_health()
         return self.best
+
+    def check_health(self) -> dict[str, Any]:
+        """Collapse flags of the finished run (see :func:`evaluation.health_flags`), logged loudly."""
+        split_name, metric = PROTOCOLS[self.cfg.eval.protocol]
+        e = self.cfg.eval
+        flags = (
+            health_flags(
+                self.history,
+                self.best,
+                thresholds(e.threshold_start, e.threshold_stop, e.threshold_step),
+                f"{split_name}_{metric}",
+            )
+            if self.data.num_classes == 2 and self.best
+            else []
+        )
+        for flag in flags:
+            self.log(
+                f"[superdiffusion] WARNING: possible collapse ({flag}): {FLAG_ADVICE[flag]}; see README, "
+                "'When a run collapses'"
+            )
+        return {"ok": not flags, "flags": flags}
 
     def run_epoch(self, phase_index: int, phase, epoch: int) -> None:
         cfg = self.cfg
@@ -334,6 +368,9 @@ class Trainer:
                 if k in best:
                     self.writer.add_scalar(f"{split_name}/{k}", best[k], self.position["step"])
         self.history[-1][f"{split_name}_{metric}"] = best[metric]
+        for k in ("threshold", "predicted_fraction", "true_fraction"):
+            if k in best:
+                self.history[-1][k] = best[k]
         improved = not self.best or best[metric] > self.best["score"]
         if improved:
             self.best = {
@@ -342,6 +379,7 @@ class Trainer:
                 "split": split_name,
                 "epoch": epoch + 1,
                 "threshold": best.get("threshold", 0.5),
+                **{k: best[k] for k in ("predicted_fraction", "true_fraction") if k in best},
             }
             self.save("best.pt")
         self.log(

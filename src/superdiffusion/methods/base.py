@@ -60,6 +60,9 @@ class Prediction:
     spread: torch.Tensor | None = None
 
 
+SUPERVISED_LOSSES = ("auto", "ce", "ce_dice", "dice")
+
+
 def supervised_ce(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Pixel-wise cross entropy on the labeled items of the batch (0 when there are none)."""
     if not batch.has_labeled:
@@ -67,14 +70,31 @@ def supervised_ce(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     return F.cross_entropy(logits[batch.labeled], batch.labels[batch.labeled])
 
 
-def dice_loss(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Soft Dice loss over the foreground classes."""
-    probs = logits.softmax(1)
-    one_hot = F.one_hot(labels, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
-    dims = tuple(range(2, logits.dim()))
-    inter = (probs * one_hot).sum(dims)
-    union = probs.sum(dims) + one_hot.sum(dims)
-    return 1 - ((2 * inter + eps) / (union + eps))[:, 1:].mean()
+def dice_loss(logits: torch.Tensor, labels: torch.Tensor, include_background: bool = True) -> torch.Tensor:
+    """Soft Dice loss of the reference implementations (SSL4MIS ``DiceLoss``, DTC's
+    ``dice_loss``): squared terms in the denominator, sums pooled over the batch, smoothing
+    1e-5, averaged over the classes (background included unless ``include_background`` is
+    False). MONAI's :class:`~monai.losses.DiceLoss` with these options computes exactly this."""
+    from monai.losses import DiceLoss
+
+    loss = DiceLoss(
+        include_background=include_background,
+        to_onehot_y=True,
+        softmax=True,
+        squared_pred=True,
+        batch=True,
+        smooth_nr=1e-5,
+        smooth_dr=1e-5,
+    )
+    return loss(logits, labels.unsqueeze(1))
+
+
+def supervised_ce_dice(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """``0.5 (CE + Dice)`` on the labeled items: the baselines' labeled loss in SSL4MIS."""
+    if not batch.has_labeled:
+        return logits.sum() * 0.0
+    lab = batch.labeled
+    return 0.5 * (F.cross_entropy(logits[lab], batch.labels[lab]) + dice_loss(logits[lab], batch.labels[lab]))
 
 
 class Method(nn.Module):
@@ -87,6 +107,8 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     stochastic_inference: ClassVar[bool] = False
+    # the labeled loss when method.supervised_loss=auto: the reference implementation's
+    default_supervised_loss: ClassVar[str] = "ce_dice"
 
     @dataclass
     class Params:
@@ -99,6 +121,20 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.spatial_dims = spatial_dims
         self.params = self.parse_params(cfg.method.params)
+        kind = cfg.method.supervised_loss
+        if kind not in SUPERVISED_LOSSES:
+            raise ConfigError(f"method.supervised_loss must be one of {', '.join(SUPERVISED_LOSSES)}, got {kind!r}")
+        self.supervised_loss_kind = self.default_supervised_loss if kind == "auto" else kind
+
+    def labeled_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The supervised term on the batch's labeled items (``method.supervised_loss``)."""
+        if self.supervised_loss_kind == "ce":
+            return supervised_ce(logits, batch)
+        if self.supervised_loss_kind == "dice":
+            if not batch.has_labeled:
+                return logits.sum() * 0.0
+            return dice_loss(logits[batch.labeled], batch.labels[batch.labeled], include_background=False)
+        return supervised_ce_dice(logits, batch)
 
     @classmethod
     def parse_params(cls, values: dict[str, Any]) -> Any:

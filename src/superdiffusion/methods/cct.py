@@ -1,13 +1,20 @@
-"""Cross-consistency training (Ouali et al.; ref. [38]): auxiliary decoders on perturbed
-encoder features must agree with the main decoder on unlabeled images."""
+"""Cross-consistency training (Ouali et al.; ref. [38]), as SSL4MIS's 2D script defines it:
+one encoder, the main decoder and three auxiliary decoders fed perturbed encoder features
+(multiplicative uniform noise shared over the batch, dropout p = 0.3, feature dropout).
+
+- labeled loss: ``0.5 (CE + Dice)`` averaged over the four decoders;
+- consistency on the unlabeled items: mean squared difference between the softmax of the
+  main decoder and of each auxiliary decoder, averaged over the three, weighted by the
+  sigmoid ramp to 0.1. The main output is a target (detached), as in the CCT paper, where
+  only the encoder and the auxiliary decoders learn from unlabeled images
+  (``method.detach_main=false`` lets the gradient reach the main decoder as well).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
-from .base import Batch, Method, StepContext, supervised_ce
+from .base import Batch, Method, StepContext
 
 
 class CrossConsistency(Method):
@@ -16,7 +23,8 @@ class CrossConsistency(Method):
 
     @dataclass
     class Params:
-        aux_decoders: int = 3  # feature dropout, feature noise, dropout (cycled)
+        aux_decoders: int = 3  # feature noise, dropout, feature dropout (cycled)
+        detach_main: bool = True
 
     def __init__(self, cfg, channels, num_classes, spatial_dims):
         super().__init__(cfg, channels, num_classes, spatial_dims)
@@ -25,11 +33,12 @@ class CrossConsistency(Method):
     def losses(self, batch: Batch, ctx: StepContext):
         out = self.net.forward_all(batch.images)
         heads = [out.logits, *out.aux]
-        losses = {"sup": sum(supervised_ce(h, batch) for h in heads) / len(heads)}
+        losses = {"sup": sum(self.labeled_loss(h, batch) for h in heads) / len(heads)}
         if batch.has_unlabeled and out.aux:
             unl = ~batch.labeled
-            target = out.logits[unl].detach().softmax(1)
-            cons = sum(F.mse_loss(a[unl].softmax(1), target) for a in out.aux) / len(out.aux)
+            main = out.logits[unl].softmax(1)
+            main = main.detach() if self.params.detach_main else main
+            cons = sum(((a[unl].softmax(1) - main) ** 2).mean() for a in out.aux) / len(out.aux)
             losses["consistency"] = ctx.weight * cons
         return losses
 

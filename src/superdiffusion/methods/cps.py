@@ -1,10 +1,22 @@
 """Cross pseudo supervision (Chen et al.; ref. [25]) between two independently initialised
-UNets; the first one predicts."""
+UNets; the first one predicts.
+
+As SSL4MIS's 2D script: each network's labeled loss is ``0.5 (CE + Dice)``; on the
+unlabeled items each learns the other's argmax by cross entropy (no gradient through the
+argmax), weighted by the sigmoid ramp to 0.1."""
 
 from __future__ import annotations
 
-from .base import Batch, Method, StepContext, supervised_ce
-from .superdiffusion import cps_loss
+import torch.nn.functional as F
+
+from .base import Batch, Method, StepContext
+
+
+def cps_loss(logits_a, logits_b):
+    """``CE(a, argmax b) + CE(b, argmax a)``; the pseudo-labels carry no gradient."""
+    return F.cross_entropy(logits_a, logits_b.detach().argmax(1)) + F.cross_entropy(
+        logits_b, logits_a.detach().argmax(1)
+    )
 
 
 class CrossPseudoSupervision(Method):
@@ -18,10 +30,10 @@ class CrossPseudoSupervision(Method):
 
     def losses(self, batch: Batch, ctx: StepContext):
         a, b = self.net_a(batch.images), self.net_b(batch.images)
-        return {
-            "sup": supervised_ce(a, batch) + supervised_ce(b, batch),
-            "cps": ctx.weight * cps_loss(a, b),
-        }
+        out = {"sup": self.labeled_loss(a, batch) + self.labeled_loss(b, batch)}
+        unl = ~batch.labeled
+        out["cps"] = ctx.weight * cps_loss(a[unl], b[unl]) if batch.has_unlabeled else a.sum() * 0.0
+        return out
 
     def segmenter(self):
         return self.net_a

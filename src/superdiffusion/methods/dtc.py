@@ -1,5 +1,16 @@
-"""Dual-task consistency (Luo et al., AAAI 2021): a segmentation head and a signed-distance
-head whose transformed output must agree with the segmentation."""
+"""Dual-task consistency (Luo et al., AAAI 2021), as the authors' code defines it: a
+segmentation head and a tanh signed-distance head whose transform ``sigmoid(-k sdf)`` must
+agree with the segmentation.
+
+- Labeled loss: foreground soft Dice (squared denominators, pooled over the batch) plus
+  0.3 x the MSE between the distance head and the normalised signed distance of the label.
+- Consistency on every item of the batch: ``mean((sigmoid(-1500 sdf) - p_fg)^2)``, weighted by
+  the sigmoid ramp to 1.0 (the reference's consistency weight).
+
+Differences: the segmentation is a C-class softmax (the reference: one sigmoid channel);
+an empty or all-foreground label gives a zero distance map (the reference leaves zeros for
+an empty one and divides by zero for a full one).
+"""
 
 from __future__ import annotations
 
@@ -10,19 +21,22 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .base import Batch, Method, StepContext, dice_loss, supervised_ce
+from .base import Batch, Method, StepContext
 
 
 def signed_distance(mask: np.ndarray) -> np.ndarray:
     """Normalised signed distance of a binary mask: -1..0 inside, 0 on the boundary,
-    0..1 outside (each side scaled by its own maximum). An empty mask gives zeros."""
+    0..1 outside (each side scaled by its own maximum). The boundary is the object pixels
+    with a background neighbour (the reference's ``find_boundaries(mode='inner')``): an object
+    pixel on the image edge is not boundary for that reason alone. An empty or full mask
+    gives zeros."""
     mask = mask.astype(bool)
     out = np.zeros(mask.shape, dtype=np.float32)
     if not mask.any() or mask.all():
         return out
     outside = ndimage.distance_transform_edt(~mask)
     inside = ndimage.distance_transform_edt(mask)
-    boundary = mask & ~ndimage.binary_erosion(mask, border_value=0)
+    boundary = mask & ~ndimage.binary_erosion(mask, border_value=1)
     out = outside / outside.max() - inside / inside.max()
     out[boundary] = 0
     return out.astype(np.float32)
@@ -38,6 +52,7 @@ def batch_signed_distance(labels: torch.Tensor, num_classes: int) -> torch.Tenso
 class DualTaskConsistency(Method):
     name = "dtc"
     description = "dual-task consistency: segmentation + signed-distance heads kept consistent"
+    default_supervised_loss = "dice"
 
     @dataclass
     class Params:
@@ -50,10 +65,9 @@ class DualTaskConsistency(Method):
 
     def losses(self, batch: Batch, ctx: StepContext):
         out = self.net.forward_all(batch.images)
-        losses = {"sup": supervised_ce(out.logits, batch)}
+        losses = {"sup": self.labeled_loss(out.logits, batch)}
         if batch.has_labeled:
             lab = batch.labeled
-            losses["dice"] = dice_loss(out.logits[lab], batch.labels[lab])
             target = batch_signed_distance(batch.labels[lab], self.num_classes)
             losses["sdf"] = self.params.sdf_weight * F.mse_loss(out.sdf[lab], target)
         mask_from_sdf = torch.sigmoid(-self.params.sharpness * out.sdf)

@@ -1,6 +1,20 @@
 """Mean teacher (Tarvainen & Valpola; ref. [16]) and its uncertainty-aware variant UAMT
-(Yu et al.; ref. [24]). The teacher is an exponential moving average of the student and
-receives no gradient."""
+(Yu et al.; ref. [24]), as SSL4MIS's 2D scripts define them:
+
+- student and teacher are the reference UNet with element-wise dropout 0.05, 0.1, 0.2,
+  0.3, 0.5 in the encoder levels (interpolated over the levels when there are not five);
+- the teacher is an exponential moving average of the student (``a = min(1 - 1/(step + 1),
+  ema_decay)``), gets no gradient and runs in training mode (dropout on, batch statistics);
+- labeled loss ``0.5 (CE + Dice)``; consistency on the unlabeled items: the squared
+  difference of the student's softmax and the softmax of one teacher pass on the input plus
+  ``clamp(N(0, 0.1^2), -0.2, 0.2)``, weighted by the sigmoid ramp to 0.1;
+- UAMT masks the consistency where the entropy of the mean of 8 further noisy teacher passes
+  exceeds ``(0.75 + 0.25 ramp) ln 2`` (the reference's threshold; ``ln C`` here for C classes),
+  and divides by twice the kept count.
+
+Differences: the teacher's buffers (batch-norm running statistics, unused in training mode)
+are copied from the student so that a saved teacher can also be evaluated.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +22,21 @@ import copy
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .base import Batch, Method, StepContext, supervised_ce
+from .base import Batch, Method, StepContext
 from .ramps import sigmoid_ramp
+
+REFERENCE_DROPOUT = (0.05, 0.1, 0.2, 0.3, 0.5)  # SSL4MIS UNet, encoder levels 1-5
+
+
+def level_dropout(levels: int) -> tuple[float, ...]:
+    """The reference rates for ``levels`` encoder levels (exact for 5, interpolated otherwise)."""
+    if levels == len(REFERENCE_DROPOUT):
+        return REFERENCE_DROPOUT
+    x = np.linspace(0, 1, len(REFERENCE_DROPOUT))
+    return tuple(float(v) for v in np.interp(np.linspace(0, 1, levels), x, REFERENCE_DROPOUT))
 
 
 class MeanTeacher(Method):
@@ -26,7 +50,8 @@ class MeanTeacher(Method):
 
     def __init__(self, cfg, channels, num_classes, spatial_dims):
         super().__init__(cfg, channels, num_classes, spatial_dims)
-        self.student = self.make_unet(channels, num_classes)
+        rates = level_dropout(len(cfg.model.features))
+        self.student = self.make_unet(channels, num_classes, level_dropout=rates)
         self.teacher = copy.deepcopy(self.student)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -38,11 +63,11 @@ class MeanTeacher(Method):
     def consistency(self, student_logits: torch.Tensor, unlabeled: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         with torch.no_grad():
             teacher_probs = self.teacher(self._noisy(unlabeled)).softmax(1)
-        return F.mse_loss(student_logits.softmax(1), teacher_probs)
+        return ((student_logits.softmax(1) - teacher_probs) ** 2).mean()
 
     def losses(self, batch: Batch, ctx: StepContext):
         logits = self.student(batch.images)
-        out = {"sup": supervised_ce(logits, batch)}
+        out = {"sup": self.labeled_loss(logits, batch)}
         if batch.has_unlabeled:
             unl = ~batch.labeled
             out["consistency"] = ctx.weight * self.consistency(logits[unl], batch.images[unl], ctx)
@@ -73,19 +98,11 @@ class UncertaintyAwareMeanTeacher(MeanTeacher):
     class Params:
         ema_decay: float = 0.99
         input_noise: float = 0.1
-        mc_passes: int = 8  # stochastic teacher passes for the uncertainty
-        dropout: float = 0.5  # dropout in the UNet (student and teacher) for MC sampling
+        mc_passes: int = 8  # noisy teacher passes that give the uncertainty (not the target)
 
-    def __init__(self, cfg, channels, num_classes, spatial_dims):
-        super().__init__(cfg, channels, num_classes, spatial_dims)
-        self.student = self.make_unet(channels, num_classes, dropout=self.params.dropout)
-        self.teacher = copy.deepcopy(self.student)
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-
-    def uncertainty_mask(self, unlabeled: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher probabilities and the mask of pixels whose predictive entropy is under the
-        ramped threshold ``(0.75 + 0.25 ramp) ln C``."""
+    def uncertainty_mask(self, unlabeled: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """1 where the predictive entropy of ``mc_passes`` noisy teacher passes is under the
+        ramped threshold ``(0.75 + 0.25 ramp) ln C``, else 0; ``(B, 1, *S)``."""
         passes = self.params.mc_passes
         with torch.no_grad():
             stacked = unlabeled.repeat(passes, *([1] * (unlabeled.dim() - 1)))
@@ -93,9 +110,16 @@ class UncertaintyAwareMeanTeacher(MeanTeacher):
             mean = probs.view(passes, *unlabeled.shape[:1], *probs.shape[1:]).mean(0)
             entropy = -(mean * (mean + 1e-6).log()).sum(1, keepdim=True)
         threshold = (0.75 + 0.25 * sigmoid_ramp(ctx.epoch, ctx.epochs)) * math.log(mean.shape[1])
-        return mean, (entropy < threshold).to(mean.dtype)
+        return (entropy < threshold).to(mean.dtype)
 
     def consistency(self, student_logits, unlabeled, ctx):
-        teacher_probs, mask = self.uncertainty_mask(unlabeled, ctx)
-        dist = (student_logits.softmax(1) - teacher_probs) ** 2
-        return (mask * dist).sum() / (2 * mask.sum() + 1e-16)
+        with torch.no_grad():
+            target = self.teacher(self._noisy(unlabeled)).softmax(1)  # one noisy pass: the target
+        mask = self.uncertainty_mask(unlabeled, ctx)
+        dist = (student_logits.softmax(1) - target) ** 2
+        return masked_consistency(dist, mask)
+
+
+def masked_consistency(dist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """UAMT's ``sum(mask * dist) / (2 sum(mask) + 1e-16)`` (``mask`` broadcast over classes)."""
+    return (mask * dist).sum() / (2 * mask.sum() + 1e-16)

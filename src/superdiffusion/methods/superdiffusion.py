@@ -12,7 +12,8 @@ from torch import nn
 
 from ..diffusion import NoiseSchedule
 from ..errors import ConfigError
-from .base import Batch, Method, Phase, Prediction, StepContext, supervised_ce
+from .base import Batch, Method, Phase, Prediction, StepContext
+from .cps import cps_loss  # Eq. 9
 
 
 def mask_to_input(probs: torch.Tensor) -> torch.Tensor:
@@ -20,17 +21,11 @@ def mask_to_input(probs: torch.Tensor) -> torch.Tensor:
     return probs * 2 - 1
 
 
-def cps_loss(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
-    """Eq. 9: each network learns the other's hard pseudo-labels (no gradient through argmax)."""
-    return F.cross_entropy(logits_a, logits_b.detach().argmax(1)) + F.cross_entropy(
-        logits_b, logits_a.detach().argmax(1)
-    )
-
-
 class SuperDiffusion(Method):
     name = "superdiffusion"
     description = "diffusion teacher (mask + image pathways, cycle pretraining) co-trained with a student; R rounds"
     stochastic_inference = True
+    default_supervised_loss = "ce"  # Eq. 10
 
     @dataclass
     class Params:
@@ -120,7 +115,7 @@ class SuperDiffusion(Method):
         teacher = self.mask_pathway(self.teacher_mask, images, t)  # Eq. 8
         student = self.mask_pathway(self.student_mask, images, t)
         out = {
-            "sup": supervised_ce(teacher, batch) + supervised_ce(student, batch),  # Eq. 10
+            "sup": self.labeled_loss(teacher, batch) + self.labeled_loss(student, batch),  # Eq. 10
             "semi": ctx.weight * cps_loss(teacher, student),  # Eq. 9
         }
         rounds = self.params.rounds

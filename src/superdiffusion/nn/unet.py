@@ -3,7 +3,10 @@
 - ``time_embedding``: the diffusion step ``t`` is embedded (sinusoidal features -> MLP)
   and added to the features after the first block, as in the paper's pathways (Sec. 3.1).
 - ``aux_decoders``: extra decoders fed perturbed encoder features (CCT).
-- ``deep_supervision``: one 1x1 head per decoder scale, upsampled to the input size (URPC).
+- ``deep_supervision``: one 3x3 head per decoder scale, fed perturbed features while
+  training and upsampled (nearest) to the input size (URPC).
+- ``level_dropout``: element-wise dropout rate of each encoder level (SSL4MIS's UNet uses
+  0.05, 0.1, 0.2, 0.3, 0.5), instead of the channel dropout that ``dropout`` ramps up.
 - ``sdf_head``: a tanh head regressing the signed distance map (DTC).
 - ``checkpointing``: recompute block activations in the backward pass (memory for 3D).
 - ``channels_last``: 2D weights and activations in NHWC memory format (faster on CPU).
@@ -39,9 +42,10 @@ def _norm(kind: str, dims: int, channels: int) -> nn.Module:
 
 
 class ConvBlock(nn.Sequential):
-    """(conv 3 -> norm -> LeakyReLU) x 2 with optional dropout between."""
+    """(conv 3 -> norm -> LeakyReLU) x 2 with optional dropout between (channel-wise, or
+    element-wise with ``elementwise``)."""
 
-    def __init__(self, dims: int, cin: int, cout: int, norm: str, dropout: float = 0.0):
+    def __init__(self, dims: int, cin: int, cout: int, norm: str, dropout: float = 0.0, elementwise: bool = False):
         conv = _CONV[dims]
         layers: list[nn.Module] = [
             conv(cin, cout, 3, padding=1, bias=False),
@@ -49,7 +53,7 @@ class ConvBlock(nn.Sequential):
             nn.LeakyReLU(0.01),
         ]
         if dropout > 0:
-            layers.append(_DROP[dims](dropout))
+            layers.append(nn.Dropout(dropout) if elementwise else _DROP[dims](dropout))
         layers += [conv(cout, cout, 3, padding=1, bias=False), _norm(norm, dims, cout), nn.LeakyReLU(0.01)]
         super().__init__(*layers)
 
@@ -101,10 +105,12 @@ class UNetOutput:
     sdf: torch.Tensor | None = None
 
 
-def perturb_features(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """CCT's feature perturbations: uniform noise, feature dropout or plain dropout."""
+def perturb_features(x: torch.Tensor, kind: str, dropout: float = 0.5) -> torch.Tensor:
+    """The feature perturbations of CCT and URPC (SSL4MIS): multiplicative uniform noise in
+    [-0.3, 0.3] drawn once per call and shared by the whole batch, feature dropout of the
+    most activated region, or element-wise dropout with rate ``dropout``."""
     if kind == "noise":
-        return x + x * torch.empty_like(x).uniform_(-0.3, 0.3)
+        return x + x * torch.empty(x.shape[1:], device=x.device, dtype=x.dtype).uniform_(-0.3, 0.3)
     if kind == "feature_dropout":
         attention = x.mean(dim=1, keepdim=True)
         flat = attention.flatten(1)
@@ -112,7 +118,7 @@ def perturb_features(x: torch.Tensor, kind: str) -> torch.Tensor:
         keep = (attention < threshold.view(-1, *([1] * (x.dim() - 1)))).to(x.dtype)
         return x * keep
     if kind == "dropout":
-        return F.dropout(x, 0.5, training=True)
+        return F.dropout(x, dropout, training=True)
     raise ValueError(f"unknown feature perturbation {kind!r}")
 
 
@@ -120,7 +126,12 @@ class UNet(nn.Module):
     """UNet with ``len(features)`` levels. ``forward(x, t)`` returns the main logits;
     ``forward_all(x, t)`` returns a :class:`UNetOutput` with the optional heads."""
 
-    AUX_PERTURBATIONS = ("feature_dropout", "noise", "dropout")
+    AUX_PERTURBATIONS = ("noise", "dropout", "feature_dropout")  # CCT's aux decoders 1, 2, 3
+    AUX_DROPOUT = 0.3  # CCT's dropout decoder
+    # URPC's heads, coarse to fine: dropout 0.5, feature dropout, feature noise (the finest
+    # perturbed head is next to the main output, as in the reference decoder)
+    DEEP_PERTURBATIONS = ("dropout", "feature_dropout", "noise")
+    DEEP_DROPOUT = 0.5
 
     def __init__(
         self,
@@ -136,6 +147,7 @@ class UNet(nn.Module):
         sdf_head: bool = False,
         checkpointing: bool = False,
         channels_last: bool = False,
+        level_dropout: tuple[float, ...] | None = None,
     ):
         super().__init__()
         self.checkpointing = checkpointing
@@ -147,8 +159,14 @@ class UNet(nn.Module):
         self.multiple = 2 ** (len(features) - 1)
         self.blocks = nn.ModuleList()
         cin = in_channels
+        if level_dropout is not None and len(level_dropout) != len(features):
+            raise ValueError(f"level_dropout needs one rate per level ({len(features)}), got {level_dropout}")
         for i, f in enumerate(features):
-            self.blocks.append(ConvBlock(spatial_dims, cin, f, norm, dropout=dropout * (i / max(1, len(features) - 1))))
+            if level_dropout is not None:
+                block = ConvBlock(spatial_dims, cin, f, norm, float(level_dropout[i]), elementwise=True)
+            else:
+                block = ConvBlock(spatial_dims, cin, f, norm, dropout=dropout * (i / max(1, len(features) - 1)))
+            self.blocks.append(block)
             cin = f
         self.pool = _POOL[spatial_dims](2)
         self.time_mlp = None
@@ -162,7 +180,7 @@ class UNet(nn.Module):
         if deep_supervision:
             rev = features[::-1]
             self.deep_heads = nn.ModuleList(
-                _CONV[spatial_dims](rev[i + 1], out_channels, 1) for i in range(len(rev) - 2)
+                _CONV[spatial_dims](rev[i + 1], out_channels, 3, padding=1) for i in range(len(rev) - 2)
             )
         self.sdf = (
             _CONV[spatial_dims](features[0], out_channels - 1 if out_channels > 1 else 1, 1) if sdf_head else None
@@ -207,11 +225,13 @@ class UNet(nn.Module):
         out = UNetOutput(self._crop(logits, sizes))
         for k, decoder in enumerate(self.aux):
             kind = self.AUX_PERTURBATIONS[k % len(self.AUX_PERTURBATIONS)]
-            aux_logits, _ = decoder([perturb_features(s, kind) for s in skips])
+            aux_logits, _ = decoder([perturb_features(s, kind, self.AUX_DROPOUT) for s in skips])
             out.aux.append(self._crop(aux_logits, sizes))
-        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
-        for head, feat in zip(self.deep_heads, scales[:-1]):
-            up = F.interpolate(head(feat), size=x.shape[2:], mode=mode, align_corners=False)
+        kinds = self.DEEP_PERTURBATIONS[-len(self.deep_heads) :] if self.deep_heads else ()
+        for head, feat, kind in zip(self.deep_heads, scales[:-1], kinds):
+            if self.training:
+                feat = perturb_features(feat, kind, self.DEEP_DROPOUT)
+            up = F.interpolate(head(feat), size=x.shape[2:], mode="nearest")
             out.deep.append(self._crop(up, sizes))
         if self.deep_heads:
             out.deep.append(out.logits)

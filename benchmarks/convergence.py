@@ -1,0 +1,129 @@
+"""Convergence benchmark: validation Dice against the number of updates for `supervised`,
+`cps` and the paper's method on the built-in PH2 copy at 5 % labels (seed 0, honest
+protocol, constant learning rate so that the curve shows where each method levels off).
+It is the measured basis of the CPU profile's length (configs/profiles/cpu.yaml).
+
+One resumable sweep (a finished run is skipped, an interrupted one resumes), then the curves
+in a JSON file and a plot:
+
+    python benchmarks/convergence.py --root runs/convergence \
+        --out benchmarks/results/convergence-ph2-p5.json --plot docs/convergence-ph2-p5.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+from run import matmul_gflops  # benchmarks/run.py: states how fast this machine is
+
+from superdiffusion import checkpoint
+from superdiffusion.experiments.sweep import expand, run_sweep
+
+STEPS_PER_EPOCH = 50
+EPOCHS = {"supervised": 40, "cps": 30, "superdiffusion": 20}  # 2000 / 1500 / 1000 updates
+COMMON = ["data.labeled_percent=5", "train.seed=0", f"train.steps_per_epoch={STEPS_PER_EPOCH}"]
+EXTRA = {"superdiffusion": ["method.rounds=2", "method.pretrain_epochs=4"]}  # 200 pretraining updates
+PLATEAU_TOLERANCE = 0.01  # a curve has levelled off once its smoothed value is within 1 point of its maximum
+
+
+def smoothed(values: list[float], window: int = 3) -> list[float]:
+    """Trailing moving average (shorter at the start)."""
+    return [
+        sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+        for i in range(len(values))
+    ]
+
+
+def plateau(updates: list[int], dice: list[float]) -> dict[str, float]:
+    """First number of updates at which the smoothed validation Dice comes within
+    ``PLATEAU_TOLERANCE`` of its maximum, and that maximum."""
+    smooth = smoothed(dice)
+    top = max(smooth)
+    first = next(i for i, v in enumerate(smooth) if v >= top - PLATEAU_TOLERANCE)
+    return {"updates": updates[first], "smoothed_dice": smooth[first], "max_smoothed_dice": top, "max_dice": max(dice)}
+
+
+def curve(folder: Path) -> dict[str, list]:
+    """Validation Dice per evaluation from the run's checkpoint history (training phase only)."""
+    state = checkpoint.load(folder / "checkpoints" / "last.pt")
+    rows = [h for h in state["history"] if h["phase"] == "train" and "val_dice_per_image" in h]
+    steps = state["config"]["train"]["steps_per_epoch"]
+    return {
+        "updates": [h["epoch"] * steps for h in rows],
+        "val_dice": [h["val_dice_per_image"] for h in rows],
+        "threshold": [h.get("threshold") for h in rows],
+        "seconds_per_epoch": [h["seconds"] for h in rows],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("runs/convergence"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--plot", type=Path)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="2 epochs of 2 updates each: checks the path only")
+    args = parser.parse_args()
+    specs = []
+    for method, epochs in EPOCHS.items():
+        fixed = COMMON + EXTRA.get(method, []) + [f"train.threads={args.threads}"]
+        if args.quick:
+            fixed += (
+                ["train.steps_per_epoch=2", "method.pretrain_epochs=1"]
+                if method == "superdiffusion"
+                else ["train.steps_per_epoch=2"]
+            )
+            epochs = 2
+        fixed += [f"train.epochs={epochs}", f"train.lr_step={epochs + 1}"]
+        specs += expand({"method": [method]}, fixed, args.root)
+    gflops = matmul_gflops()
+    start = time.perf_counter()
+    counts = run_sweep(specs, jobs=1)
+    wall = time.perf_counter() - start
+    curves = {}
+    for spec in specs:
+        if spec.finished:
+            method = spec.folder.parent.name
+            curves[method] = curve(spec.folder) | {"command_overrides": spec.overrides}
+            curves[method]["plateau"] = plateau(curves[method]["updates"], curves[method]["val_dice"])
+            curves[method]["test"] = json.loads((spec.folder / "results.json").read_text())["test"]
+    result = {
+        "command": "python benchmarks/convergence.py",
+        "machine": platform.platform(),
+        "matmul_gflops_fp32": gflops,
+        "counts": counts,
+        "wall_seconds_this_invocation": wall,
+        "plateau_rule": f"first evaluation whose 3-point trailing mean is within {PLATEAU_TOLERANCE} of its maximum",
+        "curves": curves,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    if args.plot and curves:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for method, c in curves.items():
+            (line,) = ax.plot(c["updates"], c["val_dice"], alpha=0.35)
+            ax.plot(c["updates"], smoothed(c["val_dice"]), color=line.get_color(), label=method)
+            ax.axvline(c["plateau"]["updates"], color=line.get_color(), ls=":", lw=1)
+        ax.set_xlabel("updates (batch 8: 4 labeled + 4 unlabeled)")
+        ax.set_ylabel("validation Dice (per image)")
+        ax.set_title("Built-in PH2 128x128, 5 % labels, seed 0, constant lr")
+        ax.legend()
+        fig.tight_layout()
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.plot, dpi=110)
+    for method, c in curves.items():
+        print(method, c["plateau"])
+    print(f"{counts}; wall {wall:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
