@@ -245,3 +245,11 @@ def test_lambda_schedule_paper_reading():
         resolve(["method=cps", "method.lambda_schedule=paper", "method.lambda_max=1"])
     with pytest.raises(ConfigError, match="reference or paper"):
         resolve(["method.lambda_schedule=both"])
+
+
+def test_method_settings_keep_their_types():
+    cfg = resolve(["method.pseudo_confidence=0.8", "method.rounds=2"])
+    method = build_method(cfg, 1, 2, 2)
+    assert method.params.pseudo_confidence == 0.8 and method.params.rounds == 2
+    with pytest.raises(ConfigError, match="whole number"):
+        build_method(resolve(["method.rounds=2.5"]), 1, 2, 2)

@@ -138,3 +138,27 @@ def test_sixteen_bit_and_palette_files(tmp_path):
     assert read_mask(tmp_path / "pal.png", 3, "index").tolist() == [[0, 1], [2, 1]]
     with pytest.raises(DataError, match="outside the classes"):
         read_mask(tmp_path / "pal.png", 2, "index")
+
+
+def test_thin_structure_generator_is_seeded_thin_and_in_range(tmp_path):
+    from scipy import ndimage
+
+    from superdiffusion.cli import main
+    from superdiffusion.data.synthetic import write_thin_structures
+
+    assert main(["make-dataset", "thin", str(tmp_path / "a"), "--count", "6", "--size", "96", "--seed", "3"]) == 0
+    write_thin_structures(tmp_path / "b", count=6, size=96, seed=3)
+    for name in ("thin000", "thin005"):
+        for sub in ("images", "masks"):
+            a = np.asarray(Image.open(tmp_path / "a" / sub / f"{name}.png"))
+            assert np.array_equal(a, np.asarray(Image.open(tmp_path / "b" / sub / f"{name}.png")))
+        mask = np.asarray(Image.open(tmp_path / "a" / "masks" / f"{name}.png")) > 0
+        image = np.asarray(Image.open(tmp_path / "a" / "images" / f"{name}.png")).astype(float)
+        assert 0.045 <= mask.mean() <= 0.16
+        # thin: no foreground pixel is more than 2 px from the background (widths 1-3 px, crossings aside)
+        inside = ndimage.distance_transform_edt(mask)[mask]
+        assert np.median(inside) <= 1.5 and np.percentile(inside, 95) <= 2.0
+        assert image[mask].mean() < image[~mask].mean() - 15  # darker vessels
+    assert (tmp_path / "a" / "split.csv").read_text().count(",test") == 3
+    with pytest.raises(DataError, match="already holds"):
+        write_thin_structures(tmp_path / "a", count=6, size=96)

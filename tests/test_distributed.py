@@ -5,6 +5,7 @@ from superdiffusion import checkpoint
 
 ARGS = [
     "method=cps",
+    "method.supervised_loss=ce",  # the Dice term is pooled over each process's share, not the global batch
     "model.norm=instance",
     "data.size=[32, 32]",
     "model.features=[8, 16, 32]",

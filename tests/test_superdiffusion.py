@@ -1,6 +1,8 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
+from superdiffusion.errors import ConfigError
 from superdiffusion.methods import Batch, StepContext, build_method
 from superdiffusion.methods.ramps import linear_ramp, ramp_weight, sigmoid_ramp
 from superdiffusion.methods.superdiffusion import cps_loss
@@ -97,3 +99,33 @@ def test_prediction_draws_and_uncertainty(tiny_cfg):
     assert many.probs.shape == (4, 2, 16, 16) and many.spread.shape == (4, 16, 16)
     assert torch.allclose(many.probs.sum(1), torch.ones(4, 16, 16), atol=1e-5)
     assert many.spread.max() > 0
+
+
+def test_thin_structure_options_zero_mask_noise_confidence_and_dice(tiny_cfg):
+    method = _method(tiny_cfg, "method.mask_noise=zero").eval()
+    images = _batch().images
+    pred = method.predict(images, samples=3)
+    assert pred.spread.abs().max() == 0  # no noise input: every draw is the same
+    method = _method(tiny_cfg, "method.pseudo_confidence=0.8", "method.pseudo_loss=ce_dice")
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.1], [-3.0, 3.0]]).T.reshape(1, 2, 1, 3)  # confidences .88 .52 1.0
+    labels = method.pseudo_labels(logits)
+    assert labels.tolist() == [[[0, -100, 1]]]
+    kept = logits[..., [0, 2]]
+    probs = kept.softmax(1)
+    onehot = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).reshape(1, 2, 1, 2)
+    dice = 1 - (2 * (probs * onehot).sum((0, 2, 3)) + 1e-5) / ((probs**2).sum((0, 2, 3)) + 1 + 1e-5)
+    expected = 0.5 * (F.cross_entropy(kept, torch.tensor([[[0, 1]]])) + dice.mean())
+    assert torch.allclose(method.pseudo_term(logits, labels), expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="mask_noise"):
+        _method(tiny_cfg, "method.mask_noise=half")
+
+
+def test_pseudo_label_share_is_logged_and_flags_a_background_drift(tiny_cfg):
+    from superdiffusion.evaluation import health_flags, thresholds
+
+    method = _method(tiny_cfg, "method.rounds=0")
+    method.losses(_batch(labeled=2), _ctx())
+    assert 0 <= method.diagnostics["pseudo_fg"] <= 1
+    best = {"score": 0.6, "threshold": 0.5, "predicted_fraction": 0.08, "true_fraction": 0.08}
+    history = [{"val_dice_per_image": 0.6, "threshold": 0.5, "pseudo_fg": 0.01}]
+    assert health_flags(history, best, thresholds(0, 0.9, 0.02), "val_dice_per_image") == ["pseudo_labels_background"]

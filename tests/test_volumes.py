@@ -1,4 +1,5 @@
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import nibabel as nib
@@ -23,7 +24,7 @@ TINY3D = [
     "method.rounds=1",
     "method.pretrain_epochs=1",
     "data.labeled_percent=50",
-    "data.normalize=per_image",
+    "data.normalize=percentile",
     "data.val_fraction=0.2",
 ]
 
@@ -47,7 +48,8 @@ def test_volumes_train_predict_and_surface_metrics(tmp_path):
     cfg = tiny_config(*TINY3D, f"data.root={root}", "data.name=synthetic3d")
     results = api.train(cfg, tmp_path / "run")
     assert set(results["test"]) == {"resized", "surface"}
-    assert results["test"]["resized"]["dice_per_image"] > 0  # a bright box is found after a few steps
+    # a bright box is found after a few steps; predicting every voxel foreground scores 0.12
+    assert results["test"]["resized"]["dice_per_image"] > 0.8, results["test"]
     written = api.predict(tmp_path / "run", root / "images" / "v0.nii.gz", tmp_path / "pred", samples=2)
     out = nib.load(str(written[0]))
     assert out.shape == (32, 32, 24) and np.allclose(out.affine, np.diag([1.5, 1.0, 2.0, 1.0]))
@@ -58,12 +60,13 @@ class Pointwise(nn.Module):
     """A method stand-in whose prediction at a voxel depends on that voxel only."""
 
     num_classes, stochastic_inference, name = 2, False, "pointwise"
+    cfg = SimpleNamespace(train=SimpleNamespace(seed=0))
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv3d(1, 2, 1)
 
-    def predict(self, x, samples=1):
+    def predict(self, x, samples=1, seed=None):
         return Prediction(self.conv(x).softmax(1))
 
 

@@ -14,7 +14,7 @@ from . import checkpoint
 from .config import Config, from_dict
 from .data import SegmentationData, build_data, normalize
 from .data.folder import IMAGE_EXTENSIONS, read_image, read_mask, resize_image
-from .errors import DataError, RunFolderError
+from .errors import ConfigError, DataError, RunFolderError
 from .evaluation import (
     PROTOCOLS,
     best_threshold,
@@ -46,7 +46,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
         from .config import load_yaml
 
         cfg = from_dict(load_yaml(run_dir / "config.yaml"))
-    data = build_data(cfg.data, cfg.train.seed)
+    data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
     rank, world = distributed_setup(cfg)
     trainer = Trainer(cfg, data, run_dir, rank, world)
     start = time.perf_counter()
@@ -83,26 +83,61 @@ def distributed_setup(cfg: Config) -> tuple[int, int]:
     return rank, world
 
 
+def uses_validation(cfg: Config) -> bool:
+    """The paper's protocol selects on test: no validation carve-out, and the labeled subset is
+    drawn from all training images (``ceil(N p / 100)``), as for Table 1."""
+    return cfg.eval.protocol != "paper"
+
+
+def protocol_label(checkpoint_split: str, threshold_split: str) -> str:
+    """``honest`` when checkpoint and threshold were both chosen on validation, ``paper`` when
+    both on test, ``paper-threshold`` for a validation checkpoint with a test-tuned threshold."""
+    if checkpoint_split == threshold_split:
+        return "honest" if checkpoint_split == "val" else "paper"
+    return "paper-threshold"
+
+
 def evaluate_method(
-    method: Method, data: SegmentationData, cfg: Config, best: dict[str, Any], device: torch.device
+    method: Method,
+    data: SegmentationData,
+    cfg: Config,
+    best: dict[str, Any],
+    device: torch.device,
+    protocol: str | None = None,
 ) -> dict[str, Any]:
-    """Load the selected checkpoint's weights into ``method`` and score the test split."""
+    """Load the selected checkpoint's weights into ``method`` and score the test split.
+
+    The checkpoint's own record (``best["split"]``) says where it was chosen. ``protocol``
+    (default: the run's) is ``honest`` (use the threshold chosen with the checkpoint) or
+    ``paper`` (tune the threshold on test). A checkpoint chosen on test is never called honest.
+    """
     run_best = best.get("path")
     if run_best:
         method.load_state_dict(checkpoint.load(Path(run_best))["model"])
-    split_name, metric = PROTOCOLS[cfg.eval.protocol]
+    protocol = protocol or cfg.eval.protocol
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    checkpoint_split, metric = best.get("split") or PROTOCOLS[cfg.eval.protocol][0], best.get("metric")
+    metric = metric or PROTOCOLS[cfg.eval.protocol][1]
+    if protocol == "honest" and checkpoint_split != "val":
+        raise ConfigError(
+            f"this run chose its checkpoint on the {checkpoint_split} split (trained with eval.protocol="
+            f"{cfg.eval.protocol}); its scores cannot be reported as honest: retrain with eval.protocol=honest"
+        )
+    threshold_split = "test" if protocol == "paper" else checkpoint_split
     test = data.test
     results: dict[str, Any] = {
         "method": cfg.method.name,
         "dataset": cfg.data.name,
         "labeled_percent": cfg.data.labeled_percent,
         "seed": cfg.train.seed,
-        "protocol": cfg.eval.protocol,
+        "protocol": protocol_label(checkpoint_split, threshold_split),
         "selection": {
-            "split": split_name,
+            "split": checkpoint_split,
             "metric": metric,
             "epoch": best.get("epoch"),
             "threshold": best.get("threshold", 0.5),
+            "threshold_split": threshold_split,
         },
         "counts": {
             "labeled": len(data.labeled),
@@ -117,11 +152,10 @@ def evaluate_method(
     if data.num_classes != 2:
         results["test"] = {"resized": multiclass_scores(probs, masks)}
         return results
-    if cfg.eval.protocol == "paper":  # the paper tunes the threshold on test itself
+    if threshold_split == "test":  # the paper tunes the threshold on test itself, by pooled Jaccard
         grid = thresholds(cfg.eval.threshold_start, cfg.eval.threshold_stop, cfg.eval.threshold_step)
-        results["selection"]["threshold"] = best_threshold(sweep(foreground_probability(probs), masks, grid), metric)[
-            "threshold"
-        ]
+        sweep_rows = sweep(foreground_probability(probs), masks, grid)
+        results["selection"]["threshold"] = best_threshold(sweep_rows, PROTOCOLS["paper"][1])["threshold"]
     threshold = results["selection"]["threshold"]
     fg = foreground_probability(probs)
     results["test"] = {"resized": binary_scores(fg, masks, threshold)}
@@ -149,16 +183,15 @@ def load_run(run_dir: str | Path, which: str = "best.pt") -> tuple[Config, Metho
 
 
 def evaluate(run_dir: str | Path, protocol: str | None = None, samples: int | None = None) -> dict[str, Any]:
-    """Re-score a finished run's selected checkpoint on its test split."""
+    """Re-score a finished run's selected checkpoint on its test split (the data are split
+    as the run was trained; see :func:`evaluate_method` for ``protocol``)."""
     cfg, method, state = load_run(run_dir)
-    if protocol:
-        cfg.eval.protocol = protocol
     if samples:
         cfg.eval.samples = samples
-    data = build_data(cfg.data, cfg.train.seed)
+    data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
     device = resolve_device(cfg.train.device)
-    results = evaluate_method(method.to(device), data, cfg, dict(state["best"]), device)
-    write_json(Path(run_dir) / f"evaluation-{cfg.eval.protocol}-k{cfg.eval.samples}.json", results)
+    results = evaluate_method(method.to(device), data, cfg, dict(state["best"]), device, protocol)
+    write_json(Path(run_dir) / f"evaluation-{results['protocol']}-k{cfg.eval.samples}.json", results)
     return results
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import SuperDiffusionError
 
-EPILOG = """overrides: dataset=NAME|file.yaml method=NAME|file.yaml profile=cpu|paper section.key=value
+EPILOG = """overrides: dataset=NAME|file.yaml method=NAME|file.yaml profile=cpu|quick|paper section.key=value
 examples:
   superdiffusion train                                  # the paper's method on the built-in PH2 copy
   superdiffusion train method=cps data.labeled_percent=5 train.seed=1
@@ -30,6 +30,9 @@ def _table(results: dict) -> str:
                 for k, v in scores.items()
             )
             lines.append(f"  test [{where}] {parts}")
+    flags = results.get("health", {}).get("flags")
+    if flags:
+        lines.append(f"  WARNING: collapse check fired: {', '.join(flags)} (README: 'When a run collapses')")
     return "\n".join(lines)
 
 
@@ -95,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dest", help="a new folder for the converted dataset")
     p.add_argument("--seed", type=int, default=0, help="seed of the split where no official one exists")
 
+    p = sub.add_parser("make-dataset", help="write a synthetic known-answer dataset (thin vessel-like structures)")
+    p.add_argument("kind", choices=["thin"])
+    p.add_argument("dest", help="a new folder (images/, masks/, split.csv)")
+    p.add_argument("--count", type=int, default=48, help="images in all (default 48)")
+    p.add_argument("--size", type=int, default=256, help="side in pixels (default 256)")
+    p.add_argument("--test-count", type=int, help="images in the test split (default: half)")
+    p.add_argument("--seed", type=int, default=0)
+
     p = sub.add_parser("figure", help="qualitative figure: sample / teacher / student / target / uncertainty")
     p.add_argument("run", help="run folder")
     p.add_argument("--out", default="figure.png")
@@ -106,7 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("roots", nargs="+", help="folders searched for results.json")
     p.add_argument("--out", default="reports", help="output folder (default reports)")
     p.add_argument("--resolution", default="resized", choices=["resized", "original"])
-    p.add_argument("--pooled", action="store_true", help="pooled instead of per-image scores")
+    p.add_argument(
+        "--scores",
+        default="auto",
+        choices=["auto", "per_image", "pooled"],
+        help="auto (default): per image for honest rows, pooled for test-selected (paper) rows",
+    )
+    p.add_argument("--pooled", action="store_true", help="same as --scores pooled")
     p.add_argument("--plot", action="store_true", help="also plot the ablation (error bars) as PNG")
 
     args = parser.parse_args(argv)
@@ -169,6 +186,12 @@ def _run(args: argparse.Namespace) -> int:
         counts = import_dataset(args.kind, args.source, args.dest, args.seed)
         print(f"{args.kind}: " + ", ".join(f"{n} {split}" for split, n in sorted(counts.items())) + f" -> {args.dest}")
         return 0
+    if args.command == "make-dataset":
+        from .data.synthetic import write_thin_structures
+
+        counts = write_thin_structures(args.dest, args.count, args.size, args.seed, args.test_count)
+        print(f"{args.kind}: {counts['train']} train, {counts['test']} test -> {args.dest}")
+        return 0
     if args.command == "figure":
         from .experiments.figures import qualitative_figure
 
@@ -181,7 +204,7 @@ def _run(args: argparse.Namespace) -> int:
             [Path(r) for r in args.roots],
             Path(args.out),
             args.resolution,
-            "pooled" if args.pooled else "per_image",
+            "pooled" if args.pooled else args.scores,
             args.plot,
         )
         print(files["md"].read_text())

@@ -27,7 +27,10 @@ class DataConfig:
     patch_size: list[int] = field(default_factory=lambda: [96, 96, 80])  # 3D training patches
     num_classes: int = 2
     mask_mode: str = "binary"  # binary: any non-zero value is foreground; index: values are classes
-    normalize: str = "minmax"  # minmax: [0, max] -> [-1, 1]; zscore: per-channel train mean/std
+    # minmax: 2D [0, max] -> [-1, 1], volumes min..max -> [-1, 1]; percentile (volumes): clip to the
+    # 0.5-99.5 percentiles, then [-1, 1]; zscore (per_image for volumes): unbounded, refused by
+    # the paper's method, whose diffusion pathways work in [-1, 1]
+    normalize: str = "minmax"
     labeled_percent: float = 10.0
     val_fraction: float = 0.1  # carved from train (seeded) when split.csv has no 'val' rows
     test_fraction: float = 0.2  # used only when the folder has no split.csv
@@ -148,8 +151,8 @@ def merge(cfg: Config, updates: dict[str, Any], origin: str) -> Config:
         names = {f.name for f in dataclasses.fields(target)}
         for key, value in values.items():
             if section == "method" and key not in names:
-                if isinstance(value, str):
-                    value = _coerce(value, 0, f"method.{key}") if value[:1].isdigit() or value[:1] in "-." else value
+                if isinstance(value, str) and (value[:1].isdigit() or value[:1] in "-."):
+                    value = _coerce(value, 0.0, f"method.{key}")  # a number; its type is checked by the method
                 target.params[key] = value  # method-specific: checked when the method is built
                 continue
             if key not in names:

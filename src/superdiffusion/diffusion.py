@@ -42,10 +42,6 @@ class NoiseSchedule(nn.Module):
         noise = torch.randn(shape, generator=generator, device=t.device)
         return self._at(self.sqrt_one_minus_alpha_bar, t, noise) * noise
 
-    def noise_target(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        """The noise ``v`` with ``q(x0, t, v) = x_t`` (equals the drawn noise for Eq. 1 inputs)."""
-        return (x_t - self._at(self.sqrt_alpha_bar, t, x0) * x0) / self._at(self.sqrt_one_minus_alpha_bar, t, x0)
-
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, noise_pred: torch.Tensor) -> torch.Tensor:
         """Eq. 3 with the sign corrected: ``(x_t - sqrt(1 - A_t) v^) / sqrt(A_t)``."""
         return (x_t - self._at(self.sqrt_one_minus_alpha_bar, t, x_t) * noise_pred) / self._at(

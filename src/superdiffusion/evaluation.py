@@ -142,6 +142,9 @@ def health_flags(history: list[dict], best: dict, grid: list[float], key: str) -
     - ``all_foreground`` / ``all_background``: at that threshold the selection split is
       (nearly) all foreground (>= 95 % of pixels, truth under 80 %) or nearly all background
       (under 5 % of the true foreground fraction);
+    - ``pseudo_labels_background`` / ``pseudo_labels_foreground``: in the last epoch the
+      pseudo-labels on unlabeled images (``pseudo_fg`` in ``history``) were under a quarter of
+      the true foreground fraction, or over 90 % foreground;
     - ``degrading``: the last score fell below 75 % of the best one while the last threshold
       sank into the lowest tenth of the grid (pseudo-labels drifting to background, typically).
     """
@@ -154,6 +157,12 @@ def health_flags(history: list[dict], best: dict, grid: list[float], key: str) -
             flags.append("all_foreground")
         elif true > 0 and pred < 0.05 * true:
             flags.append("all_background")
+    pseudo = [h["pseudo_fg"] for h in history if "pseudo_fg" in h]
+    if pseudo and true:
+        if pseudo[-1] < 0.25 * true:
+            flags.append("pseudo_labels_background")
+        elif pseudo[-1] > 0.9 and true < 0.5:
+            flags.append("pseudo_labels_foreground")
     scored = [h for h in history if key in h]
     if scored and best.get("score"):
         last = scored[-1]
@@ -168,4 +177,7 @@ FLAG_ADVICE = {
     "all_foreground": "the selected predictions paint (nearly) every pixel foreground",
     "all_background": "the selected predictions are (nearly) all background",
     "degrading": "the validation score fell far below its best while the threshold sank to the grid's bottom",
+    "pseudo_labels_background": "the pseudo-labels on unlabeled images are almost all background: the unsupervised "
+    "terms teach the networks to miss the structure (try a lower method.lambda_max or method.pseudo_confidence)",
+    "pseudo_labels_foreground": "the pseudo-labels on unlabeled images are almost all foreground",
 }

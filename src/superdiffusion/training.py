@@ -313,6 +313,7 @@ class Trainer:
         weight = ramp_weight(cfg.method.ramp, cfg.method.lambda_max, epoch, phase.epochs)
         batches = self.plan.epoch(cfg.train.seed, phase_index, epoch)
         sums: dict[str, float] = {}
+        diag: dict[str, list[float]] = {}
         start = time.perf_counter()
         bar = tqdm(
             batches,
@@ -343,18 +344,24 @@ class Trainer:
             self.position["step"] += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
+            for k, v in self.method.diagnostics.items():
+                diag.setdefault(k, []).append(v)
+            self.method.diagnostics = {}
             bar.set_postfix(loss=f"{float(total.detach()):.3f}")
         self.scheduler.step()
         seconds = time.perf_counter() - start
         self.elapsed += seconds
         means = {k: v / len(batches) for k, v in sums.items()}
         record = {"phase": phase.name, "epoch": epoch + 1, "weight": weight, "seconds": seconds, **means}
+        record.update({k: sum(v) / len(v) for k, v in diag.items()})
         self.history.append(record)
         if self.writer is not None:
             for k, v in means.items():
                 self.writer.add_scalar(f"{phase.name}/loss_{k}", v, self.position["step"])
             self.writer.add_scalar(f"{phase.name}/lambda", weight, self.position["step"])
         terms = " ".join(f"{k}={v:.4f}" for k, v in means.items())
+        if "pseudo_fg" in record:
+            terms += f"  pseudo-label foreground {100 * record['pseudo_fg']:.1f}%"
         self.log(f"{phase.name} epoch {epoch + 1}/{phase.epochs}  {terms}  ({seconds:.1f}s)")
 
     def select(self, epoch: int) -> None:

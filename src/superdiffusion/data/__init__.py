@@ -78,17 +78,20 @@ def dataset_stats(images: torch.Tensor, mode: str) -> dict[str, list[float]]:
     if mode == "zscore":
         dims = [0] + list(range(2, images.dim()))
         return {"mean": images.mean(dims).tolist(), "std": images.std(dims).clamp_min(1e-6).tolist()}
-    raise DataError(f"data.normalize must be minmax or zscore, got {mode!r}")
+    raise DataError(f"data.normalize must be minmax or zscore for 2D images, got {mode!r}")
 
 
-def _assign_splits(pairs: list[Pair], cfg: DataConfig, seed: int) -> dict[str, list[Pair]]:
+def _assign_splits(pairs: list[Pair], cfg: DataConfig, seed: int, validation: bool = True) -> dict[str, list[Pair]]:
+    """Train/val/test groups. ``validation``: carve a validation split from the training
+    images when the folder names none (False under the paper's protocol, which selects on
+    test and draws the labeled subset from all training images)."""
     by = {s: [p for p in pairs if p.split == s] for s in ("train", "val", "test")}
     if not any(p.split != "train" for p in pairs):  # no split.csv: a fixed test split
         keep, held = carve([p.id for p in pairs], cfg.test_fraction, TEST_SPLIT_SEED, stream=7)
         held_set = set(held)
         by["test"] = [p for p in pairs if p.id in held_set]
         by["train"] = [p for p in pairs if p.id not in held_set]
-    if not by["val"]:
+    if not by["val"] and validation:
         keep, held = carve([p.id for p in by["train"]], cfg.val_fraction, seed, stream=3)
         held_set = set(held)
         by["val"] = [p for p in by["train"] if p.id in held_set]
@@ -99,15 +102,16 @@ def _assign_splits(pairs: list[Pair], cfg: DataConfig, seed: int) -> dict[str, l
     return by
 
 
-def build_data(cfg: DataConfig, seed: int) -> SegmentationData:
-    """Scan, check, load and split a dataset for one run (regime and seed)."""
+def build_data(cfg: DataConfig, seed: int, validation: bool = True) -> SegmentationData:
+    """Scan, check, load and split a dataset for one run (regime and seed); ``validation``
+    as in :func:`_assign_splits`."""
     if cfg.spatial_dims == 3:
         from .volumes import build_volume_data
 
-        return build_volume_data(cfg, seed)
+        return build_volume_data(cfg, seed, validation)
     root = resolve_root(cfg.root)
     pairs = scan_folder(root)
-    by = _assign_splits(pairs, cfg, seed)
+    by = _assign_splits(pairs, cfg, seed, validation)
     labeled_ids, unlabeled_ids = split_labeled([p.id for p in by["train"]], cfg.labeled_percent, seed)
     size = tuple(cfg.size)
     if len(size) != 2:
@@ -126,6 +130,8 @@ def build_data(cfg: DataConfig, seed: int) -> SegmentationData:
     stats = dataset_stats(loaded["train"]["images"], cfg.normalize)
 
     def make(name: str, keep: list[str] | None = None) -> Split:
+        if name not in loaded:  # no validation split (paper protocol)
+            return Split(torch.zeros((0, channels, *size)), torch.zeros((0, *size), dtype=torch.long), [])
         item, group = loaded[name], by[name]
         idx = [i for i, p in enumerate(group) if keep is None or p.id in keep]
         images = normalize(item["images"][idx], stats)

@@ -168,13 +168,23 @@ def load_volume_pair(
     return img, torch.from_numpy(lab), image
 
 
+PERCENTILES = (0.5, 99.5)  # intensity clipping of each volume, as nnU-Net clips its intensities
+
+
 def _normalize(img: torch.Tensor, mode: str) -> torch.Tensor:
-    if mode in ("per_image", "zscore"):  # volumes: z-score of each volume
+    """Per-volume intensity normalisation. ``percentile``: clip to the volume's 0.5 and
+    99.5 percentiles, then map linearly to [-1, 1] (bounded: the range of the diffusion
+    pathways); ``minmax``: min..max to [-1, 1]; ``per_image``/``zscore``: z-score (unbounded)."""
+    if mode in ("per_image", "zscore"):
         return (img - img.mean()) / img.std().clamp_min(1e-6)
+    if mode == "percentile":
+        low, high = np.percentile(img.numpy(), PERCENTILES)
+        img = img.clamp(float(low), float(high))
+        return (img - float(low)) / max(float(high - low), 1e-6) * 2 - 1
     if mode == "minmax":
         low, high = img.min(), img.max()
         return (img - low) / (high - low).clamp_min(1e-6) * 2 - 1
-    raise DataError(f"data.normalize must be per_image, zscore or minmax for volumes, got {mode!r}")
+    raise DataError(f"data.normalize must be percentile, minmax, per_image or zscore for volumes, got {mode!r}")
 
 
 def random_patches(
@@ -204,7 +214,7 @@ def pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def build_volume_data(cfg: DataConfig, seed: int):
+def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True):
     from . import SegmentationData, Split, _assign_splits, resolve_root
     from .splits import split_labeled
 
@@ -212,7 +222,7 @@ def build_volume_data(cfg: DataConfig, seed: int):
         raise DataError(f"data.patch_size must be [H, W, D] for volumes, got {cfg.patch_size}")
     root = resolve_root(cfg.root)
     pairs = scan_volumes(root)
-    by = _assign_splits(pairs, cfg, seed)
+    by = _assign_splits(pairs, cfg, seed, validation)
     labeled_ids, unlabeled_ids = split_labeled([p.id for p in by["train"]], cfg.labeled_percent, seed)
 
     def make(name: str, keep: set[str] | None = None) -> Split:

@@ -18,7 +18,7 @@ def qualitative_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..api import load_run
+    from ..api import load_run, uses_validation
     from ..data import build_data
     from ..evaluation import foreground_probability
     from ..training import resolve_device
@@ -26,7 +26,7 @@ def qualitative_figure(
     cfg, method, state = load_run(run_dir)
     if method.spatial_dims != 2:
         raise DataError("the qualitative figure is drawn for 2D datasets")
-    data = build_data(cfg.data, cfg.train.seed)
+    data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
     test = data.test
     chosen = ids or test.ids[:count]
     missing = [i for i in chosen if i not in test.ids]

@@ -40,8 +40,17 @@ def collect(roots: list[Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def aggregate(rows: list[dict[str, Any]], score: str = "resized", per: str = "per_image") -> list[dict[str, Any]]:
-    """One row per (dataset, regime, method, variant, protocol) with mean and CI in %."""
+def scoring(protocol: str, per: str) -> str:
+    """``auto``: per-image scores for honest rows, pooled ones for rows selected on test
+    (the authors report pooled metrics, so those rows compare with Table 1)."""
+    if per != "auto":
+        return per
+    return "per_image" if protocol == "honest" else "pooled"
+
+
+def aggregate(rows: list[dict[str, Any]], score: str = "resized", per: str = "auto") -> list[dict[str, Any]]:
+    """One row per (dataset, regime, method, variant, protocol) with mean and CI in %;
+    ``flagged`` counts the runs whose collapse check fired (see ``health`` in results.json)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         key = (r["dataset"], float(r["labeled_percent"]), r["method"], r.get("variant", ""), r["protocol"])
@@ -55,9 +64,11 @@ def aggregate(rows: list[dict[str, Any]], score: str = "resized", per: str = "pe
             "variant": variant,
             "protocol": protocol,
             "seeds": sorted(r["seed"] for r in runs),
+            "per": scoring(protocol, per),
+            "flagged": sum(1 for r in runs if r.get("health", {}).get("flags")),
         }
         for metric in ("dice", "jaccard"):
-            values = [100 * r["test"][score][f"{metric}_{per}"] for r in runs]
+            values = [100 * r["test"][score][f"{metric}_{entry['per']}"] for r in runs]
             entry[metric], entry[f"{metric}_ci90"] = mean_ci(values)
         seconds = [r.get("train_seconds") for r in runs]
         entry["train_minutes"] = sum(seconds) / len(seconds) / 60 if None not in seconds else None
@@ -76,6 +87,12 @@ def aggregate(rows: list[dict[str, Any]], score: str = "resized", per: str = "pe
 
 def _name(e: dict[str, Any]) -> str:
     return e["method"] + (f" ({e['variant']})" if e["variant"] else "")
+
+
+def _marked(e: dict[str, Any]) -> str:
+    """The row's name, with a collapse mark when any of its runs was flagged."""
+    flagged = e.get("flagged", 0)
+    return _name(e) + (f" (flagged: {flagged}/{len(e['seeds'])} runs)" if flagged else "")
 
 
 def _best(table: list[dict[str, Any]]) -> set[tuple]:
@@ -97,10 +114,14 @@ def caption(table: list[dict[str, Any]], score: str, per: str) -> str:
         "honest": "threshold and checkpoint chosen on a validation split carved from the training images",
         "paper": "threshold and checkpoint chosen on the test set (the paper's protocol, optimistic)",
     }
+    text["paper-threshold"] = "checkpoint chosen on validation, threshold tuned on test"
     seeds = sorted({len(e["seeds"]) for e in table})
+    pers = sorted({e.get("per", per) for e in table})
     return (
         f"Test Dice (DC) and Jaccard (JI) in %, mean +- 90 % Student-t interval over {'/'.join(map(str, seeds))} "
-        f"seed(s); {per.replace('_', ' ')} scores at the {score} resolution; protocol: "
+        f"seed(s); {' and '.join(p.replace('_', ' ') for p in pers)} scores at the {score} resolution"
+        + (" (per image for honest rows, pooled for test-selected rows)" if len(pers) > 1 else "")
+        + "; protocol: "
         + "; ".join(f"{p} ({text.get(p, p)})" for p in protocols)
         + ". Best per regime and column in bold."
     )
@@ -119,7 +140,7 @@ def _minutes(e: dict[str, Any]) -> str:
     return "-" if e.get("train_minutes") is None else f"{e['train_minutes']:.1f}"
 
 
-def markdown(table: list[dict[str, Any]], score: str = "resized", per: str = "per_image") -> str:
+def markdown(table: list[dict[str, Any]], score: str = "resized", per: str = "auto") -> str:
     best = _best(table)
     out = io.StringIO()
     out.write(
@@ -129,13 +150,13 @@ def markdown(table: list[dict[str, Any]], score: str = "resized", per: str = "pe
     for e in table:
         cells = _cells(e, best, "±", "**{}**")
         out.write(
-            f"| {e['dataset']} | {e['labeled_percent']:g} % | {_name(e)} | {cells[0]} | {cells[1]} | {len(e['seeds'])} "
+            f"| {e['dataset']} | {e['labeled_percent']:g} % | {_marked(e)} | {cells[0]} | {cells[1]} | {len(e['seeds'])} "
             f"| {_minutes(e)} |\n"
         )
     return out.getvalue()
 
 
-def latex(table: list[dict[str, Any]], score: str = "resized", per: str = "per_image") -> str:
+def latex(table: list[dict[str, Any]], score: str = "resized", per: str = "auto") -> str:
     best = _best(table)
     lines = [
         "\\begin{table}",
@@ -165,6 +186,8 @@ def write_csv(table: list[dict[str, Any]], path: Path) -> None:
         "jaccard",
         "jaccard_ci90",
         "seeds",
+        "per",
+        "flagged",
         "train_minutes",
     ]
     with open(path, "w", newline="") as handle:
@@ -222,7 +245,7 @@ def plot_ablation(table: list[dict[str, Any]], path: Path, metric: str = "dice")
 
 
 def write_report(
-    roots: list[Path], out: Path, score: str = "resized", per: str = "per_image", plot: bool = False
+    roots: list[Path], out: Path, score: str = "resized", per: str = "auto", plot: bool = False
 ) -> dict[str, Path]:
     rows = collect(roots)
     if not rows:

@@ -121,6 +121,7 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.spatial_dims = spatial_dims
         self.params = self.parse_params(cfg.method.params)
+        self.diagnostics: dict[str, float] = {}  # per-step numbers the loop averages and logs (not losses)
         kind = cfg.method.supervised_loss
         if kind not in SUPERVISED_LOSSES:
             raise ConfigError(f"method.supervised_loss must be one of {', '.join(SUPERVISED_LOSSES)}, got {kind!r}")
@@ -151,6 +152,8 @@ class Method(nn.Module):
             if isinstance(current, (int, float)) and not isinstance(current, bool):
                 if not isinstance(value, (int, float)) or isinstance(value, bool):
                     raise ConfigError(f"method.{key} expects a number, got {value!r}")
+                if isinstance(current, int) and not float(value).is_integer():
+                    raise ConfigError(f"method.{key} expects a whole number, got {value!r}")
                 value = type(current)(value)
             setattr(params, key, value)
         return params
@@ -184,6 +187,7 @@ class Method(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, samples: int = 1) -> Prediction:
-        """Class probabilities for normalised ``images`` (eval mode is the caller's job)."""
+    def predict(self, images: torch.Tensor, samples: int = 1, seed: int | None = None) -> Prediction:
+        """Class probabilities for normalised ``images`` (eval mode is the caller's job);
+        ``seed`` fixes the noise of stochastic methods."""
         return Prediction(self.segmenter()(images).softmax(1))

@@ -32,6 +32,8 @@ class CrossPseudoSupervision(Method):
         a, b = self.net_a(batch.images), self.net_b(batch.images)
         out = {"sup": self.labeled_loss(a, batch) + self.labeled_loss(b, batch)}
         unl = ~batch.labeled
+        if batch.has_unlabeled:  # foreground share of net_b's pseudo-labels (the loop logs it)
+            self.diagnostics["pseudo_fg"] = float((b[unl].detach().argmax(1) > 0).float().mean())
         out["cps"] = ctx.weight * cps_loss(a[unl], b[unl]) if batch.has_unlabeled else a.sum() * 0.0
         return out
 

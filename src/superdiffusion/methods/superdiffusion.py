@@ -21,6 +21,9 @@ def mask_to_input(probs: torch.Tensor) -> torch.Tensor:
     return probs * 2 - 1
 
 
+UNBOUNDED_NORMALIZATION = ("zscore", "per_image")
+
+
 class SuperDiffusion(Method):
     name = "superdiffusion"
     description = "diffusion teacher (mask + image pathways, cycle pretraining) co-trained with a student; R rounds"
@@ -34,6 +37,10 @@ class SuperDiffusion(Method):
         recon_space: str = "noise"  # noise: MSE on predicted noise; image: MSE on x0 clipped to x0_clip
         pretrain_image_input: str = "noisy"  # noisy: q(i, t', v) (Sec. 3.3); noise: pure noise (Eq. 6)
         x0_clip: float = 1.0
+        # --- options beyond the paper (its reading is the default) ---
+        mask_noise: str = "paper"  # paper: the mask pathway's mask input is q(0, t, v); zero: a zero tensor
+        pseudo_loss: str = "ce"  # ce (Eq. 9, 13); ce_dice: 0.5 (CE + Dice) for the CPS and align terms
+        pseudo_confidence: float = 0.0  # > 0: pseudo-labelled pixels below this confidence are ignored
         timesteps: int = 1000
         beta_start: float = 1e-4
         beta_end: float = 0.02
@@ -47,6 +54,24 @@ class SuperDiffusion(Method):
             raise ConfigError(f"method.recon_space must be noise or image, got {p.recon_space!r}")
         if p.pretrain_image_input not in ("noisy", "noise"):
             raise ConfigError(f"method.pretrain_image_input must be noisy or noise, got {p.pretrain_image_input!r}")
+        if p.pretrain_image_input == "noise" and p.recon_space == "noise":
+            # the noise that would turn pure noise into the image is (x_t - sqrt(A_t) i) / sqrt(1 - A_t):
+            # about 100 times the noise at small t, an ill-conditioned target
+            raise ConfigError(
+                "method.pretrain_image_input=noise needs method.recon_space=image (a noise-space target "
+                "divides by sqrt(1 - A_t), ~0.01 at small t)"
+            )
+        if p.mask_noise not in ("paper", "zero"):
+            raise ConfigError(f"method.mask_noise must be paper or zero, got {p.mask_noise!r}")
+        if p.pseudo_loss not in ("ce", "ce_dice"):
+            raise ConfigError(f"method.pseudo_loss must be ce or ce_dice, got {p.pseudo_loss!r}")
+        if not 0 <= p.pseudo_confidence < 1:
+            raise ConfigError(f"method.pseudo_confidence must be in [0, 1), got {p.pseudo_confidence}")
+        if cfg.data.normalize in UNBOUNDED_NORMALIZATION:
+            raise ConfigError(
+                f"method superdiffusion: data.normalize={cfg.data.normalize} gives unbounded intensities, but the "
+                "diffusion pathways work in [-1, 1]; use data.normalize=minmax (2D) or percentile (volumes)"
+            )
         self.schedule = NoiseSchedule(p.timesteps, p.beta_start, p.beta_end)
         c, k = channels, num_classes
         self.teacher_mask = self.make_unet(k + c, k, time_embedding=True)  # f_m: (noisy mask, image) -> mask
@@ -59,8 +84,36 @@ class SuperDiffusion(Method):
     ) -> torch.Tensor:
         """Eq. 5/8: mask logits from the image and a pure-noise mask ``q(0, t, v_m)``."""
         shape = (images.shape[0], self.num_classes, *images.shape[2:])
-        noisy_mask = self.schedule.pure_noise(shape, t, generator).to(images.dtype)
+        if self.params.mask_noise == "zero":
+            noisy_mask = images.new_zeros(shape)
+        else:
+            noisy_mask = self.schedule.pure_noise(shape, t, generator).to(images.dtype)
         return net(torch.cat([noisy_mask, images], dim=1), t)
+
+    def pseudo_labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """Hard pseudo-labels (argmax, no gradient); pixels under ``pseudo_confidence`` get
+        the ignored index -100."""
+        probs = logits.detach().softmax(1)
+        confidence, labels = probs.max(1)
+        if self.params.pseudo_confidence > 0:
+            labels = labels.masked_fill(confidence < self.params.pseudo_confidence, -100)
+        return labels
+
+    def pseudo_term(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross entropy to (pseudo-)labels, ignoring index -100; with ``pseudo_loss=ce_dice``
+        ``0.5 (CE + Dice)``, the Dice over the kept pixels."""
+        kept = labels != -100
+        if not kept.any():
+            return logits.sum() * 0.0
+        ce = F.cross_entropy(logits, labels, ignore_index=-100)
+        if self.params.pseudo_loss == "ce":
+            return ce
+        weight = kept.unsqueeze(1).to(logits.dtype)
+        probs = logits.softmax(1) * weight
+        onehot = F.one_hot(labels.clamp_min(0), self.num_classes).movedim(-1, 1).to(logits.dtype) * weight
+        dims = (0, *range(2, logits.dim()))
+        dice = 1 - (2 * (probs * onehot).sum(dims) + 1e-5) / ((probs**2).sum(dims) + (onehot**2).sum(dims) + 1e-5)
+        return 0.5 * (ce + dice.mean())
 
     def image_pathway(
         self, images: torch.Tensor, mask_probs: torch.Tensor, t: torch.Tensor, pure_noise: bool = False
@@ -76,8 +129,7 @@ class SuperDiffusion(Method):
         x0 = self.schedule.predict_x0(x_t, t, noise_pred)
         clip = self.params.x0_clip
         if self.params.recon_space == "noise":
-            target = noise if not pure_noise else self.schedule.noise_target(x_t, t, images)
-            loss = F.mse_loss(noise_pred, target)
+            loss = F.mse_loss(noise_pred, noise)  # pure_noise comes with recon_space=image (checked)
         else:
             loss = F.mse_loss(x0.clamp(-clip, clip), images)
         return x0.clamp(-clip, clip), loss
@@ -114,22 +166,29 @@ class SuperDiffusion(Method):
         t = self._t(b, dev)
         teacher = self.mask_pathway(self.teacher_mask, images, t)  # Eq. 8
         student = self.mask_pathway(self.student_mask, images, t)
+        from_student, from_teacher = self.pseudo_labels(student), self.pseudo_labels(teacher)
+        if batch.has_unlabeled:  # foreground share of the student's pseudo-labels (the loop logs it)
+            self.diagnostics["pseudo_fg"] = float((from_student[~batch.labeled] > 0).float().mean())
+        if self.params.pseudo_loss == "ce" and self.params.pseudo_confidence == 0:
+            semi = cps_loss(teacher, student)  # Eq. 9
+        else:
+            semi = self.pseudo_term(teacher, from_student) + self.pseudo_term(student, from_teacher)
         out = {
             "sup": self.labeled_loss(teacher, batch) + self.labeled_loss(student, batch),  # Eq. 10
-            "semi": ctx.weight * cps_loss(teacher, student),  # Eq. 9
+            "semi": ctx.weight * semi,
         }
         rounds = self.params.rounds
         if rounds == 0:
             return out
         target = torch.where(
-            batch.labeled.view(-1, *([1] * (images.dim() - 2))), batch.labels, student.detach().argmax(1)
+            batch.labeled.view(-1, *([1] * (images.dim() - 2))), batch.labels, from_student
         )  # l^ of Eq. 13
         align = recon = images.new_zeros(())
         previous = teacher
         for _ in range(rounds):  # Eq. 11-14
             reconstruction, recon_r = self.image_pathway(images, previous.softmax(1), self._t(b, dev))
             previous = self.mask_pathway(self.teacher_mask, reconstruction, self._t(b, dev))
-            align = align + F.cross_entropy(previous, target)
+            align = align + self.pseudo_term(previous, target)
             recon = recon + recon_r
         out["align"] = ctx.weight * align / rounds  # Eq. 15/16
         out["recon"] = ctx.weight * recon / rounds
@@ -139,12 +198,16 @@ class SuperDiffusion(Method):
         return self.student_mask
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, samples: int = 1, net: nn.Module | None = None) -> Prediction:
+    def predict(
+        self, images: torch.Tensor, samples: int = 1, seed: int | None = None, net: nn.Module | None = None
+    ) -> Prediction:
         """The student's mask pathway from pure-noise masks at ``eval.inference_t``; with
-        ``samples`` > 1 the draws are averaged and their spread is the uncertainty."""
+        ``samples`` > 1 the draws are averaged and their spread is the uncertainty. ``seed``
+        fixes the noise (the caller gives each chunk or window its own); None: the run's seed."""
         net = net or self.student_mask
         t = torch.full((images.shape[0],), self.cfg.eval.inference_t, device=images.device, dtype=torch.long)
-        generator = torch.Generator(device=images.device).manual_seed(self.cfg.train.seed)
+        seed = self.cfg.train.seed if seed is None else seed
+        generator = torch.Generator(device=images.device).manual_seed(seed)
         draws = torch.stack([self.mask_pathway(net, images, t, generator).softmax(1) for _ in range(samples)])
         spread = draws[:, :, 1:].sum(2).std(0, unbiased=False) if samples > 1 else None
         return Prediction(draws.mean(0), spread)

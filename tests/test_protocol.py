@@ -1,0 +1,163 @@
+"""The evaluation protocols: what each selects on, what it may be called, and the data
+splits, noise seeds and ranges they rely on."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from superdiffusion import api, training
+from superdiffusion.config import DataConfig
+from superdiffusion.data import build_data
+from superdiffusion.data.volumes import _normalize
+from superdiffusion.errors import ConfigError
+from superdiffusion.evaluation import health_flags, thresholds
+from superdiffusion.experiments.report import aggregate, collect, markdown
+from superdiffusion.inference import predict_tensor
+from superdiffusion.methods import build_method
+
+FAST = ["train.epochs=1", "train.steps_per_epoch=1", "method=supervised", "data.labeled_percent=20"]
+
+
+def test_paper_protocol_has_no_validation_carve_out_and_counts_labels_on_all_training_images():
+    honest = build_data(DataConfig(labeled_percent=10), seed=0)
+    paper = build_data(DataConfig(labeled_percent=10), seed=0, validation=False)
+    n_train = len(paper.labeled) + len(paper.unlabeled)
+    assert len(paper.val) == 0 and n_train == len(honest.labeled) + len(honest.unlabeled) + len(honest.val)
+    assert len(paper.labeled) == int(np.ceil(n_train * 10 / 100)) == 16  # Table 1's count for PH2 at 10 %
+    assert len(honest.labeled) == 15 and len(honest.val) == 16
+    assert paper.test.ids == honest.test.ids
+
+
+def test_evaluate_never_calls_test_selected_numbers_honest(tmp_path):
+    api.train(tiny_config(*FAST, "eval.protocol=paper"), tmp_path / "paper")
+    with pytest.raises(ConfigError, match="cannot be reported as honest"):
+        api.evaluate(tmp_path / "paper", protocol="honest")
+    again = api.evaluate(tmp_path / "paper")
+    assert again["protocol"] == "paper" and again["counts"]["val"] == 0
+    honest = api.train(tiny_config(*FAST), tmp_path / "honest")
+    assert honest["protocol"] == "honest" and honest["selection"]["threshold_split"] == "val"
+    mixed = api.evaluate(tmp_path / "honest", protocol="paper")
+    assert mixed["protocol"] == "paper-threshold"  # checkpoint from val, threshold from test
+    assert mixed["selection"] | {"threshold": None} == {
+        "split": "val",
+        "metric": "dice_per_image",
+        "epoch": 1,
+        "threshold": None,
+        "threshold_split": "test",
+    }
+    assert (tmp_path / "honest" / "evaluation-paper-threshold-k1.json").exists()
+
+
+def test_honest_protocol_reads_the_test_split_only_for_the_final_scoring(tmp_path, monkeypatch):
+    cfg = tiny_config(*FAST, "train.epochs=2")
+    test_ids = set(build_data(cfg.data, cfg.train.seed).test.ids)
+    seen = []
+    state = {"fitted": False}
+    original_predict, original_fit = training.predict_tensor, training.Trainer.fit
+
+    def spy_predict(method, images, *args, **kwargs):
+        seen.append((state["fitted"], images.shape[0]))
+        return original_predict(method, images, *args, **kwargs)
+
+    def spy_fit(self, *args, **kwargs):
+        assert not set(self.data.val.ids) & test_ids
+        out = original_fit(self, *args, **kwargs)
+        state["fitted"] = True
+        return out
+
+    monkeypatch.setattr(training, "predict_tensor", spy_predict)
+    monkeypatch.setattr(training.Trainer, "fit", spy_fit)
+    api.train(cfg, tmp_path / "run")
+    data = build_data(cfg.data, cfg.train.seed)
+    during = [n for fitted, n in seen if not fitted]
+    assert during and all(n == len(data.val) for n in during)  # validation only, every epoch
+    assert [n for fitted, n in seen if fitted] == [len(data.test)]  # test once, after training
+
+
+def test_report_uses_pooled_scores_for_test_selected_rows(tmp_path):
+    for protocol, per_image, pooled in [("honest", 0.8, 0.6), ("paper", 0.7, 0.9)]:
+        folder = tmp_path / protocol / "ph2" / "cps" / "p5-s0"
+        folder.mkdir(parents=True)
+        scores = {
+            "dice_per_image": per_image,
+            "jaccard_per_image": per_image,
+            "dice_pooled": pooled,
+            "jaccard_pooled": pooled,
+        }
+        result = {"method": "cps", "dataset": "ph2", "labeled_percent": 5, "seed": 0, "protocol": protocol}
+        folder.joinpath("results.json").write_text(json.dumps(result | {"test": {"resized": scores}}))
+    table = {e["protocol"]: e for e in aggregate(collect([tmp_path]))}
+    assert table["honest"]["dice"] == pytest.approx(80.0) and table["paper"]["dice"] == pytest.approx(90.0)
+    assert "pooled for test-selected rows" in markdown(list(table.values()))
+
+
+def test_diffusion_inputs_share_the_minus_one_one_range():
+    volume = torch.from_numpy(np.random.default_rng(0).gamma(2.0, 300.0, (1, 20, 20, 20)).astype(np.float32))
+    scaled = _normalize(volume, "percentile")
+    assert scaled.min() == -1 and scaled.max() == 1
+    low, high = np.percentile(volume.numpy(), [0.5, 99.5])
+    inside = (volume > low) & (volume < high)
+    expected = (volume[inside] - low) / (high - low) * 2 - 1
+    assert torch.allclose(scaled[inside], expected, atol=1e-5)
+    builtin = build_data(DataConfig(labeled_percent=10), seed=0)
+    assert builtin.labeled.images.min() >= -1 and builtin.labeled.images.max() <= 1
+    for mode in ("zscore", "per_image"):
+        with pytest.raises(ConfigError, match="unbounded"):
+            build_method(tiny_config(f"data.normalize={mode}"), 1, 2, 2)
+    build_method(tiny_config("method=cps", "data.normalize=zscore"), 1, 2, 2)  # baselines take any range
+
+
+def test_pure_noise_pretraining_input_needs_an_image_space_loss():
+    with pytest.raises(ConfigError, match="recon_space=image"):
+        build_method(tiny_config("method.pretrain_image_input=noise"), 1, 2, 2)
+    build_method(tiny_config("method.pretrain_image_input=noise", "method.recon_space=image"), 1, 2, 2)
+
+
+def test_every_chunk_and_window_gets_its_own_reproducible_noise():
+    method = build_method(tiny_config(), 1, 2, 2).eval()
+    images = torch.randn(1, 1, 16, 16).repeat(4, 1, 1, 1)  # four identical images
+    first = predict_tensor(method, images, torch.device("cpu"), batch_size=2).probs
+    assert torch.equal(first, predict_tensor(method, images, torch.device("cpu"), batch_size=2).probs)
+    assert not torch.allclose(first[0], first[2])  # different chunks: different noise
+    volume_method = build_method(tiny_config("data.spatial_dims=3"), 1, 2, 3).eval()
+    seeds = []
+    original = volume_method.predict
+
+    def spy(x, samples=1, seed=None, **kw):
+        seeds.append(seed)
+        return original(x, samples, seed, **kw)
+
+    volume_method.predict = spy
+    predict_tensor(volume_method, torch.randn(1, 1, 16, 16, 16), torch.device("cpu"), 1, 1, (8, 8, 8), 0.5)
+    assert len(seeds) > 1 and len(set(seeds)) == len(seeds)
+    again = list(seeds)
+    seeds.clear()
+    predict_tensor(volume_method, torch.randn(1, 1, 16, 16, 16), torch.device("cpu"), 1, 1, (8, 8, 8), 0.5)
+    assert seeds == again
+
+
+def test_collapse_flags_by_hand():
+    grid = thresholds(0.0, 0.9, 0.02)
+    healthy = {"score": 0.8, "threshold": 0.5, "predicted_fraction": 0.2, "true_fraction": 0.22}
+    history = [{"val_dice_per_image": 0.8, "threshold": 0.5}]
+    assert health_flags(history, healthy, grid, "val_dice_per_image") == []
+    painted = dict(healthy, threshold=0.0, predicted_fraction=1.0, true_fraction=0.1)
+    assert health_flags(history, painted, grid, "val_dice_per_image") == ["threshold_at_edge", "all_foreground"]
+    empty = dict(healthy, predicted_fraction=0.001, true_fraction=0.08)
+    assert health_flags(history, empty, grid, "val_dice_per_image") == ["all_background"]
+    sinking = history + [{"val_dice_per_image": 0.5, "threshold": 0.06}]
+    assert health_flags(sinking, healthy, grid, "val_dice_per_image") == ["degrading"]
+    recovering = history + [{"val_dice_per_image": 0.5, "threshold": 0.5}]
+    assert health_flags(recovering, healthy, grid, "val_dice_per_image") == []
+
+
+def test_collapse_flags_reach_results_and_the_report(tmp_path):
+    result = api.train(tiny_config(*FAST, "train.lr=0"), tmp_path / "ph2" / "supervised" / "p20-s0")
+    assert set(result["health"]) == {"ok", "flags"} and result["health"]["ok"] == (not result["health"]["flags"])
+    saved = json.loads((tmp_path / "ph2" / "supervised" / "p20-s0" / "results.json").read_text())
+    saved["health"] = {"ok": False, "flags": ["all_foreground"]}
+    (tmp_path / "ph2" / "supervised" / "p20-s0" / "results.json").write_text(json.dumps(saved))
+    assert "(flagged: 1/1 runs)" in markdown(aggregate(collect([tmp_path])))
