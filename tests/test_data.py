@@ -157,8 +157,8 @@ def test_thin_structure_generator_is_seeded_thin_and_in_range(tmp_path):
         assert 0.045 <= mask.mean() <= 0.16
         # thin: no foreground pixel is more than 2 px from the background (widths 1-3 px, crossings aside)
         inside = ndimage.distance_transform_edt(mask)[mask]
-        assert np.median(inside) <= 1.5 and np.percentile(inside, 95) <= 2.0
-        assert image[mask].mean() < image[~mask].mean() - 15  # darker vessels
+        assert np.median(inside) <= 1.5 and np.percentile(inside, 90) <= 2.0
+        assert image[mask].mean() < image[~mask].mean() - 5  # darker vessels, faintly
     assert (tmp_path / "a" / "split.csv").read_text().count(",test") == 3
     with pytest.raises(DataError, match="already holds"):
         write_thin_structures(tmp_path / "a", count=6, size=96)

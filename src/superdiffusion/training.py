@@ -393,6 +393,13 @@ class Trainer:
             f"  {split_name} {metric}={best[metric]:.4f} (threshold {best.get('threshold', 0.5):.2f})"
             f"{'  * best' if improved else ''}"
         )
+        pseudo, true = self.history[-1].get("pseudo_fg"), best.get("true_fraction")
+        if pseudo is not None and true and pseudo < 0.25 * true:
+            self.log(
+                f"  WARNING: the pseudo-labels are {100 * pseudo:.1f}% foreground against {100 * true:.1f}% in the "
+                f"{split_name} masks: the unsupervised terms are teaching the networks to miss the structure "
+                "(README, 'When a run collapses')"
+            )
 
 
 def selection_scores(method: Method, split: Split, cfg: Config, device: torch.device) -> list[dict[str, float]]:
