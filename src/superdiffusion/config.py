@@ -139,6 +139,21 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
     return value
 
 
+def _parse_number(value: str, key: str) -> int | float:
+    try:
+        number = yaml.safe_load(value)
+    except yaml.YAMLError:
+        number = None
+    if isinstance(number, str):  # YAML 1.1 reads 1e-1 as text
+        try:
+            number = float(number)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise ConfigError(f"{key}: cannot read {value!r} as a number")
+    return number
+
+
 def merge(cfg: Config, updates: dict[str, Any], origin: str) -> Config:
     """Apply a nested ``{section: {key: value}}`` mapping onto ``cfg`` in place."""
     types = _section_types()
@@ -152,7 +167,7 @@ def merge(cfg: Config, updates: dict[str, Any], origin: str) -> Config:
         for key, value in values.items():
             if section == "method" and key not in names:
                 if isinstance(value, str) and (value[:1].isdigit() or value[:1] in "-."):
-                    value = _coerce(value, 0.0, f"method.{key}")  # a number; its type is checked by the method
+                    value = _parse_number(value, f"method.{key}")  # its type is checked by the method
                 target.params[key] = value  # method-specific: checked when the method is built
                 continue
             if key not in names:
