@@ -31,20 +31,20 @@ PLATEAU_TOLERANCE = 0.02  # levelled off: the smoothed value is within 2 Dice po
 WINDOW = 5  # trailing mean over 5 evaluations (250 updates): the 16-image validation Dice is noisy
 
 
-def smoothed(values: list[float], window: int = WINDOW) -> list[float]:
-    """Trailing moving average (shorter at the start)."""
-    return [
-        sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
-        for i in range(len(values))
-    ]
+def smoothed(values: list[float], window: int = WINDOW) -> list[float | None]:
+    """Trailing moving average; None until a full window is available."""
+    return [sum(values[i - window + 1 : i + 1]) / window if i >= window - 1 else None for i in range(len(values))]
 
 
 def plateau(updates: list[int], dice: list[float]) -> dict[str, float]:
     """First number of updates at which the smoothed validation Dice comes within
     ``PLATEAU_TOLERANCE`` of its maximum, and that maximum."""
     smooth = smoothed(dice)
-    top = max(smooth)
-    first = next(i for i, v in enumerate(smooth) if v >= top - PLATEAU_TOLERANCE)
+    full = [v for v in smooth if v is not None]
+    if not full:
+        return {"updates": None, "smoothed_dice": None, "max_smoothed_dice": None, "max_dice": max(dice)}
+    top = max(full)
+    first = next(i for i, v in enumerate(smooth) if v is not None and v >= top - PLATEAU_TOLERANCE)
     return {"updates": updates[first], "smoothed_dice": smooth[first], "max_smoothed_dice": top, "max_dice": max(dice)}
 
 
@@ -117,8 +117,11 @@ def main() -> None:
         fig, ax = plt.subplots(figsize=(6.4, 4))
         for method, c in curves.items():
             (line,) = ax.plot(c["updates"], c["val_dice"], alpha=0.35)
-            ax.plot(c["updates"], smoothed(c["val_dice"]), color=line.get_color(), label=method)
-            ax.axvline(c["plateau"]["updates"], color=line.get_color(), ls=":", lw=1)
+            smooth = smoothed(c["val_dice"])
+            points = [(u, v) for u, v in zip(c["updates"], smooth) if v is not None]
+            ax.plot(*zip(*points), color=line.get_color(), label=f"{method} ({WINDOW}-point mean)")
+            if c["plateau"]["updates"]:
+                ax.axvline(c["plateau"]["updates"], color=line.get_color(), ls=":", lw=1)
         ax.set_xlabel("updates (batch 8: 4 labeled + 4 unlabeled)")
         ax.set_ylabel("validation Dice (per image)")
         ax.set_title("Built-in PH2 128x128, 5 % labels, seed 0, constant lr")

@@ -209,3 +209,13 @@ def test_import_la_nrrd_and_h5(tmp_path):
     pairs = scan_volumes(tmp_path / "out_h5")
     assert sorted(p.id for p in pairs) == [f"case{k}" for k in range(5)]
     assert sum(p.split == "test" for p in pairs) == 1
+
+
+def test_sweep_checks_method_settings_before_running(tmp_path):
+    from superdiffusion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown setting 'round'"):
+        expand({"method.round": [1, 2]}, [], tmp_path)
+    with pytest.raises(ConfigError, match="recon_space=image"):
+        expand({"method.pretrain_image_input": ["noise"]}, [], tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -359,6 +359,8 @@ class Trainer:
             for k, v in means.items():
                 self.writer.add_scalar(f"{phase.name}/loss_{k}", v, self.position["step"])
             self.writer.add_scalar(f"{phase.name}/lambda", weight, self.position["step"])
+            for k in diag:
+                self.writer.add_scalar(f"{phase.name}/{k}", record[k], self.position["step"])
         terms = " ".join(f"{k}={v:.4f}" for k, v in means.items())
         if "pseudo_fg" in record:
             terms += f"  pseudo-label foreground {100 * record['pseudo_fg']:.1f}%"
