@@ -161,3 +161,22 @@ def test_collapse_flags_reach_results_and_the_report(tmp_path):
     saved["health"] = {"ok": False, "flags": ["all_foreground"]}
     (tmp_path / "ph2" / "supervised" / "p20-s0" / "results.json").write_text(json.dumps(saved))
     assert "(flagged: 1/1 runs)" in markdown(aggregate(collect([tmp_path])))
+
+
+def test_a_run_trained_on_a_gpu_is_evaluated_and_predicts_on_this_machine(tmp_path):
+    from superdiffusion import checkpoint
+    from superdiffusion.cli import main
+
+    api.train(tiny_config(*FAST), tmp_path / "run")
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    state = checkpoint.load(best)
+    state["config"]["train"]["device"] = "cuda:0"  # as saved by a GPU training
+    checkpoint.save_atomic(state, best)
+    assert api.evaluate(tmp_path / "run")["protocol"] == "honest"
+    source = tmp_path / "in"
+    source.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(source / "a.png")
+    assert main(["predict", str(tmp_path / "run"), str(source), str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert (tmp_path / "out" / "a.png").exists()

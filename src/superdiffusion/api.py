@@ -182,14 +182,17 @@ def load_run(run_dir: str | Path, which: str = "best.pt") -> tuple[Config, Metho
     return cfg, method, state
 
 
-def evaluate(run_dir: str | Path, protocol: str | None = None, samples: int | None = None) -> dict[str, Any]:
+def evaluate(
+    run_dir: str | Path, protocol: str | None = None, samples: int | None = None, device: str = "auto"
+) -> dict[str, Any]:
     """Re-score a finished run's selected checkpoint on its test split (the data are split
-    as the run was trained; see :func:`evaluate_method` for ``protocol``)."""
+    as the run was trained; see :func:`evaluate_method` for ``protocol``). ``device``:
+    auto, cpu or cuda[:N], whatever device the run was trained on."""
     cfg, method, state = load_run(run_dir)
     if samples:
         cfg.eval.samples = samples
     data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(device)
     results = evaluate_method(method.to(device), data, cfg, dict(state["best"]), device, protocol)
     write_json(Path(run_dir) / f"evaluation-{results['protocol']}-k{cfg.eval.samples}.json", results)
     return results
@@ -209,7 +212,12 @@ def _inputs(path: Path) -> list[Path]:
 
 
 def predict(
-    run_dir: str | Path, inputs: str | Path, output: str | Path, samples: int = 1, force: bool = False
+    run_dir: str | Path,
+    inputs: str | Path,
+    output: str | Path,
+    samples: int = 1,
+    force: bool = False,
+    device: str = "auto",
 ) -> list[Path]:
     """Segment every image or volume of ``inputs`` (a file or a folder).
 
@@ -219,7 +227,7 @@ def predict(
     foreground probability over draws; PNG scaled x 510, NIfTI as float).
     """
     cfg, method, state = load_run(run_dir)
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(device)  # not the training device: a run trained on a GPU predicts anywhere
     method.to(device)
     threshold = float(state["best"].get("threshold", 0.5))
     output = Path(output)

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("evaluate", help="score a run's selected checkpoint on its test split")
     p.add_argument("run", help="run folder")
     p.add_argument("--protocol", choices=["honest", "paper"])
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
     p.add_argument("--samples", type=int, help="noise draws averaged per image (diffusion methods)")
 
     p = sub.add_parser("predict", help="segment new images with a trained run")
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("output", help="folder for the PNG masks")
     p.add_argument("--samples", type=int, default=1, help="noise draws; > 1 also writes uncertainty maps")
     p.add_argument("--force", action="store_true", help="overwrite masks already in the output folder")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
 
     sub.add_parser("methods", help="list the available methods")
 
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ids", nargs="*", help="test image ids (default: the first --count)")
     p.add_argument("--count", type=int, default=4)
     p.add_argument("--samples", type=int, default=8, help="noise draws for the uncertainty column")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
 
     p = sub.add_parser("report", help="tables (Markdown, CSV, LaTeX) and plots of finished runs")
     p.add_argument("roots", nargs="+", help="folders searched for results.json")
@@ -154,11 +157,11 @@ def _run(args: argparse.Namespace) -> int:
             print(_table(results))
         return 0
     if args.command == "evaluate":
-        results = api.evaluate(args.run, args.protocol, args.samples)
+        results = api.evaluate(args.run, args.protocol, args.samples, args.device)
         print(_table(results))
         return 0
     if args.command == "predict":
-        written = api.predict(args.run, args.inputs, args.output, args.samples, args.force)
+        written = api.predict(args.run, args.inputs, args.output, args.samples, args.force, args.device)
         print(f"wrote {len(written)} files to {Path(args.output)}")
         return 0
     if args.command == "sweep":
@@ -195,7 +198,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "figure":
         from .experiments.figures import qualitative_figure
 
-        print(f"wrote {qualitative_figure(args.run, args.out, args.ids, args.count, args.samples)}")
+        print(f"wrote {qualitative_figure(args.run, args.out, args.ids, args.count, args.samples, args.device)}")
         return 0
     if args.command == "report":
         from .experiments.report import write_report

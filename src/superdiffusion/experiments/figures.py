@@ -11,7 +11,12 @@ from ..errors import DataError
 
 
 def qualitative_figure(
-    run_dir: str | Path, out: str | Path, ids: list[str] | None = None, count: int = 4, samples: int = 8
+    run_dir: str | Path,
+    out: str | Path,
+    ids: list[str] | None = None,
+    count: int = 4,
+    samples: int = 8,
+    device: str = "auto",
 ) -> Path:
     import matplotlib
 
@@ -34,7 +39,7 @@ def qualitative_figure(
         raise DataError(f"image id {missing[0]!r} is not in the test split of {cfg.data.root}")
     index = [test.ids.index(i) for i in chosen]
     images = test.images[index]
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(device)
     method.to(device).eval()
     threshold = float(state["best"].get("threshold", 0.5))
     stochastic = method.stochastic_inference
