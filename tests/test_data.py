@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import write_pair_folder
 from PIL import Image
 
 from superdiffusion.config import DataConfig
@@ -162,3 +163,24 @@ def test_thin_structure_generator_is_seeded_thin_and_in_range(tmp_path):
     assert (tmp_path / "a" / "split.csv").read_text().count(",test") == 3
     with pytest.raises(DataError, match="already holds"):
         write_thin_structures(tmp_path / "a", count=6, size=96)
+
+
+def test_lossy_jpeg_masks_need_and_get_the_threshold_mode(tmp_path):
+    root = write_pair_folder(tmp_path / "jpeg", n=6)
+    truth = {}
+    for png in sorted((root / "masks").glob("*.png")):
+        mask = np.asarray(Image.open(png))
+        truth[png.stem] = mask > 0
+        rgb = np.repeat(mask[..., None], 3, -1)
+        Image.fromarray(rgb).save(png.with_suffix(".jpg"), quality=60)  # lossy, colour JPEG masks
+        png.unlink()
+    with pytest.raises(DataError, match=r"distinct values .*data.mask_mode=threshold"):
+        build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50), seed=0)
+    mask = read_mask(root / "masks" / "case0.jpg", 2, "threshold")
+    assert mask.shape == truth["case0"].shape and (mask.astype(bool) == truth["case0"]).mean() > 0.97
+    assert read_mask(root / "masks" / "case0.jpg", 2, "threshold", threshold=250).sum() < mask.sum()
+    data = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50, mask_mode="threshold"), seed=0)
+    assert set(data.labeled.masks.unique().tolist()) == {0, 1}
+    zero_one = tmp_path / "01.png"
+    Image.fromarray(truth["case1"].astype(np.uint8)).save(zero_one)  # 0/1 masks: foreground is 1
+    assert np.array_equal(read_mask(zero_one, 2, "threshold").astype(bool), truth["case1"])

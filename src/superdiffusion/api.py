@@ -160,7 +160,8 @@ def evaluate_method(
     fg = foreground_probability(probs)
     results["test"] = {"resized": binary_scores(fg, masks, threshold)}
     if data.spatial_dims == 2 and test.pairs:
-        originals = [read_mask(p.mask, cfg.data.num_classes, cfg.data.mask_mode) for p in test.pairs]
+        d = cfg.data
+        originals = [read_mask(p.mask, d.num_classes, d.mask_mode, d.mask_threshold) for p in test.pairs]
         results["test"]["original"] = per_image_at_size(fg, originals, threshold)
     if data.spatial_dims == 3:
         results["test"]["surface"] = surface_distances(fg, test, threshold)

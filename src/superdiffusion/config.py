@@ -26,7 +26,11 @@ class DataConfig:
     size: list[int] = field(default_factory=lambda: [128, 128])  # 2D: resize to (H, W)
     patch_size: list[int] = field(default_factory=lambda: [96, 96, 80])  # 3D training patches
     num_classes: int = 2
-    mask_mode: str = "binary"  # binary: any non-zero value is foreground; index: values are classes
+    # binary: 0 is background and one other value foreground (2D; more values are refused, as a
+    # lossy mask would be; volumes: every non-zero label is foreground); threshold: foreground
+    # where value >= mask_threshold (JPEG or resampled masks); index: values are classes
+    mask_mode: str = "binary"
+    mask_threshold: float | None = None  # threshold mode; None: half the range (128 for 8-bit masks)
     # minmax: 2D [0, max] -> [-1, 1], volumes min..max -> [-1, 1]; percentile (volumes): clip to the
     # 0.5-99.5 percentiles, then [-1, 1]; zscore (per_image for volumes): unbounded, refused by
     # the paper's method, whose diffusion pathways work in [-1, 1]

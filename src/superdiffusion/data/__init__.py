@@ -116,7 +116,11 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True) -> Segmentat
     size = tuple(cfg.size)
     if len(size) != 2:
         raise DataError(f"data.size must be [H, W] for 2D data, got {cfg.size}")
-    loaded = {name: load_pairs(group, size, cfg.num_classes, cfg.mask_mode) for name, group in by.items() if group}
+    loaded = {
+        name: load_pairs(group, size, cfg.num_classes, cfg.mask_mode, mask_threshold=cfg.mask_threshold)
+        for name, group in by.items()
+        if group
+    }
     channels = loaded["train"]["channels"]
     for name, item in loaded.items():
         if item["channels"] != channels:

@@ -126,30 +126,55 @@ def read_image(path: Path, channels: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def read_mask(path: Path, num_classes: int, mode: str) -> np.ndarray:
-    """Mask as int64 ``(H, W)`` of class indices, checked against the declared classes."""
+def default_mask_threshold(arr: np.ndarray) -> float:
+    """Half the range of the mask's format: 128 for 8-bit masks, 32768 for 16-bit ones;
+    1 for masks whose values are only 0 and 1."""
+    if arr.max() <= 1:
+        return 1.0
+    return 32768.0 if arr.max() > 255 else 128.0
+
+
+def read_mask(path: Path, num_classes: int, mode: str, threshold: float | None = None) -> np.ndarray:
+    """Mask as int64 ``(H, W)`` of class indices, checked against the declared classes.
+
+    ``binary``: 0 is background and exactly one other value foreground; ``threshold``:
+    foreground where the grey value is >= ``threshold`` (default :func:`default_mask_threshold`),
+    for JPEG or resampled masks (colour ones are averaged over channels); ``index``: values
+    are class indices (palette PNGs give their indices)."""
     img = _open(path)
     if img.mode in ("RGB", "RGBA"):
         rgb = np.asarray(img)[..., :3]
-        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-            raise DataError(f"{path}: colour mask; save masks as single-channel class indices or 0/255")
-        arr = rgb[..., 0]
+        if mode == "threshold":
+            arr = rgb.astype(np.float64).mean(-1)
+        elif not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise DataError(
+                f"{path}: colour mask; save masks as single-channel class indices or 0/255 "
+                "(or set data.mask_mode=threshold for lossy masks)"
+            )
+        else:
+            arr = rgb[..., 0]
     else:
         arr = np.asarray(img)  # palette images give their indices
+    if mode == "threshold":
+        arr = np.asarray(arr, dtype=np.float64)
+        cut = default_mask_threshold(arr) if threshold is None else threshold
+        return (arr >= cut).astype(np.int64)
     arr = arr.astype(np.int64)
     values = np.unique(arr)
     if mode == "binary":
         if len(values) > 2:
+            shown = ", ".join(map(str, values[:6].tolist())) + (", ..." if len(values) > 6 else "")
             raise DataError(
-                f"{path}: mask has {len(values)} distinct values {values[:6].tolist()}...; "
-                "a binary mask holds 0 and one foreground value (set data.mask_mode=index for classes)"
+                f"{path}: mask has {len(values)} distinct values [{shown}]; a binary mask holds 0 and one "
+                "foreground value. Lossy (JPEG) or resampled masks: set data.mask_mode=threshold "
+                "(foreground >= data.mask_threshold, default half the range); classes: data.mask_mode=index"
             )
         return (arr > 0).astype(np.int64)
     if mode == "index":
         if values.min() < 0 or values.max() >= num_classes:
             raise DataError(f"{path}: mask values {values.tolist()[:8]} outside the classes 0..{num_classes - 1}")
         return arr
-    raise DataError(f"data.mask_mode must be binary or index, got {mode!r}")
+    raise DataError(f"data.mask_mode must be binary, threshold or index, got {mode!r}")
 
 
 def resize_image(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -167,7 +192,12 @@ def resize_mask(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
 
 
 def load_pairs(
-    pairs: list[Pair], size: tuple[int, int], num_classes: int, mask_mode: str, channels: int | None = None
+    pairs: list[Pair],
+    size: tuple[int, int],
+    num_classes: int,
+    mask_mode: str,
+    channels: int | None = None,
+    mask_threshold: float | None = None,
 ) -> dict:
     """Decode, check and resize every pair once. Returns stacked tensors and metadata.
 
@@ -185,7 +215,7 @@ def load_pairs(
         sizes.append(tuple(img.shape[1:]))
         images.append(resize_image(img, size))
         if pair.mask is not None:
-            mask = read_mask(pair.mask, num_classes, mask_mode)
+            mask = read_mask(pair.mask, num_classes, mask_mode, mask_threshold)
             if mask.shape != img.shape[1:]:
                 raise DataError(
                     f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {pair.image.name} "

@@ -153,9 +153,16 @@ def load_volume_pair(
     if image.array.shape != label.array.shape:
         raise DataError(f"{pair.label}: label shape {label.array.shape} differs from its image {image.array.shape}")
     lab = label.array
+    if cfg.mask_mode not in ("binary", "threshold", "index"):
+        raise DataError(f"data.mask_mode must be binary, threshold or index, got {cfg.mask_mode!r}")
+    if cfg.mask_mode == "threshold":
+        cut = 0.5 if cfg.mask_threshold is None else cfg.mask_threshold  # resampled 0/1 labels by default
+        lab = (lab >= cut).astype(np.int64)
     if lab.dtype.kind == "f":
         if not np.all(np.equal(np.mod(lab, 1), 0)):
-            raise DataError(f"{pair.label}: label volume has non-integer values")
+            raise DataError(
+                f"{pair.label}: label volume has non-integer values (resampled labels: data.mask_mode=threshold)"
+            )
     lab = lab.astype(np.int64)
     values = np.unique(lab)
     if cfg.mask_mode == "binary":
