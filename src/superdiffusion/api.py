@@ -117,8 +117,8 @@ def evaluate_method(
     protocol = protocol or cfg.eval.protocol
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    checkpoint_split, metric = best.get("split") or PROTOCOLS[cfg.eval.protocol][0], best.get("metric")
-    metric = metric or PROTOCOLS[cfg.eval.protocol][1]
+    trained_split, trained_metric = PROTOCOLS[cfg.eval.protocol]  # for checkpoints without their own record
+    checkpoint_split, metric = best.get("split") or trained_split, best.get("metric") or trained_metric
     if protocol == "honest" and checkpoint_split != "val":
         raise ConfigError(
             f"this run chose its checkpoint on the {checkpoint_split} split (trained with eval.protocol="

@@ -59,9 +59,8 @@ class MethodConfig:
     # reference: each method's own lambda_max and ramp (its YAML: SSL4MIS's 0.1 and sigmoid ramp
     # for the baselines); paper: Appendix A's linear ramp to 5 for every method
     lambda_schedule: str = "reference"
-    supervised_loss: str = (
-        "auto"  # auto: the method's reference (0.5 (CE + Dice); CE for the paper's method); ce; ce_dice
-    )
+    # auto: the method's reference (0.5 (CE + Dice); DTC: Dice; the paper's method: CE); ce; ce_dice; dice
+    supervised_loss: str = "auto"
     params: dict[str, Any] = field(default_factory=dict)  # method-specific, checked by the method
 
 

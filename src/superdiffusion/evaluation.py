@@ -55,15 +55,16 @@ def sweep(fg_prob: torch.Tensor, labels: torch.Tensor, grid: list[float]) -> lis
     """Binary scores of ``fg_prob > th`` for each threshold of ``grid``, with the fraction of
     pixels predicted foreground and the true one."""
     target = labels > 0
-    true_fraction = float(target.float().mean())
+    pixels = target.numel()
+    true_fraction = float(target.sum()) / pixels
     rows = []
     for th in grid:
-        pred = fg_prob > th
+        tp, fp, fn = _counts(fg_prob > th, target)
         rows.append(
             {
                 "threshold": th,
-                **_scores(*_counts(pred, target)),
-                "predicted_fraction": float(pred.float().mean()),
+                **_scores(tp, fp, fn),
+                "predicted_fraction": float((tp + fp).sum()) / pixels,
                 "true_fraction": true_fraction,
             }
         )
@@ -134,6 +135,18 @@ def surface_distances(fg_prob: torch.Tensor, split, threshold: float) -> dict[st
     }
 
 
+def pseudo_label_drift(pseudo_fraction: float, true_fraction: float | None) -> str | None:
+    """``pseudo_labels_background`` when the pseudo-labels' foreground share is under a quarter
+    of the true one, ``pseudo_labels_foreground`` when it is over 90 % (truth under 50 %)."""
+    if not true_fraction:
+        return None
+    if pseudo_fraction < 0.25 * true_fraction:
+        return "pseudo_labels_background"
+    if pseudo_fraction > 0.9 and true_fraction < 0.5:
+        return "pseudo_labels_foreground"
+    return None
+
+
 def health_flags(history: list[dict], best: dict, grid: list[float], key: str) -> list[str]:
     """Signs that a run collapsed, from its selection records (``history`` rows holding
     ``key``, its threshold and foreground fractions) and the selected one (``best``):
@@ -158,11 +171,9 @@ def health_flags(history: list[dict], best: dict, grid: list[float], key: str) -
         elif true > 0 and pred < 0.05 * true:
             flags.append("all_background")
     pseudo = [h["pseudo_fg"] for h in history if "pseudo_fg" in h]
-    if pseudo and true:
-        if pseudo[-1] < 0.25 * true:
-            flags.append("pseudo_labels_background")
-        elif pseudo[-1] > 0.9 and true < 0.5:
-            flags.append("pseudo_labels_foreground")
+    drift = pseudo_label_drift(pseudo[-1], true) if pseudo else None
+    if drift:
+        flags.append(drift)
     scored = [h for h in history if key in h]
     if scored and best.get("score"):
         last = scored[-1]

@@ -3,6 +3,8 @@ and MONAI sliding windows for volumes."""
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from monai.inferers import sliding_window_inference
 
@@ -67,7 +69,7 @@ def _sliding(
     batch_size: int,
     seed: int,
 ) -> Prediction:
-    calls = iter(range(10**12))
+    calls = itertools.count()  # one seed per batch of windows
 
     def run(patch: torch.Tensor) -> torch.Tensor:
         pred = method.predict(patch, samples, seed=derived_seed(seed, next(calls)))

@@ -33,6 +33,7 @@ from .evaluation import (
     best_threshold,
     foreground_probability,
     health_flags,
+    pseudo_label_drift,
     sweep,
     thresholds,
 )
@@ -396,7 +397,7 @@ class Trainer:
             f"{'  * best' if improved else ''}"
         )
         pseudo, true = self.history[-1].get("pseudo_fg"), best.get("true_fraction")
-        if pseudo is not None and true and pseudo < 0.25 * true:
+        if pseudo is not None and pseudo_label_drift(pseudo, true) == "pseudo_labels_background":
             self.log(
                 f"  WARNING: the pseudo-labels are {100 * pseudo:.1f}% foreground against {100 * true:.1f}% in the "
                 f"{split_name} masks: the unsupervised terms are teaching the networks to miss the structure "

@@ -63,38 +63,29 @@ class Prediction:
 SUPERVISED_LOSSES = ("auto", "ce", "ce_dice", "dice")
 
 
-def supervised_ce(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Pixel-wise cross entropy on the labeled items of the batch (0 when there are none)."""
-    if not batch.has_labeled:
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits[batch.labeled], batch.labels[batch.labeled])
-
-
-def dice_loss(logits: torch.Tensor, labels: torch.Tensor, include_background: bool = True) -> torch.Tensor:
+def dice_loss(
+    logits: torch.Tensor, labels: torch.Tensor, include_background: bool = True, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Soft Dice loss of the reference implementations (SSL4MIS ``DiceLoss``, DTC's
     ``dice_loss``): squared terms in the denominator, sums pooled over the batch, smoothing
     1e-5, averaged over the classes (background included unless ``include_background`` is
-    False). MONAI's :class:`~monai.losses.DiceLoss` with these options computes exactly this."""
-    from monai.losses import DiceLoss
+    False), as MONAI's :class:`~monai.losses.DiceLoss` computes it. ``mask`` (``(B, *S)``,
+    1 = kept) leaves pixels out of every sum (MONAI's ``MaskedDiceLoss``); their labels may
+    hold any value."""
+    from monai.losses import DiceLoss, MaskedDiceLoss
 
-    loss = DiceLoss(
+    options = dict(
         include_background=include_background,
-        to_onehot_y=True,
         softmax=True,
         squared_pred=True,
         batch=True,
         smooth_nr=1e-5,
         smooth_dr=1e-5,
     )
-    return loss(logits, labels.unsqueeze(1))
-
-
-def supervised_ce_dice(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """``0.5 (CE + Dice)`` on the labeled items: the baselines' labeled loss in SSL4MIS."""
-    if not batch.has_labeled:
-        return logits.sum() * 0.0
-    lab = batch.labeled
-    return 0.5 * (F.cross_entropy(logits[lab], batch.labels[lab]) + dice_loss(logits[lab], batch.labels[lab]))
+    if mask is None:
+        return DiceLoss(to_onehot_y=True, **options)(logits, labels.unsqueeze(1))
+    one_hot = F.one_hot(labels.clamp_min(0), logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+    return MaskedDiceLoss(**options)(logits, one_hot, mask.unsqueeze(1).to(logits.dtype))
 
 
 class Method(nn.Module):
@@ -128,14 +119,15 @@ class Method(nn.Module):
         self.supervised_loss_kind = self.default_supervised_loss if kind == "auto" else kind
 
     def labeled_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """The supervised term on the batch's labeled items (``method.supervised_loss``)."""
-        if self.supervised_loss_kind == "ce":
-            return supervised_ce(logits, batch)
+        """The supervised term on the batch's labeled items (0 when there are none):
+        ``ce``; ``ce_dice``, SSL4MIS's ``0.5 (CE + Dice)``; ``dice``, DTC's foreground Dice."""
+        if not batch.has_labeled:
+            return logits.sum() * 0.0
+        logits, labels = logits[batch.labeled], batch.labels[batch.labeled]
         if self.supervised_loss_kind == "dice":
-            if not batch.has_labeled:
-                return logits.sum() * 0.0
-            return dice_loss(logits[batch.labeled], batch.labels[batch.labeled], include_background=False)
-        return supervised_ce_dice(logits, batch)
+            return dice_loss(logits, labels, include_background=False)
+        ce = F.cross_entropy(logits, labels)
+        return ce if self.supervised_loss_kind == "ce" else 0.5 * (ce + dice_loss(logits, labels))
 
     @classmethod
     def parse_params(cls, values: dict[str, Any]) -> Any:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..diffusion import NoiseSchedule
 from ..errors import ConfigError
-from .base import Batch, Method, Phase, Prediction, StepContext
+from .base import Batch, Method, Phase, Prediction, StepContext, dice_loss
 from .cps import cps_loss  # Eq. 9
 
 
@@ -108,12 +108,7 @@ class SuperDiffusion(Method):
         ce = F.cross_entropy(logits, labels, ignore_index=-100)
         if self.params.pseudo_loss == "ce":
             return ce
-        weight = kept.unsqueeze(1).to(logits.dtype)
-        probs = logits.softmax(1) * weight
-        onehot = F.one_hot(labels.clamp_min(0), self.num_classes).movedim(-1, 1).to(logits.dtype) * weight
-        dims = (0, *range(2, logits.dim()))
-        dice = 1 - (2 * (probs * onehot).sum(dims) + 1e-5) / ((probs**2).sum(dims) + (onehot**2).sum(dims) + 1e-5)
-        return 0.5 * (ce + dice.mean())
+        return 0.5 * (ce + dice_loss(logits, labels, mask=kept))
 
     def image_pathway(
         self, images: torch.Tensor, mask_probs: torch.Tensor, t: torch.Tensor, pure_noise: bool = False
@@ -166,13 +161,13 @@ class SuperDiffusion(Method):
         t = self._t(b, dev)
         teacher = self.mask_pathway(self.teacher_mask, images, t)  # Eq. 8
         student = self.mask_pathway(self.student_mask, images, t)
-        from_student, from_teacher = self.pseudo_labels(student), self.pseudo_labels(teacher)
+        from_student = self.pseudo_labels(student)
         if batch.has_unlabeled:  # foreground share of the student's pseudo-labels (the loop logs it)
             self.diagnostics["pseudo_fg"] = float((from_student[~batch.labeled] > 0).float().mean())
         if self.params.pseudo_loss == "ce" and self.params.pseudo_confidence == 0:
             semi = cps_loss(teacher, student)  # Eq. 9
         else:
-            semi = self.pseudo_term(teacher, from_student) + self.pseudo_term(student, from_teacher)
+            semi = self.pseudo_term(teacher, from_student) + self.pseudo_term(student, self.pseudo_labels(teacher))
         out = {
             "sup": self.labeled_loss(teacher, batch) + self.labeled_loss(student, batch),  # Eq. 10
             "semi": ctx.weight * semi,
