@@ -38,7 +38,13 @@ SCHEDULE = [
     "train.steps_per_epoch=20",
     "train.lr_step=11",
 ]  # 300 updates, lr x0.1 after 220
-PAPER = ["method=superdiffusion", "method.lambda_max=5", "method.rounds=2", "method.pretrain_epochs=3"]
+PAPER = [
+    "method=superdiffusion",
+    "method.lambda_max=5",
+    "method.rounds=2",
+    "method.pretrain_epochs=3",
+    "method.mask_noise=paper",
+]
 VARIANTS = {
     "paper": PAPER,
     "lambda1": PAPER + ["method.lambda_max=1"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 from . import checkpoint
-from .config import Config, from_dict
+from .config import RESUMABLE_KEYS, Config, flat, from_dict
 from .data import SegmentationData, build_data, normalize
 from .data.folder import IMAGE_EXTENSIONS, read_image, read_mask, resize_image
 from .errors import ConfigError, DataError, RunFolderError
@@ -27,7 +28,7 @@ from .evaluation import (
     thresholds,
 )
 from .inference import predict_tensor
-from .methods import Method, build_method
+from .methods import METHODS, Method, build_method
 from .training import Trainer, resolve_device, split_probabilities, write_json
 
 
@@ -42,10 +43,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
     Returns the results written to ``run_dir/results.json``.
     """
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+    cfg = with_method_settings(cfg)  # config.yaml records every setting of the method, defaults included
     if resume and (run_dir / "config.yaml").exists():
-        from .config import load_yaml
-
-        cfg = from_dict(load_yaml(run_dir / "config.yaml"))
+        check_resume(run_dir, with_method_settings(saved_config(run_dir)), cfg)
     data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
     rank, world = distributed_setup(cfg)
     trainer = Trainer(cfg, data, run_dir, rank, world)
@@ -63,6 +63,35 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
     results["wall_seconds_this_process"] = round(time.perf_counter() - start, 2)
     write_json(run_dir / "results.json", results)
     return results
+
+
+def saved_config(run_dir: str | Path) -> Config:
+    """The settings a run folder was trained with (its ``config.yaml``)."""
+    from .config import load_yaml
+
+    return from_dict(load_yaml(Path(run_dir) / "config.yaml"))
+
+
+def with_method_settings(cfg: Config) -> Config:
+    """``cfg`` with ``method.params`` holding every setting of its method, defaults included
+    (checked by the method), so a run's record does not depend on later defaults."""
+    if cfg.method.name not in METHODS:
+        raise ConfigError(f"unknown method {cfg.method.name!r}; available: {', '.join(METHODS)}")
+    cfg = from_dict(cfg.to_dict())
+    cfg.method.params = dataclasses.asdict(METHODS[cfg.method.name].parse_params(cfg.method.params))
+    return cfg
+
+
+def check_resume(run_dir: Path, saved: Config, cfg: Config) -> None:
+    """Refuse to resume ``run_dir`` with settings other than :data:`RESUMABLE_KEYS`, in one line."""
+    old, new = flat(saved), flat(cfg)
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in RESUMABLE_KEYS]
+    if changed:
+        diffs = ", ".join(f"{k} ({old.get(k)} -> {new.get(k)})" for k in changed)
+        raise RunFolderError(
+            f"{run_dir} was trained with other settings; --resume may change only {', '.join(RESUMABLE_KEYS)}, "
+            f"but this command changes {diffs}: drop those, or train into a new --out"
+        )
 
 
 def distributed_setup(cfg: Config) -> tuple[int, int]:

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from . import api
-    from .config import resolve
+    from .config import resolve, resume_config
 
     if args.command == "methods":
         from .methods import METHODS
@@ -152,7 +152,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "train":
         cfg = resolve(args.overrides, args.config)
-        results = api.train(cfg, args.out, resume=args.resume, force=args.force)
+        out = Path(args.out) if args.out else api.default_run_dir(cfg)
+        if args.resume and (out / "config.yaml").exists():  # the run's own settings, plus the command's
+            cfg = resume_config(api.saved_config(out), args.overrides, args.config)
+        results = api.train(cfg, out, resume=args.resume, force=args.force)
         if results:  # ranks other than 0 of a torchrun job print nothing
             print(_table(results))
         return 0

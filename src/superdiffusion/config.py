@@ -271,6 +271,37 @@ def _apply_lambda_schedule(cfg: Config, user_method_sections: list[dict[str, Any
     cfg.method.ramp = PAPER_LAMBDA["ramp"]
 
 
+# settings a resumed run may change: its length (the lr steps at train.lr_step and the lambda
+# ramp is recomputed over the new length, as if it had been planned from the start) and how
+# it runs (threads, device, inference batch); any other change would mix two experiments
+RESUMABLE_KEYS = ("train.epochs", "train.threads", "train.device", "eval.batch_size")
+
+
+def flat(cfg: Config) -> dict[str, Any]:
+    """``{"section.key": value}``, method-specific settings as ``method.KEY``."""
+    out = {}
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items():
+            if key == "params":
+                out.update({f"method.{k}": v for k, v in value.items()})
+            else:
+                out[f"{section}.{key}"] = value
+    return out
+
+
+def resume_config(saved: Config, overrides: list[str] | None = None, config_file: str | Path | None = None) -> Config:
+    """The settings of a resumed run. A command that names presets (``dataset=``, ``method=``,
+    ``profile=``) or a ``--config`` file is resolved in full, as for a new run; one with only
+    ``section.key=value`` overrides (or none) applies them to the run's saved settings."""
+    presets, nested = parse_overrides(list(overrides or []))
+    if presets or config_file:
+        return resolve(overrides, config_file)
+    cfg = from_dict(saved.to_dict())
+    merge(cfg, nested, "command line")
+    _apply_lambda_schedule(cfg, [nested.get("method") or {}])
+    return cfg
+
+
 LEGACY_KEYS = {("train", "max_steps_per_epoch"): ("train", "steps_per_epoch")}  # older run folders
 
 

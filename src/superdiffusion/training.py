@@ -189,6 +189,7 @@ class Trainer:
         if resume:
             if last.exists() or checkpoint.previous_path(last).exists():
                 self.restore(checkpoint.load(last))
+                cfg_path.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))  # e.g. a longer run
                 return
             if cfg_path.exists() and (self.run_dir / "results.json").exists():
                 raise RunFolderError(f"{self.run_dir}: finished run without checkpoints")
@@ -233,8 +234,24 @@ class Trainer:
         self.best = dict(state["best"])
         self.history = list(state["history"])
         self.elapsed = float(state.get("elapsed", 0.0))
+        self.continue_longer_phase()
         if state["optimizer_phase"] == self.position["phase"]:  # else the saved one belongs to a finished phase
             self._resume_optim = (state["optimizer"], state["scheduler"])
+
+    def continue_longer_phase(self) -> None:
+        """After a resume with a larger ``train.epochs``: a finished run goes back into its last
+        phase, to train the added epochs. A phase shorter than what it already trained is refused."""
+        phases = self.method.phases()
+        index = min(self.position["phase"], len(phases) - 1)
+        phase = phases[index]
+        trained = max((h["epoch"] for h in self.history if h["phase"] == phase.name), default=0)
+        if trained > phase.epochs:
+            raise RunFolderError(
+                f"{self.run_dir}: already trained {trained} {phase.name} epochs; a run cannot be shortened "
+                f"to {phase.epochs} (train into a new --out instead)"
+            )
+        if self.position["phase"] >= len(phases) and trained < phase.epochs:
+            self.position.update(phase=index, epoch=trained)
 
     def save(self, name: str = "last.pt") -> None:
         if self.rank == 0:
