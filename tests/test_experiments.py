@@ -116,14 +116,14 @@ def test_sweep_runs_skips_finished_and_resumes_interrupted(tmp_path):
     )
     specs = expand(grid, fixed, tmp_path)
     counts = run_sweep(specs, jobs=2)
-    assert counts == {"total": 8, "skipped": 0, "finished": 8, "failed": 0}, [
-        (s.folder / "train.log").read_text()[-500:] for s in specs if not s.finished
+    assert counts == {"total": 8, "skipped": 0, "busy": 0, "finished": 8, "failed": 0}, [
+        (s.folder / "console.log").read_text()[-500:] for s in specs if not s.finished
     ]
     stamps = {s.folder: (s.folder / "results.json").stat().st_mtime_ns for s in specs}
     interrupted = specs[3]
     (interrupted.folder / "results.json").unlink()  # as if killed after its last checkpoint
     counts = run_sweep(specs, jobs=1)
-    assert counts == {"total": 8, "skipped": 7, "finished": 1, "failed": 0}
+    assert counts == {"total": 8, "skipped": 7, "busy": 0, "finished": 1, "failed": 0}
     for s in specs:
         if s is not interrupted:
             assert (s.folder / "results.json").stat().st_mtime_ns == stamps[s.folder]

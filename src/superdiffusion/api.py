@@ -29,7 +29,8 @@ from .evaluation import (
 )
 from .inference import predict_tensor
 from .methods import METHODS, Method, build_method
-from .training import Trainer, resolve_device, split_probabilities, write_json
+from .runfolder import RunFolder, write_json
+from .training import Trainer, resolve_device, split_probabilities
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -42,34 +43,37 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
 
     Returns the results written to ``run_dir/results.json``.
     """
-    run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+    folder = RunFolder(run_dir if run_dir else default_run_dir(cfg))
     cfg = with_method_settings(cfg)  # config.yaml records every setting of the method, defaults included
-    if resume and (run_dir / "config.yaml").exists():
-        check_resume(run_dir, with_method_settings(saved_config(run_dir)), cfg)
-    data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
     rank, world = distributed_setup(cfg)
-    trainer = Trainer(cfg, data, run_dir, rank, world)
-    start = time.perf_counter()
-    best = trainer.fit(resume=resume, force=force)
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-        if rank != 0:
-            return {}
-    best = dict(best, path=str(run_dir / "checkpoints" / "best.pt"))
-    results = evaluate_method(trainer.method, data, cfg, best, trainer.device)
-    results["health"] = trainer.health
-    results["train_seconds"] = round(trainer.elapsed, 2)
-    results["wall_seconds_this_process"] = round(time.perf_counter() - start, 2)
-    write_json(run_dir / "results.json", results)
-    return results
+    if rank == 0:
+        folder.lock()  # one writer at a time: a second sweep or a requeued job stops here
+    try:
+        if resume and folder.started:
+            check_resume(folder.path, with_method_settings(folder.read_config()), cfg)
+        data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
+        trainer = Trainer(cfg, data, folder.path, rank, world)
+        start = time.perf_counter()
+        best = trainer.fit(resume=resume, force=force)
+        if world > 1:
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+            if rank != 0:
+                return {}
+        best = dict(best, path=str(folder.checkpoint_path("best")))
+        results = evaluate_method(trainer.method, data, cfg, best, trainer.device)
+        results["health"] = trainer.health
+        results["train_seconds"] = round(trainer.elapsed, 2)
+        results["wall_seconds_this_process"] = round(time.perf_counter() - start, 2)
+        folder.write_results(results)
+        return results
+    finally:
+        folder.unlock()
 
 
 def saved_config(run_dir: str | Path) -> Config:
     """The settings a run folder was trained with (its ``config.yaml``)."""
-    from .config import load_yaml
-
-    return from_dict(load_yaml(Path(run_dir) / "config.yaml"))
+    return RunFolder(run_dir).read_config()
 
 
 def with_method_settings(cfg: Config) -> Config:
@@ -201,10 +205,7 @@ def evaluate_method(
 
 def load_run(run_dir: str | Path, which: str = "best.pt") -> tuple[Config, Method, dict[str, Any]]:
     """Rebuild the method of a run folder from its checkpoint alone."""
-    path = Path(run_dir) / "checkpoints" / which
-    if not path.exists() and not checkpoint.previous_path(path).exists():
-        raise RunFolderError(f"{run_dir}: no checkpoint {which} (has this run finished an evaluation epoch?)")
-    state = checkpoint.load(path)
+    state = RunFolder(run_dir).load_checkpoint(which)
     cfg = from_dict(state["config"])
     d = state["data"]
     method = build_method(cfg, d["channels"], d["num_classes"], d["spatial_dims"])

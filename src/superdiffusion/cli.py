@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", action="store_true", help="also plot the ablation (error bars) as PNG")
 
     args = parser.parse_args(argv)
+    handler = _console_log()
     try:
         return _run(args)
     except SuperDiffusionError as err:
@@ -138,6 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("superdiffusion: interrupted; continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        logging.getLogger("superdiffusion").removeHandler(handler)
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines printed above any progress bar (tqdm.write), to stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _console_log() -> logging.Handler:
+    handler = _TqdmHandler()
+    logging.getLogger("superdiffusion").addHandler(handler)
+    return handler
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -182,8 +201,9 @@ def _run(args: argparse.Namespace) -> int:
         slurm = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.slurm)}
         counts = run_sweep(specs, args.jobs, args.executor, slurm)
         print(
-            f"{counts['total']} runs: {counts['skipped']} already finished, {counts['finished']} finished now, "
-            f"{counts['failed']} failed (see train.log in their folders)"
+            f"{counts['total']} runs: {counts['skipped']} already finished, {counts['busy']} being trained by "
+            f"another process, {counts['finished']} finished now, {counts['failed']} failed (see console.log and "
+            "train.log in their folders)"
         )
         return 1 if counts["failed"] else 0
     if args.command == "import-dataset":

@@ -9,20 +9,16 @@ as the uninterrupted run would have.
 
 from __future__ import annotations
 
-import json
+import logging
 import math
-import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from tqdm import tqdm
 
-from . import checkpoint
 from .config import Config
 from .data import SegmentationData, Split
 from .data.augment import flip_rotate
@@ -40,8 +36,7 @@ from .evaluation import (
 from .inference import predict_tensor
 from .methods import Batch, Method, StepContext, build_method
 from .methods.ramps import ramp_weight
-
-CHECKPOINT_FORMAT = 1
+from .runfolder import RunFolder, log
 
 
 def step_seed(seed: int, phase: int, epoch: int, step: int) -> int:
@@ -141,7 +136,8 @@ class Trainer:
     """Runs (or resumes) one training of ``cfg`` on ``data`` into ``run_dir``."""
 
     def __init__(self, cfg: Config, data: SegmentationData, run_dir: Path, rank: int = 0, world: int = 1):
-        self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
+        self.cfg, self.data, self.folder = cfg, data, RunFolder(run_dir)
+        self.run_dir = self.folder.path
         self.rank, self.world = rank, world
         self.device = resolve_device(cfg.train.device)
         if cfg.train.threads > 0:
@@ -164,50 +160,43 @@ class Trainer:
             rank,
             world,
         )
-        self.ckpt_dir = self.run_dir / "checkpoints"
         self.writer = None
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {}
         self.position = {"phase": 0, "epoch": 0, "step": 0}
         self.elapsed = 0.0
+        self._drawn = time.perf_counter()
 
     # --- run folder ------------------------------------------------------------------------
     def prepare_folder(self, resume: bool, force: bool) -> None:
-        last = self.ckpt_dir / "last.pt"
         if self.world > 1 and self.rank != 0:
             torch.distributed.barrier()  # rank 0 has checked and prepared the folder
-            if resume and (last.exists() or checkpoint.previous_path(last).exists()):
-                self.restore(checkpoint.load(last))
+            if resume and self.folder.has_checkpoint():
+                self.restore(self.folder.load_checkpoint())
             return
         self._prepare_folder(resume, force)
         if self.world > 1:
             torch.distributed.barrier()
 
     def _prepare_folder(self, resume: bool, force: bool) -> None:
-        cfg_path = self.run_dir / "config.yaml"
-        last = self.ckpt_dir / "last.pt"
+        folder = self.folder
         if resume:
-            if last.exists() or checkpoint.previous_path(last).exists():
-                self.restore(checkpoint.load(last))
-                cfg_path.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))  # e.g. a longer run
+            if folder.has_checkpoint():
+                self.restore(folder.load_checkpoint())
+                folder.write_config(self.cfg)  # e.g. a longer run
                 return
-            if cfg_path.exists() and (self.run_dir / "results.json").exists():
+            if folder.started and folder.finished:
                 raise RunFolderError(f"{self.run_dir}: finished run without checkpoints")
-        elif cfg_path.exists():
+        elif folder.started:
             if not force:
                 raise RunFolderError(
                     f"{self.run_dir} already holds a run; pass --resume to continue it or --force to replace it"
                 )
-            for name in ("checkpoints", "tensorboard"):
-                shutil.rmtree(self.run_dir / name, ignore_errors=True)
-            for name in ("results.json", "history.jsonl", "config.yaml"):
-                (self.run_dir / name).unlink(missing_ok=True)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        cfg_path.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            folder.clear()
+        folder.write_config(self.cfg)
 
     def state(self) -> dict[str, Any]:
         return {
-            "format": CHECKPOINT_FORMAT,
             "method": self.method.name,
             "config": self.cfg.to_dict(),
             "data": {
@@ -252,10 +241,16 @@ class Trainer:
             )
         if self.position["phase"] >= len(phases) and trained < phase.epochs:
             self.position.update(phase=index, epoch=trained)
+            self.folder.results_path.unlink(missing_ok=True)  # the run is unfinished again until it ends
 
-    def save(self, name: str = "last.pt") -> None:
+    def save(self, which: str = "last") -> None:
         if self.rank == 0:
-            checkpoint.save_atomic(self.state(), self.ckpt_dir / name)
+            self.folder.save_checkpoint(self.state(), which)
+            if which == "last":
+                self.folder.write_history(self.history)
+                if time.perf_counter() - self._drawn > 60:  # progress.png: at most once a minute, and at the end
+                    self.folder.write_progress(self.history)
+                    self._drawn = time.perf_counter()
 
     # --- the loop --------------------------------------------------------------------------
     def _optimizer(self, phase: str) -> None:
@@ -265,17 +260,28 @@ class Trainer:
         )
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
 
-    def log(self, message: str) -> None:
+    def log(self, message: str, level: int = logging.INFO) -> None:
         if self.rank == 0:
-            tqdm.write(message, file=sys.stderr)
+            log.log(level, message)
 
     def fit(self, resume: bool = False, force: bool = False) -> dict[str, Any]:
         self._resume_optim = None
         self.prepare_folder(resume, force)
+        handler = self.folder.log_to_file() if self.rank == 0 else None
+        try:
+            return self._fit()
+        finally:
+            if handler is not None:
+                log.removeHandler(handler)
+                handler.close()
+            if self.rank == 0 and self.history:
+                self.folder.write_progress(self.history)
+
+    def _fit(self) -> dict[str, Any]:
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            self.writer = SummaryWriter(str(self.folder.tensorboard))
         phases = self.method.phases()
         self.log(
             f"[superdiffusion] {self.method.name} on {self.cfg.data.name}: {self.data.summary()}; "
@@ -321,7 +327,8 @@ class Trainer:
         for flag in flags:
             self.log(
                 f"[superdiffusion] WARNING: possible collapse ({flag}): {FLAG_ADVICE[flag]}; see README, "
-                "'When a run collapses'"
+                "'When a run collapses'",
+                logging.WARNING,
             )
         return {"ok": not flags, "flags": flags}
 
@@ -353,7 +360,7 @@ class Trainer:
                 terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                 raise TrainingDiverged(
                     f"non-finite loss at step {self.position['step']} ({phase.name} epoch {epoch + 1}): {terms}; "
-                    f"last good checkpoint: {self.ckpt_dir / 'last.pt'}"
+                    f"last good checkpoint: {self.folder.checkpoint_path('last')}"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -366,17 +373,19 @@ class Trainer:
                 diag.setdefault(k, []).append(v)
             self.method.diagnostics = {}
             bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+        lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         seconds = time.perf_counter() - start
         self.elapsed += seconds
         means = {k: v / len(batches) for k, v in sums.items()}
-        record = {"phase": phase.name, "epoch": epoch + 1, "weight": weight, "seconds": seconds, **means}
+        record = {"phase": phase.name, "epoch": epoch + 1, "weight": weight, "lr": lr, "seconds": seconds, **means}
         record.update({k: sum(v) / len(v) for k, v in diag.items()})
         self.history.append(record)
         if self.writer is not None:
             for k, v in means.items():
                 self.writer.add_scalar(f"{phase.name}/loss_{k}", v, self.position["step"])
             self.writer.add_scalar(f"{phase.name}/lambda", weight, self.position["step"])
+            self.writer.add_scalar(f"{phase.name}/lr", lr, self.position["step"])
             for k in diag:
                 self.writer.add_scalar(f"{phase.name}/{k}", record[k], self.position["step"])
         terms = " ".join(f"{k}={v:.4f}" for k, v in means.items())
@@ -408,7 +417,7 @@ class Trainer:
                 "threshold": best.get("threshold", 0.5),
                 **{k: best[k] for k in ("predicted_fraction", "true_fraction") if k in best},
             }
-            self.save("best.pt")
+            self.save("best")
         self.log(
             f"  {split_name} {metric}={best[metric]:.4f} (threshold {best.get('threshold', 0.5):.2f})"
             f"{'  * best' if improved else ''}"
@@ -418,7 +427,8 @@ class Trainer:
             self.log(
                 f"  WARNING: the pseudo-labels are {100 * pseudo:.1f}% foreground against {100 * true:.1f}% in the "
                 f"{split_name} masks: the unsupervised terms are teaching the networks to miss the structure "
-                "(README, 'When a run collapses')"
+                "(README, 'When a run collapses')",
+                logging.WARNING,
             )
 
 
@@ -455,9 +465,3 @@ def split_probabilities(method: Method, split: Split, cfg: Config, device: torch
     if keep is not None and pred.spread is not None:
         keep.append(pred.spread)
     return pred.probs, split.masks
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)

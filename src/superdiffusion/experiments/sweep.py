@@ -18,6 +18,7 @@ import yaml
 
 from ..config import load_yaml, resolve
 from ..errors import ConfigError
+from ..runfolder import RunFolder
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Table 1 on one dataset: every 2D method at the paper's five regimes, 3 seeds
@@ -58,11 +59,11 @@ class RunSpec:
 
     @property
     def finished(self) -> bool:
-        return (self.folder / "results.json").exists()
+        return RunFolder(self.folder).finished
 
     @property
     def started(self) -> bool:
-        return (self.folder / "config.yaml").exists()
+        return RunFolder(self.folder).started
 
 
 def _fmt(value: Any) -> str:
@@ -134,9 +135,10 @@ def command(spec: RunSpec, threads: int) -> list[str]:
 
 
 def run_one(spec: RunSpec, threads: int = 0) -> int:
-    """Train one grid point in a child process (its log goes to ``folder/train.log``)."""
+    """Train one grid point in a child process. The run keeps its log in ``folder/train.log``;
+    the child's console (progress, errors before training starts) goes to ``folder/console.log``."""
     spec.folder.mkdir(parents=True, exist_ok=True)
-    with open(spec.folder / "train.log", "a") as log:
+    with open(spec.folder / "console.log", "a") as log:
         return subprocess.run(
             command(spec, threads), stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
         ).returncode
@@ -145,9 +147,13 @@ def run_one(spec: RunSpec, threads: int = 0) -> int:
 def run_sweep(
     specs: list[RunSpec], jobs: int = 1, executor: str = "local", slurm: dict | None = None
 ) -> dict[str, int]:
-    """Run every unfinished spec; returns counts of skipped, finished and failed runs."""
+    """Run every unfinished spec that no other process is training; returns counts of
+    skipped (finished), busy (locked by another process), finished and failed runs."""
     todo = [s for s in specs if not s.finished]
-    counts = {"total": len(specs), "skipped": len(specs) - len(todo), "finished": 0, "failed": 0}
+    busy = [s for s in todo if RunFolder(s.folder).busy]  # being trained by another sweep or job
+    todo = [s for s in todo if s not in busy]
+    counts = {"total": len(specs), "skipped": len(specs) - len(todo) - len(busy), "busy": len(busy)}
+    counts.update(finished=0, failed=0)
     if executor == "local":
         threads = max(1, (os.cpu_count() or 1) // max(1, jobs)) if jobs > 1 else 0
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

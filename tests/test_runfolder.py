@@ -1,0 +1,78 @@
+"""The run folder: one writer at a time, a readable record, checkpoint formats."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import tiny_config
+
+from superdiffusion import api, checkpoint
+from superdiffusion.errors import RunFolderError
+from superdiffusion.experiments.sweep import RunSpec, run_sweep
+from superdiffusion.runfolder import CHECKPOINT_FORMAT, RunFolder, RunFolderBusy
+
+SLOW = [
+    "method=supervised",
+    "data.size=[32, 32]",
+    "model.features=[8, 16, 32]",
+    "train.epochs=200",
+    "train.steps_per_epoch=5",
+    "train.batch_size=4",
+    "train.labeled_batch_size=2",
+    "train.threads=1",
+]
+
+
+def test_a_second_process_cannot_train_into_a_locked_folder(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "superdiffusion", "train", *SLOW, "--out", str(run)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        for line in proc.stderr:  # the first process holds the folder once it trains
+            if "train epoch 1/200" in line:
+                break
+        folder = RunFolder(run)
+        assert folder.busy
+        with pytest.raises(RunFolderBusy, match=f"pid {proc.pid}"):
+            api.train(tiny_config("method=supervised"), run, resume=True)
+        spec = RunSpec([*SLOW], run)
+        assert run_sweep([spec]) == {"total": 1, "skipped": 0, "busy": 1, "finished": 0, "failed": 0}
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    time.sleep(0.1)
+    assert not RunFolder(run).busy  # the system released the lock of the killed process
+
+
+def test_a_run_writes_its_log_and_history(tmp_path):
+    cfg = tiny_config("method=supervised", "train.epochs=3", "train.lr_step=2")
+    api.train(cfg, tmp_path / "run")
+    folder = RunFolder(tmp_path / "run")
+    with open(folder.history_path) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.01, 0.01, 0.001])  # the step after 2 epochs
+    assert all(float(r["val_dice_per_image"]) > 0 for r in rows)
+    text = folder.log_path.read_text()
+    assert "train epoch 3/3" in text and "val dice_per_image" in text
+    assert folder.progress_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not folder.busy
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_with_one_line(tmp_path):
+    cfg = tiny_config("method=supervised", "train.epochs=1")
+    api.train(cfg, tmp_path / "run")
+    folder = RunFolder(tmp_path / "run")
+    state = folder.load_checkpoint("best")
+    assert state["format"] == CHECKPOINT_FORMAT
+    checkpoint.save_atomic({**state, "format": CHECKPOINT_FORMAT + 1}, folder.checkpoint_path("best"))
+    with pytest.raises(RunFolderError, match="newer superdiffusion"):
+        api.load_run(tmp_path / "run")
