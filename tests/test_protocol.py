@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_config
 
 from superdiffusion import api, training
+from superdiffusion import protocol as protocol_module
 from superdiffusion.config import DataConfig
 from superdiffusion.data import build_data
 from superdiffusion.data.volumes import _normalize
@@ -56,7 +57,7 @@ def test_honest_protocol_reads_the_test_split_only_for_the_final_scoring(tmp_pat
     test_ids = set(build_data(cfg.data, cfg.train.seed).test.ids)
     seen = []
     state = {"fitted": False}
-    original_predict, original_fit = training.predict_tensor, training.Trainer.fit
+    original_predict, original_fit = protocol_module.predict_tensor, training.Trainer.fit
 
     def spy_predict(method, images, *args, **kwargs):
         seen.append((state["fitted"], images.shape[0]))
@@ -68,7 +69,7 @@ def test_honest_protocol_reads_the_test_split_only_for_the_final_scoring(tmp_pat
         state["fitted"] = True
         return out
 
-    monkeypatch.setattr(training, "predict_tensor", spy_predict)
+    monkeypatch.setattr(protocol_module, "predict_tensor", spy_predict)  # every split is scored there
     monkeypatch.setattr(training.Trainer, "fit", spy_fit)
     api.train(cfg, tmp_path / "run")
     data = build_data(cfg.data, cfg.train.seed)

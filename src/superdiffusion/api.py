@@ -7,30 +7,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
-from . import checkpoint
 from .config import RESUMABLE_KEYS, Config, flat, from_dict
-from .data import SegmentationData, build_data, normalize
-from .data.folder import IMAGE_EXTENSIONS, read_image, read_mask, resize_image
+from .data import build_data
+from .data.folder import IMAGE_EXTENSIONS
 from .errors import ConfigError, DataError, RunFolderError
-from .evaluation import (
-    PROTOCOLS,
-    best_threshold,
-    binary_scores,
-    foreground_probability,
-    multiclass_scores,
-    per_image_at_size,
-    surface_distances,
-    sweep,
-    thresholds,
-)
-from .inference import predict_tensor
+from .inference import predict_image_file, predict_volume_file
 from .methods import METHODS, Method, build_method
+from .protocol import evaluate_method, uses_validation
 from .runfolder import RunFolder, write_json
-from .training import Trainer, resolve_device, split_probabilities
+from .training import Trainer, resolve_device
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -116,93 +103,6 @@ def distributed_setup(cfg: Config) -> tuple[int, int]:
     return rank, world
 
 
-def uses_validation(cfg: Config) -> bool:
-    """The paper's protocol selects on test: no validation carve-out, and the labeled subset is
-    drawn from all training images (``ceil(N p / 100)``), as for Table 1."""
-    return cfg.eval.protocol != "paper"
-
-
-def protocol_label(checkpoint_split: str, threshold_split: str) -> str:
-    """``honest`` when checkpoint and threshold were both chosen on validation, ``paper`` when
-    both on test, ``paper-threshold`` for a validation checkpoint with a test-tuned threshold."""
-    if checkpoint_split == threshold_split:
-        return "honest" if checkpoint_split == "val" else "paper"
-    return "paper-threshold"
-
-
-def evaluate_method(
-    method: Method,
-    data: SegmentationData,
-    cfg: Config,
-    best: dict[str, Any],
-    device: torch.device,
-    protocol: str | None = None,
-) -> dict[str, Any]:
-    """Load the selected checkpoint's weights into ``method`` and score the test split.
-
-    The checkpoint's own record (``best["split"]``) says where it was chosen. ``protocol``
-    (default: the run's) is ``honest`` (use the threshold chosen with the checkpoint) or
-    ``paper`` (tune the threshold on test). A checkpoint chosen on test is never called honest.
-    """
-    run_best = best.get("path")
-    if run_best:
-        method.load_state_dict(checkpoint.load(Path(run_best))["model"])
-    protocol = protocol or cfg.eval.protocol
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    trained_split, trained_metric = PROTOCOLS[cfg.eval.protocol]  # for checkpoints without their own record
-    checkpoint_split, metric = best.get("split") or trained_split, best.get("metric") or trained_metric
-    if protocol == "honest" and checkpoint_split != "val":
-        raise ConfigError(
-            f"this run chose its checkpoint on the {checkpoint_split} split (trained with eval.protocol="
-            f"{cfg.eval.protocol}); its scores cannot be reported as honest: retrain with eval.protocol=honest"
-        )
-    threshold_split = "test" if protocol == "paper" else checkpoint_split
-    test = data.test
-    results: dict[str, Any] = {
-        "method": cfg.method.name,
-        "dataset": cfg.data.name,
-        "labeled_percent": cfg.data.labeled_percent,
-        "seed": cfg.train.seed,
-        "protocol": protocol_label(checkpoint_split, threshold_split),
-        "selection": {
-            "split": checkpoint_split,
-            "metric": metric,
-            "epoch": best.get("epoch"),
-            "threshold": best.get("threshold", 0.5),
-            "threshold_split": threshold_split,
-        },
-        "counts": {
-            "labeled": len(data.labeled),
-            "unlabeled": len(data.unlabeled),
-            "val": len(data.val),
-            "test": len(test),
-        },
-        "samples": cfg.eval.samples,
-    }
-    spreads: list[torch.Tensor] = []
-    probs, masks = split_probabilities(method, test, cfg, device, keep=spreads)
-    if data.num_classes != 2:
-        results["test"] = {"resized": multiclass_scores(probs, masks)}
-        return results
-    if threshold_split == "test":  # the paper tunes the threshold on test itself, by pooled Jaccard
-        grid = thresholds(cfg.eval.threshold_start, cfg.eval.threshold_stop, cfg.eval.threshold_step)
-        sweep_rows = sweep(foreground_probability(probs), masks, grid)
-        results["selection"]["threshold"] = best_threshold(sweep_rows, PROTOCOLS["paper"][1])["threshold"]
-    threshold = results["selection"]["threshold"]
-    fg = foreground_probability(probs)
-    results["test"] = {"resized": binary_scores(fg, masks, threshold)}
-    if data.spatial_dims == 2 and test.pairs:
-        d = cfg.data
-        originals = [read_mask(p.mask, d.num_classes, d.mask_mode, d.mask_threshold) for p in test.pairs]
-        results["test"]["original"] = per_image_at_size(fg, originals, threshold)
-    if data.spatial_dims == 3:
-        results["test"]["surface"] = surface_distances(fg, test, threshold)
-    if spreads:
-        results["test"]["mean_uncertainty"] = float(spreads[0].mean())
-    return results
-
-
 def load_run(run_dir: str | Path, which: str = "best.pt") -> tuple[Config, Method, dict[str, Any]]:
     """Rebuild the method of a run folder from its checkpoint alone."""
     state = RunFolder(run_dir).load_checkpoint(which)
@@ -278,52 +178,7 @@ def predict(
     written: list[Path] = []
     for path in files:
         if method.spatial_dims == 3:
-            written += _predict_volume(method, cfg, path, output, samples, threshold, device)
+            written += predict_volume_file(method, cfg, path, output, samples, threshold, device)
         else:
-            written += _predict_image(method, cfg, state, path, output, samples, threshold, device)
-    return written
-
-
-def _mask_from(probs: torch.Tensor, num_classes: int, threshold: float) -> np.ndarray:
-    if num_classes == 2:
-        return (probs[1:].sum(0) > threshold).numpy().astype(np.uint8)
-    return probs.argmax(0).numpy().astype(np.uint8)
-
-
-def _predict_image(method, cfg, state, path, output, samples, threshold, device) -> list[Path]:
-    stats, channels = state["data"]["stats"], state["data"]["channels"]
-    image = read_image(path, channels)
-    size = image.shape[1:]
-    x = normalize(resize_image(image, tuple(cfg.data.size))[None], stats)
-    pred = predict_tensor(method, x, device, samples=samples)
-    probs = torch.nn.functional.interpolate(pred.probs, size=size, mode="bilinear", align_corners=False)[0]
-    mask = _mask_from(probs, method.num_classes, threshold)
-    target = output / f"{path.stem}.png"
-    Image.fromarray(mask * 255 if method.num_classes == 2 else mask).save(target)
-    written = [target]
-    if pred.spread is not None:
-        spread = torch.nn.functional.interpolate(pred.spread[None], size=size, mode="bilinear", align_corners=False)
-        unc = (spread[0, 0].clamp(0, 0.5) * 510).numpy().astype(np.uint8)
-        Image.fromarray(unc).save(output / f"{path.stem}_uncertainty.png")
-        written.append(output / f"{path.stem}_uncertainty.png")
-    return written
-
-
-def _predict_volume(method, cfg, path, output, samples, threshold, device) -> list[Path]:
-    import nibabel as nib
-
-    from .data.volumes import VolumePair, load_volume_pair, volume_stem
-
-    image, _, geometry = load_volume_pair(VolumePair(volume_stem(path), path, path), cfg.data, labels=False)
-    pred = predict_tensor(
-        method, image[None], device, cfg.eval.batch_size, samples, tuple(cfg.data.patch_size), cfg.eval.sw_overlap
-    )
-    mask = _mask_from(pred.probs[0], method.num_classes, threshold)
-    target = output / f"{volume_stem(path)}.nii.gz"
-    nib.save(nib.Nifti1Image(mask, geometry.affine), str(target))
-    written = [target]
-    if pred.spread is not None:
-        unc = output / f"{volume_stem(path)}_uncertainty.nii.gz"
-        nib.save(nib.Nifti1Image(pred.spread[0].numpy().astype(np.float32), geometry.affine), str(unc))
-        written.append(unc)
+            written += predict_image_file(method, cfg, state["data"], path, output, samples, threshold, device)
     return written

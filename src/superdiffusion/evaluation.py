@@ -1,10 +1,6 @@
-"""Dice and Jaccard of the foreground, threshold sweeps and the two evaluation protocols.
-
-- honest (default): threshold and checkpoint chosen on the validation split (carved from
-  the training images), reported on test per image (mean) and pooled.
-- paper: the authors' protocol behind Table 1: threshold (0..0.9, step 0.02) and
-  checkpoint chosen to maximise the pooled Jaccard on the test set itself.
-"""
+"""Metrics: Dice and Jaccard of the foreground (per image and pooled), threshold sweeps,
+surface distances, and the collapse flags of a run's history. Where thresholds and
+checkpoints are chosen (the protocols) is :mod:`superdiffusion.protocol`."""
 
 from __future__ import annotations
 
@@ -12,11 +8,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.metrics import compute_dice, compute_iou
-
-PROTOCOLS = {
-    "honest": ("val", "dice_per_image"),
-    "paper": ("test", "jaccard_pooled"),
-}
 
 
 def thresholds(start: float, stop: float, step: float) -> list[float]:

@@ -1,13 +1,18 @@
 """Batched prediction of normalised image tensors, with K noise draws for diffusion methods
-and MONAI sliding windows for volumes."""
+and MONAI sliding windows for volumes; and the prediction files written for new images."""
 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
+import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
+from PIL import Image
 
+from .data import normalize
+from .data.folder import read_image, resize_image
 from .errors import ConfigError
 from .methods import Method, Prediction
 
@@ -81,3 +86,53 @@ def _sliding(
     out = sliding_window_inference(volume, roi, batch_size, run, overlap=overlap, mode="gaussian")
     c = method.num_classes
     return Prediction(out[:, :c], out[:, c] if out.shape[1] > c else None)
+
+
+def _mask_from(probs: torch.Tensor, num_classes: int, threshold: float) -> np.ndarray:
+    if num_classes == 2:
+        return (probs[1:].sum(0) > threshold).numpy().astype(np.uint8)
+    return probs.argmax(0).numpy().astype(np.uint8)
+
+
+def predict_image_file(method, cfg, data_info, path, output, samples, threshold, device) -> list[Path]:
+    """Segment one 2D image file into ``output/STEM.png`` (at the image's own size), plus
+    ``STEM_uncertainty.png`` with several draws. ``data_info``: the checkpoint's ``data``
+    record (channels, normalisation statistics)."""
+    stats, channels = data_info["stats"], data_info["channels"]
+    image = read_image(path, channels)
+    size = image.shape[1:]
+    x = normalize(resize_image(image, tuple(cfg.data.size))[None], stats)
+    pred = predict_tensor(method, x, device, samples=samples)
+    probs = torch.nn.functional.interpolate(pred.probs, size=size, mode="bilinear", align_corners=False)[0]
+    mask = _mask_from(probs, method.num_classes, threshold)
+    target = output / f"{path.stem}.png"
+    Image.fromarray(mask * 255 if method.num_classes == 2 else mask).save(target)
+    written = [target]
+    if pred.spread is not None:
+        spread = torch.nn.functional.interpolate(pred.spread[None], size=size, mode="bilinear", align_corners=False)
+        unc = (spread[0, 0].clamp(0, 0.5) * 510).numpy().astype(np.uint8)
+        Image.fromarray(unc).save(output / f"{path.stem}_uncertainty.png")
+        written.append(output / f"{path.stem}_uncertainty.png")
+    return written
+
+
+def predict_volume_file(method, cfg, path, output, samples, threshold, device) -> list[Path]:
+    """Segment one volume by sliding windows into ``output/STEM.nii.gz`` with the input's
+    affine, plus ``STEM_uncertainty.nii.gz`` (float) with several draws."""
+    import nibabel as nib
+
+    from .data.volumes import VolumePair, load_volume_pair, volume_stem
+
+    image, _, geometry = load_volume_pair(VolumePair(volume_stem(path), path, path), cfg.data, labels=False)
+    pred = predict_tensor(
+        method, image[None], device, cfg.eval.batch_size, samples, tuple(cfg.data.patch_size), cfg.eval.sw_overlap
+    )
+    mask = _mask_from(pred.probs[0], method.num_classes, threshold)
+    target = output / f"{volume_stem(path)}.nii.gz"
+    nib.save(nib.Nifti1Image(mask, geometry.affine), str(target))
+    written = [target]
+    if pred.spread is not None:
+        unc = output / f"{volume_stem(path)}_uncertainty.nii.gz"
+        nib.save(nib.Nifti1Image(pred.spread[0].numpy().astype(np.float32), geometry.affine), str(unc))
+        written.append(unc)
+    return written

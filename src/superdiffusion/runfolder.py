@@ -168,8 +168,10 @@ class RunFolder:
         axes[2].plot(x, [h.get("weight", 0) for h in history], label="lambda")
         axes[2].set_title("lambda (left), learning rate (right)")
         twin = axes[2].twinx()
-        twin.plot(x, [h.get("lr", float("nan")) for h in history], color="tab:red", label="lr")
-        twin.set_yscale("log")
+        rates = [h.get("lr", float("nan")) for h in history]
+        twin.plot(x, rates, color="tab:red", label="lr")
+        if any(r > 0 for r in rates):
+            twin.set_yscale("log")
         starts = [i for i, (a, b) in enumerate(zip(history, history[1:]), start=2) if a["phase"] != b["phase"]]
         for ax in axes:
             ax.set_xlabel("epoch (all phases in order)")

@@ -25,17 +25,14 @@ from .data.augment import flip_rotate
 from .errors import ConfigError, RunFolderError, TrainingDiverged
 from .evaluation import (
     FLAG_ADVICE,
-    PROTOCOLS,
     best_threshold,
-    foreground_probability,
     health_flags,
     pseudo_label_drift,
-    sweep,
     thresholds,
 )
-from .inference import predict_tensor
 from .methods import Batch, Method, StepContext, build_method
 from .methods.ramps import ramp_weight
+from .protocol import PROTOCOLS, selection_scores
 from .runfolder import RunFolder, log
 
 
@@ -430,38 +427,3 @@ class Trainer:
                 "(README, 'When a run collapses')",
                 logging.WARNING,
             )
-
-
-def selection_scores(method: Method, split: Split, cfg: Config, device: torch.device) -> list[dict[str, float]]:
-    from .evaluation import multiclass_scores
-
-    probs, masks = split_probabilities(method, split, cfg, device)
-    if method.num_classes != 2:
-        return [multiclass_scores(probs, masks)]
-    grid = thresholds(cfg.eval.threshold_start, cfg.eval.threshold_stop, cfg.eval.threshold_step)
-    return sweep(foreground_probability(probs), masks, grid)
-
-
-def split_probabilities(method: Method, split: Split, cfg: Config, device: torch.device, keep=None):
-    """Class probabilities and masks of a split, stacked; volumes of different sizes are
-    zero-padded to the largest (padding adds no true or false positive). ``keep`` receives
-    the :class:`Prediction` (for its spread)."""
-    from .data.volumes import pad_stack
-
-    if isinstance(split.images, list):
-        window = tuple(cfg.data.patch_size)
-        preds = [
-            predict_tensor(
-                method, img[None], device, cfg.eval.batch_size, cfg.eval.samples, window, cfg.eval.sw_overlap
-            )
-            for img in split.images
-        ]
-        probs = pad_stack([p.probs[0] for p in preds])
-        masks = pad_stack(list(split.masks))
-        if keep is not None and preds[0].spread is not None:
-            keep.append(pad_stack([p.spread[0] for p in preds]))
-        return probs, masks
-    pred = predict_tensor(method, split.images, device, cfg.eval.batch_size, cfg.eval.samples)
-    if keep is not None and pred.spread is not None:
-        keep.append(pred.spread)
-    return pred.probs, split.masks

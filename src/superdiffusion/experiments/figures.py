@@ -23,9 +23,10 @@ def qualitative_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..api import load_run, uses_validation
+    from ..api import load_run
     from ..data import build_data
     from ..evaluation import foreground_probability
+    from ..protocol import uses_validation
     from ..training import resolve_device
 
     cfg, method, state = load_run(run_dir)

@@ -1,0 +1,161 @@
+"""Evaluation protocols: where a checkpoint and its threshold are chosen, and how the test
+split is scored. Everything that decides what a reported number means lives here.
+
+- honest (default): threshold and checkpoint chosen on the validation split (carved from
+  the training images), reported on test per image (mean) and pooled.
+- paper: the authors' protocol behind Table 1: threshold (0..0.9, step 0.02) and
+  checkpoint chosen to maximise the pooled Jaccard on the test set itself; no validation
+  split, and the labeled subset is drawn from all training images.
+- paper-threshold: a checkpoint chosen on validation, scored with a threshold tuned on test
+  (``evaluate --protocol paper`` on an honest run).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint
+from .config import Config
+from .data import SegmentationData, Split
+from .data.folder import read_mask
+from .errors import ConfigError
+from .evaluation import (
+    best_threshold,
+    binary_scores,
+    foreground_probability,
+    multiclass_scores,
+    per_image_at_size,
+    surface_distances,
+    sweep,
+    thresholds,
+)
+from .inference import predict_tensor
+from .methods import Method
+
+PROTOCOLS = {
+    "honest": ("val", "dice_per_image"),
+    "paper": ("test", "jaccard_pooled"),
+}
+
+
+def uses_validation(cfg: Config) -> bool:
+    """The paper's protocol selects on test: no validation carve-out, and the labeled subset is
+    drawn from all training images (``ceil(N p / 100)``), as for Table 1."""
+    return cfg.eval.protocol != "paper"
+
+
+def protocol_label(checkpoint_split: str, threshold_split: str) -> str:
+    """``honest`` when checkpoint and threshold were both chosen on validation, ``paper`` when
+    both on test, ``paper-threshold`` for a validation checkpoint with a test-tuned threshold."""
+    if checkpoint_split == threshold_split:
+        return "honest" if checkpoint_split == "val" else "paper"
+    return "paper-threshold"
+
+
+def evaluate_method(
+    method: Method,
+    data: SegmentationData,
+    cfg: Config,
+    best: dict[str, Any],
+    device: torch.device,
+    protocol: str | None = None,
+) -> dict[str, Any]:
+    """Load the selected checkpoint's weights into ``method`` and score the test split.
+
+    The checkpoint's own record (``best["split"]``) says where it was chosen. ``protocol``
+    (default: the run's) is ``honest`` (use the threshold chosen with the checkpoint) or
+    ``paper`` (tune the threshold on test). A checkpoint chosen on test is never called honest.
+    """
+    run_best = best.get("path")
+    if run_best:
+        method.load_state_dict(checkpoint.load(Path(run_best))["model"])
+    protocol = protocol or cfg.eval.protocol
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    trained_split, trained_metric = PROTOCOLS[cfg.eval.protocol]  # for checkpoints without their own record
+    checkpoint_split, metric = best.get("split") or trained_split, best.get("metric") or trained_metric
+    if protocol == "honest" and checkpoint_split != "val":
+        raise ConfigError(
+            f"this run chose its checkpoint on the {checkpoint_split} split (trained with eval.protocol="
+            f"{cfg.eval.protocol}); its scores cannot be reported as honest: retrain with eval.protocol=honest"
+        )
+    threshold_split = "test" if protocol == "paper" else checkpoint_split
+    test = data.test
+    results: dict[str, Any] = {
+        "method": cfg.method.name,
+        "dataset": cfg.data.name,
+        "labeled_percent": cfg.data.labeled_percent,
+        "seed": cfg.train.seed,
+        "protocol": protocol_label(checkpoint_split, threshold_split),
+        "selection": {
+            "split": checkpoint_split,
+            "metric": metric,
+            "epoch": best.get("epoch"),
+            "threshold": best.get("threshold", 0.5),
+            "threshold_split": threshold_split,
+        },
+        "counts": {
+            "labeled": len(data.labeled),
+            "unlabeled": len(data.unlabeled),
+            "val": len(data.val),
+            "test": len(test),
+        },
+        "samples": cfg.eval.samples,
+    }
+    spreads: list[torch.Tensor] = []
+    probs, masks = split_probabilities(method, test, cfg, device, keep=spreads)
+    if data.num_classes != 2:
+        results["test"] = {"resized": multiclass_scores(probs, masks)}
+        return results
+    if threshold_split == "test":  # the paper tunes the threshold on test itself, by pooled Jaccard
+        grid = thresholds(cfg.eval.threshold_start, cfg.eval.threshold_stop, cfg.eval.threshold_step)
+        sweep_rows = sweep(foreground_probability(probs), masks, grid)
+        results["selection"]["threshold"] = best_threshold(sweep_rows, PROTOCOLS["paper"][1])["threshold"]
+    threshold = results["selection"]["threshold"]
+    fg = foreground_probability(probs)
+    results["test"] = {"resized": binary_scores(fg, masks, threshold)}
+    if data.spatial_dims == 2 and test.pairs:
+        d = cfg.data
+        originals = [read_mask(p.mask, d.num_classes, d.mask_mode, d.mask_threshold) for p in test.pairs]
+        results["test"]["original"] = per_image_at_size(fg, originals, threshold)
+    if data.spatial_dims == 3:
+        results["test"]["surface"] = surface_distances(fg, test, threshold)
+    if spreads:
+        results["test"]["mean_uncertainty"] = float(spreads[0].mean())
+    return results
+
+
+def selection_scores(method: Method, split: Split, cfg: Config, device: torch.device) -> list[dict[str, float]]:
+    probs, masks = split_probabilities(method, split, cfg, device)
+    if method.num_classes != 2:
+        return [multiclass_scores(probs, masks)]
+    grid = thresholds(cfg.eval.threshold_start, cfg.eval.threshold_stop, cfg.eval.threshold_step)
+    return sweep(foreground_probability(probs), masks, grid)
+
+
+def split_probabilities(method: Method, split: Split, cfg: Config, device: torch.device, keep=None):
+    """Class probabilities and masks of a split, stacked; volumes of different sizes are
+    zero-padded to the largest (padding adds no true or false positive). ``keep`` receives
+    the :class:`Prediction` (for its spread)."""
+    from .data.volumes import pad_stack
+
+    if isinstance(split.images, list):
+        window = tuple(cfg.data.patch_size)
+        preds = [
+            predict_tensor(
+                method, img[None], device, cfg.eval.batch_size, cfg.eval.samples, window, cfg.eval.sw_overlap
+            )
+            for img in split.images
+        ]
+        probs = pad_stack([p.probs[0] for p in preds])
+        masks = pad_stack(list(split.masks))
+        if keep is not None and preds[0].spread is not None:
+            keep.append(pad_stack([p.spread[0] for p in preds]))
+        return probs, masks
+    pred = predict_tensor(method, split.images, device, cfg.eval.batch_size, cfg.eval.samples)
+    if keep is not None and pred.spread is not None:
+        keep.append(pred.spread)
+    return pred.probs, split.masks
