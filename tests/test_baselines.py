@@ -12,9 +12,8 @@ from torch import nn
 from superdiffusion.config import resolve
 from superdiffusion.errors import ConfigError
 from superdiffusion.methods import Batch, StepContext, build_method
-from superdiffusion.methods.base import dice_loss
-from superdiffusion.methods.cps import cps_loss
 from superdiffusion.methods.dtc import signed_distance
+from superdiffusion.methods.losses import cps_loss, dice_loss
 from superdiffusion.methods.mean_teacher import REFERENCE_DROPOUT, masked_consistency
 from superdiffusion.methods.urpc import pyramid_consistency
 from superdiffusion.nn import UNet

@@ -4,8 +4,8 @@ import torch.nn.functional as F
 
 from superdiffusion.errors import ConfigError
 from superdiffusion.methods import Batch, StepContext, build_method
+from superdiffusion.methods.losses import cps_loss
 from superdiffusion.methods.ramps import linear_ramp, ramp_weight, sigmoid_ramp
-from superdiffusion.methods.superdiffusion import cps_loss
 
 
 def _batch(b=4, size=16, labeled=2):

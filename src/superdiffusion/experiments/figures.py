@@ -46,9 +46,8 @@ def qualitative_figure(
     stochastic = method.stochastic_inference
     with torch.inference_mode():
         student = method.predict(images.to(device), samples if stochastic else 1)
-        teacher = (
-            method.predict(images.to(device), 1, net=method.teacher_mask) if hasattr(method, "teacher_mask") else None
-        )
+        net = method.teacher_net()
+        teacher = method.predict(images.to(device), 1, net=net) if net is not None else None
     columns = ["sample"] + (["teacher pseudo-label"] if teacher is not None else []) + ["student prediction", "target"]
     columns += ["uncertainty"] if student.spread is not None else []
     fig, axes = plt.subplots(

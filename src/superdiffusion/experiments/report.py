@@ -14,7 +14,9 @@ from typing import Any
 
 from scipy import stats
 
-METHOD_ORDER = ["supervised", "em", "mt", "cct", "uamt", "urpc", "cps", "dtc", "superdiffusion"]
+from ..methods import METHODS
+
+METHOD_ORDER = list(METHODS)  # the paper's order
 
 
 def mean_ci(values: list[float], level: float = 0.90) -> tuple[float, float]:

@@ -18,13 +18,14 @@ import yaml
 
 from ..config import load_yaml, resolve
 from ..errors import ConfigError
+from ..methods import METHODS
 from ..runfolder import RunFolder
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Table 1 on one dataset: every 2D method at the paper's five regimes, 3 seeds
     "table1": {
         "grid": {
-            "method": ["supervised", "em", "cct", "uamt", "urpc", "cps", "superdiffusion"],
+            "method": [name for name, method in METHODS.items() if method.in_table1],
             "data.labeled_percent": [1, 2, 5, 10, 20],
             "train.seed": [0, 1, 2],
         }

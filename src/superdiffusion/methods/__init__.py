@@ -14,18 +14,18 @@ from .superdiffusion import SuperDiffusion
 from .supervised import Supervised
 from .urpc import URPC
 
-METHODS: dict[str, type[Method]] = {
+METHODS: dict[str, type[Method]] = {  # in the order of the paper's tables
     m.name: m
     for m in (
-        SuperDiffusion,
         Supervised,
         EntropyMinimization,
         MeanTeacher,
-        UncertaintyAwareMeanTeacher,
         CrossConsistency,
+        UncertaintyAwareMeanTeacher,
         URPC,
         CrossPseudoSupervision,
         DualTaskConsistency,
+        SuperDiffusion,
     )
 }
 

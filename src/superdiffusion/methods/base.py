@@ -15,6 +15,7 @@ from torch import nn
 from ..config import Config
 from ..errors import ConfigError
 from ..nn import UNet
+from .losses import dice_loss
 
 
 @dataclass
@@ -63,31 +64,6 @@ class Prediction:
 SUPERVISED_LOSSES = ("auto", "ce", "ce_dice", "dice")
 
 
-def dice_loss(
-    logits: torch.Tensor, labels: torch.Tensor, include_background: bool = True, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Soft Dice loss of the reference implementations (SSL4MIS ``DiceLoss``, DTC's
-    ``dice_loss``): squared terms in the denominator, sums pooled over the batch, smoothing
-    1e-5, averaged over the classes (background included unless ``include_background`` is
-    False), as MONAI's :class:`~monai.losses.DiceLoss` computes it. ``mask`` (``(B, *S)``,
-    1 = kept) leaves pixels out of every sum (MONAI's ``MaskedDiceLoss``); their labels may
-    hold any value."""
-    from monai.losses import DiceLoss, MaskedDiceLoss
-
-    options = dict(
-        include_background=include_background,
-        softmax=True,
-        squared_pred=True,
-        batch=True,
-        smooth_nr=1e-5,
-        smooth_dr=1e-5,
-    )
-    if mask is None:
-        return DiceLoss(to_onehot_y=True, **options)(logits, labels.unsqueeze(1))
-    one_hot = F.one_hot(labels.clamp_min(0), logits.shape[1]).movedim(-1, 1).to(logits.dtype)
-    return MaskedDiceLoss(**options)(logits, one_hot, mask.unsqueeze(1).to(logits.dtype))
-
-
 class Method(nn.Module):
     """A method owns its networks and turns a batch into named, already weighted losses.
 
@@ -98,6 +74,7 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     stochastic_inference: ClassVar[bool] = False
+    in_table1: ClassVar[bool] = True  # one of the 2D rows of the paper's Table 1 (the table1 sweep preset)
     # the labeled loss when method.supervised_loss=auto: the reference implementation's
     default_supervised_loss: ClassVar[str] = "ce_dice"
 
@@ -177,6 +154,11 @@ class Method(nn.Module):
     def segmenter(self) -> nn.Module:
         """The network whose output is the prediction."""
         raise NotImplementedError
+
+    def teacher_net(self) -> nn.Module | None:
+        """A second network whose prediction is worth showing beside the student's (the
+        paper's teacher mask pathway), or None."""
+        return None
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, samples: int = 1, seed: int | None = None) -> Prediction:

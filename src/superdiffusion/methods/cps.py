@@ -7,16 +7,8 @@ argmax), weighted by the sigmoid ramp to 0.1."""
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from .base import Batch, Method, StepContext
-
-
-def cps_loss(logits_a, logits_b):
-    """``CE(a, argmax b) + CE(b, argmax a)``; the pseudo-labels carry no gradient."""
-    return F.cross_entropy(logits_a, logits_b.detach().argmax(1)) + F.cross_entropy(
-        logits_b, logits_a.detach().argmax(1)
-    )
+from .losses import cps_loss
 
 
 class CrossPseudoSupervision(Method):

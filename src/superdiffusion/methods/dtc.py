@@ -51,6 +51,7 @@ def batch_signed_distance(labels: torch.Tensor, num_classes: int) -> torch.Tenso
 
 class DualTaskConsistency(Method):
     name = "dtc"
+    in_table1 = False  # the paper compares DTC on volumes (Table 2)
     description = "dual-task consistency: segmentation + signed-distance heads kept consistent"
     default_supervised_loss = "dice"
 

@@ -41,6 +41,7 @@ def level_dropout(levels: int) -> tuple[float, ...]:
 
 class MeanTeacher(Method):
     name = "mt"
+    in_table1 = False  # MT appears in the paper's text, not in Table 1
     description = "mean teacher: EMA teacher, consistency between student and noisy-input teacher"
 
     @dataclass
@@ -92,6 +93,7 @@ class MeanTeacher(Method):
 
 class UncertaintyAwareMeanTeacher(MeanTeacher):
     name = "uamt"
+    in_table1 = True
     description = "uncertainty-aware mean teacher: MC-dropout uncertainty masks the consistency"
 
     @dataclass

@@ -12,8 +12,8 @@ from torch import nn
 
 from ..diffusion import NoiseSchedule
 from ..errors import ConfigError
-from .base import Batch, Method, Phase, Prediction, StepContext, dice_loss
-from .cps import cps_loss  # Eq. 9
+from .base import Batch, Method, Phase, Prediction, StepContext
+from .losses import cps_loss, dice_loss  # cps_loss: Eq. 9
 
 
 def mask_to_input(probs: torch.Tensor) -> torch.Tensor:
@@ -191,6 +191,9 @@ class SuperDiffusion(Method):
 
     def segmenter(self) -> nn.Module:
         return self.student_mask
+
+    def teacher_net(self) -> nn.Module:
+        return self.teacher_mask
 
     @torch.no_grad()
     def predict(
