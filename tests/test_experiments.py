@@ -219,3 +219,31 @@ def test_sweep_checks_method_settings_before_running(tmp_path):
     with pytest.raises(ConfigError, match="recon_space=image"):
         expand({"method.pretrain_image_input": ["noise"]}, [], tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_report_cells_bold_and_latex_follow_the_evidence(tmp_path):
+    import re
+
+    for seed, d in enumerate([0.80, 0.90, 0.85]):
+        _result(tmp_path, "cps", 5, seed, d, d - 0.1)
+    for seed, d in enumerate([0.78, 0.88, 0.83]):  # overlapping intervals with cps
+        _result(tmp_path, "supervised", 5, seed, d, d - 0.1)
+    _result(tmp_path, "em", 5, 0, 0.70, 0.60)  # one seed: no interval
+    table = aggregate(collect([tmp_path]))
+    md = markdown(table)
+    assert "**" not in md and "intervals overlap" in md  # no winner is claimed
+    em_row = next(line for line in md.splitlines() if "| em |" in line)
+    assert "| 70.00 |" in em_row and "±" not in em_row
+    files = write_report([tmp_path], tmp_path / "report")
+    tex = files["tex"].read_text()
+    caption = tex[tex.index("\\caption{") :].split("\n")[0]
+    assert not re.search(r"(?<!\\)%", caption) and "+-" not in caption
+    assert caption.count("{") == caption.count("}")  # the caption closes
+    header = files["csv"].read_text().splitlines()[0].split(",")
+    assert "seed_ids" in header and "n_seeds" in header and "seeds" not in header
+    # separated intervals: the best is bold again
+    for seed, d in enumerate([0.95, 0.96, 0.97]):
+        _result(tmp_path / "b", "cps", 5, seed, d, d - 0.1)
+    for seed, d in enumerate([0.78, 0.80, 0.79]):
+        _result(tmp_path / "b", "supervised", 5, seed, d, d - 0.1)
+    assert "**96.00 ± 1.69**" in markdown(aggregate(collect([tmp_path / "b"])))

@@ -2,13 +2,14 @@
 splits, noise seeds and ranges they rely on."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
 
-from superdiffusion import api, training
+from superdiffusion import api, cli, training
 from superdiffusion import protocol as protocol_module
 from superdiffusion.config import DataConfig
 from superdiffusion.data import build_data
@@ -49,7 +50,12 @@ def test_evaluate_never_calls_test_selected_numbers_honest(tmp_path):
         "threshold": None,
         "threshold_split": "test",
     }
-    assert (tmp_path / "honest" / "evaluation-paper-threshold-k1.json").exists()
+    assert mixed["written_to"] == str(tmp_path / "honest" / "evaluation-paper-threshold-k1.json")
+    assert json.loads(Path(mixed["written_to"]).read_text())["protocol"] == "paper-threshold"
+    out = tmp_path / "scores" / "honest.json"
+    assert cli.main(["evaluate", str(tmp_path / "honest"), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["protocol"] == "honest"
+    assert cli.main(["evaluate", str(tmp_path / "honest"), "--out", str(out)]) == 2  # never overwritten
 
 
 def test_honest_protocol_reads_the_test_split_only_for_the_final_scoring(tmp_path, monkeypatch):

@@ -114,19 +114,29 @@ def load_run(run_dir: str | Path, which: str = "best.pt") -> tuple[Config, Metho
 
 
 def evaluate(
-    run_dir: str | Path, protocol: str | None = None, samples: int | None = None, device: str = "auto"
+    run_dir: str | Path,
+    protocol: str | None = None,
+    samples: int | None = None,
+    device: str = "auto",
+    out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Re-score a finished run's selected checkpoint on its test split (the data are split
     as the run was trained; see :func:`evaluate_method` for ``protocol``). ``device``:
-    auto, cpu or cuda[:N], whatever device the run was trained on."""
+    auto, cpu or cuda[:N], whatever device the run was trained on. The scores go to ``out``
+    (a JSON file that must not exist yet) or, by default, to
+    ``RUN/evaluation-PROTOCOL-kSAMPLES.json``; the returned dict names it in ``written_to``."""
+    if out is not None and Path(out).exists():
+        raise RunFolderError(f"{out} already exists; choose another --out")
     cfg, method, state = load_run(run_dir)
     if samples:
         cfg.eval.samples = samples
     data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
     device = resolve_device(device)
     results = evaluate_method(method.to(device), data, cfg, dict(state["best"]), device, protocol)
-    write_json(Path(run_dir) / f"evaluation-{results['protocol']}-k{cfg.eval.samples}.json", results)
-    return results
+    target = Path(out) if out else Path(run_dir) / f"evaluation-{results['protocol']}-k{cfg.eval.samples}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_json(target, results)
+    return {**results, "written_to": str(target)}
 
 
 def _inputs(path: Path) -> list[Path]:

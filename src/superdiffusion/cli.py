@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", choices=["honest", "paper"])
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
     p.add_argument("--samples", type=int, help="noise draws averaged per image (diffusion methods)")
+    p.add_argument("--out", help="JSON file for the scores (default: RUN/evaluation-PROTOCOL-kSAMPLES.json)")
 
     p = sub.add_parser("predict", help="segment new images with a trained run")
     p.add_argument("run", help="run folder")
@@ -179,8 +180,9 @@ def _run(args: argparse.Namespace) -> int:
             print(_table(results))
         return 0
     if args.command == "evaluate":
-        results = api.evaluate(args.run, args.protocol, args.samples, args.device)
+        results = api.evaluate(args.run, args.protocol, args.samples, args.device, args.out)
         print(_table(results))
+        print(f"wrote {results['written_to']}")
         return 0
     if args.command == "predict":
         written = api.predict(args.run, args.inputs, args.output, args.samples, args.force, args.device)

@@ -98,19 +98,28 @@ def _marked(e: dict[str, Any]) -> str:
 
 
 def _best(table: list[dict[str, Any]]) -> set[tuple]:
-    """(dataset, regime, metric, name) of the best mean in each column of each regime."""
+    """(dataset, regime, metric, name) of the best mean in each column of each regime, kept
+    only when its 90 % interval clears the runner-up's (a one-seed row has no interval, so it
+    never separates); otherwise that column has no bold cell."""
     best = set()
     for metric in ("dice", "jaccard"):
         groups: dict[tuple, list] = defaultdict(list)
         for e in table:
             groups[(e["dataset"], e["labeled_percent"])].append(e)
         for (dataset, percent), entries in groups.items():
-            top = max(entries, key=lambda e: e[metric])
+            ranked = sorted(entries, key=lambda e: e[metric], reverse=True)
+            top = ranked[0]
+            if len(ranked) > 1:
+                second = ranked[1]
+                if len(top["seeds"]) < 2 or len(second["seeds"]) < 2:
+                    continue
+                if top[metric] - top[f"{metric}_ci90"] <= second[metric] + second[f"{metric}_ci90"]:
+                    continue
             best.add((dataset, percent, metric, _name(top)))
     return best
 
 
-def caption(table: list[dict[str, Any]], score: str, per: str) -> str:
+def caption(table: list[dict[str, Any]], score: str, per: str, pm: str = "+-") -> str:
     protocols = sorted({e["protocol"] for e in table})
     text = {
         "honest": "threshold and checkpoint chosen on a validation split carved from the training images",
@@ -120,12 +129,13 @@ def caption(table: list[dict[str, Any]], score: str, per: str) -> str:
     seeds = sorted({len(e["seeds"]) for e in table})
     pers = sorted({e.get("per", per) for e in table})
     return (
-        f"Test Dice (DC) and Jaccard (JI) in %, mean +- 90 % Student-t interval over {'/'.join(map(str, seeds))} "
+        f"Test Dice (DC) and Jaccard (JI) in %, mean {pm} 90 % Student-t interval over {'/'.join(map(str, seeds))} "
         f"seed(s); {' and '.join(p.replace('_', ' ') for p in pers)} scores at the {score} resolution"
         + (" (per image for honest rows, pooled for test-selected rows)" if len(pers) > 1 else "")
         + "; protocol: "
         + "; ".join(f"{p} ({text.get(p, p)})" for p in protocols)
-        + ". Best per regime and column in bold."
+        + ". Best per regime and column in bold only where its interval clears the runner-up's; "
+        "where intervals overlap (or a row has one seed) no value is bold. One-seed rows give the mean alone."
     )
 
 
@@ -133,7 +143,7 @@ def _cells(e: dict[str, Any], best: set[tuple], pm: str, bold: str) -> list[str]
     """The DC and JI cells of one row: ``mean pm ci``, wrapped in ``bold`` when best."""
     cells = []
     for metric in ("dice", "jaccard"):
-        cell = f"{e[metric]:.2f} {pm} {e[metric + '_ci90']:.2f}"
+        cell = f"{e[metric]:.2f} {pm} {e[metric + '_ci90']:.2f}" if len(e["seeds"]) > 1 else f"{e[metric]:.2f}"
         cells.append(bold.format(cell) if (e["dataset"], e["labeled_percent"], metric, _name(e)) in best else cell)
     return cells
 
@@ -146,7 +156,7 @@ def markdown(table: list[dict[str, Any]], score: str = "resized", per: str = "au
     best = _best(table)
     out = io.StringIO()
     out.write(
-        f"{caption(table, score, per)}\n\n| dataset | labels | method | DC (%) | JI (%) | seeds | train (min/run) |\n"
+        f"{caption(table, score, per, '±')}\n\n| dataset | labels | method | DC (%) | JI (%) | seeds | train (min/run) |\n"
         "|---|---|---|---|---|---|---|\n"
     )
     for e in table:
@@ -163,7 +173,7 @@ def latex(table: list[dict[str, Any]], score: str = "resized", per: str = "auto"
     lines = [
         "\\begin{table}",
         "\\centering",
-        f"\\caption{{{caption(table, score, per)}}}",
+        "\\caption{" + _tex(caption(table, score, per, "$\\pm$")) + "}",
         "\\begin{tabular}{lllcc}",
         "\\hline",
         "Dataset & Labeled & Method & DC (\\%) & JI (\\%) \\\\",
@@ -171,9 +181,19 @@ def latex(table: list[dict[str, Any]], score: str = "resized", per: str = "auto"
     ]
     for e in table:
         cells = _cells(e, best, "$\\pm$", "\\textbf{{{}}}")
-        lines.append(f"{e['dataset']} & {e['labeled_percent']:g}\\% & {_name(e)} & {cells[0]} & {cells[1]} \\\\")
+        name, dataset = _tex(_name(e)), _tex(e["dataset"])
+        lines.append(f"{dataset} & {e['labeled_percent']:g}\\% & {name} & {cells[0]} & {cells[1]} \\\\")
     lines += ["\\hline", "\\end{tabular}", "\\end{table}"]
     return "\n".join(lines) + "\n"
+
+
+def _tex(text: str) -> str:
+    """Escape LaTeX's special characters in running text (math already in $...$ is kept)."""
+    parts = text.split("$")
+    for i in range(0, len(parts), 2):  # outside math
+        for char in ("%", "&", "#", "_", "{", "}"):  # no backslashes occur in the text
+            parts[i] = parts[i].replace(char, "\\" + char)
+    return "$".join(parts)
 
 
 def write_csv(table: list[dict[str, Any]], path: Path) -> None:
@@ -187,7 +207,8 @@ def write_csv(table: list[dict[str, Any]], path: Path) -> None:
         "dice_ci90",
         "jaccard",
         "jaccard_ci90",
-        "seeds",
+        "seed_ids",
+        "n_seeds",
         "per",
         "flagged",
         "train_minutes",
@@ -196,7 +217,8 @@ def write_csv(table: list[dict[str, Any]], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for e in table:
-            writer.writerow({**e, "seeds": " ".join(map(str, e["seeds"]))})
+            row = {k: v for k, v in e.items() if k != "seeds"}
+            writer.writerow({**row, "seed_ids": " ".join(map(str, e["seeds"])), "n_seeds": len(e["seeds"])})
 
 
 def plot_ablation(table: list[dict[str, Any]], path: Path, metric: str = "dice") -> None:
