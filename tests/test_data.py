@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +185,21 @@ def test_lossy_jpeg_masks_need_and_get_the_threshold_mode(tmp_path):
     zero_one = tmp_path / "01.png"
     Image.fromarray(truth["case1"].astype(np.uint8)).save(zero_one)  # 0/1 masks: foreground is 1
     assert np.array_equal(read_mask(zero_one, 2, "threshold").astype(bool), truth["case1"])
+
+
+def test_dataset_presets_read_the_data_folder_and_say_how_to_fill_it(tmp_path, monkeypatch):
+    from superdiffusion.config import resolve
+    from superdiffusion.data import resolve_root
+    from superdiffusion.errors import DataError
+
+    root = resolve(["dataset=ph2-full"]).data.root
+    monkeypatch.setenv("SUPERDIFFUSION_DATA", str(tmp_path))
+    with pytest.raises(DataError, match="import-dataset ph2 PH2_DOWNLOAD") as err:
+        resolve_root(root)
+    assert str(tmp_path / "PH2") in str(err.value) and "\n" not in str(err.value)
+    (tmp_path / "PH2").mkdir()
+    assert resolve_root(root) == tmp_path / "PH2"
+    monkeypatch.delenv("SUPERDIFFUSION_DATA")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "PH2").mkdir(parents=True)
+    assert resolve_root(root) == Path("data") / "PH2"  # the default data folder, relative to the working dir

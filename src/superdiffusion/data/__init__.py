@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,12 +19,41 @@ __all__ = ["SegmentationData", "Split", "build_data", "resolve_root", "Pair", "s
 TEST_SPLIT_SEED = 0  # the test set of a folder without split.csv is the same for every run
 
 
+DATA_ENV = "SUPERDIFFUSION_DATA"  # the data folder of the dataset presets (default: ./data)
+
+# how to fill $SUPERDIFFUSION_DATA/NAME for each preset, and where the official download lives
+DATA_SOURCES = {
+    "PH2": "superdiffusion import-dataset ph2 PH2_DOWNLOAD {path} (download: https://www.fc.up.pt/addi/ph2%20database.html)",
+    "glas": "superdiffusion import-dataset glas GLAS_DOWNLOAD {path} "
+    "(download: https://warwick.ac.uk/fac/cross_fac/tia/data/glascontest/)",
+    "InP-Pupil": "put the InP pupil images in {path}/images and masks in {path}/masks, with a subject-disjoint "
+    "split.csv (source: https://github.com/itmo-cv-lab/eye-tracking-dataset, folder PupilEye)",
+    "Hippocampus3D": "put the MSD Task04 Hippocampus volumes in {path}/images and {path}/labels "
+    "(download: http://medicaldecathlon.com)",
+}
+
+
+def data_folder() -> Path:
+    return Path(os.environ.get(DATA_ENV) or "data").expanduser()
+
+
 def resolve_root(root: str) -> Path:
-    """``builtin:NAME`` -> the copy shipped in the package; anything else is a path."""
+    """``builtin:NAME`` -> the copy shipped in the package; ``data:NAME`` -> the folder NAME of
+    the data folder (``$SUPERDIFFUSION_DATA``, default ``data/``); anything else is a path."""
     if root.startswith("builtin:"):
         path = Path(str(resources.files("superdiffusion") / "builtin" / root.split(":", 1)[1]))
         if not path.is_dir():
             raise DataError(f"{root}: no such built-in dataset")
+        return path
+    if root.startswith("data:"):
+        name = root.split(":", 1)[1]
+        path = data_folder() / name
+        if not path.is_dir():
+            how = DATA_SOURCES.get(name, "put the dataset there").format(path=path)
+            raise DataError(
+                f"{path}: dataset folder not found (the preset reads ${DATA_ENV}/{name}; ${DATA_ENV} is "
+                f"{os.environ.get(DATA_ENV) or 'unset, so data/'}); to fill it: {how}"
+            )
         return path
     return Path(root).expanduser()
 
