@@ -101,7 +101,14 @@ def build_specs(root: Path, size: int, threads: int, extra: bool, quick: bool = 
 
 
 def history(folder: Path) -> list[dict[str, Any]]:
-    """The run's per-epoch records (pretraining and training)."""
+    """The run's per-epoch records (pretraining and training): its history.csv, or the
+    history inside its last checkpoint for runs written before history.csv existed."""
+    table = folder / "history.csv"
+    if table.exists():
+        with open(table, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        numbers = [{k: float(v) for k, v in r.items() if v not in ("", None) and k != "phase"} for r in rows]
+        return [{**n, "phase": r["phase"], "epoch": int(n["epoch"])} for r, n in zip(rows, numbers)]
     path = folder / "checkpoints" / "last.pt"
     return list(checkpoint.load(path)["history"]) if path.exists() else []
 
