@@ -12,6 +12,7 @@ ARGS = [
     "train.epochs=2",
     "train.steps_per_epoch=3",
     "train.threads=1",
+    "train.keep_state=true",  # the tests compare the final training state
 ]
 
 

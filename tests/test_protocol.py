@@ -175,10 +175,10 @@ def test_a_run_trained_on_a_gpu_is_evaluated_and_predicts_on_this_machine(tmp_pa
     from superdiffusion.cli import main
 
     api.train(tiny_config(*FAST), tmp_path / "run")
-    best = tmp_path / "run" / "checkpoints" / "best.pt"
-    state = checkpoint.load(best)
+    model = tmp_path / "run" / "model.pt"
+    state = checkpoint.load(model)
     state["config"]["train"]["device"] = "cuda:0"  # as saved by a GPU training
-    checkpoint.save_atomic(state, best)
+    checkpoint.save_atomic(state, model)
     assert api.evaluate(tmp_path / "run")["protocol"] == "honest"
     source = tmp_path / "in"
     source.mkdir()

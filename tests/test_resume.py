@@ -14,6 +14,7 @@ SMALL = [
     "train.labeled_batch_size=2",
     "train.lr_step=2",
     "train.threads=1",
+    "train.keep_state=true",
 ]
 
 
@@ -62,3 +63,12 @@ def test_resume_refuses_fewer_epochs_than_already_trained(tmp_path, capsys):
     capsys.readouterr()
     assert _train(*SMALL, "train.epochs=1", "--out", str(tmp_path / "run"), "--resume") == 2
     assert "already trained 2" in capsys.readouterr().err
+
+
+def test_a_finished_run_without_its_training_state_says_how_to_extend_next_time(tmp_path, capsys):
+    lean = [o for o in SMALL if o != "train.keep_state=true"]
+    assert _train(*lean, "train.epochs=1", "--out", str(tmp_path / "run")) == 0
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    capsys.readouterr()
+    assert _train(*lean, "train.epochs=2", "--out", str(tmp_path / "run"), "--resume") == 2
+    assert "train.keep_state=true" in capsys.readouterr().err

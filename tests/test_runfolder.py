@@ -68,11 +68,44 @@ def test_a_run_writes_its_log_and_history(tmp_path):
 
 
 def test_a_checkpoint_of_a_newer_format_is_refused_with_one_line(tmp_path):
-    cfg = tiny_config("method=supervised", "train.epochs=1")
+    cfg = tiny_config("method=supervised", "train.epochs=1", "train.keep_state=true")
     api.train(cfg, tmp_path / "run")
     folder = RunFolder(tmp_path / "run")
-    state = folder.load_checkpoint("best")
-    assert state["format"] == CHECKPOINT_FORMAT
-    checkpoint.save_atomic({**state, "format": CHECKPOINT_FORMAT + 1}, folder.checkpoint_path("best"))
-    with pytest.raises(RunFolderError, match="newer superdiffusion"):
-        api.load_run(tmp_path / "run")
+    for path in (folder.model_path, folder.checkpoint_path("best")):
+        state = checkpoint.load(path)
+        assert state["format"] == CHECKPOINT_FORMAT
+        checkpoint.save_atomic({**state, "format": CHECKPOINT_FORMAT + 1}, path, keep_previous=False)
+        with pytest.raises(RunFolderError, match="newer superdiffusion"):
+            api.load_run(tmp_path / "run")
+        if path == folder.model_path:
+            path.unlink()  # then the checkpoint is read
+
+
+def test_a_finished_run_keeps_a_slim_model_that_predicts_like_the_full_state(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from superdiffusion.cli import main
+
+    kept = tiny_config("method=cps", "train.epochs=2", "train.keep_state=true")
+    api.train(kept, tmp_path / "full")
+    lean = tiny_config("method=cps", "train.epochs=2")
+    api.train(lean, tmp_path / "lean")
+    full, slim = RunFolder(tmp_path / "full"), RunFolder(tmp_path / "lean")
+    assert not slim.checkpoints.exists() and slim.model_path.exists()
+    assert sorted(p.name for p in full.checkpoints.iterdir()) == ["best.pt", "last.pt"]  # no *.prev.pt
+    size = lambda root: sum(p.stat().st_size for p in root.rglob("*") if p.is_file())  # noqa: E731
+    assert size(slim.path) < size(full.path) / 3
+    source = tmp_path / "in"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray((rng.random((40, 30, 3)) * 255).astype(np.uint8)).save(source / f"x{i}.png")
+    # the same training, predicted from best.pt's full state and from model.pt alone
+    assert main(["predict", str(full.path), str(source), str(tmp_path / "a")]) == 0
+    full.model_path.unlink()
+    assert main(["predict", str(full.path), str(source), str(tmp_path / "b")]) == 0  # from best.pt
+    assert main(["predict", str(slim.path), str(source), str(tmp_path / "c")]) == 0  # from model.pt
+    for i in range(3):
+        a, b, c = (np.asarray(Image.open(tmp_path / d / f"x{i}.png")) for d in "abc")
+        assert np.array_equal(a, b) and np.array_equal(a, c)

@@ -15,7 +15,7 @@ from superdiffusion import api, checkpoint
 from superdiffusion.errors import RunFolderError, TrainingDiverged
 from superdiffusion.training import Trainer
 
-TINY = ["train.epochs=3", "method.pretrain_epochs=1", "method.rounds=1", "train.lr_step=2"]
+TINY = ["train.epochs=3", "method.pretrain_epochs=1", "method.rounds=1", "train.lr_step=2", "train.keep_state=true"]
 
 
 def _weights(run_dir, name="last.pt"):

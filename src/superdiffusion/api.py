@@ -52,7 +52,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
         results["health"] = trainer.health
         results["train_seconds"] = round(trainer.elapsed, 2)
         results["wall_seconds_this_process"] = round(time.perf_counter() - start, 2)
+        folder.write_model(model_record(trainer.method, cfg, trainer.data_info(), trainer.best))
         folder.write_results(results)
+        folder.finish_checkpoints(cfg.train.keep_state)
         return results
     finally:
         folder.unlock()
@@ -103,13 +105,39 @@ def distributed_setup(cfg: Config) -> tuple[int, int]:
     return rank, world
 
 
+def model_record(method: Method, cfg: Config, data_info: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
+    """The contents of ``model.pt``: what prediction needs, without the training state."""
+    teacher = method.teacher_net()
+    return {
+        "method": method.name,
+        "config": cfg.to_dict(),
+        "data": data_info,
+        "best": dict(best),
+        "segmenter": method.segmenter().state_dict(),
+        "teacher": teacher.state_dict() if teacher is not None else None,
+    }
+
+
 def load_run(run_dir: str | Path, which: str = "best.pt") -> tuple[Config, Method, dict[str, Any]]:
-    """Rebuild the method of a run folder from its checkpoint alone."""
-    state = RunFolder(run_dir).load_checkpoint(which)
+    """Rebuild the method of a run folder: from ``model.pt`` once the run has finished, else
+    from its checkpoint ``which`` (a run in progress). Networks that ``model.pt`` does not
+    hold keep their initial weights; prediction does not use them."""
+    folder = RunFolder(run_dir)
+    if folder.model_path.exists():
+        state = folder.load_model()
+    elif folder.has_checkpoint(which):
+        state = folder.load_checkpoint(which)
+    else:
+        raise RunFolderError(f"{run_dir}: no model.pt and no checkpoint {which} (has this run finished an epoch?)")
     cfg = from_dict(state["config"])
     d = state["data"]
     method = build_method(cfg, d["channels"], d["num_classes"], d["spatial_dims"])
-    method.load_state_dict(state["model"])
+    if "segmenter" in state:
+        method.segmenter().load_state_dict(state["segmenter"])
+        if state.get("teacher") is not None:
+            method.teacher_net().load_state_dict(state["teacher"])
+    else:
+        method.load_state_dict(state["model"])
     return cfg, method, state
 
 

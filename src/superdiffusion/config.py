@@ -83,6 +83,10 @@ class TrainConfig:
     # nnU-Net's fixed iterations per epoch). 0: one pass over the training images per epoch
     # (the paper's epoch: the length then shrinks with the dataset).
     steps_per_epoch: int = 50
+    # a finished run keeps model.pt (the segmenter, about 8 MB) and drops its training state
+    # (checkpoints/: every network plus Adam's moments); true keeps last.pt and best.pt so that
+    # the run can be resumed with more epochs
+    keep_state: bool = False
 
 
 @dataclass
@@ -274,7 +278,7 @@ def _apply_lambda_schedule(cfg: Config, user_method_sections: list[dict[str, Any
 # settings a resumed run may change: its length (the lr steps at train.lr_step and the lambda
 # ramp is recomputed over the new length, as if it had been planned from the start) and how
 # it runs (threads, device, inference batch); any other change would mix two experiments
-RESUMABLE_KEYS = ("train.epochs", "train.threads", "train.device", "eval.batch_size")
+RESUMABLE_KEYS = ("train.epochs", "train.threads", "train.device", "train.keep_state", "eval.batch_size")
 
 
 def flat(cfg: Config) -> dict[str, Any]:

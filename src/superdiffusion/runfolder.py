@@ -5,7 +5,10 @@
     history.csv     one row per epoch: losses, lambda, learning rate, seconds, validation score
     progress.png    the history drawn: losses, validation score and threshold, lambda and lr
     train.log       the run's log, appended across resumes
-    checkpoints/    last.pt and best.pt (atomic; the previous one kept as *.prev.pt)
+    model.pt        what prediction needs: the segmenter's weights (and the teacher's, where the
+                    method has one), normalisation, threshold and the config; written at the end
+    checkpoints/    last.pt and best.pt, the full training state (atomic; the previous one kept as
+                    *.prev.pt while training); removed at the end unless train.keep_state=true
     tensorboard/    TensorBoard events
     .lock           held by the process that trains into the folder
 
@@ -72,6 +75,10 @@ class RunFolder:
     def tensorboard(self) -> Path:
         return self.path / "tensorboard"
 
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.pt"
+
     def checkpoint_path(self, which: str = "last") -> Path:
         return self.checkpoints / f"{which.removesuffix('.pt')}.pt"
 
@@ -92,7 +99,7 @@ class RunFolder:
         """Remove what a training writes (for ``--force``); other files are left alone."""
         for name in (self.checkpoints, self.tensorboard):
             shutil.rmtree(name, ignore_errors=True)
-        for path in (self.results_path, self.config_path, self.history_path):
+        for path in (self.results_path, self.config_path, self.history_path, self.model_path):
             path.unlink(missing_ok=True)
 
     # --- contents ------------------------------------------------------------------------
@@ -199,6 +206,30 @@ class RunFolder:
                 f"reads formats up to {CHECKPOINT_FORMAT}: upgrade the package"
             )
         return state
+
+    def write_model(self, model: dict[str, Any]) -> None:
+        checkpoint.save_atomic({**model, "format": CHECKPOINT_FORMAT, "kind": "model"}, self.model_path, False)
+
+    def load_model(self) -> dict[str, Any]:
+        state = checkpoint.load(self.model_path, fallback=False)
+        if state["format"] > CHECKPOINT_FORMAT:
+            raise RunFolderError(
+                f"{self.model_path}: format {state['format']} was written by a newer superdiffusion; this version "
+                f"reads formats up to {CHECKPOINT_FORMAT}: upgrade the package"
+            )
+        return state
+
+    def finish_checkpoints(self, keep_state: bool) -> None:
+        """After ``model.pt`` is written: drop the training state, or (``keep_state``) keep
+        last.pt and best.pt once each reads back, without their ``*.prev.pt`` fallbacks."""
+        if not keep_state:
+            shutil.rmtree(self.checkpoints, ignore_errors=True)
+            return
+        for which in ("last", "best"):
+            path = self.checkpoint_path(which)
+            if path.exists():
+                checkpoint.load(path, fallback=False)  # verified before its fallback goes
+                checkpoint.previous_path(path).unlink(missing_ok=True)
 
     # --- one writer at a time -------------------------------------------------------------
     def lock(self) -> None:

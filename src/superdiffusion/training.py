@@ -183,7 +183,10 @@ class Trainer:
                 folder.write_config(self.cfg)  # e.g. a longer run
                 return
             if folder.started and folder.finished:
-                raise RunFolderError(f"{self.run_dir}: finished run without checkpoints")
+                raise RunFolderError(
+                    f"{self.run_dir}: this finished run kept no training state (train.keep_state=false), so it "
+                    "cannot train further: train into a new --out (with train.keep_state=true to extend it later)"
+                )
         elif folder.started:
             if not force:
                 raise RunFolderError(
@@ -196,12 +199,7 @@ class Trainer:
         return {
             "method": self.method.name,
             "config": self.cfg.to_dict(),
-            "data": {
-                "channels": self.data.channels,
-                "num_classes": self.data.num_classes,
-                "spatial_dims": self.data.spatial_dims,
-                "stats": self.data.stats,
-            },
+            "data": self.data_info(),
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -211,6 +209,11 @@ class Trainer:
             "history": list(self.history),
             "elapsed": self.elapsed,
         }
+
+    def data_info(self) -> dict[str, Any]:
+        """What a saved model needs to know of its data: channels, classes, normalisation."""
+        d = self.data
+        return {"channels": d.channels, "num_classes": d.num_classes, "spatial_dims": d.spatial_dims, "stats": d.stats}
 
     def restore(self, state: dict[str, Any]) -> None:
         if state["method"] != self.method.name:
