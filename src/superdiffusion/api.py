@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .config import RESUMABLE_KEYS, Config, flat, from_dict
-from .data import build_data
+from .data import build_data, with_dataset_json
 from .data.folder import IMAGE_EXTENSIONS
 from .errors import ConfigError, DataError, RunFolderError
 from .inference import predict_image_file, predict_volume_file
@@ -32,6 +32,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
     """
     folder = RunFolder(run_dir if run_dir else default_run_dir(cfg))
     cfg = with_method_settings(cfg)  # config.yaml records every setting of the method, defaults included
+    cfg.data = with_dataset_json(cfg.data)  # an nnU-Net or MSD folder gives its classes and dimensionality
     rank, world = distributed_setup(cfg)
     if rank == 0:
         folder.lock()  # one writer at a time: a second sweep or a requeued job stops here

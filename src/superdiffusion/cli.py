@@ -31,6 +31,8 @@ def _table(results: dict) -> str:
                 for k, v in scores.items()
             )
             lines.append(f"  test [{where}] {parts}")
+    for name, scores in results.get("test_per_class", {}).items():
+        lines.append(f"  test [{name}] dice={100 * scores['dice_per_image']:.2f}%")
     flags = results.get("health", {}).get("flags")
     if flags:
         lines.append(f"  WARNING: collapse check fired: {', '.join(flags)} (README: 'When a run collapses')")

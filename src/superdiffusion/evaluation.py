@@ -71,14 +71,30 @@ def binary_scores(fg_prob: torch.Tensor, labels: torch.Tensor, threshold: float)
     return _scores(*_counts(fg_prob > threshold, labels > 0))
 
 
-def multiclass_scores(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Argmax segmentation scored with MONAI's Dice and IoU, averaged over foreground classes."""
+def _per_class(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, C - 1)`` Dice and IoU of each foreground class in each image (argmax; MONAI)."""
     c = probs.shape[1]
     pred = F.one_hot(probs.argmax(1), c).movedim(-1, 1)
     target = F.one_hot(labels, c).movedim(-1, 1)
     dice = compute_dice(pred, target, include_background=False, ignore_empty=False)
     iou = compute_iou(pred, target, include_background=False, ignore_empty=False)
+    return dice, iou
+
+
+def multiclass_scores(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Argmax segmentation scored with MONAI's Dice and IoU, averaged over foreground classes."""
+    dice, iou = _per_class(probs, labels)
     return {"dice_per_image": float(dice.mean()), "jaccard_per_image": float(iou.mean())}
+
+
+def per_class_scores(probs: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, dict[str, float]]:
+    """Dice and Jaccard of each foreground class (mean over images), keyed by the class name
+    (``names``: index -> name, background first)."""
+    dice, iou = _per_class(probs, labels)
+    return {
+        name: {"dice_per_image": float(dice[:, k].mean()), "jaccard_per_image": float(iou[:, k].mean())}
+        for k, name in enumerate(names[1:])
+    }
 
 
 def per_image_at_size(

@@ -27,6 +27,7 @@ from .evaluation import (
     binary_scores,
     foreground_probability,
     multiclass_scores,
+    per_class_scores,
     per_image_at_size,
     surface_distances,
     sweep,
@@ -107,8 +108,12 @@ def evaluate_method(
     }
     spreads: list[torch.Tensor] = []
     probs, masks = split_probabilities(method, test, cfg, device, keep=spreads)
+    names = data.class_names or ["background"] + [f"class {k}" for k in range(1, data.num_classes)]
+    if data.class_names:
+        results["class_names"] = list(data.class_names)
     if data.num_classes != 2:
         results["test"] = {"resized": multiclass_scores(probs, masks)}
+        results["test_per_class"] = per_class_scores(probs, masks, names)
         return results
     if threshold_split == "test":  # the paper tunes the threshold on test itself, by pooled Jaccard
         grid = thresholds(cfg.eval.threshold_start, cfg.eval.threshold_stop, cfg.eval.threshold_step)

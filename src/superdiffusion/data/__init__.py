@@ -11,7 +11,8 @@ import torch
 
 from ..config import DataConfig
 from ..errors import DataError
-from .folder import Pair, load_pairs, scan_folder
+from .folder import Pair, layout_pairs, load_pairs, scan_folder
+from .layouts import apply_dataset_json, read_dataset_json
 from .splits import carve, split_labeled
 
 __all__ = ["SegmentationData", "Split", "build_data", "resolve_root", "Pair", "scan_folder"]
@@ -84,6 +85,7 @@ class SegmentationData:
     num_classes: int
     spatial_dims: int
     stats: dict[str, list[float]]
+    class_names: list[str] | None = None  # from dataset.json (nnU-Net, MSD)
 
     def summary(self) -> str:
         return (
@@ -132,15 +134,30 @@ def _assign_splits(pairs: list[Pair], cfg: DataConfig, seed: int, validation: bo
     return by
 
 
+def with_dataset_json(cfg: DataConfig) -> DataConfig:
+    """``cfg`` with the classes, dimensionality and label reading of the folder's
+    ``dataset.json`` (nnU-Net, MSD); other folders leave it unchanged."""
+    if cfg.root.startswith("builtin:"):
+        return cfg
+    root = resolve_root(cfg.root)
+    layout = read_dataset_json(root) if root.is_dir() else None
+    return apply_dataset_json(cfg, layout) if layout is not None else cfg
+
+
 def build_data(cfg: DataConfig, seed: int, validation: bool = True) -> SegmentationData:
     """Scan, check, load and split a dataset for one run (regime and seed); ``validation``
     as in :func:`_assign_splits`."""
+    root = resolve_root(cfg.root)
+    layout = read_dataset_json(root)
+    if layout is not None:
+        cfg = apply_dataset_json(cfg, layout)
     if cfg.spatial_dims == 3:
         from .volumes import build_volume_data
 
-        return build_volume_data(cfg, seed, validation)
-    root = resolve_root(cfg.root)
-    pairs = scan_folder(root)
+        data = build_volume_data(cfg, seed, validation, layout)
+        data.class_names = layout.label_names if layout else None
+        return data
+    pairs = layout_pairs(layout, root) if layout is not None else scan_folder(root)
     by = _assign_splits(pairs, cfg, seed, validation)
     labeled_ids, unlabeled_ids = split_labeled([p.id for p in by["train"]], cfg.labeled_percent, seed)
     size = tuple(cfg.size)
@@ -191,4 +208,5 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True) -> Segmentat
         num_classes=cfg.num_classes,
         spatial_dims=2,
         stats=stats,
+        class_names=layout.label_names if layout else None,
     )

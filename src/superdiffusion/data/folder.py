@@ -28,9 +28,13 @@ SPLITS = ("train", "val", "test")
 @dataclass
 class Pair:
     id: str
-    image: Path
+    image: Path | tuple[Path, ...]  # a tuple: one grey file per channel (nnU-Net's CASE_0000.png, ...)
     mask: Path | None
     split: str = "train"
+
+    @property
+    def name(self) -> str:
+        return self.image[0].name if isinstance(self.image, tuple) else self.image.name
 
 
 def _files(folder: Path) -> dict[str, Path]:
@@ -65,13 +69,26 @@ def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
     orphans = sorted(set(masks) - used)
     if orphans:
         raise DataError(f"{masks[orphans[0]]}: mask without an image ({len(orphans)} such masks)")
-    split_file = root / "split.csv"
-    if split_file.is_file():
-        _apply_split(pairs, split_file)
+    read_split(pairs, root / "split.csv")
     return pairs
 
 
-def _apply_split(pairs: list[Pair], split_file: Path) -> None:
+def layout_pairs(layout, root: Path) -> list[Pair]:
+    """The labeled cases of an nnU-Net or MSD folder (see :mod:`.layouts`) as pairs, with the
+    split of a ``split.csv`` beside ``dataset.json`` when there is one."""
+    pairs = [Pair(c.id, c.images[0] if len(c.images) == 1 else tuple(c.images), c.label) for c in layout.cases]
+    read_split(pairs, root / "split.csv")
+    return pairs
+
+
+def read_split(pairs: list, split_file: Path) -> None:
+    """Set each pair's split from ``split_file`` when it exists (the one split.csv reader, for
+    images and volumes): columns ``id`` and ``split``, one row per case."""
+    if split_file.is_file():
+        _apply_split(pairs, split_file)
+
+
+def _apply_split(pairs: list, split_file: Path) -> None:
     with split_file.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows or "id" not in rows[0] or "split" not in rows[0]:
@@ -79,7 +96,7 @@ def _apply_split(pairs: list[Pair], split_file: Path) -> None:
     by_id = {p.id: p for p in pairs}
     for line, row in enumerate(rows, start=2):
         if row["id"] not in by_id:
-            raise DataError(f"{split_file}:{line}: id {row['id']!r} has no image in {split_file.parent / 'images'}")
+            raise DataError(f"{split_file}:{line}: id {row['id']!r} has no image (or volume) in {split_file.parent}")
         if row["split"] not in SPLITS:
             raise DataError(f"{split_file}:{line}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
         by_id[row["id"]].split = row["split"]
@@ -97,8 +114,18 @@ def _open(path: Path) -> Image.Image:
     return img
 
 
-def read_image(path: Path, channels: int | None = None) -> np.ndarray:
-    """Image as float32 ``(C, H, W)`` in [0, 1]; 8- and 16-bit, grey, RGB(A) and palette."""
+def read_image(path: Path | tuple[Path, ...], channels: int | None = None) -> np.ndarray:
+    """Image as float32 ``(C, H, W)`` in [0, 1]; 8- and 16-bit, grey, RGB(A) and palette. A
+    tuple of paths is one image with one grey file per channel."""
+    if isinstance(path, tuple):
+        planes = [read_image(p, 1) for p in path]
+        for p, plane in zip(path[1:], planes[1:]):
+            if plane.shape != planes[0].shape:
+                raise DataError(f"{p}: channel is {plane.shape[2]}x{plane.shape[1]}, its first channel {path[0].name} "
+                                f"is {planes[0].shape[2]}x{planes[0].shape[1]}")  # fmt: skip
+        if channels is not None and channels != len(planes):
+            raise DataError(f"{path[0]}: {len(planes)} channel files, expected {channels}")
+        return np.ascontiguousarray(np.concatenate(planes))
     img = _open(path)
     if img.mode == "P":
         img = img.convert("RGB")
@@ -218,7 +245,7 @@ def load_pairs(
             mask = read_mask(pair.mask, num_classes, mask_mode, mask_threshold)
             if mask.shape != img.shape[1:]:
                 raise DataError(
-                    f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {pair.image.name} "
+                    f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {pair.name} "
                     f"is {img.shape[2]}x{img.shape[1]}"
                 )
             masks.append(resize_mask(mask, size))

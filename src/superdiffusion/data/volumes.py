@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..config import DataConfig
 from ..errors import DataError
-from .folder import SPLITS
+from .folder import read_split
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".h5", ".hdf5")
 
@@ -96,6 +96,19 @@ class VolumePair:
     split: str = "train"
 
 
+def layout_volumes(layout, root: Path) -> list[VolumePair]:
+    """The labeled cases of an nnU-Net or MSD folder of volumes (see :mod:`.layouts`)."""
+    cases = layout.cases
+    if len(layout.channel_names) > 1:
+        raise DataError(
+            f"{root / 'dataset.json'}: {len(layout.channel_names)} channels ({', '.join(layout.channel_names)}); "
+            "multi-channel volumes are not supported yet (keep one channel: its CASE_0000 files)"
+        )
+    pairs = [VolumePair(c.id, c.images[0], c.label) for c in cases]
+    read_split(pairs, root / "split.csv")
+    return pairs
+
+
 def scan_volumes(root: str | Path) -> list[VolumePair]:
     root = Path(root)
     if not root.is_dir():
@@ -124,20 +137,7 @@ def scan_volumes(root: str | Path) -> list[VolumePair]:
             pairs.append(VolumePair(case, path, path))
     if not pairs:
         raise DataError(f"{root}: no volumes (images/ + labels/ of NIfTI/NRRD, or HDF5 files)")
-    split_file = root / "split.csv"
-    if split_file.is_file():
-        import csv
-
-        by_id = {p.id: p for p in pairs}
-        with split_file.open(newline="") as handle:
-            for line, row in enumerate(csv.DictReader(handle), start=2):
-                if row.get("id") not in by_id:
-                    raise DataError(f"{split_file}:{line}: id {row.get('id')!r} has no volume")
-                if row.get("split") not in SPLITS:
-                    raise DataError(
-                        f"{split_file}:{line}: split {row.get('split')!r} is not one of {', '.join(SPLITS)}"
-                    )
-                by_id[row["id"]].split = row["split"]
+    read_split(pairs, root / "split.csv")
     return pairs
 
 
@@ -221,14 +221,14 @@ def pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True):
+def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layout=None):
     from . import SegmentationData, Split, _assign_splits, resolve_root
     from .splits import split_labeled
 
     if len(cfg.patch_size) != 3:
         raise DataError(f"data.patch_size must be [H, W, D] for volumes, got {cfg.patch_size}")
     root = resolve_root(cfg.root)
-    pairs = scan_volumes(root)
+    pairs = layout_volumes(layout, root) if layout is not None else scan_volumes(root)
     by = _assign_splits(pairs, cfg, seed, validation)
     labeled_ids, unlabeled_ids = split_labeled([p.id for p in by["train"]], cfg.labeled_percent, seed)
 

@@ -1,0 +1,117 @@
+"""nnU-Net v2 raw and Medical Segmentation Decathlon folders, read in place."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import tiny_config
+from PIL import Image
+
+from superdiffusion import api
+from superdiffusion.config import DataConfig
+from superdiffusion.data import build_data
+from superdiffusion.errors import DataError
+
+
+def write_nnunet_2d(root, n=10, size=24):
+    """Two grey channels, three classes: channel 0 shows class 1, channel 1 class 2."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        label = np.zeros((size, size), np.uint8)
+        label[2 : 8 + i % 5, 3:10] = 1
+        label[12:20, 12 : 16 + i % 6] = 2
+        for c, cls in enumerate((1, 2)):
+            img = (rng.random((size, size)) * 60).astype(np.uint8)
+            img[label == cls] += 150
+            Image.fromarray(img).save(root / "imagesTr" / f"case{i:03d}_{c:04d}.png")
+        Image.fromarray(label).save(root / "labelsTr" / f"case{i:03d}.png")
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "red", "1": "green"},
+                "labels": {"background": 0, "nucleus": 1, "gland": 2},
+                "numTraining": n,
+                "file_ending": ".png",
+            }
+        )
+    )
+    return root
+
+
+def _volume(i, size=20):
+    label = np.zeros((size, size, size), np.uint8)
+    label[4 : 10 + i % 4, 5:12, 6:14] = 1
+    image = np.random.default_rng(i).normal(0, 1, label.shape).astype(np.float32) + 3 * label
+    return image, label
+
+
+def write_msd_3d(root, n=6):
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True)
+    training = []
+    for i in range(n):
+        image, label = _volume(i)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), str(root / "imagesTr" / f"hip_{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / "labelsTr" / f"hip_{i}.nii.gz"))
+        training.append({"image": f"./imagesTr/hip_{i}.nii.gz", "label": f"./labelsTr/hip_{i}.nii.gz"})
+    (root / "dataset.json").write_text(
+        json.dumps({"modality": {"0": "MRI"}, "labels": {"0": "background", "1": "hippocampus"}, "training": training})
+    )
+    return root
+
+
+def write_nnunet_3d(root, n=6, channels=1):
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True)
+    for i in range(n):
+        image, label = _volume(i)
+        for c in range(channels):
+            nib.save(nib.Nifti1Image(image, np.eye(4)), str(root / "imagesTr" / f"c{i}_{c:04d}.nii.gz"))
+        nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / "labelsTr" / f"c{i}.nii.gz"))
+    names = {str(c): f"mod{c}" for c in range(channels)}
+    (root / "dataset.json").write_text(
+        json.dumps({"channel_names": names, "labels": {"background": 0, "organ": 1}, "file_ending": ".nii.gz"})
+    )
+    return root
+
+
+def test_nnunet_2d_trains_with_its_channels_classes_and_names(tmp_path):
+    root = write_nnunet_2d(tmp_path / "Dataset001_Toy")
+    results = api.train(tiny_config(f"data.root={root}", "method=supervised", "train.epochs=2"), tmp_path / "run")
+    assert results["class_names"] == ["background", "nucleus", "gland"]
+    assert set(results["test_per_class"]) == {"nucleus", "gland"}
+    assert 0 <= results["test_per_class"]["gland"]["dice_per_image"] <= 1
+    assert results["counts"]["test"] == 2  # carved from the labeled cases (imagesTs has no labels)
+    saved = api.saved_config(tmp_path / "run")
+    assert (saved.data.num_classes, saved.data.mask_mode, saved.data.spatial_dims) == (3, "index", 2)
+    _, method, state = api.load_run(tmp_path / "run")
+    assert state["data"]["channels"] == 2
+
+
+def test_msd_and_nnunet_volumes_are_read_in_place(tmp_path):
+    for root in (write_msd_3d(tmp_path / "Task04_Toy"), write_nnunet_3d(tmp_path / "Dataset002_Toy")):
+        data = build_data(DataConfig(root=str(root), patch_size=[16, 16, 16]), seed=0)
+        assert data.spatial_dims == 3 and data.num_classes == 2 and data.channels == 1
+        assert data.class_names[1] in ("hippocampus", "organ")
+        assert len(data.labeled) + len(data.unlabeled) + len(data.val) + len(data.test) == 6
+
+
+def test_layout_problems_are_one_line_naming_the_file(tmp_path):
+    root = write_nnunet_2d(tmp_path / "a")
+    (root / "imagesTr" / "case003_0001.png").unlink()
+    with pytest.raises(DataError, match="case003_0001.png: missing"):
+        build_data(DataConfig(root=str(root)), seed=0)
+    root = write_nnunet_2d(tmp_path / "b")
+    with pytest.raises(DataError, match="num classes = 3, but data.num_classes=4"):
+        build_data(DataConfig(root=str(root), num_classes=4), seed=0)
+    spec = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**spec, "numTraining": 11}))
+    with pytest.raises(DataError, match="numTraining is 11 but labelsTr holds 10"):
+        build_data(DataConfig(root=str(root)), seed=0)
+    root = write_nnunet_3d(tmp_path / "c", channels=2)
+    with pytest.raises(DataError, match="2 channels .*not supported yet") as err:
+        build_data(DataConfig(root=str(root), patch_size=[16, 16, 16]), seed=0)
+    assert "\n" not in str(err.value)
