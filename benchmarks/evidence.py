@@ -235,8 +235,9 @@ def paired_summary(diffs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def cell(pair: tuple[float, float]) -> str:
-    return f"{pair[0]:.2f} ± {pair[1]:.2f}"
+def cell(pair: tuple[float, float], n: int = 2) -> str:
+    """``mean ± half-width``; the mean alone for one seed (no interval)."""
+    return f"{pair[0]:.2f} ± {pair[1]:.2f}" if n > 1 else f"{pair[0]:.2f}"
 
 
 def markdown(rows: list[dict[str, Any]], diffs: list[dict[str, Any]], size: int) -> str:
@@ -250,10 +251,12 @@ def markdown(rows: list[dict[str, Any]], diffs: list[dict[str, Any]], size: int)
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        flag = f" (flagged: {r['flagged']}/{len(r['seeds'])})" if r["flagged"] else ""
+        n = len(r["seeds"])
+        flag = f" (flagged: {r['flagged']}/{n})" if r["flagged"] else ""
         lines.append(
-            f"| {r['dataset']} | {r['labeled_percent']:g} % | {name(r)}{flag} | {cell(r['honest_dice'])} "
-            f"| {cell(r['honest_jaccard'])} | {cell(r['paper_threshold_dice'])} | {cell(r['paper_threshold_jaccard'])} "
+            f"| {r['dataset']} | {r['labeled_percent']:g} % | {name(r)}{flag} | {cell(r['honest_dice'], n)} "
+            f"| {cell(r['honest_jaccard'], n)} | {cell(r['paper_threshold_dice'], n)} "
+            f"| {cell(r['paper_threshold_jaccard'], n)} "
             f"| {len(r['seeds'])} | {'/'.join(map(str, r['labeled_images']))} | {'/'.join(map(str, r['updates']))} "
             f"| {r['train_minutes']:.1f} |"
         )
@@ -268,8 +271,9 @@ def markdown(rows: list[dict[str, Any]], diffs: list[dict[str, Any]], size: int)
     for d in diffs:
         lines.append(
             f"| {d['dataset']} | {d['labeled_percent']:g} % | {d['method']} − {d['reference']} "
-            f"| {', '.join(f'{v:+.2f}' for v in d['per_seed_honest'])} | {cell(d['honest_dice'])} "
-            f"| {', '.join(f'{v:+.2f}' for v in d['per_seed_paper_threshold'])} | {cell(d['paper_threshold_dice'])} |"
+            f"| {', '.join(f'{v:+.2f}' for v in d['per_seed_honest'])} | {cell(d['honest_dice'], len(d['seeds']))} "
+            f"| {', '.join(f'{v:+.2f}' for v in d['per_seed_paper_threshold'])} "
+            f"| {cell(d['paper_threshold_dice'], len(d['seeds']))} |"
         )
     return "\n".join(lines) + "\n"
 
