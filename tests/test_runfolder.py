@@ -54,8 +54,13 @@ def test_a_second_process_cannot_train_into_a_locked_folder(tmp_path):
 
 def test_a_run_writes_its_log_and_history(tmp_path):
     cfg = tiny_config("method=supervised", "train.epochs=3", "train.lr_step=2")
-    api.train(cfg, tmp_path / "run")
+    results = api.train(cfg, tmp_path / "run")
     folder = RunFolder(tmp_path / "run")
+    with open(folder.per_case_path, newline="") as handle:
+        cases = list(csv.DictReader(handle))
+    assert len(cases) == results["counts"]["test"] and "per_case" not in results
+    dice = [float(c["dice"]) for c in cases]
+    assert sum(dice) / len(dice) == pytest.approx(results["test"]["resized"]["dice_per_image"])
     with open(folder.history_path) as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]

@@ -1,3 +1,4 @@
+import csv
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -50,6 +51,12 @@ def test_volumes_train_predict_and_surface_metrics(tmp_path):
     assert set(results["test"]) == {"resized", "surface"}
     # a bright box is found after a few steps; predicting every voxel foreground scores 0.12
     assert results["test"]["resized"]["dice_per_image"] > 0.8, results["test"]
+    with open(tmp_path / "run" / "test_per_case.csv", newline="") as handle:
+        cases = list(csv.DictReader(handle))
+    assert len(cases) == results["counts"]["test"] and set(cases[0]) == {"id", "dice", "jaccard", "hd95", "asd"}
+    assert np.mean([float(c["dice"]) for c in cases]) == pytest.approx(results["test"]["resized"]["dice_per_image"])
+    hd = [float(c["hd95"]) for c in cases if c["hd95"] != "nan"]
+    assert np.mean(hd) == pytest.approx(results["test"]["surface"]["hd95"])
     written = api.predict(tmp_path / "run", root / "images" / "v0.nii.gz", tmp_path / "pred", samples=2)
     out = nib.load(str(written[0]))
     assert out.shape == (32, 32, 24) and np.allclose(out.affine, np.diag([1.5, 1.0, 2.0, 1.0]))

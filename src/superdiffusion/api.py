@@ -16,7 +16,7 @@ from .errors import ConfigError, DataError, RunFolderError
 from .inference import predict_image_file, predict_volume_file
 from .methods import METHODS, Method, build_method
 from .protocol import evaluate_method, uses_validation
-from .runfolder import RunFolder, write_json
+from .runfolder import RunFolder, write_json, write_rows
 from .training import Trainer, resolve_device
 
 
@@ -54,6 +54,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
         results["train_seconds"] = round(trainer.elapsed, 2)
         results["wall_seconds_this_process"] = round(time.perf_counter() - start, 2)
         folder.write_model(model_record(trainer.method, cfg, trainer.data_info(), trainer.best))
+        rows = results.pop("per_case", None)
+        if rows:
+            write_rows(folder.per_case_path, rows)
         folder.write_results(results)
         folder.finish_checkpoints(cfg.train.keep_state)
         return results
@@ -164,6 +167,9 @@ def evaluate(
     results = evaluate_method(method.to(device), data, cfg, dict(state["best"]), device, protocol)
     target = Path(out) if out else Path(run_dir) / f"evaluation-{results['protocol']}-k{cfg.eval.samples}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
+    rows = results.pop("per_case", None)
+    if rows:
+        write_rows(target.with_name(target.name.removesuffix(".json") + "-per-case.csv"), rows)
     write_json(target, results)
     return {**results, "written_to": str(target)}
 

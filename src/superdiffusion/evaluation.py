@@ -28,11 +28,17 @@ def _counts(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, tor
     return tp, fp, fn
 
 
-def _scores(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> dict[str, float]:
-    """Per-image means (an empty prediction of an empty target scores 1) and pooled values."""
+def _image_scores(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dice and Jaccard of each image (an empty prediction of an empty target scores 1)."""
     empty = (tp + fp + fn) == 0
     dice = torch.where(empty, torch.ones_like(tp), 2 * tp / (2 * tp + fp + fn).clamp_min(1))
     jac = torch.where(empty, torch.ones_like(tp), tp / (tp + fp + fn).clamp_min(1))
+    return dice, jac
+
+
+def _scores(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> dict[str, float]:
+    """Per-image means (an empty prediction of an empty target scores 1) and pooled values."""
+    dice, jac = _image_scores(tp, fp, fn)
     TP, FP, FN = tp.sum(), fp.sum(), fn.sum()
     return {
         "dice_per_image": float(dice.mean()),
@@ -69,6 +75,12 @@ def best_threshold(results: list[dict[str, float]], metric: str) -> dict[str, fl
 
 def binary_scores(fg_prob: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float]:
     return _scores(*_counts(fg_prob > threshold, labels > 0))
+
+
+def per_case_scores(fg_prob: torch.Tensor, labels: torch.Tensor, threshold: float, ids: list[str]) -> list[dict]:
+    """One row per image or volume: its id, Dice and Jaccard (the terms of the per-image mean)."""
+    dice, jac = _image_scores(*_counts(fg_prob > threshold, labels > 0))
+    return [{"id": i, "dice": float(d), "jaccard": float(j)} for i, d, j in zip(ids, dice, jac)]
 
 
 def _per_class(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,23 +134,27 @@ def surface_distances(fg_prob: torch.Tensor, split, threshold: float) -> dict[st
     from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
     warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
-    hd, asd, empty = [], [], 0
+    rows = []
     for k, mask in enumerate(split.masks):
         size = tuple(mask.shape)
         pred = fg_prob[k][tuple(slice(0, s) for s in size)] > threshold
         target = mask > 0
         if not pred.any() or not target.any():
-            empty += 1
+            rows.append({"hd95": float("nan"), "asd": float("nan")})
             continue
         spacing = list(split.geometry[k].spacing) if split.geometry else None
         y_pred = torch.stack([~pred, pred])[None].float()
         y = torch.stack([~target, target])[None].float()
-        hd.append(float(compute_hausdorff_distance(y_pred, y, percentile=95, spacing=spacing)[0, 0]))
-        asd.append(float(compute_average_surface_distance(y_pred, y, symmetric=True, spacing=spacing)[0, 0]))
+        hd = float(compute_hausdorff_distance(y_pred, y, percentile=95, spacing=spacing)[0, 0])
+        asd = float(compute_average_surface_distance(y_pred, y, symmetric=True, spacing=spacing)[0, 0])
+        rows.append({"hd95": hd, "asd": asd})
+    hd = [r["hd95"] for r in rows if not np.isnan(r["hd95"])]
+    asd = [r["asd"] for r in rows if not np.isnan(r["asd"])]
     return {
         "hd95": float(np.mean(hd)) if hd else float("nan"),
         "asd": float(np.mean(asd)) if asd else float("nan"),
-        "empty": empty,
+        "empty": len(rows) - len(hd),
+        "per_case": rows,
     }
 
 

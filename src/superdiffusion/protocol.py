@@ -27,6 +27,7 @@ from .evaluation import (
     binary_scores,
     foreground_probability,
     multiclass_scores,
+    per_case_scores,
     per_class_scores,
     per_image_at_size,
     surface_distances,
@@ -122,12 +123,15 @@ def evaluate_method(
     threshold = results["selection"]["threshold"]
     fg = foreground_probability(probs)
     results["test"] = {"resized": binary_scores(fg, masks, threshold)}
+    results["per_case"] = per_case_scores(fg, masks, threshold, list(test.ids))  # written as test_per_case.csv
     if data.spatial_dims == 2 and test.pairs:
         d = cfg.data
         originals = [read_mask(p.mask, d.num_classes, d.mask_mode, d.mask_threshold) for p in test.pairs]
         results["test"]["original"] = per_image_at_size(fg, originals, threshold)
     if data.spatial_dims == 3:
         results["test"]["surface"] = surface_distances(fg, test, threshold)
+        for row, distances in zip(results["per_case"], results["test"]["surface"].pop("per_case")):
+            row.update(distances)
     if spreads:
         results["test"]["mean_uncertainty"] = float(spreads[0].mean())
     return results

@@ -3,6 +3,7 @@
     config.yaml     the resolved settings (every method setting, defaults included)
     results.json    test scores of the selected checkpoint: present once the run has finished
     history.csv     one row per epoch: losses, lambda, learning rate, seconds, validation score
+    test_per_case.csv  test scores of each image or volume (id, dice, jaccard; volumes: hd95, asd)
     progress.png    the history drawn: losses, validation score and threshold, lambda and lr
     train.log       the run's log, appended across resumes
     model.pt        what prediction needs: the segmenter's weights (and the teacher's, where the
@@ -118,17 +119,13 @@ class RunFolder:
     def write_results(self, results: dict[str, Any]) -> None:
         write_json(self.results_path, results)
 
+    @property
+    def per_case_path(self) -> Path:
+        return self.path / "test_per_case.csv"
+
     def write_history(self, history: list[dict[str, Any]]) -> None:
         """``history.csv``: one row per epoch, the union of the records' keys as columns."""
-        columns: list[str] = []
-        for record in history:
-            columns += [k for k in record if k not in columns]
-        tmp = self.history_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(history)
-        tmp.replace(self.history_path)
+        write_rows(self.history_path, history)
 
     @property
     def progress_path(self) -> Path:
@@ -280,6 +277,19 @@ class RunFolder:
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         log.addHandler(handler)
         return handler
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """A CSV of ``rows`` (columns: the union of their keys, in order), written atomically."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
 
 
 def _atomic_text(path: Path, text: str) -> None:
