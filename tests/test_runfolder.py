@@ -114,3 +114,12 @@ def test_a_finished_run_keeps_a_slim_model_that_predicts_like_the_full_state(tmp
     for i in range(3):
         a, b, c = (np.asarray(Image.open(tmp_path / d / f"x{i}.png")) for d in "abc")
         assert np.array_equal(a, b) and np.array_equal(a, c)
+    # the probabilities the masks were thresholded from: 16-bit, at the image's size
+    threshold = RunFolder(slim.path).load_model()["best"]["threshold"]
+    assert main(["predict", str(slim.path), str(source), str(tmp_path / "p"), "--save-probabilities"]) == 0
+    for i in range(3):
+        prob = np.asarray(Image.open(tmp_path / "p" / f"x{i}_probability.png")).astype(np.float64) / 65535
+        mask = np.asarray(Image.open(tmp_path / "p" / f"x{i}.png")) > 0
+        assert prob.shape == (40, 30) and np.array_equal(
+            mask[np.abs(prob - threshold) > 1e-4], (prob > threshold)[np.abs(prob - threshold) > 1e-4]
+        )

@@ -194,6 +194,7 @@ def predict(
     samples: int = 1,
     force: bool = False,
     device: str = "auto",
+    probabilities: bool = False,
 ) -> list[Path]:
     """Segment every image or volume of ``inputs`` (a file or a folder).
 
@@ -215,7 +216,7 @@ def predict(
         for path in files:
             stem = volume_stem(path) if method.spatial_dims == 3 else path.stem
             suffix = ".nii.gz" if method.spatial_dims == 3 else ".png"
-            for name in (f"{stem}{suffix}", f"{stem}_uncertainty{suffix}"):
+            for name in (f"{stem}{suffix}", f"{stem}_uncertainty{suffix}", f"{stem}_probability{suffix}"):
                 if (output / name).exists():
                     raise RunFolderError(
                         f"{output / name} already exists; choose another output folder or pass --force"
@@ -223,7 +224,9 @@ def predict(
     written: list[Path] = []
     for path in files:
         if method.spatial_dims == 3:
-            written += predict_volume_file(method, cfg, path, output, samples, threshold, device)
+            written += predict_volume_file(method, cfg, path, output, samples, threshold, device, probabilities)
         else:
-            written += predict_image_file(method, cfg, state["data"], path, output, samples, threshold, device)
+            written += predict_image_file(
+                method, cfg, state["data"], path, output, samples, threshold, device, probabilities
+            )
     return written

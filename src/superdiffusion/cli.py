@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=1, help="noise draws; > 1 also writes uncertainty maps")
     p.add_argument("--force", action="store_true", help="overwrite masks already in the output folder")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
+    p.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write the foreground probability (16-bit PNG, 65535 = 1; NIfTI float for volumes)",
+    )
 
     sub.add_parser("methods", help="list the available methods")
 
@@ -187,7 +192,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {results['written_to']}")
         return 0
     if args.command == "predict":
-        written = api.predict(args.run, args.inputs, args.output, args.samples, args.force, args.device)
+        written = api.predict(
+            args.run, args.inputs, args.output, args.samples, args.force, args.device, args.save_probabilities
+        )
         print(f"wrote {len(written)} files to {Path(args.output)}")
         return 0
     if args.command == "sweep":

@@ -94,10 +94,13 @@ def _mask_from(probs: torch.Tensor, num_classes: int, threshold: float) -> np.nd
     return probs.argmax(0).numpy().astype(np.uint8)
 
 
-def predict_image_file(method, cfg, data_info, path, output, samples, threshold, device) -> list[Path]:
+def predict_image_file(
+    method, cfg, data_info, path, output, samples, threshold, device, probabilities: bool = False
+) -> list[Path]:
     """Segment one 2D image file into ``output/STEM.png`` (at the image's own size), plus
-    ``STEM_uncertainty.png`` with several draws. ``data_info``: the checkpoint's ``data``
-    record (channels, normalisation statistics)."""
+    ``STEM_uncertainty.png`` with several draws and, with ``probabilities``,
+    ``STEM_probability.png``: the foreground probability as 16 bits (65535 = 1). ``data_info``:
+    the checkpoint's ``data`` record (channels, normalisation statistics)."""
     stats, channels = data_info["stats"], data_info["channels"]
     image = read_image(path, channels)
     size = image.shape[1:]
@@ -113,12 +116,19 @@ def predict_image_file(method, cfg, data_info, path, output, samples, threshold,
         unc = (spread[0, 0].clamp(0, 0.5) * 510).numpy().astype(np.uint8)
         Image.fromarray(unc).save(output / f"{path.stem}_uncertainty.png")
         written.append(output / f"{path.stem}_uncertainty.png")
+    if probabilities:
+        fg = (probs[1:].sum(0).clamp(0, 1) * 65535).round().numpy().astype(np.uint16)
+        Image.fromarray(fg).save(output / f"{path.stem}_probability.png")
+        written.append(output / f"{path.stem}_probability.png")
     return written
 
 
-def predict_volume_file(method, cfg, path, output, samples, threshold, device) -> list[Path]:
+def predict_volume_file(
+    method, cfg, path, output, samples, threshold, device, probabilities: bool = False
+) -> list[Path]:
     """Segment one volume by sliding windows into ``output/STEM.nii.gz`` with the input's
-    affine, plus ``STEM_uncertainty.nii.gz`` (float) with several draws."""
+    affine, plus ``STEM_uncertainty.nii.gz`` (float) with several draws and, with
+    ``probabilities``, ``STEM_probability.nii.gz``: the foreground probability (float32)."""
     import nibabel as nib
 
     from .data.volumes import VolumePair, load_volume_pair, volume_stem
@@ -135,4 +145,9 @@ def predict_volume_file(method, cfg, path, output, samples, threshold, device) -
         unc = output / f"{volume_stem(path)}_uncertainty.nii.gz"
         nib.save(nib.Nifti1Image(pred.spread[0].numpy().astype(np.float32), geometry.affine), str(unc))
         written.append(unc)
+    if probabilities:
+        prob = output / f"{volume_stem(path)}_probability.nii.gz"
+        fg = pred.probs[0, 1:].sum(0).clamp(0, 1).numpy().astype(np.float32)
+        nib.save(nib.Nifti1Image(fg, geometry.affine), str(prob))
+        written.append(prob)
     return written
