@@ -1,5 +1,7 @@
 """The qualitative figure (Fig. 3): per chosen test image, a row of sample, teacher
-pseudo-label, student prediction, target and (with K > 1 draws) the uncertainty map."""
+pseudo-label, student prediction, target and (with K > 1 draws) the uncertainty map. Each
+row is labelled with the student's Dice on that image; each column title gives the
+threshold it was drawn with; every uncertainty panel shares one scale and a colour bar."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def qualitative_figure(
 
     from ..api import load_run
     from ..data import build_data
-    from ..evaluation import foreground_probability
+    from ..evaluation import foreground_probability, per_case_scores
     from ..protocol import uses_validation
     from ..training import resolve_device
 
@@ -48,8 +50,11 @@ def qualitative_figure(
         student = method.predict(images.to(device), samples if stochastic else 1)
         net = method.teacher_net()
         teacher = method.predict(images.to(device), 1, net=net) if net is not None else None
-    columns = ["sample"] + (["teacher pseudo-label"] if teacher is not None else []) + ["student prediction", "target"]
-    columns += ["uncertainty"] if student.spread is not None else []
+    columns = ["sample"] + (["teacher pseudo-label\n(argmax)"] if teacher is not None else [])
+    columns += [f"student prediction\n(threshold {threshold:.2f})", "target"]
+    columns += ["uncertainty\n(std over draws)"] if student.spread is not None else []
+    spread_max = float(student.spread.max()) if student.spread is not None else 0.0
+    spread_max = spread_max if spread_max > 0 else 1e-6  # one scale for every row
     fig, axes = plt.subplots(
         len(index), len(columns), figsize=(2 * len(columns), 2 * len(index)), dpi=100, squeeze=False
     )
@@ -60,18 +65,24 @@ def qualitative_figure(
         panels = [img.permute(1, 2, 0).squeeze(-1).numpy()]
         if teacher is not None:
             panels.append((foreground_probability(teacher.probs[k : k + 1].cpu())[0] > 0.5).numpy())
-        panels.append((foreground_probability(student.probs[k : k + 1].cpu())[0] > threshold).numpy())
+        fg = foreground_probability(student.probs[k : k + 1].cpu())
+        panels.append((fg[0] > threshold).numpy())
         panels.append(test.masks[index[k]].numpy() > 0)
+        dice = per_case_scores(fg, test.masks[index[k]][None], threshold, [chosen[k]])[0]["dice"]
         if student.spread is not None:
             panels.append(student.spread[k].cpu().numpy())
         for col, panel in enumerate(panels):
             ax = axes[row, col]
-            ax.imshow(panel, cmap="gray" if panel.ndim == 2 and columns[col] != "uncertainty" else "magma")
+            if columns[col].startswith("uncertainty"):
+                shown = ax.imshow(panel, cmap="magma", vmin=0, vmax=spread_max)
+                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+            else:
+                ax.imshow(panel, cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(columns[col], fontsize=8)
-        axes[row, 0].set_ylabel(chosen[k], fontsize=8)
+        axes[row, 0].set_ylabel(f"{chosen[k]}\nDice {100 * dice:.1f}", fontsize=8)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
