@@ -33,6 +33,12 @@ def _table(results: dict) -> str:
             lines.append(f"  test [{where}] {parts}")
     for name, scores in results.get("test_per_class", {}).items():
         lines.append(f"  test [{name}] dice={100 * scores['dice_per_image']:.2f}%")
+    unc = results.get("uncertainty")
+    if unc:
+        auroc = "  ".join(
+            f"{name}={m['error_auroc']:.3f}" for name, m in unc["sources"].items() if m["error_auroc"] is not None
+        )
+        lines.append(f"  calibration ECE={unc['ece']:.4f}; error AUROC of the uncertainty: {auroc}")
     flags = results.get("health", {}).get("flags")
     if flags:
         lines.append(f"  WARNING: collapse check fired: {', '.join(flags)} (README: 'When a run collapses')")

@@ -36,6 +36,7 @@ from .evaluation import (
 )
 from .inference import predict_tensor
 from .methods import Method
+from .uncertainty import binary_entropy, finite, uncertainty_report
 
 PROTOCOLS = {
     "honest": ("val", "dice_per_image"),
@@ -134,7 +135,26 @@ def evaluate_method(
             row.update(distances)
     if spreads:
         results["test"]["mean_uncertainty"] = float(spreads[0].mean())
+    sources = {"entropy": binary_entropy(fg)}
+    if spreads:
+        sources["spread"] = spreads[0]
+    teacher = method.teacher_net()
+    if teacher is not None and data.spatial_dims == 2:
+        sources["teacher_disagreement"] = (teacher_probability(method, teacher, test, cfg, device) - fg).abs()
+    dice = [row["dice"] for row in results["per_case"]]
+    results["uncertainty"] = finite(uncertainty_report(fg, masks, threshold, dice, sources))
     return results
+
+
+@torch.inference_mode()
+def teacher_probability(method: Method, teacher, split: Split, cfg: Config, device: torch.device) -> torch.Tensor:
+    """The teacher's foreground probability on a 2D split (one draw, batches of ``eval.batch_size``)."""
+    method.eval()
+    chunks = []
+    for start in range(0, len(split), cfg.eval.batch_size):
+        images = split.images[start : start + cfg.eval.batch_size].to(device)
+        chunks.append(foreground_probability(method.predict(images, 1, net=teacher).probs.float().cpu()))
+    return torch.cat(chunks)
 
 
 def selection_scores(method: Method, split: Split, cfg: Config, device: torch.device) -> list[dict[str, float]]:

@@ -1,0 +1,57 @@
+"""Uncertainty measures against values worked out by hand, and their place in results.json."""
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from superdiffusion import api
+from superdiffusion.uncertainty import (
+    binary_entropy,
+    dice_spearman,
+    error_auroc,
+    expected_calibration_error,
+    uncertainty_report,
+)
+
+
+def test_expected_calibration_error_by_hand():
+    p = torch.tensor([0.1, 0.1, 0.9, 0.9])
+    y = torch.tensor([0, 1, 1, 1])
+    # bin 1 holds the two 0.1s (1 of 2 foreground): gap 0.4; bin 13 the 0.9s (2 of 2): gap 0.1
+    assert expected_calibration_error(p, y) == pytest.approx((2 * 0.4 + 2 * 0.1) / 4)
+    assert expected_calibration_error(torch.tensor([0.0, 1.0]), torch.tensor([0, 1])) == 0  # certain and right
+    assert expected_calibration_error(torch.tensor([0.0, 1.0]), torch.tensor([1, 0])) == 1  # certain and wrong
+
+
+def test_error_auroc_and_spearman_by_hand():
+    errors = torch.tensor([False, False, True, True])
+    assert error_auroc(torch.tensor([0.1, 0.2, 0.8, 0.9]), errors) == pytest.approx(1.0)
+    assert error_auroc(torch.tensor([0.9, 0.8, 0.2, 0.1]), errors) == pytest.approx(0.0)
+    assert error_auroc(torch.tensor([0.5, 0.5, 0.5, 0.5]), errors) == pytest.approx(0.5)
+    assert error_auroc(torch.tensor([0.1, 0.2]), torch.tensor([False, False])) != error_auroc(
+        torch.tensor([0.1, 0.2]), torch.tensor([False, False])
+    )  # nan: no wrong pixel to find
+    u = torch.tensor([[0.1, 0.1], [0.2, 0.2], [0.3, 0.5]])  # mean uncertainty 0.1, 0.2, 0.4
+    assert dice_spearman(u, [0.9, 0.8, 0.3]) == pytest.approx(-1.0)
+    assert binary_entropy(torch.tensor([0.5, 0.0]))[0] == pytest.approx(1.0)
+
+
+def test_report_gives_every_source_its_measures():
+    fg = torch.tensor([[0.9, 0.6, 0.2], [0.1, 0.45, 0.8], [0.75, 0.3, 0.05]])
+    target = torch.tensor([[1, 0, 0], [0, 1, 1], [1, 1, 0]])
+    report = uncertainty_report(fg, target, 0.5, [0.67, 0.8, 0.67], {"entropy": binary_entropy(fg)})
+    # wrong pixels: 0.6 (fp), 0.45 (fn), 0.3 (fn) are the three closest to 0.5: entropy ranks them first
+    assert report["sources"]["entropy"]["error_auroc"] == pytest.approx(1.0)
+
+
+def test_diffusion_runs_record_their_uncertainty_measures(tmp_path):
+    cfg = tiny_config("train.epochs=1", "method.pretrain_epochs=0", "method.rounds=1", "eval.samples=2")
+    results = api.train(cfg, tmp_path / "run")
+    sources = results["uncertainty"]["sources"]
+    assert set(sources) == {"entropy", "spread", "teacher_disagreement"}
+    assert 0 <= results["uncertainty"]["ece"] <= 1
+    for measures in sources.values():
+        assert measures["error_auroc"] is None or 0 <= measures["error_auroc"] <= 1
+        assert measures["dice_spearman"] is None or -1 <= measures["dice_spearman"] <= 1
+    baseline = api.train(tiny_config("method=supervised", "train.epochs=1"), tmp_path / "sup")
+    assert set(baseline["uncertainty"]["sources"]) == {"entropy"}
