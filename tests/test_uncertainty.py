@@ -55,3 +55,29 @@ def test_diffusion_runs_record_their_uncertainty_measures(tmp_path):
         assert measures["dice_spearman"] is None or -1 <= measures["dice_spearman"] <= 1
     baseline = api.train(tiny_config("method=supervised", "train.epochs=1"), tmp_path / "sup")
     assert set(baseline["uncertainty"]["sources"]) == {"entropy"}
+
+
+def test_suggest_then_train_on_the_chosen_images(tmp_path, capsys):
+    import csv
+
+    from superdiffusion import cli
+
+    run = tmp_path / "run"
+    first = api.train(tiny_config("method=supervised", "train.epochs=1"), run)
+    assert cli.main(["suggest", str(run), "--count", "3"]) == 0
+    with open(run / "suggest-entropy-3.csv", newline="") as handle:
+        ranking = list(csv.DictReader(handle))
+    assert len(ranking) == first["counts"]["unlabeled"]
+    scores = [float(r["score"]) for r in ranking]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    following = (run / "labeled_next.txt").read_text().split()
+    assert following[-3:] == [r["id"] for r in ranking[:3]] and len(following) == first["counts"]["labeled"] + 3
+    second = api.train(tiny_config("method=supervised", "train.epochs=1", f"data.labeled_ids={run / 'labeled_next.txt'}"),
+                       tmp_path / "next")  # fmt: skip
+    assert second["counts"]["labeled"] == first["counts"]["labeled"] + 3
+    assert cli.main(["suggest", str(run), "--count", "3"]) == 2  # never overwrites
+    (tmp_path / "ids.txt").write_text("IMD002\nnot-an-image\n")
+    capsys.readouterr()
+    assert cli.main(["train", "method=supervised", f"data.labeled_ids={tmp_path / 'ids.txt'}", "--out",
+                     str(tmp_path / "bad")]) == 2  # fmt: skip
+    assert "'not-an-image' is not a training image" in capsys.readouterr().err

@@ -230,3 +230,80 @@ def predict(
                 method, cfg, state["data"], path, output, samples, threshold, device, probabilities
             )
     return written
+
+
+SUGGEST_SOURCES = ("entropy", "spread", "teacher_disagreement")
+
+
+def suggest(
+    run_dir: str | Path,
+    count: int,
+    by: str = "entropy",
+    inputs: str | Path | None = None,
+    out: str | Path | None = None,
+    samples: int = 8,
+    device: str = "auto",
+) -> tuple[Path, Path | None]:
+    """Rank images by how much a label would help: the mean over the image of an uncertainty
+    source (``entropy`` of the foreground probability, any method; ``spread`` over
+    ``samples`` noise draws; ``teacher_disagreement``, the paper's method). The pool is the
+    run's unlabeled training images, or the 2D images of ``inputs``. Writes the ranking as a
+    CSV (rank, id, score) and, for the run's own pool, ``labeled_next.txt``: the run's labeled
+    ids plus the top ``count``, ready for ``data.labeled_ids``. Returns both paths."""
+    from .data import normalize
+    from .data.folder import read_image, resize_image
+    from .evaluation import foreground_probability
+    from .inference import predict_tensor
+    from .protocol import teacher_probability
+    from .uncertainty import binary_entropy
+
+    if by not in SUGGEST_SOURCES:
+        raise ConfigError(f"--by must be one of {', '.join(SUGGEST_SOURCES)}, got {by!r}")
+    if count < 1:
+        raise ConfigError(f"--count must be at least 1, got {count}")
+    cfg, method, state = load_run(run_dir)
+    if method.num_classes != 2 or method.spatial_dims != 2:
+        raise ConfigError("suggest ranks 2D images of binary tasks")
+    if by == "spread" and (not method.stochastic_inference or samples < 2):
+        raise ConfigError("--by spread needs a diffusion method and --samples of at least 2")
+    if by == "teacher_disagreement" and method.teacher_net() is None:
+        raise ConfigError(f"--by teacher_disagreement needs a method with a teacher; {method.name} has none")
+    out = Path(out) if out else Path(run_dir) / f"suggest-{by}-{count}.csv"
+    following = out.with_name("labeled_next.txt") if inputs is None else None
+    for path in (out, following):
+        if path is not None and path.exists():
+            raise RunFolderError(f"{path} already exists; choose another --out")
+    device = resolve_device(device)
+    method.to(device)
+    if inputs is None:
+        data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
+        pool, ids, labeled = data.unlabeled, list(data.unlabeled.ids), list(data.labeled.ids)
+        if not ids:
+            raise DataError(f"{run_dir}: the run has no unlabeled training images to rank")
+        images = pool.images
+    else:
+        files = [p for p in _inputs(Path(inputs)) if p.suffix.lower() in IMAGE_EXTENSIONS]
+        stats, size = state["data"]["stats"], tuple(cfg.data.size)
+        images = torch.stack(
+            [normalize(resize_image(read_image(p, state["data"]["channels"]), size)[None], stats)[0] for p in files]
+        )
+        ids, labeled = [p.stem for p in files], None
+    draws = samples if by == "spread" else 1
+    pred = predict_tensor(method, images, device, cfg.eval.batch_size, draws)
+    fg = foreground_probability(pred.probs)
+    if by == "entropy":
+        maps = binary_entropy(fg)
+    elif by == "spread":
+        maps = pred.spread
+    else:
+        from .data import Split
+
+        maps = (teacher_probability(method, method.teacher_net(), Split(images, None, ids), cfg, device) - fg).abs()
+    scores = maps.flatten(1).double().mean(1).tolist()
+    ranked = sorted(zip(ids, scores), key=lambda item: -item[1])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_rows(out, [{"rank": k + 1, "id": i, "score": s, "source": by} for k, (i, s) in enumerate(ranked)])
+    if following is not None:
+        chosen = [i for i, _ in ranked[:count]]
+        following.write_text("\n".join(labeled + chosen) + "\n")
+    return out, following

@@ -86,6 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         help="also write the foreground probability (16-bit PNG, 65535 = 1; NIfTI float for volumes)",
     )
 
+    p = sub.add_parser("suggest", help="rank unlabeled images by how much a label would help (active learning)")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--count", type=int, required=True, help="how many images to add to the labeled set")
+    p.add_argument("--by", default="entropy", choices=["entropy", "spread", "teacher_disagreement"])
+    p.add_argument("--inputs", help="rank the images of this folder instead of the run's unlabeled ones")
+    p.add_argument("--out", help="ranking CSV (default: RUN/suggest-BY-COUNT.csv)")
+    p.add_argument("--samples", type=int, default=8, help="noise draws for --by spread")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
+
     sub.add_parser("methods", help="list the available methods")
 
     p = sub.add_parser(
@@ -202,6 +211,16 @@ def _run(args: argparse.Namespace) -> int:
             args.run, args.inputs, args.output, args.samples, args.force, args.device, args.save_probabilities
         )
         print(f"wrote {len(written)} files to {Path(args.output)}")
+        return 0
+    if args.command == "suggest":
+        ranking, following = api.suggest(
+            args.run, args.count, args.by, args.inputs, args.out, args.samples, args.device
+        )
+        print(f"wrote the ranking to {ranking}")
+        if following is not None:
+            print(
+                f"wrote {following}: the run's labeled ids plus the top {args.count}; train with data.labeled_ids={following}"
+            )
         return 0
     if args.command == "sweep":
         import yaml

@@ -39,6 +39,9 @@ class DataConfig:
     val_fraction: float = 0.1  # carved from train (seeded) when split.csv has no 'val' rows
     test_fraction: float = 0.2  # used only when the folder has no split.csv
     unlabeled_root: str | None = None  # extra folder of images without masks
+    # a file of training image ids to label (one per line, or a CSV with an id column, as
+    # `superdiffusion suggest` writes); replaces the seeded labeled_percent draw
+    labeled_ids: str | None = None
 
 
 @dataclass

@@ -13,7 +13,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from .folder import Pair, layout_pairs, load_pairs, scan_folder
 from .layouts import apply_dataset_json, read_dataset_json
-from .splits import carve, split_labeled
+from .splits import carve, choose_labeled
 
 __all__ = ["SegmentationData", "Split", "build_data", "resolve_root", "Pair", "scan_folder"]
 
@@ -159,7 +159,7 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True) -> Segmentat
         return data
     pairs = layout_pairs(layout, root) if layout is not None else scan_folder(root)
     by = _assign_splits(pairs, cfg, seed, validation)
-    labeled_ids, unlabeled_ids = split_labeled([p.id for p in by["train"]], cfg.labeled_percent, seed)
+    labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed)
     size = tuple(cfg.size)
     if len(size) != 2:
         raise DataError(f"data.size must be [H, W] for 2D data, got {cfg.size}")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 
 def labeled_count(n: int, percent: float) -> int:
@@ -27,6 +28,36 @@ def split_labeled(ids: list[str], percent: float, seed: int) -> tuple[list[str],
     labeled = [ids[i] for i in range(len(ids)) if i in chosen]
     unlabeled = [ids[i] for i in range(len(ids)) if i not in chosen]
     return labeled, unlabeled
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """Image ids from a file: one per line, or a CSV whose first row names an ``id`` column
+    (as ``superdiffusion suggest`` writes). Blank lines and ``#`` comments are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: labeled-ids file not found")
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if lines and "," in lines[0] and "id" in lines[0].split(","):
+        column = lines[0].split(",").index("id")
+        lines = [line.split(",")[column] for line in lines[1:]]
+    if not lines:
+        raise DataError(f"{path}: no ids")
+    return lines
+
+
+def choose_labeled(ids: list[str], cfg, seed: int) -> tuple[list[str], list[str]]:
+    """The labeled and unlabeled training ids: the ids of ``data.labeled_ids`` when it is set
+    (a file; ``data.labeled_percent`` is then not used), else the seeded draw of the regime."""
+    if not cfg.labeled_ids:
+        return split_labeled(ids, cfg.labeled_percent, seed)
+    wanted = read_ids(cfg.labeled_ids)
+    known = set(ids)
+    for i in wanted:
+        if i not in known:
+            raise DataError(f"{cfg.labeled_ids}: id {i!r} is not a training image of {cfg.root}")
+    chosen = set(wanted)
+    return [i for i in ids if i in chosen], [i for i in ids if i not in chosen]
 
 
 def carve(ids: list[str], fraction: float, seed: int, stream: int) -> tuple[list[str], list[str]]:

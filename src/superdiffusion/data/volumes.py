@@ -223,14 +223,14 @@ def pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layout=None):
     from . import SegmentationData, Split, _assign_splits, resolve_root
-    from .splits import split_labeled
+    from .splits import choose_labeled
 
     if len(cfg.patch_size) != 3:
         raise DataError(f"data.patch_size must be [H, W, D] for volumes, got {cfg.patch_size}")
     root = resolve_root(cfg.root)
     pairs = layout_volumes(layout, root) if layout is not None else scan_volumes(root)
     by = _assign_splits(pairs, cfg, seed, validation)
-    labeled_ids, unlabeled_ids = split_labeled([p.id for p in by["train"]], cfg.labeled_percent, seed)
+    labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed)
 
     def make(name: str, keep: set[str] | None = None) -> Split:
         group = [p for p in by[name] if keep is None or p.id in keep]
