@@ -123,3 +123,20 @@ def test_a_finished_run_keeps_a_slim_model_that_predicts_like_the_full_state(tmp
         assert prob.shape == (40, 30) and np.array_equal(
             mask[np.abs(prob - threshold) > 1e-4], (prob > threshold)[np.abs(prob - threshold) > 1e-4]
         )
+
+
+def test_history_and_tensorboard_keep_the_unsupervised_terms_before_lambda(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config("method=cps", "train.epochs=3", "method.lambda_max=2")
+    api.train(cfg, tmp_path / "run")
+    folder = RunFolder(tmp_path / "run")
+    with open(folder.history_path) as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        assert float(row["raw_cps"]) * float(row["weight"]) == pytest.approx(float(row["cps"]))
+    events = EventAccumulator(str(folder.tensorboard))
+    events.Reload()
+    logged = [e.value for e in events.Scalars("train/loss_cps")]
+    assert logged == pytest.approx([float(r["raw_cps"]) for r in rows], rel=1e-5)
+    assert "train/weighted_cps" in events.Tags()["scalars"] and "train/lambda" in events.Tags()["scalars"]

@@ -159,7 +159,7 @@ class RunFolder:
             if points:
                 axes[0].plot(*zip(*points), label=key)
         axes[0].set_yscale("log")
-        axes[0].set_title("losses (weighted as trained)")
+        axes[0].set_title("losses (as trained; raw_*: before lambda)")
         for key in dict.fromkeys(k for h in history for k in h if k.startswith(("val_", "test_"))):
             points = [(i, h[key]) for i, h in zip(x, history) if key in h]
             axes[1].plot(*zip(*points), marker=".", label=key)

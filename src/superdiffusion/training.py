@@ -378,12 +378,16 @@ class Trainer:
         seconds = time.perf_counter() - start
         self.elapsed += seconds
         means = {k: v / len(batches) for k, v in sums.items()}
+        raw = {f"raw_{k}": means[k] / weight for k in self.method.weighted_terms if k in means and weight > 0}
         record = {"phase": phase.name, "epoch": epoch + 1, "weight": weight, "lr": lr, "seconds": seconds, **means}
+        record.update(raw)  # the unsupervised terms before lambda: a rising weighted term may hide a falling raw one
         record.update({k: sum(v) / len(v) for k, v in diag.items()})
         self.history.append(record)
         if self.writer is not None:
-            for k, v in means.items():
-                self.writer.add_scalar(f"{phase.name}/loss_{k}", v, self.position["step"])
+            for k, v in means.items():  # raw (before lambda) where the method weights the term
+                self.writer.add_scalar(f"{phase.name}/loss_{k}", raw.get(f"raw_{k}", v), self.position["step"])
+                if f"raw_{k}" in raw:
+                    self.writer.add_scalar(f"{phase.name}/weighted_{k}", v, self.position["step"])
             self.writer.add_scalar(f"{phase.name}/lambda", weight, self.position["step"])
             self.writer.add_scalar(f"{phase.name}/lr", lr, self.position["step"])
             for k in diag:

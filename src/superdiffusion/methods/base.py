@@ -74,6 +74,8 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     stochastic_inference: ClassVar[bool] = False
+    # the loss terms the method multiplies by the ramped lambda (the loop also logs them raw)
+    weighted_terms: ClassVar[tuple[str, ...]] = ("consistency",)
     in_table1: ClassVar[bool] = True  # one of the 2D rows of the paper's Table 1 (the table1 sweep preset)
     # the labeled loss when method.supervised_loss=auto: the reference implementation's
     default_supervised_loss: ClassVar[str] = "ce_dice"

@@ -13,6 +13,7 @@ from .losses import cps_loss
 
 class CrossPseudoSupervision(Method):
     name = "cps"
+    weighted_terms = ("cps",)
     description = "cross pseudo supervision between two independently initialised UNets"
 
     def __init__(self, cfg, channels, num_classes, spatial_dims):

@@ -20,6 +20,7 @@ def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 class EntropyMinimization(Method):
     name = "em"
+    weighted_terms = ("entropy",)
     description = "entropy minimisation on every prediction of the batch"
 
     def __init__(self, cfg, channels, num_classes, spatial_dims):

@@ -26,6 +26,7 @@ UNBOUNDED_NORMALIZATION = ("zscore", "per_image")
 
 class SuperDiffusion(Method):
     name = "superdiffusion"
+    weighted_terms = ("semi", "align", "recon")
     description = "diffusion teacher (mask + image pathways, cycle pretraining) co-trained with a student; R rounds"
     stochastic_inference = True
     default_supervised_loss = "ce"  # Eq. 10

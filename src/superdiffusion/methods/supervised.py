@@ -10,6 +10,7 @@ class Supervised(Method):
     ``0.5 (CE + Dice)`` (``method.supervised_loss=ce`` for cross entropy alone)."""
 
     name = "supervised"
+    weighted_terms = ()
     description = "UNet trained on the labeled images only (100 % labels: the fully supervised row)"
 
     def __init__(self, cfg, channels, num_classes, spatial_dims):
