@@ -196,25 +196,13 @@ class RunFolder:
         path = self.checkpoint_path(which)
         if not self.has_checkpoint(which):
             raise RunFolderError(f"{self.path}: no checkpoint {path.name} (has this run finished an evaluation epoch?)")
-        state = checkpoint.load(path)
-        if state["format"] > CHECKPOINT_FORMAT:
-            raise RunFolderError(
-                f"{path}: checkpoint format {state['format']} was written by a newer superdiffusion; this version "
-                f"reads formats up to {CHECKPOINT_FORMAT}: upgrade the package"
-            )
-        return state
+        return _readable(checkpoint.load(path), path)
 
     def write_model(self, model: dict[str, Any]) -> None:
         checkpoint.save_atomic({**model, "format": CHECKPOINT_FORMAT, "kind": "model"}, self.model_path, False)
 
     def load_model(self) -> dict[str, Any]:
-        state = checkpoint.load(self.model_path, fallback=False)
-        if state["format"] > CHECKPOINT_FORMAT:
-            raise RunFolderError(
-                f"{self.model_path}: format {state['format']} was written by a newer superdiffusion; this version "
-                f"reads formats up to {CHECKPOINT_FORMAT}: upgrade the package"
-            )
-        return state
+        return _readable(checkpoint.load(self.model_path, fallback=False), self.model_path)
 
     def finish_checkpoints(self, keep_state: bool) -> None:
         """After ``model.pt`` is written: drop the training state, or (``keep_state``) keep
@@ -277,6 +265,16 @@ class RunFolder:
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         log.addHandler(handler)
         return handler
+
+
+def _readable(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``state`` when this version can read its format; one clear line otherwise."""
+    if state["format"] > CHECKPOINT_FORMAT:
+        raise RunFolderError(
+            f"{path}: format {state['format']} was written by a newer superdiffusion; this version reads "
+            f"formats up to {CHECKPOINT_FORMAT}: upgrade the package"
+        )
+    return state
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
