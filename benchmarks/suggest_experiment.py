@@ -100,7 +100,9 @@ def main() -> None:
     arms = []
     for seed, base in zip(seeds, bases):
         for arm, ids in choose(base.folder, args.count, seed, args.by).items():
-            spec = RunSpec(overrides(args.method, seed, args.size, args.threads, ids) + quick, args.root / arm / f"s{seed}")
+            spec = RunSpec(
+                overrides(args.method, seed, args.size, args.threads, ids) + quick, args.root / arm / f"s{seed}"
+            )
             resolve(spec.overrides)
             arms.append((seed, arm, spec))
     print(run_sweep([spec for _, _, spec in arms]), flush=True)
@@ -117,9 +119,8 @@ def main() -> None:
     if done:
         summary["suggest_minus_random"] = mean_ci([r["suggest"] - r["random"] for r in done])
     result = {
-        "command": "python benchmarks/suggest_experiment.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("quick",)
-        ),
+        "command": "python benchmarks/suggest_experiment.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("quick",)),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "dataset": "ph2-full",
         "method": args.method,

@@ -1,5 +1,7 @@
 """Configuration precedence: defaults < profile < dataset < method < --config < overrides."""
 
+import math
+
 import pytest
 import yaml
 
@@ -38,3 +40,78 @@ def test_presets_in_the_config_file_lose_to_the_command_line(tmp_path):
     assert resolve(["method=mt"], user).method.name == "mt"
     with pytest.raises(ConfigError, match="unknown key train.sed"):
         resolve(["train.sed=1"])
+
+
+def test_every_error_is_one_line_naming_its_layer(tmp_path):
+    user = _yaml(tmp_path / "u.yaml", {"train": {"epochs": 0}})
+    with pytest.raises(ConfigError, match=r"u.yaml: train.epochs: input should be greater than or equal to 1; got 0"):
+        resolve([], user)
+    with pytest.raises(ConfigError, match="command line: eval.protocol must be one of honest or paper; got 'fair'"):
+        resolve(["eval.protocol=fair"])
+    with pytest.raises(ConfigError, match="method=nope: unknown method 'nope'; available: supervised, em"):
+        resolve(["method=nope"])
+    with pytest.raises(ConfigError, match="unknown setting 'rounds' of method cps; its settings: lambda_max"):
+        resolve(["method=cps", "method.rounds=2"])  # the paper's method's setting, not CPS's
+    with pytest.raises(ConfigError, match="eval.inference_t=1000 is outside the 1000 diffusion steps"):
+        resolve(["eval.inference_t=1000"])  # checked across sections, before anything runs
+    for bad in (["method.rounds=2.5"], ["train.device=gpu"], ["data.size=[64]"], ["model.norm=layer"]):
+        with pytest.raises(ConfigError) as err:
+            resolve(bad)
+        assert "\n" not in str(err.value)
+
+
+def test_method_defaults_come_from_the_method_and_the_profile_only():
+    from superdiffusion.method_settings import SETTINGS
+
+    for name, settings in SETTINGS.items():
+        cfg = resolve([f"method={name}", "profile=paper"])
+        assert type(cfg.method) is settings
+        own = settings()  # the reference's lambda and ramp live on the method's settings class
+        assert (cfg.method.lambda_max, cfg.method.ramp) == (own.lambda_max, own.ramp)
+    assert resolve(["method=dtc"]).method.lambda_max == 1.0
+    assert resolve(["method=supervised"]).method.ramp == "constant"
+    # the cpu profile lowers the paper's method's lambda (README, "Thin structures"), and only its
+    assert resolve(["method=superdiffusion"]).method.lambda_max == 0.1
+    assert resolve(["method=superdiffusion", "profile=paper"]).method.lambda_max == 5.0
+
+
+def test_command_line_values_take_the_fields_types():
+    cfg = resolve(
+        ["data.spatial_dims=3", "method.x0_clip=1e-1", "train.amp=true", "data.name=123", "data.size=[64, 64]"]
+    )
+    assert cfg.data.spatial_dims == 3 and cfg.method.x0_clip == 0.1 and cfg.train.amp is True
+    assert cfg.data.name == "123" and cfg.data.size == [64, 64]
+    assert resolve(["data.unlabeled_root=null"]).data.unlabeled_root is None
+
+
+def test_saved_configs_of_older_runs_still_load():
+    from superdiffusion.config import from_dict
+
+    old = resolve(["method=superdiffusion"]).to_dict()
+    method = old["method"]
+    old["method"] = {k: method[k] for k in ("name", "lambda_max", "ramp", "lambda_schedule", "supervised_loss")}
+    old["method"]["params"] = {"rounds": 3, "pretrain_epochs": 1}  # the layout before the typed sections
+    old["train"]["max_steps_per_epoch"] = old["train"].pop("steps_per_epoch")
+    cfg = from_dict(old)
+    assert (cfg.method.rounds, cfg.method.pretrain_epochs, cfg.train.steps_per_epoch) == (3, 1, 50)
+    assert cfg.method.timesteps == 1000  # a setting the old record did not hold takes its default
+
+
+def test_a_method_is_built_from_its_own_settings_and_a_unet_factory():
+    import torch
+
+    from superdiffusion.method_settings import CPSSettings, SuperDiffusionSettings
+    from superdiffusion.methods import METHODS
+    from superdiffusion.nn import UNetFactory
+
+    unets = UNetFactory(spatial_dims=2, features=(4, 8))
+    cps = METHODS["cps"](CPSSettings(), unets, channels=1, num_classes=2)
+    assert cps.weight(10, 10) == pytest.approx(0.1)  # its reference's sigmoid ramp to 0.1
+    assert cps.weight(5, 10) == pytest.approx(0.1 * math.exp(-5 * 0.25))
+    sd = METHODS["superdiffusion"](SuperDiffusionSettings(rounds=1, pretrain_epochs=-1), unets, 1, 2)
+    assert [(p.name, p.epochs) for p in sd.phases(8)] == [("pretrain", 2), ("train", 8)]
+    images = torch.randn(2, 1, 8, 8)
+    draw = lambda seed: sd.eval().predict(images, 1, torch.Generator().manual_seed(seed), step=999).probs  # noqa: E731
+    assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
+    with pytest.raises(ConfigError, match="needs SuperDiffusionSettings"):
+        METHODS["superdiffusion"](CPSSettings(), unets, 1, 2)

@@ -111,9 +111,9 @@ def test_diffusion_inputs_share_the_minus_one_one_range():
     assert torch.allclose(scaled[inside], expected, atol=1e-5)
     builtin = build_data(DataConfig(labeled_percent=10), seed=0)
     assert builtin.labeled.images.min() >= -1 and builtin.labeled.images.max() <= 1
-    for mode in ("zscore", "per_image"):
-        with pytest.raises(ConfigError, match="unbounded"):
-            build_method(tiny_config(f"data.normalize={mode}"), 1, 2, 2)
+    for mode, dims in (("zscore", 2), ("per_image", 3)):
+        with pytest.raises(ConfigError, match="unbounded"):  # refused with the settings, before any data is read
+            tiny_config(f"data.normalize={mode}", f"data.spatial_dims={dims}")
     build_method(tiny_config("method=cps", "data.normalize=zscore"), 1, 2, 2)  # baselines take any range
 
 
@@ -133,9 +133,9 @@ def test_every_chunk_and_window_gets_its_own_reproducible_noise():
     seeds = []
     original = volume_method.predict
 
-    def spy(x, samples=1, seed=None, **kw):
-        seeds.append(seed)
-        return original(x, samples, seed, **kw)
+    def spy(x, samples=1, generator=None, step=None, **kw):
+        seeds.append(generator.initial_seed())
+        return original(x, samples, generator, step, **kw)
 
     volume_method.predict = spy
     predict_tensor(volume_method, torch.randn(1, 1, 16, 16, 16), torch.device("cpu"), 1, 1, (8, 8, 8), 0.5)

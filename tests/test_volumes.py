@@ -1,6 +1,5 @@
 import csv
 from pathlib import Path
-from types import SimpleNamespace
 
 import h5py
 import nibabel as nib
@@ -67,13 +66,12 @@ class Pointwise(nn.Module):
     """A method stand-in whose prediction at a voxel depends on that voxel only."""
 
     num_classes, stochastic_inference, name = 2, False, "pointwise"
-    cfg = SimpleNamespace(train=SimpleNamespace(seed=0))
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv3d(1, 2, 1)
 
-    def predict(self, x, samples=1, seed=None):
+    def predict(self, x, samples=1, generator=None, step=None):
         return Prediction(self.conv(x).softmax(1))
 
 

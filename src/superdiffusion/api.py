@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from .data import build_data, with_dataset_json
 from .data.folder import IMAGE_EXTENSIONS
 from .errors import ConfigError, DataError, RunFolderError
 from .inference import predict_image_file, predict_volume_file
-from .methods import METHODS, Method, build_method
+from .methods import Method, build_method
 from .protocol import evaluate_method, uses_validation
 from .runfolder import RunFolder, write_json, write_rows
 from .training import Trainer, resolve_device
@@ -31,14 +30,13 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
     Returns the results written to ``run_dir/results.json``.
     """
     folder = RunFolder(run_dir if run_dir else default_run_dir(cfg))
-    cfg = with_method_settings(cfg)  # config.yaml records every setting of the method, defaults included
     cfg.data = with_dataset_json(cfg.data)  # an nnU-Net or MSD folder gives its classes and dimensionality
     rank, world = distributed_setup(cfg)
     if rank == 0:
         folder.lock()  # one writer at a time: a second sweep or a requeued job stops here
     try:
         if resume and folder.started:
-            check_resume(folder.path, with_method_settings(folder.read_config()), cfg)
+            check_resume(folder.path, folder.read_config(), cfg)
         data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
         trainer = Trainer(cfg, data, folder.path, rank, world)
         start = time.perf_counter()
@@ -67,16 +65,6 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
 def saved_config(run_dir: str | Path) -> Config:
     """The settings a run folder was trained with (its ``config.yaml``)."""
     return RunFolder(run_dir).read_config()
-
-
-def with_method_settings(cfg: Config) -> Config:
-    """``cfg`` with ``method.params`` holding every setting of its method, defaults included
-    (checked by the method), so a run's record does not depend on later defaults."""
-    if cfg.method.name not in METHODS:
-        raise ConfigError(f"unknown method {cfg.method.name!r}; available: {', '.join(METHODS)}")
-    cfg = from_dict(cfg.to_dict())
-    cfg.method.params = dataclasses.asdict(METHODS[cfg.method.name].parse_params(cfg.method.params))
-    return cfg
 
 
 def check_resume(run_dir: Path, saved: Config, cfg: Config) -> None:
@@ -289,7 +277,9 @@ def suggest(
         )
         ids, labeled = [p.stem for p in files], None
     draws = samples if by == "spread" else 1
-    pred = predict_tensor(method, images, device, cfg.eval.batch_size, draws)
+    pred = predict_tensor(
+        method, images, device, cfg.eval.batch_size, draws, seed=cfg.train.seed, step=cfg.eval.inference_t
+    )
     fg = foreground_probability(pred.probs)
     if by == "entropy":
         maps = binary_entropy(fg)

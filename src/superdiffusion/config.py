@@ -1,192 +1,151 @@
-"""Run configuration: typed sections, YAML files and ``key=value`` overrides.
+"""Run configuration: typed, validated sections, YAML files and ``key=value`` overrides.
 
-Resolution order (later wins): the defaults below, the profile YAML, the dataset YAML,
-the method YAML, a user ``--config`` file, then command-line ``section.key=value``
-overrides. Every run writes the resolved result to ``config.yaml`` in its folder.
+Resolution order (later wins): the defaults below, the profile YAML, the dataset YAML, the
+method's own defaults (its settings class in :mod:`.method_settings`), the profile's settings
+for that method, a user ``--config`` file, then command-line ``section.key=value`` overrides.
+The layers are merged first and validated once, so every setting of a run, of every point of
+a sweep and of a resume is checked before anything runs; an error names the layer that gave
+the value. Every run writes the resolved result to ``config.yaml`` in its folder.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from .errors import ConfigError
+from .method_settings import SETTINGS, AnyMethodSettings, SuperDiffusionSettings
 
 
-@dataclass
-class DataConfig:
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+
+
+class DataConfig(Section):
     name: str = "ph2"
     root: str = "builtin:ph2_128"  # folder with images/ + masks/ (+ split.csv), or builtin:NAME
-    spatial_dims: int = 2
-    size: list[int] = field(default_factory=lambda: [128, 128])  # 2D: resize to (H, W)
-    patch_size: list[int] = field(default_factory=lambda: [96, 96, 80])  # 3D training patches
-    num_classes: int = 2
+    spatial_dims: Literal[2, 3] = 2
+    size: list[PositiveInt] = Field(default_factory=lambda: [128, 128])  # 2D: resize to (H, W)
+    patch_size: list[PositiveInt] = Field(default_factory=lambda: [96, 96, 80])  # 3D training patches
+    num_classes: int = Field(2, ge=2)
     # binary: 0 is background and one other value foreground (2D; more values are refused, as a
     # lossy mask would be; volumes: every non-zero label is foreground); threshold: foreground
     # where value >= mask_threshold (JPEG or resampled masks); index: values are classes
-    mask_mode: str = "binary"
+    mask_mode: Literal["binary", "threshold", "index"] = "binary"
     mask_threshold: float | None = None  # threshold mode; None: half the range (128 for 8-bit masks)
     # minmax: 2D [0, max] -> [-1, 1], volumes min..max -> [-1, 1]; percentile (volumes): clip to the
-    # 0.5-99.5 percentiles, then [-1, 1]; zscore (per_image for volumes): unbounded, refused by
-    # the paper's method, whose diffusion pathways work in [-1, 1]
-    normalize: str = "minmax"
-    labeled_percent: float = 10.0
-    val_fraction: float = 0.1  # carved from train (seeded) when split.csv has no 'val' rows
-    test_fraction: float = 0.2  # used only when the folder has no split.csv
+    # 0.5-99.5 percentiles, then [-1, 1]; zscore (2D: training-set statistics; volumes: per volume,
+    # as per_image): unbounded, refused by the paper's method, whose diffusion pathways work in [-1, 1]
+    normalize: Literal["minmax", "percentile", "zscore", "per_image"] = "minmax"
+    labeled_percent: float = Field(10.0, gt=0, le=100)
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # carved from train (seeded) when split.csv has no 'val' rows
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # used only when the folder has no split.csv
     unlabeled_root: str | None = None  # extra folder of images without masks
     # a file of training image ids to label (one per line, or a CSV with an id column, as
     # `superdiffusion suggest` writes); replaces the seeded labeled_percent draw
     labeled_ids: str | None = None
 
+    @model_validator(mode="after")
+    def _dimensions(self) -> DataConfig:
+        if self.spatial_dims == 2 and len(self.size) != 2:
+            raise ValueError(f"data.size must be [H, W] for 2D data, got {self.size}")
+        if self.spatial_dims == 3 and len(self.patch_size) != 3:
+            raise ValueError(f"data.patch_size must be [H, W, D] for volumes, got {self.patch_size}")
+        if self.spatial_dims == 2 and self.normalize not in ("minmax", "zscore"):
+            raise ValueError(f"data.normalize must be minmax or zscore for 2D images, got {self.normalize!r}")
+        return self
 
-@dataclass
-class ModelConfig:
-    features: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
-    norm: str = "batch"
-    dropout: float = 0.0
+
+class ModelConfig(Section):
+    features: list[PositiveInt] = Field(default_factory=lambda: [16, 32, 64, 128, 256], min_length=2)
+    norm: Literal["batch", "instance", "group"] = "batch"
+    dropout: float = Field(0.0, ge=0, lt=1)
     checkpointing: bool = False  # recompute activations in backward: less memory (3D), ~1/3 more time;
     # with batch norm the running statistics then see each batch twice
     channels_last: bool = True  # 2D only: NHWC memory format, faster convolutions on CPU and GPU
 
 
-@dataclass
-class MethodConfig:
-    name: str = "superdiffusion"
-    lambda_max: float = 5.0
-    ramp: str = "linear"  # linear: lambda_max * epoch / epochs (the paper); sigmoid: exp(-5 (1 - x)^2)
-    # reference: each method's own lambda_max and ramp (its YAML: SSL4MIS's 0.1 and sigmoid ramp
-    # for the baselines); paper: Appendix A's linear ramp to 5 for every method
-    lambda_schedule: str = "reference"
-    # auto: the method's reference (0.5 (CE + Dice); DTC: Dice; the paper's method: CE); ce; ce_dice; dice
-    supervised_loss: str = "auto"
-    params: dict[str, Any] = field(default_factory=dict)  # method-specific, checked by the method
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 200
-    batch_size: int = 8
-    labeled_batch_size: int = 4  # labeled items in each batch while unlabeled ones exist
-    lr: float = 0.01
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    weight_decay: float = 5e-5
-    lr_step: int = 50
-    lr_gamma: float = 0.1
-    seed: int = 0
-    eval_every: int = 1
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # 0: torch's default
+class TrainConfig(Section):
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(8, ge=1)
+    labeled_batch_size: int = Field(4, ge=1)  # labeled items in each batch while unlabeled ones exist
+    lr: float = Field(0.01, ge=0)
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.99], min_length=2, max_length=2)
+    weight_decay: float = Field(5e-5, ge=0)
+    lr_step: int = Field(50, ge=1)
+    lr_gamma: float = Field(0.1, gt=0)
+    seed: int = Field(0, ge=0)
+    eval_every: int = Field(1, ge=1)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    threads: int = Field(0, ge=0)  # 0: torch's default
     amp: bool = False  # bf16 autocast on CUDA only (slower than fp32 on CPUs without AVX-512)
     # The run length in updates is epochs x steps_per_epoch, whatever the dataset size (as
     # nnU-Net's fixed iterations per epoch). 0: one pass over the training images per epoch
     # (the paper's epoch: the length then shrinks with the dataset).
-    steps_per_epoch: int = 50
+    steps_per_epoch: int = Field(50, ge=0)
     # a finished run keeps model.pt (the segmenter, about 8 MB) and drops its training state
     # (checkpoints/: every network plus Adam's moments); true keeps last.pt and best.pt so that
     # the run can be resumed with more epochs
     keep_state: bool = False
 
 
-@dataclass
-class EvalConfig:
-    protocol: str = "honest"  # honest: choose on validation; paper: choose on test (Table 1's way)
-    threshold_start: float = 0.0
-    threshold_stop: float = 0.9
-    threshold_step: float = 0.02
-    samples: int = 1  # noise draws averaged at inference (diffusion methods)
-    inference_t: int = 999  # diffusion step of the pure-noise mask at inference
-    batch_size: int = 16
-    sw_overlap: float = 0.5  # sliding-window overlap for volumes
+class EvalConfig(Section):
+    protocol: Literal["honest", "paper"] = "honest"  # honest: choose on validation; paper: on test (Table 1)
+    threshold_start: float = Field(0.0, ge=0, lt=1)
+    threshold_stop: float = Field(0.9, gt=0, lt=1)
+    threshold_step: float = Field(0.02, gt=0)
+    samples: int = Field(1, ge=1)  # noise draws averaged at inference (diffusion methods)
+    inference_t: int = Field(999, ge=0)  # diffusion step of the pure-noise mask at inference
+    batch_size: int = Field(16, ge=1)
+    sw_overlap: float = Field(0.5, ge=0, lt=1)  # sliding-window overlap for volumes
 
 
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+UNBOUNDED_NORMALIZATION = ("zscore", "per_image")
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: AnyMethodSettings = Field(default_factory=SuperDiffusionSettings)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _across_sections(self) -> Config:
+        if isinstance(self.method, SuperDiffusionSettings):
+            if self.data.normalize in UNBOUNDED_NORMALIZATION:
+                raise ValueError(
+                    f"method superdiffusion: data.normalize={self.data.normalize} gives unbounded intensities, but "
+                    "the diffusion pathways work in [-1, 1]; use data.normalize=minmax (2D) or percentile (volumes)"
+                )
+            if self.eval.inference_t >= self.method.timesteps:
+                raise ValueError(
+                    f"eval.inference_t={self.eval.inference_t} is outside the {self.method.timesteps} diffusion steps"
+                )
+        if self.eval.threshold_start >= self.eval.threshold_stop:
+            raise ValueError("eval.threshold_start must be below eval.threshold_stop")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump(mode="json")
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
-
-
-def _section_types() -> dict[str, type]:
-    return {"data": DataConfig, "model": ModelConfig, "method": MethodConfig, "train": TrainConfig, "eval": EvalConfig}
+SECTIONS = tuple(Config.model_fields)
 
 
 def builtin_config(kind: str, name: str) -> Path:
-    """Path of a YAML shipped with the package (``kind`` is datasets, methods or profiles)."""
+    """Path of a YAML shipped with the package (``kind`` is datasets or profiles)."""
     path = Path(str(resources.files("superdiffusion") / "configs" / kind / f"{name}.yaml"))
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"no {kind[:-1]} config named {name!r}; available: {', '.join(available)}")
     return path
-
-
-def _coerce(value: Any, current: Any, key: str) -> Any:
-    if isinstance(value, str) and not isinstance(current, str):
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{key}: cannot parse {value!r}: {err}") from None
-    if isinstance(current, bool) and not isinstance(value, bool):
-        raise ConfigError(f"{key} expects true/false, got {value!r}")
-    if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if current is not None and isinstance(current, (int, float, str, list)) and not isinstance(value, type(current)):
-        raise ConfigError(f"{key} expects {type(current).__name__}, got {value!r}")
-    return value
-
-
-def _parse_number(value: str, key: str) -> int | float:
-    try:
-        number = yaml.safe_load(value)
-    except yaml.YAMLError:
-        number = None
-    if isinstance(number, str):  # YAML 1.1 reads 1e-1 as text
-        try:
-            number = float(number)
-        except ValueError:
-            number = None
-    if isinstance(number, bool) or not isinstance(number, (int, float)):
-        raise ConfigError(f"{key}: cannot read {value!r} as a number")
-    return number
-
-
-def merge(cfg: Config, updates: dict[str, Any], origin: str) -> Config:
-    """Apply a nested ``{section: {key: value}}`` mapping onto ``cfg`` in place."""
-    types = _section_types()
-    for section, values in (updates or {}).items():
-        if section not in types:
-            raise ConfigError(f"{origin}: unknown section {section!r}; sections: {', '.join(types)}")
-        if not isinstance(values, dict):
-            raise ConfigError(f"{origin}: section {section!r} must be a mapping")
-        target = getattr(cfg, section)
-        names = {f.name for f in dataclasses.fields(target)}
-        for key, value in values.items():
-            if section == "method" and key not in names:
-                if isinstance(value, str) and (value[:1].isdigit() or value[:1] in "-."):
-                    value = _parse_number(value, f"method.{key}")  # its type is checked by the method
-                target.params[key] = value  # method-specific: checked when the method is built
-                continue
-            if key not in names:
-                raise ConfigError(f"{origin}: unknown key {section}.{key}; keys: {', '.join(sorted(names))}")
-            if key == "params":
-                target.params.update(value or {})
-                continue
-            setattr(target, key, _coerce(value, getattr(target, key), f"{section}.{key}"))
-    return cfg
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -203,6 +162,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 DEFAULT_PROFILE = "cpu"
+PRESETS = ("dataset", "method", "profile")
+
+
+def _command_line_value(text: str) -> Any:
+    """A command-line value: lists, mappings, null, numbers and true/false are read as YAML;
+    anything else stays text, which the typed field then reads (``1e-1`` for a float)."""
+    stripped = text.strip()
+    try:
+        value = yaml.safe_load(stripped) if stripped else text
+    except yaml.YAMLError as err:
+        if stripped[:1] in "[{":
+            raise ConfigError(f"cannot parse {text!r}: {err}") from None
+        return text
+    if value is None or isinstance(value, (list, dict, int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, bool) and stripped.lower() in ("true", "false"):
+        return value
+    return text  # e.g. "yes" stays text: YAML 1.1 would read it as true
 
 
 def parse_overrides(items: list[str]) -> tuple[dict[str, str], dict[str, Any]]:
@@ -213,13 +190,13 @@ def parse_overrides(items: list[str]) -> tuple[dict[str, str], dict[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         key, value = item.split("=", 1)
-        if key in ("dataset", "method", "profile"):
+        if key in PRESETS:
             presets[key] = value
             continue
         if "." not in key:
             raise ConfigError(f"override {item!r}: use section.key=value (sections: {', '.join(SECTIONS)})")
         section, sub = key.split(".", 1)
-        nested.setdefault(section, {})[sub] = value
+        nested.setdefault(section, {})[sub] = _command_line_value(value)
     return presets, nested
 
 
@@ -227,47 +204,115 @@ def _preset_file(kind: str, value: str) -> Path:
     return Path(value) if value.endswith((".yaml", ".yml")) else builtin_config(kind, value)
 
 
+Layer = tuple[str, dict[str, Any]]  # (where the values come from, {section: {key: value}})
+
+
+def _normal_layer(origin: str, content: dict[str, Any]) -> Layer:
+    """Check a layer's shape; fold ``method.params`` (older configs) into the method section."""
+    out: dict[str, Any] = {}
+    for section, values in (content or {}).items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{origin}: unknown section {section!r}; sections: {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: section {section!r} must be a mapping")
+        values = dict(values)
+        if section == "method" and isinstance(values.get("params"), dict):
+            values = {**values.pop("params"), **values}
+        out[section] = values
+    for (section, old), (_, new) in LEGACY_KEYS.items():
+        if old in out.get(section, {}):
+            out[section].setdefault(new, out[section].pop(old))
+    return origin, out
+
+
+def build(layers: list[Layer]) -> Config:
+    """Merge ``layers`` (later wins, key by key) and validate the result once; an invalid or
+    unknown setting raises one :class:`ConfigError` line naming the layer that gave it."""
+    merged: dict[str, dict[str, Any]] = {}
+    origins: dict[tuple[str, str], str] = {}
+    for origin, content in layers:
+        for section, values in content.items():
+            if section == "method" and "name" in values and values["name"] != merged.get("method", {}).get("name"):
+                merged["method"] = {}  # another method: the earlier layers' settings were for the previous one
+            merged.setdefault(section, {}).update(values)
+            origins.update({(section, key): origin for key in values})
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, merged, origins)) from None
+
+
+def _explain(err: ValidationError, merged: dict[str, Any], origins: dict[tuple[str, str], str]) -> str:
+    """The first error of ``err`` as one line, e.g. ``command line: unknown setting 'round' of
+    method superdiffusion; its settings: ...``."""
+    e = err.errors()[0]
+    loc = [str(part) for part in e["loc"]]
+    section = loc[0] if loc else ""
+    if section == "method" and len(loc) > 1 and loc[1] in SETTINGS:
+        loc = [section, *loc[2:]]  # drop the union's tag
+    key = loc[1] if len(loc) > 1 else ""
+    origin = origins.get((section, key), "invalid settings")
+    if e["type"] == "union_tag_invalid":
+        name = merged.get("method", {}).get("name")
+        return f"{origins.get(('method', 'name'), origin)}: unknown method {name!r}; available: {', '.join(SETTINGS)}"
+    if e["type"] == "extra_forbidden":
+        if section == "method":
+            name = merged["method"].get("name", "superdiffusion")
+            valid = ", ".join(sorted(SETTINGS[name].model_fields)) if name in SETTINGS else ""
+            return f"{origin}: unknown setting {key!r} of method {name}; its settings: {valid}"
+        fields = Config.model_fields[section].annotation.model_fields if section in SECTIONS else {}
+        return f"{origin}: unknown key {section}.{key}; keys: {', '.join(sorted(fields))}"
+    if e["type"] == "value_error":  # a check across settings: its message names them
+        return f"{origin}: {str(e['msg']).removeprefix('Value error, ')}"
+    where = ".".join(loc)
+    if e["type"] == "literal_error":
+        choices = str(e.get("ctx", {}).get("expected", "")).replace("'", "")
+        return f"{origin}: {where} must be one of {choices}; got {e['input']!r}"
+    return f"{origin}: {where}: {e['msg'].lower()}; got {e['input']!r}"
+
+
 def resolve(
     overrides: list[str] | None = None,
     config_file: str | Path | None = None,
-    base: dict[str, Any] | None = None,
 ) -> Config:
     """Build a :class:`Config` from presets, an optional file and ``key=value`` overrides."""
     presets, nested = parse_overrides(list(overrides or []))
-    cfg = Config()
-    if base:
-        merge(cfg, base, "base config")
-    user = load_yaml(config_file) if config_file else {}
-    presets = {**{k: user.pop(k) for k in ("dataset", "method", "profile") if k in user}, **presets}
+    user = dict(load_yaml(config_file)) if config_file else {}
+    presets = {**{k: user.pop(k) for k in PRESETS if k in user}, **presets}
     profile = presets.get("profile", DEFAULT_PROFILE)
-    profile_yaml = load_yaml(_preset_file("profiles", profile))
+    profile_yaml = dict(load_yaml(_preset_file("profiles", profile)))
     per_method = profile_yaml.pop("methods", {}) or {}  # a profile's settings for one method
-    merge(cfg, profile_yaml, f"profile {profile}")
+    layers = [_normal_layer(f"profile {profile}", profile_yaml)]
     if "dataset" in presets:
-        merge(cfg, load_yaml(_preset_file("datasets", presets["dataset"])), f"dataset {presets['dataset']}")
-    method = presets.get("method", cfg.method.name)
-    method_yaml = load_yaml(_preset_file("methods", method))
-    method_yaml.setdefault("method", {}).setdefault("name", method)
-    merge(cfg, method_yaml, f"method {method}")
-    if cfg.method.name in per_method:
-        merge(cfg, {"method": per_method[cfg.method.name]}, f"profile {profile}")
-    merge(cfg, user, str(config_file))
-    merge(cfg, nested, "command line")
-    _apply_lambda_schedule(cfg, [user.get("method") or {}, nested.get("method") or {}])
-    return cfg
+        dataset = presets["dataset"]
+        layers.append(_normal_layer(f"dataset {dataset}", load_yaml(_preset_file("datasets", dataset))))
+    method = presets.get("method")
+    if method is not None and method.endswith((".yaml", ".yml")):
+        layers.append(_normal_layer(f"method file {method}", load_yaml(method)))
+    elif method is not None:
+        layers.append((f"method={method}", {"method": {"name": method}}))
+    user_layer = _normal_layer(str(config_file), user)
+    command_line = _normal_layer("command line", nested)
+    later = [user_layer, command_line]
+    name = next(
+        (layer["method"]["name"] for _, layer in reversed(layers + later) if "name" in layer.get("method", {})),
+        Config.model_fields["method"].default_factory().name,
+    )
+    if name in per_method:
+        layers.append(_normal_layer(f"profile {profile}", {"method": {"name": name, **per_method[name]}}))
+    explicit = [layer.get("method", {}) for _, layer in later]
+    cfg = build(layers + later)
+    return _apply_lambda_schedule(cfg, explicit)
 
 
 PAPER_LAMBDA = {"lambda_max": 5.0, "ramp": "linear"}  # Appendix A's reading for every method
 
 
-def _apply_lambda_schedule(cfg: Config, user_method_sections: list[dict[str, Any]]) -> None:
+def _apply_lambda_schedule(cfg: Config, user_method_sections: list[dict[str, Any]]) -> Config:
     """``method.lambda_schedule=paper`` gives every semi-supervised method the paper's linear
     ramp to 5; it refuses an explicit ``lambda_max`` or ``ramp`` beside it (which would win?)."""
-    choice = cfg.method.lambda_schedule
-    if choice not in ("reference", "paper"):
-        raise ConfigError(f"method.lambda_schedule must be reference or paper, got {choice!r}")
-    if choice == "reference" or cfg.method.name == "supervised":
-        return
+    if cfg.method.lambda_schedule == "reference" or cfg.method.name == "supervised":
+        return cfg
     explicit = sorted({k for section in user_method_sections for k in section if k in PAPER_LAMBDA})
     if explicit:
         raise ConfigError(
@@ -276,6 +321,7 @@ def _apply_lambda_schedule(cfg: Config, user_method_sections: list[dict[str, Any
         )
     cfg.method.lambda_max = PAPER_LAMBDA["lambda_max"]
     cfg.method.ramp = PAPER_LAMBDA["ramp"]
+    return cfg
 
 
 # settings a resumed run may change: its length (the lr steps at train.lr_step and the lambda
@@ -285,15 +331,8 @@ RESUMABLE_KEYS = ("train.epochs", "train.threads", "train.device", "train.keep_s
 
 
 def flat(cfg: Config) -> dict[str, Any]:
-    """``{"section.key": value}``, method-specific settings as ``method.KEY``."""
-    out = {}
-    for section, values in cfg.to_dict().items():
-        for key, value in values.items():
-            if key == "params":
-                out.update({f"method.{k}": v for k, v in value.items()})
-            else:
-                out[f"{section}.{key}"] = value
-    return out
+    """``{"section.key": value}`` of every setting, the method's own ones included."""
+    return {f"{section}.{key}": value for section, values in cfg.to_dict().items() for key, value in values.items()}
 
 
 def resume_config(saved: Config, overrides: list[str] | None = None, config_file: str | Path | None = None) -> Config:
@@ -303,10 +342,8 @@ def resume_config(saved: Config, overrides: list[str] | None = None, config_file
     presets, nested = parse_overrides(list(overrides or []))
     if presets or config_file:
         return resolve(overrides, config_file)
-    cfg = from_dict(saved.to_dict())
-    merge(cfg, nested, "command line")
-    _apply_lambda_schedule(cfg, [nested.get("method") or {}])
-    return cfg
+    cfg = build([("saved config", saved.to_dict()), _normal_layer("command line", nested)])
+    return _apply_lambda_schedule(cfg, [nested.get("method") or {}])
 
 
 LEGACY_KEYS = {("train", "max_steps_per_epoch"): ("train", "steps_per_epoch")}  # older run folders
@@ -314,9 +351,4 @@ LEGACY_KEYS = {("train", "max_steps_per_epoch"): ("train", "steps_per_epoch")}  
 
 def from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a config saved by :meth:`Config.to_dict` (e.g. from a checkpoint)."""
-    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
-    for (section, old), (_, new) in LEGACY_KEYS.items():
-        if old in values.get(section, {}):
-            steps = values[section].pop(old)
-            values[section].setdefault(new, steps)
-    return merge(Config(), values, "saved config")
+    return build([_normal_layer("saved config", values)])

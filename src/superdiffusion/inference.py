@@ -26,15 +26,16 @@ def predict_tensor(
     samples: int = 1,
     window: tuple[int, ...] | None = None,
     overlap: float = 0.5,
-    seed: int | None = None,
+    seed: int = 0,
+    step: int | None = None,
 ) -> Prediction:
     """Probabilities ``(N, C, *S)`` on the CPU (and the spread over draws when ``samples`` > 1).
 
-    ``window``: sliding-window size for volumes (None: the whole image at once). ``seed``
-    (default: the run's ``train.seed``) derives a distinct, reproducible noise seed for each
-    chunk of images and each batch of sliding windows, so draws are not correlated across them.
+    ``window``: sliding-window size for volumes (None: the whole image at once). ``seed`` (a
+    run passes its ``train.seed``) derives a distinct, reproducible noise generator for each
+    chunk of images and each batch of sliding windows, so draws are not correlated across them;
+    ``step`` is the diffusion step of the pure-noise masks (``eval.inference_t``).
     """
-    base = method.cfg.train.seed if seed is None else seed
     if samples < 1:
         raise ConfigError(f"eval.samples must be >= 1, got {samples}")
     if samples > 1 and not method.stochastic_inference:
@@ -46,15 +47,20 @@ def predict_tensor(
         for index, start in enumerate(range(0, images.shape[0], batch_size)):
             chunk = images[start : start + batch_size].to(device)
             if window is None:
-                pred = method.predict(chunk, samples, seed=derived_seed(base, index))
+                pred = method.predict(chunk, samples, generator(chunk, derived_seed(seed, index)), step)
             else:
-                pred = _sliding(method, chunk, samples, window, overlap, batch_size, derived_seed(base, index))
+                pred = _sliding(method, chunk, samples, window, overlap, batch_size, derived_seed(seed, index), step)
             probs.append(pred.probs.float().cpu())
             if pred.spread is not None:
                 spreads.append(pred.spread.float().cpu())
     finally:
         method.train(was_training)
     return Prediction(torch.cat(probs), torch.cat(spreads) if spreads else None)
+
+
+def generator(like: torch.Tensor, seed: int) -> torch.Generator:
+    """A generator on ``like``'s device, seeded ``seed``."""
+    return torch.Generator(device=like.device).manual_seed(seed)
 
 
 def derived_seed(base: int, *indices: int) -> int:
@@ -73,11 +79,12 @@ def _sliding(
     overlap: float,
     batch_size: int,
     seed: int,
+    step: int | None,
 ) -> Prediction:
     calls = itertools.count()  # one seed per batch of windows
 
     def run(patch: torch.Tensor) -> torch.Tensor:
-        pred = method.predict(patch, samples, seed=derived_seed(seed, next(calls)))
+        pred = method.predict(patch, samples, generator(patch, derived_seed(seed, next(calls))), step)
         if pred.spread is None:
             return pred.probs
         return torch.cat([pred.probs, pred.spread[:, None]], dim=1)
@@ -105,7 +112,7 @@ def predict_image_file(
     image = read_image(path, channels)
     size = image.shape[1:]
     x = normalize(resize_image(image, tuple(cfg.data.size))[None], stats)
-    pred = predict_tensor(method, x, device, samples=samples)
+    pred = predict_tensor(method, x, device, samples=samples, seed=cfg.train.seed, step=cfg.eval.inference_t)
     probs = torch.nn.functional.interpolate(pred.probs, size=size, mode="bilinear", align_corners=False)[0]
     mask = _mask_from(probs, method.num_classes, threshold)
     target = output / f"{path.stem}.png"
@@ -135,7 +142,15 @@ def predict_volume_file(
 
     image, _, geometry = load_volume_pair(VolumePair(volume_stem(path), path, path), cfg.data, labels=False)
     pred = predict_tensor(
-        method, image[None], device, cfg.eval.batch_size, samples, tuple(cfg.data.patch_size), cfg.eval.sw_overlap
+        method,
+        image[None],
+        device,
+        cfg.eval.batch_size,
+        samples,
+        tuple(cfg.data.patch_size),
+        cfg.eval.sw_overlap,
+        cfg.train.seed,
+        cfg.eval.inference_t,
     )
     mask = _mask_from(pred.probs[0], method.num_classes, threshold)
     target = output / f"{volume_stem(path)}.nii.gz"

@@ -34,7 +34,7 @@ from .evaluation import (
     sweep,
     thresholds,
 )
-from .inference import predict_tensor
+from .inference import derived_seed, generator, predict_tensor
 from .methods import Method
 from .uncertainty import binary_entropy, finite, uncertainty_report
 
@@ -153,7 +153,9 @@ def teacher_probability(method: Method, teacher, split: Split, cfg: Config, devi
     chunks = []
     for start in range(0, len(split), cfg.eval.batch_size):
         images = split.images[start : start + cfg.eval.batch_size].to(device)
-        chunks.append(foreground_probability(method.predict(images, 1, net=teacher).probs.float().cpu()))
+        draw = generator(images, derived_seed(cfg.train.seed, start))
+        probs = method.predict(images, 1, draw, cfg.eval.inference_t, net=teacher).probs
+        chunks.append(foreground_probability(probs.float().cpu()))
     return torch.cat(chunks)
 
 
@@ -175,7 +177,15 @@ def split_probabilities(method: Method, split: Split, cfg: Config, device: torch
         window = tuple(cfg.data.patch_size)
         preds = [
             predict_tensor(
-                method, img[None], device, cfg.eval.batch_size, cfg.eval.samples, window, cfg.eval.sw_overlap
+                method,
+                img[None],
+                device,
+                cfg.eval.batch_size,
+                cfg.eval.samples,
+                window,
+                cfg.eval.sw_overlap,
+                cfg.train.seed,
+                cfg.eval.inference_t,
             )
             for img in split.images
         ]
@@ -184,7 +194,15 @@ def split_probabilities(method: Method, split: Split, cfg: Config, device: torch
         if keep is not None and preds[0].spread is not None:
             keep.append(pad_stack([p.spread[0] for p in preds]))
         return probs, masks
-    pred = predict_tensor(method, split.images, device, cfg.eval.batch_size, cfg.eval.samples)
+    pred = predict_tensor(
+        method,
+        split.images,
+        device,
+        cfg.eval.batch_size,
+        cfg.eval.samples,
+        seed=cfg.train.seed,
+        step=cfg.eval.inference_t,
+    )
     if keep is not None and pred.spread is not None:
         keep.append(pred.spread)
     return pred.probs, split.masks

@@ -31,7 +31,6 @@ from .evaluation import (
     thresholds,
 )
 from .methods import Batch, Method, StepContext, build_method
-from .methods.ramps import ramp_weight
 from .protocol import PROTOCOLS, selection_scores
 from .runfolder import RunFolder, log
 
@@ -141,10 +140,6 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         self.method: Method = build_method(cfg, data.channels, data.num_classes, data.spatial_dims).to(self.device)
-        if not 0 <= cfg.eval.inference_t < getattr(getattr(self.method, "schedule", None), "timesteps", 10**9):
-            raise ConfigError(f"eval.inference_t={cfg.eval.inference_t} is outside the diffusion steps")
-        if cfg.eval.protocol not in PROTOCOLS:
-            raise ConfigError(f"eval.protocol must be one of {', '.join(PROTOCOLS)}, got {cfg.eval.protocol!r}")
         self.model = self.method
         if world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(self.method, find_unused_parameters=True)
@@ -230,7 +225,7 @@ class Trainer:
     def continue_longer_phase(self) -> None:
         """After a resume with a larger ``train.epochs``: a finished run goes back into its last
         phase, to train the added epochs. A phase shorter than what it already trained is refused."""
-        phases = self.method.phases()
+        phases = self.method.phases(self.cfg.train.epochs)
         index = min(self.position["phase"], len(phases) - 1)
         phase = phases[index]
         trained = max((h["epoch"] for h in self.history if h["phase"] == phase.name), default=0)
@@ -282,7 +277,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.folder.tensorboard))
-        phases = self.method.phases()
+        phases = self.method.phases(self.cfg.train.epochs)
         self.log(
             f"[superdiffusion] {self.method.name} on {self.cfg.data.name}: {self.data.summary()}; "
             f"device {self.device}; run folder {self.run_dir}"
@@ -335,7 +330,7 @@ class Trainer:
     def run_epoch(self, phase_index: int, phase, epoch: int) -> None:
         cfg = self.cfg
         self.model.train()
-        weight = ramp_weight(cfg.method.ramp, cfg.method.lambda_max, epoch, phase.epochs)
+        weight = self.method.weight(epoch, phase.epochs)
         batches = self.plan.epoch(cfg.train.seed, phase_index, epoch)
         sums: dict[str, float] = {}
         diag: dict[str, list[float]] = {}

@@ -160,9 +160,7 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True) -> Segmentat
     pairs = layout_pairs(layout, root) if layout is not None else scan_folder(root)
     by = _assign_splits(pairs, cfg, seed, validation)
     labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed)
-    size = tuple(cfg.size)
-    if len(size) != 2:
-        raise DataError(f"data.size must be [H, W] for 2D data, got {cfg.size}")
+    size = tuple(cfg.size)  # [H, W]: checked with the settings
     loaded = {
         name: load_pairs(group, size, cfg.num_classes, cfg.mask_mode, mask_threshold=cfg.mask_threshold)
         for name, group in by.items()

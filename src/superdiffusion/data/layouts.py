@@ -15,9 +15,11 @@ test split is carved from them as for any folder without ``split.csv``, or taken
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from ..errors import DataError
 
@@ -164,4 +166,7 @@ def apply_dataset_json(cfg, layout: DatasetJson):
             )
     if cfg.mask_mode not in ("binary", "index"):
         raise DataError(f"{layout.root / 'dataset.json'}: label files hold class indices; drop data.mask_mode")
-    return replace(cfg, **wanted, mask_mode="index")
+    try:
+        return DataConfig.model_validate({**cfg.model_dump(), **wanted, "mask_mode": "index"})
+    except ValidationError as err:
+        raise DataError(f"{layout.root / 'dataset.json'}: {err.errors()[0]['msg']}") from None

@@ -225,8 +225,6 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
     from . import SegmentationData, Split, _assign_splits, resolve_root
     from .splits import choose_labeled
 
-    if len(cfg.patch_size) != 3:
-        raise DataError(f"data.patch_size must be [H, W, D] for volumes, got {cfg.patch_size}")
     root = resolve_root(cfg.root)
     pairs = layout_volumes(layout, root) if layout is not None else scan_volumes(root)
     by = _assign_splits(pairs, cfg, seed, validation)

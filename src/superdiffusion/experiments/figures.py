@@ -28,6 +28,7 @@ def qualitative_figure(
     from ..api import load_run
     from ..data import build_data
     from ..evaluation import foreground_probability, per_case_scores
+    from ..inference import generator
     from ..protocol import uses_validation
     from ..training import resolve_device
 
@@ -47,9 +48,10 @@ def qualitative_figure(
     threshold = float(state["best"].get("threshold", 0.5))
     stochastic = method.stochastic_inference
     with torch.inference_mode():
-        student = method.predict(images.to(device), samples if stochastic else 1)
+        x, step = images.to(device), cfg.eval.inference_t
+        student = method.predict(x, samples if stochastic else 1, generator(x, cfg.train.seed), step)
         net = method.teacher_net()
-        teacher = method.predict(images.to(device), 1, net=net) if net is not None else None
+        teacher = method.predict(x, 1, generator(x, cfg.train.seed), step, net=net) if net is not None else None
     columns = ["sample"] + (["teacher pseudo-label\n(argmax)"] if teacher is not None else [])
     columns += [f"student prediction\n(threshold {threshold:.2f})", "target"]
     columns += ["uncertainty\n(std over draws)"] if student.spread is not None else []

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..config import Config
-from ..errors import ConfigError
+from ..method_settings import SETTINGS
+from ..nn import UNetFactory
 from .base import Batch, Method, Phase, Prediction, StepContext
 from .cct import CrossConsistency
 from .cps import CrossPseudoSupervision
@@ -31,10 +32,13 @@ METHODS: dict[str, type[Method]] = {  # in the order of the paper's tables
 
 
 def build_method(cfg: Config, channels: int, num_classes: int, spatial_dims: int) -> Method:
-    name = cfg.method.name
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
-    return METHODS[name](cfg, channels, num_classes, spatial_dims)
+    """The method of ``cfg``, built from its own settings (``cfg.method``) and UNets shaped by
+    ``cfg.model``: the one place where a method meets the configuration."""
+    m = cfg.model
+    unets = UNetFactory(spatial_dims, tuple(m.features), m.norm, m.dropout, m.checkpointing, m.channels_last)
+    return METHODS[cfg.method.name](cfg.method, unets, channels, num_classes)
 
+
+assert list(METHODS) == list(SETTINGS), "every method has one settings class, in the same order"
 
 __all__ = ["METHODS", "Batch", "Method", "Phase", "Prediction", "StepContext", "build_method"]

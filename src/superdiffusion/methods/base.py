@@ -3,19 +3,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config
 from ..errors import ConfigError
-from ..nn import UNet
+from ..method_settings import MethodSettings
+from ..nn import UNetFactory
 from .losses import dice_loss
+from .ramps import ramp_weight
 
 
 @dataclass
@@ -61,18 +61,17 @@ class Prediction:
     spread: torch.Tensor | None = None
 
 
-SUPERVISED_LOSSES = ("auto", "ce", "ce_dice", "dice")
-
-
 class Method(nn.Module):
     """A method owns its networks and turns a batch into named, already weighted losses.
 
-    Subclasses set ``name``, ``description`` and optionally a ``Params`` dataclass of
-    method-specific settings (read from ``method.params``/``method.KEY=value``).
+    It is built from its own settings (``Settings``, a class of :mod:`..method_settings`: the
+    ``method`` section of the configuration, its reference's lambda and ramp as defaults) and
+    a :class:`~superdiffusion.nn.UNetFactory`; it reads nothing else of the configuration.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    Settings: ClassVar[type[MethodSettings]] = MethodSettings
     stochastic_inference: ClassVar[bool] = False
     # the loss terms the method multiplies by the ramped lambda (the loop also logs them raw)
     weighted_terms: ClassVar[tuple[str, ...]] = ("consistency",)
@@ -80,22 +79,22 @@ class Method(nn.Module):
     # the labeled loss when method.supervised_loss=auto: the reference implementation's
     default_supervised_loss: ClassVar[str] = "ce_dice"
 
-    @dataclass
-    class Params:
-        pass
-
-    def __init__(self, cfg: Config, channels: int, num_classes: int, spatial_dims: int):
+    def __init__(self, settings: MethodSettings, unets: UNetFactory, channels: int, num_classes: int):
         super().__init__()
-        self.cfg = cfg
+        if not isinstance(settings, self.Settings):
+            raise ConfigError(f"method {self.name} needs {self.Settings.__name__}, got {type(settings).__name__}")
+        self.params = settings
+        self.unets = unets
         self.channels = channels
         self.num_classes = num_classes
-        self.spatial_dims = spatial_dims
-        self.params = self.parse_params(cfg.method.params)
+        self.spatial_dims = unets.spatial_dims
         self.diagnostics: dict[str, float] = {}  # per-step numbers the loop averages and logs (not losses)
-        kind = cfg.method.supervised_loss
-        if kind not in SUPERVISED_LOSSES:
-            raise ConfigError(f"method.supervised_loss must be one of {', '.join(SUPERVISED_LOSSES)}, got {kind!r}")
+        kind = settings.supervised_loss
         self.supervised_loss_kind = self.default_supervised_loss if kind == "auto" else kind
+
+    def weight(self, epoch: int, epochs: int) -> float:
+        """lambda for ``epoch`` (0-based) of ``epochs``: the method's ramp to its ``lambda_max``."""
+        return ramp_weight(self.params.ramp, self.params.lambda_max, epoch, epochs)
 
     def labeled_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The supervised term on the batch's labeled items (0 when there are none):
@@ -108,37 +107,10 @@ class Method(nn.Module):
         ce = F.cross_entropy(logits, labels)
         return ce if self.supervised_loss_kind == "ce" else 0.5 * (ce + dice_loss(logits, labels))
 
-    @classmethod
-    def parse_params(cls, values: dict[str, Any]) -> Any:
-        fields = {f.name: f for f in dataclasses.fields(cls.Params)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            valid = ", ".join(sorted(fields)) or "none"
-            raise ConfigError(f"method {cls.name}: unknown setting {unknown[0]!r}; its settings: {valid}")
-        params = cls.Params()
-        for key, value in values.items():
-            current = getattr(params, key)
-            if isinstance(current, bool) and not isinstance(value, bool):
-                raise ConfigError(f"method.{key} expects true/false, got {value!r}")
-            if isinstance(current, (int, float)) and not isinstance(current, bool):
-                if not isinstance(value, (int, float)) or isinstance(value, bool):
-                    raise ConfigError(f"method.{key} expects a number, got {value!r}")
-                if isinstance(current, int) and not float(value).is_integer():
-                    raise ConfigError(f"method.{key} expects a whole number, got {value!r}")
-                value = type(current)(value)
-            setattr(params, key, value)
-        return params
-
-    def make_unet(self, in_channels: int, out_channels: int, **options: Any) -> UNet:
-        m = self.cfg.model
-        options.setdefault("dropout", m.dropout)
-        options.setdefault("checkpointing", m.checkpointing)
-        options.setdefault("channels_last", m.channels_last)
-        return UNet(in_channels, out_channels, self.spatial_dims, tuple(m.features), m.norm, **options)
-
     # --- what the training loop calls -------------------------------------------------
-    def phases(self) -> list[Phase]:
-        return [Phase("train", self.cfg.train.epochs, evaluate=True)]
+    def phases(self, epochs: int) -> list[Phase]:
+        """The phases of a run of ``epochs`` training epochs."""
+        return [Phase("train", epochs, evaluate=True)]
 
     def parameters_for(self, phase: str) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)
@@ -163,7 +135,15 @@ class Method(nn.Module):
         return None
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, samples: int = 1, seed: int | None = None) -> Prediction:
-        """Class probabilities for normalised ``images`` (eval mode is the caller's job);
-        ``seed`` fixes the noise of stochastic methods."""
-        return Prediction(self.segmenter()(images).softmax(1))
+    def predict(
+        self,
+        images: torch.Tensor,
+        samples: int = 1,
+        generator: torch.Generator | None = None,
+        step: int | None = None,
+        net: nn.Module | None = None,
+    ) -> Prediction:
+        """Class probabilities for normalised ``images`` (eval mode is the caller's job).
+        Stochastic methods draw their noise from ``generator`` at diffusion ``step``; ``net``
+        replaces the segmenter (e.g. the teacher)."""
+        return Prediction((net if net is not None else self.segmenter())(images).softmax(1))

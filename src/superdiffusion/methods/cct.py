@@ -12,8 +12,7 @@ one encoder, the main decoder and three auxiliary decoders fed perturbed encoder
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from ..method_settings import CCTSettings
 from .base import Batch, Method, StepContext
 
 
@@ -21,14 +20,11 @@ class CrossConsistency(Method):
     name = "cct"
     description = "cross-consistency training: auxiliary decoders on perturbed features (noise, dropout)"
 
-    @dataclass
-    class Params:
-        aux_decoders: int = 3  # feature noise, dropout, feature dropout (cycled)
-        detach_main: bool = True
+    Settings = CCTSettings
 
-    def __init__(self, cfg, channels, num_classes, spatial_dims):
-        super().__init__(cfg, channels, num_classes, spatial_dims)
-        self.net = self.make_unet(channels, num_classes, aux_decoders=self.params.aux_decoders)
+    def __init__(self, settings, unets, channels, num_classes):
+        super().__init__(settings, unets, channels, num_classes)
+        self.net = self.unets(channels, num_classes, aux_decoders=self.params.aux_decoders)
 
     def losses(self, batch: Batch, ctx: StepContext):
         out = self.net.forward_all(batch.images)

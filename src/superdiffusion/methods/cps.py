@@ -7,19 +7,21 @@ argmax), weighted by the sigmoid ramp to 0.1."""
 
 from __future__ import annotations
 
+from ..method_settings import CPSSettings
 from .base import Batch, Method, StepContext
 from .losses import cps_loss
 
 
 class CrossPseudoSupervision(Method):
     name = "cps"
+    Settings = CPSSettings
     weighted_terms = ("cps",)
     description = "cross pseudo supervision between two independently initialised UNets"
 
-    def __init__(self, cfg, channels, num_classes, spatial_dims):
-        super().__init__(cfg, channels, num_classes, spatial_dims)
-        self.net_a = self.make_unet(channels, num_classes)
-        self.net_b = self.make_unet(channels, num_classes)
+    def __init__(self, settings, unets, channels, num_classes):
+        super().__init__(settings, unets, channels, num_classes)
+        self.net_a = self.unets(channels, num_classes)
+        self.net_b = self.unets(channels, num_classes)
 
     def losses(self, batch: Batch, ctx: StepContext):
         a, b = self.net_a(batch.images), self.net_b(batch.images)

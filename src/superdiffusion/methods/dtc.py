@@ -14,13 +14,12 @@ an empty one and divides by zero for a full one).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ..method_settings import DTCSettings
 from .base import Batch, Method, StepContext
 
 
@@ -55,14 +54,11 @@ class DualTaskConsistency(Method):
     description = "dual-task consistency: segmentation + signed-distance heads kept consistent"
     default_supervised_loss = "dice"
 
-    @dataclass
-    class Params:
-        sdf_weight: float = 0.3
-        sharpness: float = 1500.0  # k of sigmoid(-k * sdf)
+    Settings = DTCSettings
 
-    def __init__(self, cfg, channels, num_classes, spatial_dims):
-        super().__init__(cfg, channels, num_classes, spatial_dims)
-        self.net = self.make_unet(channels, num_classes, sdf_head=True)
+    def __init__(self, settings, unets, channels, num_classes):
+        super().__init__(settings, unets, channels, num_classes)
+        self.net = self.unets(channels, num_classes, sdf_head=True)
 
     def losses(self, batch: Batch, ctx: StepContext):
         out = self.net.forward_all(batch.images)

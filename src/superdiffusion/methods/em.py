@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..method_settings import EMSettings
 from .base import Batch, Method, StepContext
 
 
@@ -20,12 +21,13 @@ def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 class EntropyMinimization(Method):
     name = "em"
+    Settings = EMSettings
     weighted_terms = ("entropy",)
     description = "entropy minimisation on every prediction of the batch"
 
-    def __init__(self, cfg, channels, num_classes, spatial_dims):
-        super().__init__(cfg, channels, num_classes, spatial_dims)
-        self.net = self.make_unet(channels, num_classes)
+    def __init__(self, settings, unets, channels, num_classes):
+        super().__init__(settings, unets, channels, num_classes)
+        self.net = self.unets(channels, num_classes)
 
     def losses(self, batch: Batch, ctx: StepContext):
         logits = self.net(batch.images)

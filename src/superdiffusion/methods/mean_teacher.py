@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..method_settings import MTSettings, UAMTSettings
 from .base import Batch, Method, StepContext
 from .ramps import sigmoid_ramp
 
@@ -44,15 +44,12 @@ class MeanTeacher(Method):
     in_table1 = False  # MT appears in the paper's text, not in Table 1
     description = "mean teacher: EMA teacher, consistency between student and noisy-input teacher"
 
-    @dataclass
-    class Params:
-        ema_decay: float = 0.99
-        input_noise: float = 0.1  # teacher input noise: clamp(N(0, s^2), -2s, 2s)
+    Settings = MTSettings
 
-    def __init__(self, cfg, channels, num_classes, spatial_dims):
-        super().__init__(cfg, channels, num_classes, spatial_dims)
-        rates = level_dropout(len(cfg.model.features))
-        self.student = self.make_unet(channels, num_classes, level_dropout=rates)
+    def __init__(self, settings, unets, channels, num_classes):
+        super().__init__(settings, unets, channels, num_classes)
+        rates = level_dropout(unets.levels)
+        self.student = self.unets(channels, num_classes, level_dropout=rates)
         self.teacher = copy.deepcopy(self.student)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -96,11 +93,7 @@ class UncertaintyAwareMeanTeacher(MeanTeacher):
     in_table1 = True
     description = "uncertainty-aware mean teacher: MC-dropout uncertainty masks the consistency"
 
-    @dataclass
-    class Params:
-        ema_decay: float = 0.99
-        input_noise: float = 0.1
-        mc_passes: int = 8  # noisy teacher passes that give the uncertainty (not the target)
+    Settings = UAMTSettings
 
     def uncertainty_mask(self, unlabeled: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """1 where the predictive entropy of ``mc_passes`` noisy teacher passes is under the

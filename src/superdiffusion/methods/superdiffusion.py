@@ -4,14 +4,13 @@ of diffusion (Sec. 3, Eq. 1-16)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..diffusion import NoiseSchedule
 from ..errors import ConfigError
+from ..method_settings import SuperDiffusionSettings
 from .base import Batch, Method, Phase, Prediction, StepContext
 from .losses import cps_loss, dice_loss  # cps_loss: Eq. 9
 
@@ -21,9 +20,6 @@ def mask_to_input(probs: torch.Tensor) -> torch.Tensor:
     return probs * 2 - 1
 
 
-UNBOUNDED_NORMALIZATION = ("zscore", "per_image")
-
-
 class SuperDiffusion(Method):
     name = "superdiffusion"
     weighted_terms = ("semi", "align", "recon")
@@ -31,53 +27,16 @@ class SuperDiffusion(Method):
     stochastic_inference = True
     default_supervised_loss = "ce"  # Eq. 10
 
-    @dataclass
-    class Params:
-        rounds: int = 5  # R of Sec. 3.3; 0 gives plain diffusion co-training
-        pretrain_epochs: int = -1  # teacher pretraining (Eq. 5-7); -1: a quarter of train.epochs; 0: off
-        recon_space: str = "noise"  # noise: MSE on predicted noise; image: MSE on x0 clipped to x0_clip
-        pretrain_image_input: str = "noisy"  # noisy: q(i, t', v) (Sec. 3.3); noise: pure noise (Eq. 6)
-        x0_clip: float = 1.0
-        # --- options beyond the paper (its reading is the default) ---
-        mask_noise: str = "paper"  # paper: the mask pathway's mask input is q(0, t, v); zero: a zero tensor
-        pseudo_loss: str = "ce"  # ce (Eq. 9, 13); ce_dice: 0.5 (CE + Dice) for the CPS and align terms
-        pseudo_confidence: float = 0.0  # > 0: pseudo-labelled pixels below this confidence are ignored
-        timesteps: int = 1000
-        beta_start: float = 1e-4
-        beta_end: float = 0.02
+    Settings = SuperDiffusionSettings  # its checks (and the [-1, 1] intensities it needs) are the config's
 
-    def __init__(self, cfg, channels, num_classes, spatial_dims):
-        super().__init__(cfg, channels, num_classes, spatial_dims)
+    def __init__(self, settings, unets, channels, num_classes):
+        super().__init__(settings, unets, channels, num_classes)
         p = self.params
-        if p.rounds < 0:
-            raise ConfigError(f"method.rounds must be >= 0, got {p.rounds}")
-        if p.recon_space not in ("noise", "image"):
-            raise ConfigError(f"method.recon_space must be noise or image, got {p.recon_space!r}")
-        if p.pretrain_image_input not in ("noisy", "noise"):
-            raise ConfigError(f"method.pretrain_image_input must be noisy or noise, got {p.pretrain_image_input!r}")
-        if p.pretrain_image_input == "noise" and p.recon_space == "noise":
-            # the noise that would turn pure noise into the image is (x_t - sqrt(A_t) i) / sqrt(1 - A_t):
-            # about 100 times the noise at small t, an ill-conditioned target
-            raise ConfigError(
-                "method.pretrain_image_input=noise needs method.recon_space=image (a noise-space target "
-                "divides by sqrt(1 - A_t), ~0.01 at small t)"
-            )
-        if p.mask_noise not in ("paper", "zero"):
-            raise ConfigError(f"method.mask_noise must be paper or zero, got {p.mask_noise!r}")
-        if p.pseudo_loss not in ("ce", "ce_dice"):
-            raise ConfigError(f"method.pseudo_loss must be ce or ce_dice, got {p.pseudo_loss!r}")
-        if not 0 <= p.pseudo_confidence < 1:
-            raise ConfigError(f"method.pseudo_confidence must be in [0, 1), got {p.pseudo_confidence}")
-        if cfg.data.normalize in UNBOUNDED_NORMALIZATION:
-            raise ConfigError(
-                f"method superdiffusion: data.normalize={cfg.data.normalize} gives unbounded intensities, but the "
-                "diffusion pathways work in [-1, 1]; use data.normalize=minmax (2D) or percentile (volumes)"
-            )
         self.schedule = NoiseSchedule(p.timesteps, p.beta_start, p.beta_end)
         c, k = channels, num_classes
-        self.teacher_mask = self.make_unet(k + c, k, time_embedding=True)  # f_m: (noisy mask, image) -> mask
-        self.teacher_image = self.make_unet(c + k, c, time_embedding=True)  # f_i: (noisy image, mask) -> noise
-        self.student_mask = self.make_unet(k + c, k, time_embedding=True)
+        self.teacher_mask = self.unets(k + c, k, time_embedding=True)  # f_m: (noisy mask, image) -> mask
+        self.teacher_image = self.unets(c + k, c, time_embedding=True)  # f_i: (noisy image, mask) -> noise
+        self.student_mask = self.unets(k + c, k, time_embedding=True)
 
     # --- the two pathways ------------------------------------------------------------------
     def mask_pathway(
@@ -134,11 +93,11 @@ class SuperDiffusion(Method):
         return self.schedule.sample_timesteps(batch_size, device)
 
     # --- what the loop calls -----------------------------------------------------------------
-    def phases(self) -> list[Phase]:
+    def phases(self, epochs: int) -> list[Phase]:
         pre = self.params.pretrain_epochs
-        pre = max(1, self.cfg.train.epochs // 4) if pre < 0 else pre
+        pre = max(1, epochs // 4) if pre < 0 else pre
         phases = [Phase("pretrain", pre, evaluate=False)] if pre > 0 else []
-        return phases + [Phase("train", self.cfg.train.epochs, evaluate=True)]
+        return phases + [Phase("train", epochs, evaluate=True)]
 
     def parameters_for(self, phase: str):
         if phase == "pretrain":
@@ -198,15 +157,24 @@ class SuperDiffusion(Method):
 
     @torch.no_grad()
     def predict(
-        self, images: torch.Tensor, samples: int = 1, seed: int | None = None, net: nn.Module | None = None
+        self,
+        images: torch.Tensor,
+        samples: int = 1,
+        generator: torch.Generator | None = None,
+        step: int | None = None,
+        net: nn.Module | None = None,
     ) -> Prediction:
-        """The student's mask pathway from pure-noise masks at ``eval.inference_t``; with
-        ``samples`` > 1 the draws are averaged and their spread is the uncertainty. ``seed``
-        fixes the noise (the caller gives each chunk or window its own); None: the run's seed."""
-        net = net or self.student_mask
-        t = torch.full((images.shape[0],), self.cfg.eval.inference_t, device=images.device, dtype=torch.long)
-        seed = self.cfg.train.seed if seed is None else seed
-        generator = torch.Generator(device=images.device).manual_seed(seed)
+        """The student's mask pathway from pure-noise masks at diffusion ``step`` (default: the
+        last, ``eval.inference_t``'s default); with ``samples`` > 1 the draws are averaged and
+        their spread is the uncertainty. The noise comes from ``generator`` (the caller gives
+        each chunk or window its own; None: a generator seeded 0)."""
+        net = self.student_mask if net is None else net
+        step = self.schedule.timesteps - 1 if step is None else step
+        if not 0 <= step < self.schedule.timesteps:
+            raise ConfigError(f"diffusion step {step} is outside the {self.schedule.timesteps} steps")
+        t = torch.full((images.shape[0],), step, device=images.device, dtype=torch.long)
+        if generator is None:
+            generator = torch.Generator(device=images.device).manual_seed(0)
         draws = torch.stack([self.mask_pathway(net, images, t, generator).softmax(1) for _ in range(samples)])
         spread = draws[:, :, 1:].sum(2).std(0, unbiased=False) if samples > 1 else None
         return Prediction(draws.mean(0), spread)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..method_settings import SupervisedSettings
 from .base import Batch, Method, StepContext
 
 
@@ -10,12 +11,13 @@ class Supervised(Method):
     ``0.5 (CE + Dice)`` (``method.supervised_loss=ce`` for cross entropy alone)."""
 
     name = "supervised"
+    Settings = SupervisedSettings
     weighted_terms = ()
     description = "UNet trained on the labeled images only (100 % labels: the fully supervised row)"
 
-    def __init__(self, cfg, channels, num_classes, spatial_dims):
-        super().__init__(cfg, channels, num_classes, spatial_dims)
-        self.net = self.make_unet(channels, num_classes)
+    def __init__(self, settings, unets, channels, num_classes):
+        super().__init__(settings, unets, channels, num_classes)
+        self.net = self.unets(channels, num_classes)
 
     def losses(self, batch: Batch, ctx: StepContext):
         lab = batch.labeled

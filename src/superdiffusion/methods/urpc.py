@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from ..method_settings import URPCSettings
 from .base import Batch, Method, StepContext
 
 
@@ -34,11 +35,12 @@ def pyramid_consistency(logits: list[torch.Tensor]) -> torch.Tensor:
 
 class URPC(Method):
     name = "urpc"
+    Settings = URPCSettings
     description = "uncertainty rectified pyramid consistency over multi-scale decoder heads"
 
-    def __init__(self, cfg, channels, num_classes, spatial_dims):
-        super().__init__(cfg, channels, num_classes, spatial_dims)
-        self.net = self.make_unet(channels, num_classes, deep_supervision=True)
+    def __init__(self, settings, unets, channels, num_classes):
+        super().__init__(settings, unets, channels, num_classes)
+        self.net = self.unets(channels, num_classes, deep_supervision=True)
 
     def losses(self, batch: Batch, ctx: StepContext):
         heads = self.net.forward_all(batch.images).deep

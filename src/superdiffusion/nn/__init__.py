@@ -1,3 +1,3 @@
-from .unet import UNet, UNetOutput
+from .unet import UNet, UNetFactory, UNetOutput
 
-__all__ = ["UNet", "UNetOutput"]
+__all__ = ["UNet", "UNetFactory", "UNetOutput"]

@@ -238,3 +238,27 @@ class UNet(nn.Module):
         if self.sdf is not None:
             out.sdf = self._crop(torch.tanh(self.sdf(scales[-1])), sizes)
         return out
+
+
+@dataclass(frozen=True)
+class UNetFactory:
+    """Builds the UNets of a method from the ``model`` section: every network of a run shares
+    its dimensionality, widths, normalisation and memory options; a method adds only what is
+    its own (inputs, outputs, heads, a time embedding)."""
+
+    spatial_dims: int = 2
+    features: tuple[int, ...] = (16, 32, 64, 128, 256)
+    norm: str = "batch"
+    dropout: float = 0.0
+    checkpointing: bool = False
+    channels_last: bool = True
+
+    @property
+    def levels(self) -> int:
+        return len(self.features)
+
+    def __call__(self, in_channels: int, out_channels: int, **options) -> UNet:
+        options.setdefault("dropout", self.dropout)
+        options.setdefault("checkpointing", self.checkpointing)
+        options.setdefault("channels_last", self.channels_last)
+        return UNet(in_channels, out_channels, self.spatial_dims, self.features, self.norm, **options)
