@@ -26,6 +26,7 @@ from .evaluation import (
     best_threshold,
     binary_scores,
     foreground_probability,
+    health_flags,
     multiclass_scores,
     per_case_scores,
     per_class_scores,
@@ -206,3 +207,13 @@ def split_probabilities(method: Method, split: Split, cfg: Config, device: torch
     if keep is not None and pred.spread is not None:
         keep.append(pred.spread)
     return pred.probs, split.masks
+
+
+def run_health(history: list[dict[str, Any]], best: dict[str, Any], eval_cfg, num_classes: int) -> dict[str, Any]:
+    """Collapse flags of a finished run (see :func:`evaluation.health_flags`): ``{"ok", "flags"}``."""
+    split_name, metric = PROTOCOLS[eval_cfg.protocol]
+    flags = []
+    if num_classes == 2 and best:
+        grid = thresholds(eval_cfg.threshold_start, eval_cfg.threshold_stop, eval_cfg.threshold_step)
+        flags = health_flags(history, best, grid, f"{split_name}_{metric}")
+    return {"ok": not flags, "flags": flags}

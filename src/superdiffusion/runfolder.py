@@ -259,6 +259,27 @@ class RunFolder:
         probe.unlock()
         return False
 
+    def prepare(self, cfg: Config, resume: bool, force: bool) -> dict[str, Any] | None:
+        """Ready the folder for a training of ``cfg``: the last checkpoint's state when resuming
+        one (None otherwise). A folder that holds a run is never overwritten without ``force``."""
+        if resume and self.has_checkpoint():
+            state = self.load_checkpoint()
+            self.write_config(cfg)  # e.g. a longer run
+            return state
+        if resume and self.started and self.finished:
+            raise RunFolderError(
+                f"{self.path}: this finished run kept no training state (train.keep_state=false), so it "
+                "cannot train further: train into a new --out (with train.keep_state=true to extend it later)"
+            )
+        if not resume and self.started:
+            if not force:
+                raise RunFolderError(
+                    f"{self.path} already holds a run; pass --resume to continue it or --force to replace it"
+                )
+            self.clear()
+        self.write_config(cfg)
+        return None
+
     def log_to_file(self) -> logging.Handler:
         """Append the package's log to ``train.log`` (the caller removes the handler)."""
         handler = logging.FileHandler(self.log_path)

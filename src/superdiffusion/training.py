@@ -9,7 +9,6 @@ as the uninterrupted run would have.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -20,19 +19,14 @@ import torch
 from tqdm import tqdm
 
 from .config import Config
-from .data import SegmentationData, Split
+from .data import SegmentationData
 from .data.augment import flip_rotate
 from .errors import ConfigError, RunFolderError, TrainingDiverged
-from .evaluation import (
-    FLAG_ADVICE,
-    best_threshold,
-    health_flags,
-    pseudo_label_drift,
-    thresholds,
-)
-from .methods import Batch, Method, StepContext, build_method
-from .protocol import PROTOCOLS, selection_scores
-from .runfolder import RunFolder, log
+from .evaluation import best_threshold
+from .methods import Batch, Method, Phase, StepContext, build_method
+from .monitor import Monitor
+from .protocol import PROTOCOLS, run_health, selection_scores
+from .runfolder import RunFolder
 
 
 def step_seed(seed: int, phase: int, epoch: int, step: int) -> int:
@@ -128,12 +122,30 @@ def make_batch(
     return Batch(images, labels, labeled)
 
 
+def resumed_position(phases: list[Phase], position: dict[str, int], history: list[dict], where) -> dict[str, int]:
+    """Where a resumed run goes on. After a resume with a larger ``train.epochs`` a finished run
+    goes back into its last phase, to train the added epochs; a phase shorter than what it
+    already trained is refused (the lr steps at ``train.lr_step`` and the lambda ramp follow
+    the new length, as if it had been planned from the start)."""
+    index = min(position["phase"], len(phases) - 1)
+    phase = phases[index]
+    trained = max((h["epoch"] for h in history if h["phase"] == phase.name), default=0)
+    if trained > phase.epochs:
+        raise RunFolderError(
+            f"{where}: already trained {trained} {phase.name} epochs; a run cannot be shortened "
+            f"to {phase.epochs} (train into a new --out instead)"
+        )
+    if position["phase"] >= len(phases) and trained < phase.epochs:
+        return dict(position, phase=index, epoch=trained)
+    return dict(position)
+
+
 class Trainer:
-    """Runs (or resumes) one training of ``cfg`` on ``data`` into ``run_dir``."""
+    """Runs (or resumes) one training of ``cfg`` on ``data`` into ``run_dir``: phases of epochs
+    of steps; after each evaluated epoch the selection split picks the best checkpoint."""
 
     def __init__(self, cfg: Config, data: SegmentationData, run_dir: Path, rank: int = 0, world: int = 1):
         self.cfg, self.data, self.folder = cfg, data, RunFolder(run_dir)
-        self.run_dir = self.folder.path
         self.rank, self.world = rank, world
         self.device = resolve_device(cfg.train.device)
         if cfg.train.threads > 0:
@@ -143,53 +155,19 @@ class Trainer:
         self.model = self.method
         if world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(self.method, find_unused_parameters=True)
+        t = cfg.train
         self.plan = BatchPlan(
-            len(data.labeled),
-            len(data.unlabeled),
-            cfg.train.batch_size,
-            cfg.train.labeled_batch_size,
-            cfg.train.steps_per_epoch,
-            rank,
-            world,
+            len(data.labeled), len(data.unlabeled), t.batch_size, t.labeled_batch_size, t.steps_per_epoch, rank, world
         )
-        self.writer = None
+        self.phases = self.method.phases(t.epochs)
+        self.monitor = Monitor(self.folder, enabled=rank == 0)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {}
         self.position = {"phase": 0, "epoch": 0, "step": 0}
         self.elapsed = 0.0
-        self._drawn = time.perf_counter()
+        self.saved_optimizer: tuple[dict, dict] | None = None
 
-    # --- run folder ------------------------------------------------------------------------
-    def prepare_folder(self, resume: bool, force: bool) -> None:
-        if self.world > 1 and self.rank != 0:
-            torch.distributed.barrier()  # rank 0 has checked and prepared the folder
-            if resume and self.folder.has_checkpoint():
-                self.restore(self.folder.load_checkpoint())
-            return
-        self._prepare_folder(resume, force)
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def _prepare_folder(self, resume: bool, force: bool) -> None:
-        folder = self.folder
-        if resume:
-            if folder.has_checkpoint():
-                self.restore(folder.load_checkpoint())
-                folder.write_config(self.cfg)  # e.g. a longer run
-                return
-            if folder.started and folder.finished:
-                raise RunFolderError(
-                    f"{self.run_dir}: this finished run kept no training state (train.keep_state=false), so it "
-                    "cannot train further: train into a new --out (with train.keep_state=true to extend it later)"
-                )
-        elif folder.started:
-            if not force:
-                raise RunFolderError(
-                    f"{self.run_dir} already holds a run; pass --resume to continue it or --force to replace it"
-                )
-            folder.clear()
-        folder.write_config(self.cfg)
-
+    # --- state -------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {
             "method": self.method.name,
@@ -212,122 +190,71 @@ class Trainer:
 
     def restore(self, state: dict[str, Any]) -> None:
         if state["method"] != self.method.name:
-            raise RunFolderError(f"{self.run_dir}: checkpoint is of method {state['method']}, not {self.method.name}")
-        self.method.load_state_dict(state["model"])
-        self.position = dict(state["position"])
-        self.best = dict(state["best"])
-        self.history = list(state["history"])
-        self.elapsed = float(state.get("elapsed", 0.0))
-        self.continue_longer_phase()
-        if state["optimizer_phase"] == self.position["phase"]:  # else the saved one belongs to a finished phase
-            self._resume_optim = (state["optimizer"], state["scheduler"])
-
-    def continue_longer_phase(self) -> None:
-        """After a resume with a larger ``train.epochs``: a finished run goes back into its last
-        phase, to train the added epochs. A phase shorter than what it already trained is refused."""
-        phases = self.method.phases(self.cfg.train.epochs)
-        index = min(self.position["phase"], len(phases) - 1)
-        phase = phases[index]
-        trained = max((h["epoch"] for h in self.history if h["phase"] == phase.name), default=0)
-        if trained > phase.epochs:
             raise RunFolderError(
-                f"{self.run_dir}: already trained {trained} {phase.name} epochs; a run cannot be shortened "
-                f"to {phase.epochs} (train into a new --out instead)"
+                f"{self.folder.path}: checkpoint is of method {state['method']}, not {self.method.name}"
             )
-        if self.position["phase"] >= len(phases) and trained < phase.epochs:
-            self.position.update(phase=index, epoch=trained)
-            self.folder.results_path.unlink(missing_ok=True)  # the run is unfinished again until it ends
+        self.method.load_state_dict(state["model"])
+        self.position, self.best = dict(state["position"]), dict(state["best"])
+        self.history, self.elapsed = list(state["history"]), float(state.get("elapsed", 0.0))
+        position = resumed_position(self.phases, self.position, self.history, self.folder.path)
+        if position != self.position:  # a finished run given more epochs: unfinished again until it ends
+            self.position = position
+            self.folder.results_path.unlink(missing_ok=True)
+        if state["optimizer_phase"] == self.position["phase"]:  # else the saved one belongs to a finished phase
+            self.saved_optimizer = (state["optimizer"], state["scheduler"])
 
     def save(self, which: str = "last") -> None:
         if self.rank == 0:
             self.folder.save_checkpoint(self.state(), which)
             if which == "last":
-                self.folder.write_history(self.history)
-                if time.perf_counter() - self._drawn > 60:  # progress.png: at most once a minute, and at the end
-                    self.folder.write_progress(self.history)
-                    self._drawn = time.perf_counter()
+                self.monitor.saved(self.history)
 
-    # --- the loop --------------------------------------------------------------------------
-    def _optimizer(self, phase: str) -> None:
-        t = self.cfg.train
-        self.optimizer = torch.optim.Adam(
-            self.method.parameters_for(phase), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
-        )
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
-
-    def log(self, message: str, level: int = logging.INFO) -> None:
-        if self.rank == 0:
-            log.log(level, message)
-
+    # --- the loop ------------------------------------------------------------------------------
     def fit(self, resume: bool = False, force: bool = False) -> dict[str, Any]:
-        self._resume_optim = None
-        self.prepare_folder(resume, force)
-        handler = self.folder.log_to_file() if self.rank == 0 else None
+        state = self.folder.prepare(self.cfg, resume, force) if self.rank == 0 else None
+        if self.world > 1:
+            torch.distributed.barrier()  # rank 0 has checked and prepared the folder
+            if self.rank != 0 and resume and self.folder.has_checkpoint():
+                state = self.folder.load_checkpoint()
+        if state is not None:
+            self.restore(state)
+        self.monitor.open()
         try:
-            return self._fit()
+            self.monitor.info(
+                f"[superdiffusion] {self.method.name} on {self.cfg.data.name}: {self.data.summary()}; "
+                f"device {self.device}; run folder {self.folder.path}"
+            )
+            for index, phase in enumerate(self.phases):
+                if index >= self.position["phase"]:
+                    self.run_phase(index, phase)
+            self.health = run_health(self.history, self.best, self.cfg.eval, self.data.num_classes)
+            self.monitor.health(self.health["flags"])
         finally:
-            if handler is not None:
-                log.removeHandler(handler)
-                handler.close()
-            if self.rank == 0 and self.history:
-                self.folder.write_progress(self.history)
-
-    def _fit(self) -> dict[str, Any]:
-        if self.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.folder.tensorboard))
-        phases = self.method.phases(self.cfg.train.epochs)
-        self.log(
-            f"[superdiffusion] {self.method.name} on {self.cfg.data.name}: {self.data.summary()}; "
-            f"device {self.device}; run folder {self.run_dir}"
-        )
-        for index, phase in enumerate(phases):
-            if index < self.position["phase"]:
-                continue
-            self._optimizer(phase.name)
-            self.optimizer_phase = index
-            if self._resume_optim is not None:
-                self.optimizer.load_state_dict(self._resume_optim[0])
-                self.scheduler.load_state_dict(self._resume_optim[1])
-                self._resume_optim = None
-            for epoch in range(self.position["epoch"], phase.epochs):
-                self.run_epoch(index, phase, epoch)
-                self.position.update(epoch=epoch + 1)
-                due = (epoch + 1) % self.cfg.train.eval_every == 0 or epoch + 1 == phase.epochs
-                if phase.evaluate and due and self.rank == 0:
-                    self.select(epoch)
-                self.save()
-            self.position.update(phase=index + 1, epoch=0)
-            self.save()
-        if self.writer is not None:
-            self.writer.close()
-        self.health = self.check_health()
+            self.monitor.close(self.history)
         return self.best
 
-    def check_health(self) -> dict[str, Any]:
-        """Collapse flags of the finished run (see :func:`evaluation.health_flags`), logged loudly."""
-        split_name, metric = PROTOCOLS[self.cfg.eval.protocol]
-        e = self.cfg.eval
-        flags = (
-            health_flags(
-                self.history,
-                self.best,
-                thresholds(e.threshold_start, e.threshold_stop, e.threshold_step),
-                f"{split_name}_{metric}",
-            )
-            if self.data.num_classes == 2 and self.best
-            else []
+    def run_phase(self, index: int, phase: Phase) -> None:
+        t = self.cfg.train
+        self.optimizer = torch.optim.Adam(
+            self.method.parameters_for(phase.name), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
         )
-        for flag in flags:
-            self.log(
-                f"[superdiffusion] WARNING: possible collapse ({flag}): {FLAG_ADVICE[flag]}; see README, "
-                "'When a run collapses'",
-                logging.WARNING,
-            )
-        return {"ok": not flags, "flags": flags}
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
+        self.optimizer_phase = index
+        if self.saved_optimizer is not None:
+            self.optimizer.load_state_dict(self.saved_optimizer[0])
+            self.scheduler.load_state_dict(self.saved_optimizer[1])
+            self.saved_optimizer = None
+        for epoch in range(self.position["epoch"], phase.epochs):
+            self.run_epoch(index, phase, epoch)
+            self.position.update(epoch=epoch + 1)
+            due = (epoch + 1) % t.eval_every == 0 or epoch + 1 == phase.epochs
+            if phase.evaluate and due and self.rank == 0:
+                self.select(epoch)
+            self.save()
+        self.position.update(phase=index + 1, epoch=0)
+        self.save()
 
-    def run_epoch(self, phase_index: int, phase, epoch: int) -> None:
+    def run_epoch(self, phase_index: int, phase: Phase, epoch: int) -> None:
         cfg = self.cfg
         self.model.train()
         weight = self.method.weight(epoch, phase.epochs)
@@ -335,21 +262,15 @@ class Trainer:
         sums: dict[str, float] = {}
         diag: dict[str, list[float]] = {}
         start = time.perf_counter()
-        bar = tqdm(
-            batches,
-            desc=f"{phase.name} {epoch + 1}/{phase.epochs}",
-            leave=False,
-            disable=None if self.rank == 0 else True,
-        )
+        bar = tqdm(batches, desc=f"{phase.name} {epoch + 1}/{phase.epochs}", leave=False, disable=self.rank or None)
         for i, (lab, unl) in enumerate(bar):
             seed = step_seed(cfg.train.seed, phase_index, epoch, i)
             torch.manual_seed(seed)
             batch = make_batch(self.data, lab, unl, torch.Generator().manual_seed(seed), cfg.data.patch_size)
-            batch = self.plan.shard(batch)
-            batch = Batch(batch.images.to(self.device), batch.labels.to(self.device), batch.labeled.to(self.device))
+            batch = self.plan.shard(batch).to(self.device)
             ctx = StepContext(phase.name, epoch, phase.epochs, self.position["step"], weight)
             with torch.autocast("cuda", torch.bfloat16, enabled=cfg.train.amp and self.device.type == "cuda"):
-                losses = self.model(batch, ctx) if self.world > 1 else self.method.losses(batch, ctx)
+                losses = self.model(batch, ctx)
             total = sum(losses.values())
             if not torch.isfinite(total):
                 terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
@@ -373,59 +294,25 @@ class Trainer:
         seconds = time.perf_counter() - start
         self.elapsed += seconds
         means = {k: v / len(batches) for k, v in sums.items()}
-        raw = {f"raw_{k}": means[k] / weight for k in self.method.weighted_terms if k in means and weight > 0}
         record = {"phase": phase.name, "epoch": epoch + 1, "weight": weight, "lr": lr, "seconds": seconds, **means}
-        record.update(raw)  # the unsupervised terms before lambda: a rising weighted term may hide a falling raw one
+        # the unsupervised terms before lambda: a rising weighted term may hide a falling raw one
+        record.update({f"raw_{k}": means[k] / weight for k in self.method.weighted_terms if k in means and weight > 0})
         record.update({k: sum(v) / len(v) for k, v in diag.items()})
         self.history.append(record)
-        if self.writer is not None:
-            for k, v in means.items():  # raw (before lambda) where the method weights the term
-                self.writer.add_scalar(f"{phase.name}/loss_{k}", raw.get(f"raw_{k}", v), self.position["step"])
-                if f"raw_{k}" in raw:
-                    self.writer.add_scalar(f"{phase.name}/weighted_{k}", v, self.position["step"])
-            self.writer.add_scalar(f"{phase.name}/lambda", weight, self.position["step"])
-            self.writer.add_scalar(f"{phase.name}/lr", lr, self.position["step"])
-            for k in diag:
-                self.writer.add_scalar(f"{phase.name}/{k}", record[k], self.position["step"])
-        terms = " ".join(f"{k}={v:.4f}" for k, v in means.items())
-        if "pseudo_fg" in record:
-            terms += f"  pseudo-label foreground {100 * record['pseudo_fg']:.1f}%"
-        self.log(f"{phase.name} epoch {epoch + 1}/{phase.epochs}  {terms}  ({seconds:.1f}s)")
+        self.monitor.epoch(record, list(means), list(diag), phase.epochs, self.position["step"])
 
     def select(self, epoch: int) -> None:
         """Score the selection split, keep the best checkpoint and its threshold."""
         split_name, metric = PROTOCOLS[self.cfg.eval.protocol]
-        split: Split = getattr(self.data, split_name)
-        score = selection_scores(self.method, split, self.cfg, self.device)
+        score = selection_scores(self.method, getattr(self.data, split_name), self.cfg, self.device)
         best = best_threshold(score, metric) if self.data.num_classes == 2 else score[0]
-        if self.writer is not None:
-            for k in ("dice_per_image", "jaccard_per_image", "dice_pooled", "jaccard_pooled"):
-                if k in best:
-                    self.writer.add_scalar(f"{split_name}/{k}", best[k], self.position["step"])
-        self.history[-1][f"{split_name}_{metric}"] = best[metric]
-        for k in ("threshold", "predicted_fraction", "true_fraction"):
-            if k in best:
-                self.history[-1][k] = best[k]
+        record = self.history[-1]
+        record[f"{split_name}_{metric}"] = best[metric]
+        record.update({k: best[k] for k in ("threshold", "predicted_fraction", "true_fraction") if k in best})
         improved = not self.best or best[metric] > self.best["score"]
         if improved:
-            self.best = {
-                "score": best[metric],
-                "metric": metric,
-                "split": split_name,
-                "epoch": epoch + 1,
-                "threshold": best.get("threshold", 0.5),
-                **{k: best[k] for k in ("predicted_fraction", "true_fraction") if k in best},
-            }
+            fractions = {k: best[k] for k in ("predicted_fraction", "true_fraction") if k in best}
+            self.best = {"score": best[metric], "metric": metric, "split": split_name, "epoch": epoch + 1}
+            self.best.update(threshold=best.get("threshold", 0.5), **fractions)
             self.save("best")
-        self.log(
-            f"  {split_name} {metric}={best[metric]:.4f} (threshold {best.get('threshold', 0.5):.2f})"
-            f"{'  * best' if improved else ''}"
-        )
-        pseudo, true = self.history[-1].get("pseudo_fg"), best.get("true_fraction")
-        if pseudo is not None and pseudo_label_drift(pseudo, true) == "pseudo_labels_background":
-            self.log(
-                f"  WARNING: the pseudo-labels are {100 * pseudo:.1f}% foreground against {100 * true:.1f}% in the "
-                f"{split_name} masks: the unsupervised terms are teaching the networks to miss the structure "
-                "(README, 'When a run collapses')",
-                logging.WARNING,
-            )
+        self.monitor.selection(split_name, metric, best, improved, record, self.position["step"])

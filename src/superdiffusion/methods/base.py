@@ -35,6 +35,9 @@ class Batch:
     def has_unlabeled(self) -> bool:
         return bool((~self.labeled).any())
 
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.images.to(device), self.labels.to(device), self.labeled.to(device))
+
 
 @dataclass
 class StepContext:

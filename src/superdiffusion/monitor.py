@@ -1,0 +1,92 @@
+"""What a run shows while it trains: one console (and ``train.log``) line per epoch,
+TensorBoard scalars (raw losses, lambda, learning rate, validation scores), ``history.csv``
+and ``progress.png``, and the collapse warnings. Only rank 0 of a distributed run writes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from .evaluation import FLAG_ADVICE, pseudo_label_drift
+from .runfolder import RunFolder, log
+
+SELECTION_SCALARS = ("dice_per_image", "jaccard_per_image", "dice_pooled", "jaccard_pooled")
+
+
+class Monitor:
+    def __init__(self, folder: RunFolder, enabled: bool = True):
+        self.folder, self.enabled = folder, enabled
+        self.writer = self.handler = None
+        self._drawn = time.perf_counter()
+
+    def open(self) -> None:
+        if self.enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.handler = self.folder.log_to_file()
+            self.writer = SummaryWriter(str(self.folder.tensorboard))
+
+    def close(self, history: list[dict[str, Any]]) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.handler is not None:
+            log.removeHandler(self.handler)
+            self.handler.close()
+        if self.enabled and history:
+            self.folder.write_progress(history)
+        self.writer = self.handler = None
+
+    def info(self, message: str, level: int = logging.INFO) -> None:
+        if self.enabled:
+            log.log(level, message)
+
+    def saved(self, history: list[dict[str, Any]]) -> None:
+        """After each epoch's checkpoint: history.csv, and progress.png at most once a minute."""
+        if self.enabled:
+            self.folder.write_history(history)
+            if time.perf_counter() - self._drawn > 60:
+                self.folder.write_progress(history)
+                self._drawn = time.perf_counter()
+
+    def epoch(self, record: dict[str, Any], losses: list[str], diagnostics: list[str], epochs: int, step: int) -> None:
+        """One epoch's record: each loss raw (before lambda) where the method weights it, the
+        weighted one beside it, lambda, the learning rate and the method's diagnostics."""
+        phase = record["phase"]
+        if self.writer is not None:
+            for k in losses:
+                self.writer.add_scalar(f"{phase}/loss_{k}", record.get(f"raw_{k}", record[k]), step)
+                if f"raw_{k}" in record:
+                    self.writer.add_scalar(f"{phase}/weighted_{k}", record[k], step)
+            self.writer.add_scalar(f"{phase}/lambda", record["weight"], step)
+            self.writer.add_scalar(f"{phase}/lr", record["lr"], step)
+            for k in diagnostics:
+                self.writer.add_scalar(f"{phase}/{k}", record[k], step)
+        terms = " ".join(f"{k}={record[k]:.4f}" for k in losses)
+        if "pseudo_fg" in record:
+            terms += f"  pseudo-label foreground {100 * record['pseudo_fg']:.1f}%"
+        self.info(f"{phase} epoch {record['epoch']}/{epochs}  {terms}  ({record['seconds']:.1f}s)")
+
+    def selection(self, split: str, metric: str, score: dict[str, Any], improved: bool, record, step: int) -> None:
+        if self.writer is not None:
+            for k in SELECTION_SCALARS:
+                if k in score:
+                    self.writer.add_scalar(f"{split}/{k}", score[k], step)
+        threshold = score.get("threshold", 0.5)
+        self.info(f"  {split} {metric}={score[metric]:.4f} (threshold {threshold:.2f}){'  * best' if improved else ''}")
+        pseudo, true = record.get("pseudo_fg"), score.get("true_fraction")
+        if pseudo is not None and pseudo_label_drift(pseudo, true) == "pseudo_labels_background":
+            self.info(
+                f"  WARNING: the pseudo-labels are {100 * pseudo:.1f}% foreground against {100 * true:.1f}% in the "
+                f"{split} masks: the unsupervised terms are teaching the networks to miss the structure "
+                "(README, 'When a run collapses')",
+                logging.WARNING,
+            )
+
+    def health(self, flags: list[str]) -> None:
+        for flag in flags:
+            self.info(
+                f"[superdiffusion] WARNING: possible collapse ({flag}): {FLAG_ADVICE[flag]}; see README, "
+                "'When a run collapses'",
+                logging.WARNING,
+            )
