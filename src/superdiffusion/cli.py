@@ -95,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=8, help="noise draws for --by spread")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
 
+    p = sub.add_parser("export", help="write a 2D run's model as one file: TorchScript or ONNX, preprocessing inside")
+    p.add_argument("run", help="run folder")
+    p.add_argument(
+        "out", help="model file to write (e.g. model.pt or model.onnx); its metadata goes beside it as OUT.json"
+    )
+    p.add_argument("--format", default=None, choices=["torchscript", "onnx"], help="default: from OUT's suffix")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+
     sub.add_parser("methods", help="list the available methods")
 
     p = sub.add_parser(
@@ -211,6 +219,14 @@ def _run(args: argparse.Namespace) -> int:
             args.run, args.inputs, args.output, args.samples, args.force, args.device, args.save_probabilities
         )
         print(f"wrote {len(written)} files to {Path(args.output)}")
+        return 0
+    if args.command == "export":
+        from .export import export
+
+        fmt = args.format or ("onnx" if args.out.endswith(".onnx") else "torchscript")
+        path = export(args.run, args.out, fmt, args.force)
+        size = path.stat().st_size / 2**20
+        print(f"wrote {path} ({fmt}, {size:.1f} MB) and {path.with_name(path.name + '.json')}")
         return 0
     if args.command == "suggest":
         ranking, following = api.suggest(

@@ -186,7 +186,8 @@ class Trainer:
     def data_info(self) -> dict[str, Any]:
         """What a saved model needs to know of its data: channels, classes, normalisation."""
         d = self.data
-        return {"channels": d.channels, "num_classes": d.num_classes, "spatial_dims": d.spatial_dims, "stats": d.stats}
+        info = {"channels": d.channels, "num_classes": d.num_classes, "spatial_dims": d.spatial_dims, "stats": d.stats}
+        return info | {"class_names": d.class_names} if d.class_names else info
 
     def restore(self, state: dict[str, Any]) -> None:
         if state["method"] != self.method.name:

@@ -1,0 +1,179 @@
+"""A trained 2D run as one self-contained model file: TorchScript, or ONNX (through
+``torch.export``), with its preprocessing, threshold and class names inside.
+
+The exported model takes a float image batch ``(B, C, H, W)`` with intensities in [0, 1]
+(8-bit images divided by 255, as ``predict`` reads them) at any size, and returns
+``(mask, probabilities)``: ``(B, H, W)`` uint8 class indices (1 = foreground for binary
+tasks) and ``(B, K, H, W)`` class probabilities, both at the input's size. Inside: resize to
+the run's ``data.size`` (bilinear, antialiased), the run's normalisation, the segmenter, and
+back to the input size, exactly as ``superdiffusion predict`` does. A diffusion method's
+pure-noise mask input is fixed at export time: the draw ``predict`` uses for a single image
+(seed ``train.seed``, step ``eval.inference_t``), so the exported model is deterministic.
+The ONNX graph takes any batch size but only the model size: resize before calling it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError, RunFolderError
+from .inference import derived_seed
+from .methods import Method
+
+
+class _Network(nn.Module):
+    """Normalised images at the model size -> class probabilities (traced)."""
+
+    def __init__(self, net: nn.Module, noisy_mask: torch.Tensor | None, step: int):
+        super().__init__()
+        self.net = net
+        self.diffusion = noisy_mask is not None
+        self.register_buffer("noisy_mask", noisy_mask if noisy_mask is not None else torch.zeros(0))
+        self.register_buffer("step", torch.tensor([step], dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.diffusion:
+            b = x.shape[0]
+            inputs = torch.cat([self.noisy_mask.expand(b, -1, -1, -1), x], dim=1)
+            return self.net(inputs, self.step.expand(b)).softmax(1)
+        return self.net(x).softmax(1)
+
+
+class SegmentationModel(nn.Module):
+    """Raw images in [0, 1] -> (mask, probabilities) at the input's size (scripted)."""
+
+    def __init__(self, network: nn.Module, size: list[int], mean: list[float], std: list[float], threshold: float,
+                 class_names: list[str]):  # fmt: skip
+        super().__init__()
+        self.network = network
+        self.size = size
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.threshold = threshold
+        self.class_names = class_names
+        self.binary = len(class_names) == 2
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = image.shape[-2], image.shape[-1]
+        x = image
+        if h != self.size[0] or w != self.size[1]:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        probs = self.network((x - self.mean) / self.std)
+        probs = F.interpolate(probs, size=[h, w], mode="bilinear", align_corners=False)
+        if self.binary:
+            mask = (probs[:, 1:].sum(1) > self.threshold).to(torch.uint8)
+        else:
+            mask = probs.argmax(1).to(torch.uint8)
+        return mask, probs
+
+
+def build(method: Method, cfg, state: dict[str, Any], trace: bool = True) -> SegmentationModel:
+    """The exportable model of a loaded run (``api.load_run``), on the CPU, in eval mode; its
+    network traced for TorchScript (``trace``), or left eager for ``torch.export`` (ONNX)."""
+    if method.spatial_dims != 2:
+        raise ConfigError("export writes 2D models; a volume run predicts by sliding windows (superdiffusion predict)")
+    method = method.cpu().eval()
+    data = state["data"]
+    size = [int(v) for v in cfg.data.size]
+    noisy_mask = None
+    if method.stochastic_inference:  # the draw predict uses for one image
+        step = cfg.eval.inference_t
+        t = torch.full((1,), step, dtype=torch.long)
+        generator = torch.Generator().manual_seed(derived_seed(cfg.train.seed, 0))
+        shape = (1, method.num_classes, *size)
+        if method.params.mask_noise == "zero":
+            noisy_mask = torch.zeros(shape)
+        else:
+            noisy_mask = method.schedule.pure_noise(shape, t, generator)
+    network = _Network(method.segmenter(), noisy_mask, cfg.eval.inference_t if noisy_mask is not None else 0).eval()
+    network.requires_grad_(False)  # a model to run, not to train: its outputs need no graph
+    if trace:
+        example = torch.zeros(2, data["channels"], *size)
+        with torch.no_grad(), warnings.catch_warnings():
+            # the network always sees the model size, so the UNet's size-dependent padding is a constant
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            network = torch.jit.trace(network, example, check_trace=False)
+    k = data["num_classes"]
+    names = data.get("class_names") or (
+        ["background", "foreground"] if k == 2 else ["background"] + [f"class {i}" for i in range(1, k)]
+    )
+    threshold = float(state["best"].get("threshold", 0.5))
+    return SegmentationModel(network, size, data["stats"]["mean"], data["stats"]["std"], threshold, list(names)).eval()
+
+
+def metadata(cfg, state: dict[str, Any], model: SegmentationModel, fmt: str) -> dict[str, Any]:
+    size = "any H, W" if fmt == "torchscript" else f"H, W = {model.size[0]}, {model.size[1]} (resize first)"
+    return {
+        "method": state["method"],
+        "format": fmt,
+        "input": f"float (B, C, H, W) in [0, 1] (8-bit / 255), {size}",
+        "outputs": ["mask (B, H, W) uint8 class indices", "probabilities (B, K, H, W) float"],
+        "channels": state["data"]["channels"],
+        "size": model.size,
+        "normalisation": {"mean": state["data"]["stats"]["mean"], "std": state["data"]["stats"]["std"]},
+        "threshold": model.threshold,
+        "class_names": model.class_names,
+        "dataset": cfg.data.name,
+        "labeled_percent": cfg.data.labeled_percent,
+        "seed": cfg.train.seed,
+    }
+
+
+def export(run_dir: str | Path, out: str | Path, fmt: str = "torchscript", force: bool = False) -> Path:
+    """Write ``run_dir``'s model to ``out`` (``.pt`` TorchScript, or ``.onnx``), with a
+    ``.json`` of its metadata beside it. Returns the model's path."""
+    from .api import load_run
+
+    if fmt not in ("torchscript", "onnx"):
+        raise ConfigError(f"--format must be torchscript or onnx, got {fmt!r}")
+    out = Path(out)
+    info = out.with_name(out.name + ".json")
+    for path in (out, info):
+        if path.exists() and not force:
+            raise RunFolderError(f"{path} already exists; pass --force to replace it")
+    cfg, method, state = load_run(run_dir)
+    model = build(method, cfg, state, trace=fmt == "torchscript")
+    meta = metadata(cfg, state, model, fmt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "torchscript":
+        scripted = torch.jit.script(model)
+        torch.jit.save(scripted, str(out), _extra_files={"superdiffusion.json": json.dumps(meta)})
+    else:
+        _onnx(model, state["data"]["channels"], meta, out)
+    info.write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def _onnx(model: SegmentationModel, channels: int, meta: dict[str, Any], out: Path) -> None:
+    try:
+        import onnx
+    except ImportError:
+        raise ConfigError(
+            "ONNX export needs the onnx and onnxscript packages: pip install 'superdiffusion[onnx]'"
+        ) from None
+    example = torch.rand(2, channels, *model.size)  # not 1: an example batch of 1 would fix the size
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    try:
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["mask", "probabilities"],
+            dynamic_shapes={"image": {0: batch}},
+        )
+    except Exception as err:  # the exporter's own message says which operator it could not convert
+        raise ConfigError(
+            f"ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0]}); use --format torchscript"
+        ) from None
+    program.save(str(out))
+    proto = onnx.load(str(out))
+    onnx.helper.set_model_props(proto, {"superdiffusion": json.dumps(meta)})
+    onnx.save(proto, str(out))
