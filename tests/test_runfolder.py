@@ -140,3 +140,7 @@ def test_history_and_tensorboard_keep_the_unsupervised_terms_before_lambda(tmp_p
     logged = [e.value for e in events.Scalars("train/loss_cps")]
     assert logged == pytest.approx([float(r["raw_cps"]) for r in rows], rel=1e-5)
     assert "train/weighted_cps" in events.Tags()["scalars"] and "train/lambda" in events.Tags()["scalars"]
+    # validation examples every five evaluated epochs (epoch 1 here): image | prediction | target
+    (tag,) = [t for t in events.Tags()["images"] if t.startswith("val/examples")]
+    shown = events.Images(tag)
+    assert len(shown) == 1 and (shown[0].width, shown[0].height) == (3 * 32, 4 * 32)

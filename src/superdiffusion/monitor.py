@@ -83,6 +83,28 @@ class Monitor:
                 logging.WARNING,
             )
 
+    def wants_images(self, epoch: int, spatial_dims: int, every: int = 5) -> bool:
+        """Example images every ``every`` evaluated epochs (2D runs with TensorBoard)."""
+        return self.writer is not None and spatial_dims == 2 and epoch % every == 0
+
+    def examples(self, split: str, images, probs, masks, threshold: float, step: int) -> None:
+        """Rows of image | prediction | target (``split/examples`` in TensorBoard's Images tab)."""
+        import torch
+
+        shown = images[:, :3] if images.shape[1] >= 3 else images[:, :1].expand(-1, 3, -1, -1)
+        low = shown.amin(dim=(1, 2, 3), keepdim=True)
+        high = shown.amax(dim=(1, 2, 3), keepdim=True)
+        shown = (shown - low) / (high - low).clamp_min(1e-6)
+        if probs.shape[1] == 2:
+            predicted = (probs[:, 1] > threshold).float()
+        else:
+            predicted = probs.argmax(1).float() / max(1, probs.shape[1] - 1)
+        target = masks.float() / max(1, int(masks.max()))
+        as_rgb = lambda m: m[:, None].expand(-1, 3, -1, -1)  # noqa: E731
+        rows = torch.cat([shown, as_rgb(predicted), as_rgb(target)], dim=3)  # side by side
+        grid = torch.cat(list(rows), dim=1)  # one row per image, top to bottom
+        self.writer.add_image(f"{split}/examples (image | prediction | target)", grid.clamp(0, 1), step)
+
     def health(self, flags: list[str]) -> None:
         for flag in flags:
             self.info(

@@ -23,6 +23,7 @@ from .data import SegmentationData
 from .data.augment import flip_rotate
 from .errors import ConfigError, RunFolderError, TrainingDiverged
 from .evaluation import best_threshold
+from .inference import predict_tensor
 from .methods import Batch, Method, Phase, StepContext, build_method
 from .monitor import Monitor
 from .protocol import PROTOCOLS, run_health, selection_scores
@@ -317,3 +318,14 @@ class Trainer:
             self.best.update(threshold=best.get("threshold", 0.5), **fractions)
             self.save("best")
         self.monitor.selection(split_name, metric, best, improved, record, self.position["step"])
+        if self.monitor.wants_images(epoch, self.data.spatial_dims):
+            self.show_examples(getattr(self.data, split_name), split_name, best.get("threshold", 0.5))
+
+    def show_examples(self, split, split_name: str, threshold: float, count: int = 4) -> None:
+        """A few selection images with their prediction and target, for TensorBoard."""
+        images = split.images[:count]
+        e = self.cfg.eval
+        pred = predict_tensor(
+            self.method, images, self.device, e.batch_size, 1, seed=self.cfg.train.seed, step=e.inference_t
+        )
+        self.monitor.examples(split_name, images, pred.probs, split.masks[:count], threshold, self.position["step"])
