@@ -1,0 +1,75 @@
+"""Which uncertainty source says where a model is wrong? For finished runs of the paper's
+method, re-score the test split with K noise draws and compare, on the same predictions:
+
+- the predictive entropy of the averaged foreground probability;
+- the spread of the foreground probability over the K draws;
+- the teacher-student disagreement (the paper's two mask pathways).
+
+Each is scored by the AUROC of separating wrong pixels from right ones, Spearman's
+correlation between an image's mean uncertainty and its Dice, and the mean value; the
+calibration (ECE, 15 bins) of the foreground probability goes beside them. The spread is
+also reported against K, to show whether the draws differ at all.
+
+    python benchmarks/uncertainty_sources.py RUN [RUN ...] --out benchmarks/results/uncertainty-sources.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from superdiffusion import api
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--draws", default="2,8", help="K values; the last one gives the source comparison")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/uncertainty-sources.json"))
+    args = parser.parse_args()
+    draws = [int(k) for k in args.draws.split(",")]
+    rows = []
+    for run in args.runs:
+        row = {"run": str(run), "by_draws": {}}
+        for k in draws:
+            target = run / f"evaluation-honest-k{k}.json"
+            result = json.loads(target.read_text()) if target.exists() else api.evaluate(run, samples=k, device="cpu")
+            u = result["uncertainty"]
+            row["by_draws"][k] = {
+                "test_dice": result["test"]["resized"]["dice_per_image"],
+                "ece": u["ece"],
+                "sources": u["sources"],
+            }
+            print(run, k, json.dumps(u["sources"]), flush=True)
+        row["method"], row["seed"] = result["method"], result["seed"]
+        rows.append(row)
+    last = str(draws[-1])
+    sources = sorted({s for r in rows for s in r["by_draws"][draws[-1]]["sources"]})
+    summary = {}
+    for source in sources:
+        found = [
+            r["by_draws"][draws[-1]]["sources"][source] for r in rows if source in r["by_draws"][draws[-1]]["sources"]
+        ]
+        summary[source] = {
+            metric: sum(f[metric] for f in found) / len(found) for metric in ("error_auroc", "dice_spearman", "mean")
+        } | {"runs": len(found)}
+    result = {
+        "command": "python benchmarks/uncertainty_sources.py "
+        + " ".join(map(str, args.runs))
+        + f" --draws {args.draws}",
+        "machine": f"{platform.machine()}, torch {torch.__version__}",
+        "draws_compared": int(last),
+        "runs": rows,
+        "mean_over_runs": summary,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
