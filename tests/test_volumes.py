@@ -61,6 +61,24 @@ def test_volumes_train_predict_and_surface_metrics(tmp_path):
     assert out.shape == (32, 32, 24) and np.allclose(out.affine, np.diag([1.5, 1.0, 2.0, 1.0]))
     assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1} and len(written) == 2
 
+    # the same volume as NRRD in LPS space (x and y axes pointing the other way, an origin):
+    # the predicted NIfTI (RAS) must overlay it in world coordinates, voxel for voxel
+    import nrrd
+
+    image = np.asarray(nib.load(str(root / "images" / "v0.nii.gz")).dataobj)
+    origin = np.array([-40.0, 25.0, 7.0])  # LPS, millimetres
+    header = {"space": "left-posterior-superior", "space directions": np.diag([-1.5, -1.0, 2.0]), "space origin": origin}
+    nrrd.write(str(tmp_path / "v0.nrrd"), image, header)
+    from_nrrd = api.predict(tmp_path / "run", tmp_path / "v0.nrrd", tmp_path / "pred_nrrd", samples=2)[0]
+    out_nrrd = nib.load(str(from_nrrd))
+    assert out_nrrd.shape == image.shape
+    assert np.array_equal(np.asarray(out_nrrd.dataobj), np.asarray(out.dataobj))  # same voxels, same prediction
+    marked = np.array([14, 12, 10])  # inside the bright box, predicted foreground
+    assert np.asarray(out_nrrd.dataobj)[tuple(marked)] == 1
+    lps = origin + np.diag([-1.5, -1.0, 2.0]) @ marked  # where the NRRD header puts the voxel
+    ras = lps * np.array([-1, -1, 1])  # the same point in NIfTI's RAS convention
+    assert np.allclose(out_nrrd.affine @ [*marked, 1], [*ras, 1])
+
 
 class Pointwise(nn.Module):
     """A method stand-in whose prediction at a voxel depends on that voxel only."""

@@ -1,5 +1,6 @@
-"""3D volumes: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``) and HDF5 (``image`` and
-``label`` datasets, the usual LA layout ``CASE/mri_norm2.h5``).
+"""3D volumes: NIfTI (``.nii``, ``.nii.gz``) and NRRD (``.nrrd``) through MONAI's readers, with
+their affine in RAS; HDF5 (``image`` and ``label`` datasets, the usual LA layout
+``CASE/mri_norm2.h5``) through h5py.
 
 Folder layouts:
 - ``images/`` + ``labels/`` (or ``masks/``) with the same file names (+ optional ``split.csv``);
@@ -48,24 +49,9 @@ class Volume:
 def read_volume(path: Path, dataset: str = "image") -> Volume:
     """Read one volume; ``dataset`` names the HDF5 dataset (``image`` or ``label``)."""
     try:
-        if path.name.endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-
-            img = nib.load(str(path))
-            arr = np.asarray(img.dataobj)
-            affine = np.asarray(img.affine, dtype=np.float64)
-            spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-        elif path.name.endswith(".nrrd"):
-            import nrrd
-
-            arr, header = nrrd.read(str(path))
-            directions = np.asarray(header.get("space directions", np.eye(3)), dtype=np.float64)
-            if directions.shape != (3, 3):
-                directions = np.eye(3)
-            spacing = tuple(float(np.linalg.norm(d)) for d in directions)
-            affine = np.eye(4)
-            affine[:3, :3] = directions.T
-            affine[:3, 3] = np.asarray(header.get("space origin", np.zeros(3)), dtype=np.float64)
+        if path.name.endswith((".nii", ".nii.gz", ".nrrd")):
+            arr, affine = _load_with_monai(path)
+            spacing = tuple(float(np.linalg.norm(affine[:3, k])) for k in range(3))
         elif path.name.endswith((".h5", ".hdf5")):
             import h5py
 
@@ -86,6 +72,37 @@ def read_volume(path: Path, dataset: str = "image") -> Volume:
     if arr.ndim != 3:
         raise DataError(f"{path}: expected a 3D volume, got shape {arr.shape}")
     return Volume(arr, affine, spacing)
+
+
+def _load_with_monai(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The voxels, in the file's index order, and the affine to world coordinates in RAS, the
+    NIfTI convention: MONAI's readers turn an NRRD header's LPS space into RAS, so that a
+    prediction written as NIfTI overlays the input in any viewer."""
+    from monai.transforms import LoadImage
+
+    if path.name.endswith(".nrrd"):
+        import nrrd
+
+        header = nrrd.read_header(str(path))
+        if "space origin" not in header or "space directions" not in header:
+            return _nrrd_without_geometry(path, header)
+    reader = "NrrdReader" if path.name.endswith(".nrrd") else "NibabelReader"
+    image, meta = LoadImage(image_only=False, reader=reader, dtype=None)(str(path))
+    return np.asarray(image), np.asarray(meta["affine"], dtype=np.float64)
+
+
+def _nrrd_without_geometry(path: Path, header: dict) -> tuple[np.ndarray, np.ndarray]:
+    """An NRRD whose header lacks the origin or the directions (MONAI's reader needs both):
+    origin 0 and, without directions, unit spacing; a declared LPS space still becomes RAS."""
+    import nrrd
+
+    arr, header = nrrd.read(str(path))
+    directions = np.asarray(header.get("space directions", np.eye(3)), dtype=np.float64)
+    affine = np.eye(4)
+    affine[:3, :3] = directions.T if directions.shape == (3, 3) else np.eye(3)
+    if header.get("space") in ("left-posterior-superior", "LPS"):
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    return arr, affine
 
 
 @dataclass
