@@ -67,7 +67,11 @@ def test_volumes_train_predict_and_surface_metrics(tmp_path):
 
     image = np.asarray(nib.load(str(root / "images" / "v0.nii.gz")).dataobj)
     origin = np.array([-40.0, 25.0, 7.0])  # LPS, millimetres
-    header = {"space": "left-posterior-superior", "space directions": np.diag([-1.5, -1.0, 2.0]), "space origin": origin}
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": np.diag([-1.5, -1.0, 2.0]),
+        "space origin": origin,
+    }
     nrrd.write(str(tmp_path / "v0.nrrd"), image, header)
     from_nrrd = api.predict(tmp_path / "run", tmp_path / "v0.nrrd", tmp_path / "pred_nrrd", samples=2)[0]
     out_nrrd = nib.load(str(from_nrrd))

@@ -252,6 +252,8 @@ def suggest(
     cfg, method, state = load_run(run_dir)
     if method.num_classes != 2 or method.spatial_dims != 2:
         raise ConfigError("suggest ranks 2D images of binary tasks")
+    if cfg.data.size is None:
+        raise ConfigError("suggest ranks images of runs trained at a fixed data.size, not on native-resolution patches")
     if by == "spread" and (not method.stochastic_inference or samples < 2):
         raise ConfigError("--by spread needs a diffusion method and --samples of at least 2")
     if by == "teacher_disagreement" and method.teacher_net() is None:

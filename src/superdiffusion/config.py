@@ -29,8 +29,12 @@ class DataConfig(Section):
     name: str = "ph2"
     root: str = "builtin:ph2_128"  # folder with images/ + masks/ (+ split.csv), or builtin:NAME
     spatial_dims: Literal[2, 3] = 2
-    size: list[PositiveInt] = Field(default_factory=lambda: [128, 128])  # 2D: resize to (H, W)
-    patch_size: list[PositiveInt] = Field(default_factory=lambda: [96, 96, 80])  # 3D training patches
+    # 2D: resize every image to (H, W), as the paper does; null: keep each image's own size and
+    # train on random patch_size patches, predicted by sliding windows (large images, thin structures)
+    size: list[PositiveInt] | None = Field(default_factory=lambda: [128, 128])
+    patch_size: list[PositiveInt] = Field(
+        default_factory=lambda: [96, 96, 80]
+    )  # training patches: volumes, or 2D with size null
     num_classes: int = Field(2, ge=2)
     # binary: 0 is background and one other value foreground (2D; more values are refused, as a
     # lossy mask would be; volumes: every non-zero label is foreground); threshold: foreground
@@ -51,8 +55,12 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _dimensions(self) -> DataConfig:
-        if self.spatial_dims == 2 and len(self.size) != 2:
-            raise ValueError(f"data.size must be [H, W] for 2D data, got {self.size}")
+        if self.spatial_dims == 2 and self.size is not None and len(self.size) != 2:
+            raise ValueError(f"data.size must be [H, W] for 2D data (or null: native resolution), got {self.size}")
+        if self.spatial_dims == 2 and self.size is None and len(self.patch_size) != 2:
+            raise ValueError(
+                f"data.size=null trains on 2D patches at native resolution: set data.patch_size=[H, W] (got {self.patch_size})"
+            )
         if self.spatial_dims == 3 and len(self.patch_size) != 3:
             raise ValueError(f"data.patch_size must be [H, W, D] for volumes, got {self.patch_size}")
         if self.spatial_dims == 2 and self.normalize not in ("minmax", "zscore"):

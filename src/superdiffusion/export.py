@@ -77,8 +77,11 @@ class SegmentationModel(nn.Module):
 def build(method: Method, cfg, state: dict[str, Any], trace: bool = True) -> SegmentationModel:
     """The exportable model of a loaded run (``api.load_run``), on the CPU, in eval mode; its
     network traced for TorchScript (``trace``), or left eager for ``torch.export`` (ONNX)."""
-    if method.spatial_dims != 2:
-        raise ConfigError("export writes 2D models; a volume run predicts by sliding windows (superdiffusion predict)")
+    if method.spatial_dims != 2 or cfg.data.size is None:
+        raise ConfigError(
+            "export writes 2D models trained at a fixed data.size; a run on patches (volumes, or data.size=null) "
+            "predicts by sliding windows: use superdiffusion predict"
+        )
     method = method.cpu().eval()
     data = state["data"]
     size = [int(v) for v in cfg.data.size]

@@ -111,8 +111,15 @@ def predict_image_file(
     stats, channels = data_info["stats"], data_info["channels"]
     image = read_image(path, channels)
     size = image.shape[1:]
-    x = normalize(resize_image(image, tuple(cfg.data.size))[None], stats)
-    pred = predict_tensor(method, x, device, samples=samples, seed=cfg.train.seed, step=cfg.eval.inference_t)
+    if cfg.data.size is None:  # trained on patches at native resolution: sliding windows over the image
+        x = normalize(torch.from_numpy(image)[None], stats)
+        window, overlap = tuple(cfg.data.patch_size), cfg.eval.sw_overlap
+    else:
+        x = normalize(resize_image(image, tuple(cfg.data.size))[None], stats)
+        window, overlap = None, 0.5
+    pred = predict_tensor(
+        method, x, device, cfg.eval.batch_size, samples, window, overlap, cfg.train.seed, cfg.eval.inference_t
+    )
     probs = torch.nn.functional.interpolate(pred.probs, size=size, mode="bilinear", align_corners=False)[0]
     mask = _mask_from(probs, method.num_classes, threshold)
     target = output / f"{path.stem}.png"

@@ -83,9 +83,9 @@ class Monitor:
                 logging.WARNING,
             )
 
-    def wants_images(self, epoch: int, spatial_dims: int, every: int = 5) -> bool:
-        """Example images every ``every`` evaluated epochs (2D runs with TensorBoard)."""
-        return self.writer is not None and spatial_dims == 2 and epoch % every == 0
+    def wants_images(self, epoch: int, every: int = 5) -> bool:
+        """Example images every ``every`` evaluated epochs (with TensorBoard)."""
+        return self.writer is not None and epoch % every == 0
 
     def examples(self, split: str, images, probs, masks, threshold: float, step: int) -> None:
         """Rows of image | prediction | target (``split/examples`` in TensorBoard's Images tab)."""

@@ -106,8 +106,8 @@ class BatchPlan:
 def make_batch(
     data: SegmentationData, lab: torch.Tensor, unl: torch.Tensor, generator: torch.Generator, patch=None
 ) -> Batch:
-    """Gather, crop (volumes: one random patch each) and augment one batch."""
-    if data.spatial_dims == 3:
+    """Gather, crop (images of their own sizes: one random patch each) and augment one batch."""
+    if isinstance(data.labeled.images, list):
         from .data.volumes import random_patches
 
         vols = [data.labeled.images[i] for i in lab.tolist()] + [data.unlabeled.images[i] for i in unl.tolist()]
@@ -318,8 +318,9 @@ class Trainer:
             self.best.update(threshold=best.get("threshold", 0.5), **fractions)
             self.save("best")
         self.monitor.selection(split_name, metric, best, improved, record, self.position["step"])
-        if self.monitor.wants_images(epoch, self.data.spatial_dims):
-            self.show_examples(getattr(self.data, split_name), split_name, best.get("threshold", 0.5))
+        split = getattr(self.data, split_name)
+        if self.monitor.wants_images(epoch) and self.data.spatial_dims == 2 and not isinstance(split.images, list):
+            self.show_examples(split, split_name, best.get("threshold", 0.5))
 
     def show_examples(self, split, split_name: str, threshold: float, count: int = 4) -> None:
         """A few selection images with their prediction and target, for TensorBoard."""

@@ -94,8 +94,11 @@ class SegmentationData:
         )
 
 
-def normalize(images: torch.Tensor, stats: dict[str, list[float]]) -> torch.Tensor:
-    """Apply the dataset's normalisation: ``(x - mean) / std`` per channel."""
+def normalize(images: torch.Tensor | list[torch.Tensor], stats: dict[str, list[float]]) -> torch.Tensor:
+    """Apply the dataset's normalisation: ``(x - mean) / std`` per channel (a list: each
+    ``(C, *S)`` image of different sizes)."""
+    if isinstance(images, list):
+        return [normalize(image[None], stats)[0] for image in images]
     shape = (1, -1) + (1,) * (images.dim() - 2)
     mean = torch.tensor(stats["mean"], dtype=images.dtype).view(shape)
     std = torch.tensor(stats["std"], dtype=images.dtype).view(shape)
@@ -104,6 +107,8 @@ def normalize(images: torch.Tensor, stats: dict[str, list[float]]) -> torch.Tens
 
 def dataset_stats(images: torch.Tensor, mode: str) -> dict[str, list[float]]:
     """minmax maps [0, 1] to [-1, 1]; zscore uses the training images' channel mean/std."""
+    if isinstance(images, list):  # images of their own sizes: every pixel of every image
+        images = torch.cat([image.flatten(1) for image in images], dim=1)[None]
     channels = images.shape[1]
     if mode == "minmax":
         return {"mean": [0.5] * channels, "std": [0.5] * channels}
@@ -160,7 +165,7 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True) -> Segmentat
     pairs = layout_pairs(layout, root) if layout is not None else scan_folder(root)
     by = _assign_splits(pairs, cfg, seed, validation)
     labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed)
-    size = tuple(cfg.size)  # [H, W]: checked with the settings
+    size = tuple(cfg.size) if cfg.size is not None else None  # None: native resolution, patches
     loaded = {
         name: load_pairs(group, size, cfg.num_classes, cfg.mask_mode, mask_threshold=cfg.mask_threshold)
         for name, group in by.items()
@@ -179,14 +184,16 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True) -> Segmentat
     stats = dataset_stats(loaded["train"]["images"], cfg.normalize)
 
     def make(name: str, keep: list[str] | None = None) -> Split:
+        if name not in loaded and size is None:
+            return Split([], [], [])
         if name not in loaded:  # no validation split (paper protocol)
             return Split(torch.zeros((0, channels, *size)), torch.zeros((0, *size), dtype=torch.long), [])
         item, group = loaded[name], by[name]
         idx = [i for i, p in enumerate(group) if keep is None or p.id in keep]
-        images = normalize(item["images"][idx], stats)
+        pick = (lambda x: [x[i] for i in idx]) if size is None else (lambda x: x[idx])  # noqa: E731
         return Split(
-            images,
-            item["masks"][idx],
+            normalize(pick(item["images"]), stats),
+            pick(item["masks"]),
             [group[i].id for i in idx],
             [group[i] for i in idx],
             [item["sizes"][i] for i in idx],
@@ -195,7 +202,8 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True) -> Segmentat
     unlabeled = make("train", set(unlabeled_ids))
     unlabeled.masks = None
     if extra is not None:
-        unlabeled.images = torch.cat([unlabeled.images, normalize(extra["images"], stats)])
+        more = normalize(extra["images"], stats)
+        unlabeled.images = unlabeled.images + more if size is None else torch.cat([unlabeled.images, more])
         unlabeled.ids = unlabeled.ids + extra["ids"]
     return SegmentationData(
         labeled=make("train", set(labeled_ids)),

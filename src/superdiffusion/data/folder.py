@@ -220,13 +220,14 @@ def resize_mask(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
 
 def load_pairs(
     pairs: list[Pair],
-    size: tuple[int, int],
+    size: tuple[int, int] | None,
     num_classes: int,
     mask_mode: str,
     channels: int | None = None,
     mask_threshold: float | None = None,
 ) -> dict:
-    """Decode, check and resize every pair once. Returns stacked tensors and metadata.
+    """Decode, check and resize every pair once (``size`` None: keep each one's size, and
+    return lists). Returns stacked tensors and metadata.
 
     ``images``: float32 ``(N, C, H, W)`` in [0, 1]; ``masks``: int64 ``(N, H, W)`` (or None
     when the pairs have no masks); ``sizes``: the original ``(H, W)`` of each image.
@@ -240,7 +241,7 @@ def load_pairs(
     for pair in pairs:
         img = read_image(pair.image, channels)
         sizes.append(tuple(img.shape[1:]))
-        images.append(resize_image(img, size))
+        images.append(resize_image(img, size) if size is not None else torch.from_numpy(img))
         if pair.mask is not None:
             mask = read_mask(pair.mask, num_classes, mask_mode, mask_threshold)
             if mask.shape != img.shape[1:]:
@@ -248,10 +249,11 @@ def load_pairs(
                     f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {pair.name} "
                     f"is {img.shape[2]}x{img.shape[1]}"
                 )
-            masks.append(resize_mask(mask, size))
+            masks.append(resize_mask(mask, size) if size is not None else torch.from_numpy(mask).long())
+    stack = torch.stack if size is not None else list  # native sizes differ: a list
     return {
-        "images": torch.stack(images),
-        "masks": torch.stack(masks) if masks else None,
+        "images": stack(images),
+        "masks": stack(masks) if masks else None,
         "sizes": sizes,
         "ids": [p.id for p in pairs],
         "channels": channels,

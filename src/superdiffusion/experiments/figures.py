@@ -33,8 +33,8 @@ def qualitative_figure(
     from ..training import resolve_device
 
     cfg, method, state = load_run(run_dir)
-    if method.spatial_dims != 2:
-        raise DataError("the qualitative figure is drawn for 2D datasets")
+    if method.spatial_dims != 2 or cfg.data.size is None:
+        raise DataError("the qualitative figure is drawn for 2D runs at a fixed data.size")
     data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
     test = data.test
     chosen = ids or test.ids[:count]
