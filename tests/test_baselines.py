@@ -250,7 +250,7 @@ def test_method_settings_keep_their_types():
     cfg = resolve(["method.pseudo_confidence=0.8", "method.rounds=2"])
     method = build_method(cfg, 1, 2, 2)
     assert method.params.pseudo_confidence == 0.8 and method.params.rounds == 2
-    with pytest.raises(ConfigError, match=r"command line: method.rounds: input should be a valid integer.*'2.5'"):
+    with pytest.raises(ConfigError, match=r"command line: method.rounds: input should be a valid integer.*got 2.5"):
         resolve(["method.rounds=2.5"])
 
 
