@@ -81,3 +81,22 @@ def test_suggest_then_train_on_the_chosen_images(tmp_path, capsys):
     assert cli.main(["train", "method=supervised", f"data.labeled_ids={tmp_path / 'ids.txt'}", "--out",
                      str(tmp_path / "bad")]) == 2  # fmt: skip
     assert "'not-an-image' is not a training image" in capsys.readouterr().err
+
+
+def test_report_tabulates_each_uncertainty_source_over_seeds(tmp_path):
+    from superdiffusion.experiments.report import uncertainty_markdown, uncertainty_table
+
+    def run(seed, auroc, rho, ece):
+        sources = {
+            "entropy": {"error_auroc": auroc, "dice_spearman": rho},
+            "spread": {"error_auroc": 0.5, "dice_spearman": 0.0},
+        }
+        return {"dataset": "d", "labeled_percent": 5, "method": "superdiffusion", "seed": seed,
+                "uncertainty": {"ece": ece, "sources": sources}}  # fmt: skip
+
+    table = uncertainty_table([run(0, 0.8, -0.4, 0.10), run(1, 0.6, -0.2, 0.20), {"dataset": "d", "labeled_percent": 5,
+                               "method": "cps", "seed": 0}])  # fmt: skip
+    assert [(e["source"], e["n_seeds"]) for e in table] == [("entropy", 2), ("spread", 2)]
+    entropy = table[0]
+    assert (entropy["error_auroc"], entropy["dice_spearman"], entropy["ece"]) == pytest.approx((0.7, -0.3, 0.15))
+    assert "| d | 5 % | superdiffusion | entropy | 0.700 | -0.300 | 0.150 | 2 |" in uncertainty_markdown(table)

@@ -221,6 +221,47 @@ def write_csv(table: list[dict[str, Any]], path: Path) -> None:
             writer.writerow({**row, "seed_ids": " ".join(map(str, e["seeds"])), "n_seeds": len(e["seeds"])})
 
 
+def uncertainty_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (dataset, regime, method, variant, uncertainty source): the mean over seeds
+    of the error AUROC, of Spearman's correlation with the image's Dice and of the calibration
+    error (ECE) of the foreground probability, from each run's ``uncertainty`` record."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        u = r.get("uncertainty") or {}
+        for source, values in (u.get("sources") or {}).items():
+            key = (r["dataset"], float(r["labeled_percent"]), r["method"], r.get("variant", ""), source)
+            groups[key].append({**values, "ece": u.get("ece"), "seed": r["seed"]})
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    table = []
+    for (dataset, percent, method, variant, source), found in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 99), kv[0][3], kv[0][4])
+    ):
+        entry = {"dataset": dataset, "labeled_percent": percent, "method": method, "variant": variant}
+        entry.update(source=source, n_seeds=len(found))
+        for metric in ("error_auroc", "dice_spearman", "ece"):
+            values = [f[metric] for f in found if f.get(metric) is not None and f[metric] == f[metric]]
+            entry[metric] = sum(values) / len(values) if values else None
+        table.append(entry)
+    return table
+
+
+def uncertainty_markdown(table: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    out.write(
+        "Uncertainty against errors, mean over seeds: error AUROC (wrong vs right pixels; 0.5 is chance), "
+        "Spearman's correlation of an image's mean uncertainty with its Dice (negative is useful), ECE of the "
+        "foreground probability (15 bins).\n\n| dataset | labels | method | source | error AUROC | Spearman vs Dice "
+        "| ECE | seeds |\n|---|---|---|---|---|---|---|---|\n"
+    )
+    number = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for e in table:
+        out.write(
+            f"| {e['dataset']} | {e['labeled_percent']:g} % | {_name(e)} | {e['source']} | {number(e['error_auroc'])} "
+            f"| {number(e['dice_spearman'])} | {number(e['ece'])} | {e['n_seeds']} |\n"
+        )
+    return out.getvalue()
+
+
 def plot_ablation(table: list[dict[str, Any]], path: Path, metric: str = "dice") -> None:
     """Error-bar plot of every variant of the paper's method against the label regime
     (pretraining on/off, Fig. 4) or against R when the variants are rounds (Fig. 5)."""
@@ -282,6 +323,10 @@ def write_report(
     files["md"].write_text(markdown(table, score, per))
     write_csv(table, files["csv"])
     files["tex"].write_text(latex(table, score, per))
+    uncertainty = uncertainty_table(rows)
+    if uncertainty:
+        files["uncertainty"] = out / "uncertainty.md"
+        files["uncertainty"].write_text(uncertainty_markdown(uncertainty))
     if plot:
         files["png"] = out / "ablation.png"
         plot_ablation(table, files["png"])
