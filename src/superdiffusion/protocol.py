@@ -21,6 +21,7 @@ from . import checkpoint
 from .config import Config
 from .data import SegmentationData, Split
 from .data.folder import read_mask
+from .data.patches import pad_stack
 from .errors import ConfigError
 from .evaluation import (
     best_threshold,
@@ -172,8 +173,6 @@ def split_probabilities(method: Method, split: Split, cfg: Config, device: torch
     """Class probabilities and masks of a split, stacked; volumes of different sizes are
     zero-padded to the largest (padding adds no true or false positive). ``keep`` receives
     the :class:`Prediction` (for its spread)."""
-    from .data.volumes import pad_stack
-
     if isinstance(split.images, list):
         window = tuple(cfg.data.patch_size)
         preds = [

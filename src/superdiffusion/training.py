@@ -21,6 +21,7 @@ from tqdm import tqdm
 from .config import Config
 from .data import SegmentationData
 from .data.augment import flip_rotate
+from .data.patches import random_patches
 from .errors import ConfigError, RunFolderError, TrainingDiverged
 from .evaluation import best_threshold
 from .inference import predict_tensor
@@ -108,8 +109,6 @@ def make_batch(
 ) -> Batch:
     """Gather, crop (images of their own sizes: one random patch each) and augment one batch."""
     if isinstance(data.labeled.images, list):
-        from .data.volumes import random_patches
-
         vols = [data.labeled.images[i] for i in lab.tolist()] + [data.unlabeled.images[i] for i in unl.tolist()]
         labs = [data.labeled.masks[i] for i in lab.tolist()]
         labs += [torch.zeros(data.unlabeled.images[i].shape[1:], dtype=torch.long) for i in unl.tolist()]

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..config import DataConfig
 from ..errors import DataError
 
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -153,8 +154,6 @@ def apply_dataset_json(cfg, layout: DatasetJson):
     """``cfg`` (a ``DataConfig``) with the classes, the dimensionality and the label reading
     taken from ``dataset.json``. A setting the user changed from its default to another value
     than ``dataset.json`` gives is refused rather than silently replaced."""
-    from ..config import DataConfig
-
     default = DataConfig()
     wanted = {"num_classes": len(layout.label_names), "spatial_dims": layout.spatial_dims}
     for key, value in wanted.items():

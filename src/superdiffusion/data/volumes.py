@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import DataConfig
 from ..errors import DataError
+from .dataset import SegmentationData, Split, assign_splits, resolve_root
 from .folder import read_split
+from .splits import choose_labeled
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".h5", ".hdf5")
 
@@ -211,40 +212,11 @@ def _normalize(img: torch.Tensor, mode: str) -> torch.Tensor:
     raise DataError(f"data.normalize must be percentile, minmax, per_image or zscore for volumes, got {mode!r}")
 
 
-def random_patches(
-    volumes: list[torch.Tensor], labels: list[torch.Tensor], size: tuple[int, ...], generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One random patch per volume (volumes smaller than ``size`` are zero-padded)."""
-    out_i, out_l = [], []
-    for img, lab in zip(volumes, labels):
-        pads = []
-        for s, p in zip(reversed(img.shape[1:]), reversed(size)):
-            pads += [0, max(0, p - s)]
-        if any(pads):
-            img, lab = F.pad(img, pads), F.pad(lab, pads)
-        starts = [int(torch.randint(0, s - p + 1, (1,), generator=generator)) for s, p in zip(img.shape[1:], size)]
-        region = tuple(slice(a, a + p) for a, p in zip(starts, size))
-        out_i.append(img[(slice(None), *region)])
-        out_l.append(lab[region])
-    return torch.stack(out_i), torch.stack(out_l)
-
-
-def pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Stack tensors of different trailing sizes, zero-padded to the largest."""
-    shape = [max(t.shape[d] for t in tensors) for d in range(tensors[0].dim())]
-    out = tensors[0].new_zeros((len(tensors), *shape))
-    for k, t in enumerate(tensors):
-        out[(k, *(slice(0, s) for s in t.shape))] = t
-    return out
-
-
 def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layout=None):
-    from . import SegmentationData, Split, _assign_splits, resolve_root
-    from .splits import choose_labeled
 
     root = resolve_root(cfg.root)
     pairs = layout_volumes(layout, root) if layout is not None else scan_volumes(root)
-    by = _assign_splits(pairs, cfg, seed, validation)
+    by = assign_splits(pairs, cfg, seed, validation)
     labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed)
 
     def make(name: str, keep: set[str] | None = None) -> Split:
