@@ -100,3 +100,18 @@ def test_report_tabulates_each_uncertainty_source_over_seeds(tmp_path):
     entropy = table[0]
     assert (entropy["error_auroc"], entropy["dice_spearman"], entropy["ece"]) == pytest.approx((0.7, -0.3, 0.15))
     assert "| d | 5 % | superdiffusion | entropy | 0.700 | -0.300 | 0.150 | 2 |" in uncertainty_markdown(table)
+
+
+def test_mc_dropout_is_measured_for_networks_with_dropout(tmp_path):
+    from conftest import tiny_config
+
+    from superdiffusion import api
+
+    fast = ["train.epochs=1", "train.steps_per_epoch=2"]
+    mt = api.train(tiny_config(*fast, "method=mt"), tmp_path / "mt")  # its student has SSL4MIS's dropout
+    source = mt["uncertainty"]["sources"]["mc_dropout"]
+    assert 0 <= source["error_auroc"] <= 1 and source["mean"] > 0  # the passes differ
+    plain = api.train(tiny_config(*fast, "method=supervised"), tmp_path / "plain")  # no dropout: no such source
+    assert "mc_dropout" not in plain["uncertainty"]["sources"]
+    with_dropout = api.train(tiny_config(*fast, "method=supervised", "model.dropout=0.3"), tmp_path / "dropout")
+    assert with_dropout["uncertainty"]["sources"]["mc_dropout"]["mean"] > 0

@@ -143,9 +143,42 @@ def evaluate_method(
     teacher = method.teacher_net()
     if teacher is not None and data.spatial_dims == 2:
         sources["teacher_disagreement"] = (teacher_probability(method, teacher, test, cfg, device) - fg).abs()
+    if has_dropout(method.segmenter()) and not isinstance(test.images, list):
+        sources["mc_dropout"] = mc_dropout_spread(method, test, cfg, device)
     dice = [row["dice"] for row in results["per_case"]]
     results["uncertainty"] = finite(uncertainty_report(fg, masks, threshold, dice, sources))
     return results
+
+
+MC_DROPOUT_PASSES = 8
+
+
+def has_dropout(net: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in net.modules())
+
+
+@torch.inference_mode()
+def mc_dropout_spread(method: Method, split: Split, cfg: Config, device: torch.device) -> torch.Tensor:
+    """MC dropout (Gal & Ghahramani): the standard deviation of the foreground probability
+    over :data:`MC_DROPOUT_PASSES` passes with the segmenter's dropout on (batch norm stays in
+    eval mode), seeded from ``train.seed``: the reference uncertainty a baseline can give."""
+    net = method.segmenter()
+    method.eval()
+    drops = [m for m in net.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    torch.manual_seed(cfg.train.seed)
+    chunks = []
+    try:
+        for m in drops:
+            m.train()
+        for start in range(0, len(split), cfg.eval.batch_size):
+            images = split.images[start : start + cfg.eval.batch_size].to(device)
+            passes = torch.stack(
+                [foreground_probability(method.predict(images).probs.float()) for _ in range(MC_DROPOUT_PASSES)]
+            )
+            chunks.append(passes.std(0, unbiased=False).cpu())
+    finally:
+        method.eval()
+    return torch.cat(chunks)
 
 
 @torch.inference_mode()
