@@ -1,6 +1,7 @@
 """nnU-Net v2 raw and Medical Segmentation Decathlon folders, read in place."""
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -111,7 +112,21 @@ def test_layout_problems_are_one_line_naming_the_file(tmp_path):
     (root / "dataset.json").write_text(json.dumps({**spec, "numTraining": 11}))
     with pytest.raises(DataError, match="numTraining is 11 but labelsTr holds 10"):
         build_data(DataConfig(root=str(root)), seed=0)
-    root = write_nnunet_3d(tmp_path / "c", channels=2)
-    with pytest.raises(DataError, match="2 channels .*not supported yet") as err:
-        build_data(DataConfig(root=str(root), patch_size=[16, 16, 16]), seed=0)
-    assert "\n" not in str(err.value)
+
+
+def test_multichannel_volumes_train_and_predict_per_case(tmp_path):
+    root = write_nnunet_3d(tmp_path / "Dataset003_Two", channels=2)
+    data = build_data(DataConfig(root=str(root), patch_size=[16, 16, 16]), seed=0)
+    assert data.channels == 2 and data.labeled.images[0].shape[0] == 2
+    cfg = tiny_config(f"data.root={root}", "method=supervised", "data.patch_size=[16, 16, 16]", "train.epochs=1")
+    api.train(cfg, tmp_path / "run")
+    inputs = tmp_path / "new"
+    inputs.mkdir()
+    for c in (0, 1):
+        shutil.copy(root / "imagesTr" / f"c0_{c:04d}.nii.gz", inputs)
+    written = api.predict(tmp_path / "run", inputs, tmp_path / "pred")
+    assert [p.name for p in written] == ["c0.nii.gz"]  # one case from its two channel files
+    assert nib.load(str(written[0])).shape == nib.load(str(root / "labelsTr" / "c0.nii.gz")).shape
+    (inputs / "c0_0001.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"c0: channel files \[0\] found, the model needs 2"):
+        api.predict(tmp_path / "run", inputs, tmp_path / "pred2")

@@ -198,11 +198,15 @@ def predict(
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     files = _inputs(Path(inputs))
+    if method.spatial_dims == 3:
+        from .data.volumes import group_channels
+
+        files = group_channels(files, state["data"]["channels"])
     if not force:
-        from .data.volumes import volume_stem
+        from .data.volumes import case_stem
 
         for path in files:
-            stem = volume_stem(path) if method.spatial_dims == 3 else path.stem
+            stem = case_stem(path) if method.spatial_dims == 3 else path.stem
             suffix = ".nii.gz" if method.spatial_dims == 3 else ".png"
             for name in (f"{stem}{suffix}", f"{stem}_uncertainty{suffix}", f"{stem}_probability{suffix}"):
                 if (output / name).exists():

@@ -145,9 +145,9 @@ def predict_volume_file(
     ``probabilities``, ``STEM_probability.nii.gz``: the foreground probability (float32)."""
     import nibabel as nib
 
-    from .data.volumes import VolumePair, load_volume_pair, volume_stem
+    from .data.volumes import VolumePair, case_stem, load_volume_pair
 
-    image, _, geometry = load_volume_pair(VolumePair(volume_stem(path), path, path), cfg.data, labels=False)
+    image, _, geometry = load_volume_pair(VolumePair(case_stem(path), path, None), cfg.data, labels=False)
     pred = predict_tensor(
         method,
         image[None],
@@ -160,15 +160,16 @@ def predict_volume_file(
         cfg.eval.inference_t,
     )
     mask = _mask_from(pred.probs[0], method.num_classes, threshold)
-    target = output / f"{volume_stem(path)}.nii.gz"
+    stem = case_stem(path)
+    target = output / f"{stem}.nii.gz"
     nib.save(nib.Nifti1Image(mask, geometry.affine), str(target))
     written = [target]
     if pred.spread is not None:
-        unc = output / f"{volume_stem(path)}_uncertainty.nii.gz"
+        unc = output / f"{stem}_uncertainty.nii.gz"
         nib.save(nib.Nifti1Image(pred.spread[0].numpy().astype(np.float32), geometry.affine), str(unc))
         written.append(unc)
     if probabilities:
-        prob = output / f"{volume_stem(path)}_probability.nii.gz"
+        prob = output / f"{stem}_probability.nii.gz"
         fg = pred.probs[0, 1:].sum(0).clamp(0, 1).numpy().astype(np.float32)
         nib.save(nib.Nifti1Image(fg, geometry.affine), str(prob))
         written.append(prob)

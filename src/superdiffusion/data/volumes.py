@@ -36,6 +36,34 @@ def volume_stem(path: Path) -> str:
     return path.stem
 
 
+def case_stem(image: Path | tuple[Path, ...]) -> str:
+    """The case name of a volume file, or of a case's channel files (``CASE_0000.nii.gz`` ...)."""
+    if isinstance(image, tuple):
+        return volume_stem(image[0]).rsplit("_", 1)[0]
+    return volume_stem(image)
+
+
+def group_channels(files: list[Path], channels: int) -> list[Path | tuple[Path, ...]]:
+    """Volume files as cases: with one channel, each file; with more, nnU-Net's naming
+    ``CASE_0000``, ``CASE_0001``, ... gathered per case in channel order."""
+    if channels == 1:
+        return list(files)
+    cases: dict[str, dict[int, Path]] = {}
+    for path in files:
+        case, _, index = volume_stem(path).rpartition("_")
+        if not case or not index.isdigit() or len(index) != 4:
+            raise DataError(f"{path}: a {channels}-channel model reads CASE_0000 ... CASE_{channels - 1:04d} files")
+        cases.setdefault(case, {})[int(index)] = path
+    out = []
+    for case, found in sorted(cases.items()):
+        if sorted(found) != list(range(channels)):
+            raise DataError(
+                f"{case}: channel files {sorted(found)} found, the model needs {channels} (_0000 to _{channels - 1:04d})"
+            )
+        out.append(tuple(found[k] for k in range(channels)))
+    return out
+
+
 def is_volume(path: Path) -> bool:
     return path.name.endswith(VOLUME_SUFFIXES)
 
@@ -109,20 +137,14 @@ def _nrrd_without_geometry(path: Path, header: dict) -> tuple[np.ndarray, np.nda
 @dataclass
 class VolumePair:
     id: str
-    image: Path
+    image: Path | tuple[Path, ...]  # a tuple: one file per channel (nnU-Net's CASE_0000, CASE_0001, ...)
     label: Path | None
     split: str = "train"
 
 
 def layout_volumes(layout, root: Path) -> list[VolumePair]:
     """The labeled cases of an nnU-Net or MSD folder of volumes (see :mod:`.layouts`)."""
-    cases = layout.cases
-    if len(layout.channel_names) > 1:
-        raise DataError(
-            f"{root / 'dataset.json'}: {len(layout.channel_names)} channels ({', '.join(layout.channel_names)}); "
-            "multi-channel volumes are not supported yet (keep one channel: its CASE_0000 files)"
-        )
-    pairs = [VolumePair(c.id, c.images[0], c.label) for c in cases]
+    pairs = [VolumePair(c.id, tuple(c.images) if len(c.images) > 1 else c.images[0], c.label) for c in layout.cases]
     read_split(pairs, root / "split.csv")
     return pairs
 
@@ -162,11 +184,17 @@ def scan_volumes(root: str | Path) -> list[VolumePair]:
 def load_volume_pair(
     pair: VolumePair, cfg: DataConfig, labels: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None, Volume]:
-    """Image ``(1, H, W, D)`` float32, normalised per volume, and labels ``(H, W, D)``
-    int64 checked against the declared classes (None when ``labels`` is False)."""
-    image = read_volume(pair.image, "image")
+    """Image ``(C, H, W, D)`` float32, each channel normalised per volume, and labels
+    ``(H, W, D)`` int64 checked against the declared classes (None when ``labels`` is False)."""
+    files = pair.image if isinstance(pair.image, tuple) else (pair.image,)
+    channels = [read_volume(path, "image") for path in files]
+    image = channels[0]  # its geometry is the case's
+    for path, channel in zip(files[1:], channels[1:]):
+        if channel.array.shape != image.array.shape:
+            raise DataError(f"{path}: shape {channel.array.shape} differs from its first channel {image.array.shape}")
+    img = torch.stack([_normalize(torch.from_numpy(c.array.astype(np.float32)), cfg.normalize) for c in channels])
     if not labels:
-        return _normalize(torch.from_numpy(image.array.astype(np.float32))[None], cfg.normalize), None, image
+        return img, None, image
     label = read_volume(pair.label, "label")
     if image.array.shape != label.array.shape:
         raise DataError(f"{pair.label}: label shape {label.array.shape} differs from its image {image.array.shape}")
@@ -189,7 +217,6 @@ def load_volume_pair(
         raise DataError(
             f"{pair.label}: label values {values.tolist()[:8]} outside the classes 0..{cfg.num_classes - 1}"
         )
-    img = _normalize(torch.from_numpy(image.array.astype(np.float32))[None], cfg.normalize)
     return img, torch.from_numpy(lab), image
 
 
@@ -229,20 +256,26 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
             group,
             [tuple(x[1].shape) for x in loaded],
         )
+        channels.update(x[0].shape[0] for x in loaded)
         split.geometry = [x[2] for x in loaded]
         for v in split.geometry:
             v.array = None  # keep affine and spacing only
         return split
 
+    channels: set[int] = set()
     unlabeled = make("train", set(unlabeled_ids))
     unlabeled.masks = None
+    splits = {"labeled": make("train", set(labeled_ids)), "val": make("val"), "test": make("test")}
+    if len(channels) > 1:
+        raise DataError(f"{root}: cases have different channel counts {sorted(channels)}")
+    (count,) = channels
     return SegmentationData(
-        labeled=make("train", set(labeled_ids)),
+        labeled=splits["labeled"],
         unlabeled=unlabeled,
-        val=make("val"),
-        test=make("test"),
-        channels=1,
+        val=splits["val"],
+        test=splits["test"],
+        channels=count,
         num_classes=cfg.num_classes,
         spatial_dims=3,
-        stats={"mean": [0.0], "std": [1.0]},
+        stats={"mean": [0.0] * count, "std": [1.0] * count},
     )
