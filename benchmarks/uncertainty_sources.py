@@ -8,7 +8,9 @@ method, re-score the test split with K noise draws and compare, on the same pred
 Each is scored by the AUROC of separating wrong pixels from right ones, Spearman's
 correlation between an image's mean uncertainty and its Dice, and the mean value; the
 calibration (ECE, 15 bins) of the foreground probability goes beside them. The spread is
-also reported against K, to show whether the draws differ at all.
+also reported against K, to show whether the draws differ at all. A baseline run (e.g. mean
+teacher, whose student has dropout) is listed with its own sources, MC dropout included, as
+a reference point.
 
     python benchmarks/uncertainty_sources.py RUN [RUN ...] --out benchmarks/results/uncertainty-sources.json
 """
@@ -35,6 +37,15 @@ def main() -> None:
     rows = []
     for run in args.runs:
         row = {"run": str(run), "by_draws": {}}
+        saved = json.loads((run / "results.json").read_text())
+        if saved["method"] != "superdiffusion":  # a baseline: one prediction, its MC dropout as reference
+            u = saved["uncertainty"]
+            row.update(method=saved["method"], seed=saved["seed"], baseline=True)
+            row["by_draws"][1] = {"test_dice": saved["test"]["resized"]["dice_per_image"], "ece": u["ece"]}
+            row["by_draws"][1]["sources"] = u["sources"]
+            rows.append(row)
+            print(run, json.dumps(u["sources"]), flush=True)
+            continue
         for k in draws:
             target = run / f"evaluation-honest-k{k}.json"
             result = json.loads(target.read_text()) if target.exists() else api.evaluate(run, samples=k, device="cpu")
@@ -48,12 +59,10 @@ def main() -> None:
         row["method"], row["seed"] = result["method"], result["seed"]
         rows.append(row)
     last = str(draws[-1])
-    sources = sorted({s for r in rows for s in r["by_draws"][draws[-1]]["sources"]})
+    diffusion = [r["by_draws"][draws[-1]]["sources"] for r in rows if not r.get("baseline")]
     summary = {}
-    for source in sources:
-        found = [
-            r["by_draws"][draws[-1]]["sources"][source] for r in rows if source in r["by_draws"][draws[-1]]["sources"]
-        ]
+    for source in sorted({s for found in diffusion for s in found}):
+        found = [sources[source] for sources in diffusion if source in sources]
         summary[source] = {
             metric: sum(f[metric] for f in found) / len(found) for metric in ("error_auroc", "dice_spearman", "mean")
         } | {"runs": len(found)}
@@ -64,7 +73,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, torch {torch.__version__}",
         "draws_compared": int(last),
         "runs": rows,
-        "mean_over_runs": summary,
+        "mean_over_diffusion_runs": summary,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
