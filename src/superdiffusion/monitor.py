@@ -14,6 +14,32 @@ from .runfolder import RunFolder, log
 SELECTION_SCALARS = ("dice_per_image", "jaccard_per_image", "dice_pooled", "jaccard_pooled")
 
 
+class EpochMeter:
+    """One epoch's losses and the method's diagnostics, summed step by step; ``record`` is the
+    epoch's row of the history."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.diagnostics: dict[str, list[float]] = {}
+        self.steps, self.start = 0, time.perf_counter()
+
+    def add(self, losses: dict[str, Any], diagnostics: dict[str, float]) -> None:
+        self.steps += 1
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v.detach())
+        for k, v in diagnostics.items():
+            self.diagnostics.setdefault(k, []).append(v)
+
+    def record(self, phase: str, epoch: int, weight: float, lr: float, weighted_terms) -> dict[str, Any]:
+        means = {k: v / max(1, self.steps) for k, v in self.sums.items()}
+        seconds = time.perf_counter() - self.start
+        record = {"phase": phase, "epoch": epoch, "weight": weight, "lr": lr, "seconds": seconds, **means}
+        # the unsupervised terms before lambda: a rising weighted term may hide a falling raw one
+        record.update({f"raw_{k}": means[k] / weight for k in weighted_terms if k in means and weight > 0})
+        record.update({k: sum(v) / len(v) for k, v in self.diagnostics.items()})
+        return record
+
+
 class Monitor:
     def __init__(self, folder: RunFolder, enabled: bool = True):
         self.folder, self.enabled = folder, enabled

@@ -10,7 +10,6 @@ as the uninterrupted run would have.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from .errors import ConfigError, RunFolderError, TrainingDiverged
 from .evaluation import best_threshold
 from .inference import predict_tensor
 from .methods import Batch, Method, Phase, StepContext, build_method
-from .monitor import Monitor
+from .monitor import EpochMeter, Monitor
 from .protocol import PROTOCOLS, run_health, selection_scores
 from .runfolder import RunFolder
 
@@ -260,9 +259,7 @@ class Trainer:
         self.model.train()
         weight = self.method.weight(epoch, phase.epochs)
         batches = self.plan.epoch(cfg.train.seed, phase_index, epoch)
-        sums: dict[str, float] = {}
-        diag: dict[str, list[float]] = {}
-        start = time.perf_counter()
+        meter = EpochMeter()
         bar = tqdm(batches, desc=f"{phase.name} {epoch + 1}/{phase.epochs}", leave=False, disable=self.rank or None)
         for i, (lab, unl) in enumerate(bar):
             seed = step_seed(cfg.train.seed, phase_index, epoch, i)
@@ -284,23 +281,15 @@ class Trainer:
             self.optimizer.step()
             self.method.after_step(ctx)
             self.position["step"] += 1
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            for k, v in self.method.diagnostics.items():
-                diag.setdefault(k, []).append(v)
+            meter.add(losses, self.method.diagnostics)
             self.method.diagnostics = {}
             bar.set_postfix(loss=f"{float(total.detach()):.3f}")
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        seconds = time.perf_counter() - start
-        self.elapsed += seconds
-        means = {k: v / len(batches) for k, v in sums.items()}
-        record = {"phase": phase.name, "epoch": epoch + 1, "weight": weight, "lr": lr, "seconds": seconds, **means}
-        # the unsupervised terms before lambda: a rising weighted term may hide a falling raw one
-        record.update({f"raw_{k}": means[k] / weight for k in self.method.weighted_terms if k in means and weight > 0})
-        record.update({k: sum(v) / len(v) for k, v in diag.items()})
+        record = meter.record(phase.name, epoch + 1, weight, lr, self.method.weighted_terms)
+        self.elapsed += record["seconds"]
         self.history.append(record)
-        self.monitor.epoch(record, list(means), list(diag), phase.epochs, self.position["step"])
+        self.monitor.epoch(record, list(meter.sums), list(meter.diagnostics), phase.epochs, self.position["step"])
 
     def select(self, epoch: int) -> None:
         """Score the selection split, keep the best checkpoint and its threshold."""
