@@ -76,6 +76,25 @@ def test_dice(folder: Path) -> float:
     return 100 * result["test"]["resized"]["dice_per_image"]
 
 
+def table(rows: list[dict[str, Any]], summary: dict[str, Any], args) -> str:
+    """The experiment as a markdown table: test Dice per seed and arm, paired difference."""
+    out = [
+        f"Test Dice per image (%), {args.method}, PH2 at {args.size}x{args.size}, +{args.count} labels by "
+        f"`suggest --by {args.by}` or at random; mean ± 90 % Student-t interval.",
+        "",
+        "| seed | base | + suggest | + random | suggest - random |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "suggest" in r and "random" in r:
+            diff = r["suggest"] - r["random"]
+            out.append(f"| {r['seed']} | {r['base']:.2f} | {r['suggest']:.2f} | {r['random']:.2f} | {diff:+.2f} |")
+    if summary:
+        cell = {k: f"{v['mean']:.2f} ± {v['ci90']:.2f}" for k, v in summary.items()}
+        out.append(f"| mean | {cell['base']} | {cell['suggest']} | {cell['random']} | {cell['suggest_minus_random']} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("runs/suggest"))
@@ -133,6 +152,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(table(rows, result["summary"], args))
     for r in rows:
         print(r)
     for k, v in result["summary"].items():

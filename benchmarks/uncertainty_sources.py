@@ -21,16 +21,40 @@ import argparse
 import json
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from superdiffusion import api
 
 
+def spread_by_step(run: Path, samples: int, steps: list[int]) -> dict[str, Any]:
+    """The mean spread of the foreground probability over ``samples`` draws on the test split,
+    with the pure-noise mask at each diffusion step ``t`` (``eval.inference_t``), and the
+    test Dice of the mean prediction at the run's threshold."""
+    from superdiffusion.api import load_run
+    from superdiffusion.data import build_data
+    from superdiffusion.evaluation import binary_scores, foreground_probability
+    from superdiffusion.inference import predict_tensor
+    from superdiffusion.protocol import uses_validation
+
+    cfg, method, state = load_run(run)
+    data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
+    threshold = float(state["best"].get("threshold", 0.5))
+    out = {"run": str(run), "samples": samples}
+    for t in steps:
+        pred = predict_tensor(method, data.test.images, torch.device("cpu"), 16, samples, seed=cfg.train.seed, step=t)
+        dice = binary_scores(foreground_probability(pred.probs), data.test.masks, threshold)["dice_per_image"]
+        out[str(t)] = {"mean_spread": float(pred.spread.mean()), "test_dice": dice}
+        print(f"inference_t={t}: mean spread {out[str(t)]['mean_spread']:.4f}, test Dice {dice:.4f}", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--draws", default="2,8", help="K values; the last one gives the source comparison")
+    parser.add_argument("--steps", default="999,500,100", help="eval.inference_t values for the spread (first run)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/uncertainty-sources.json"))
     args = parser.parse_args()
     draws = [int(k) for k in args.draws.split(",")]
@@ -66,7 +90,10 @@ def main() -> None:
         summary[source] = {
             metric: sum(f[metric] for f in found) / len(found) for metric in ("error_auroc", "dice_spearman", "mean")
         } | {"runs": len(found)}
+    first = next((Path(r["run"]) for r in rows if not r.get("baseline")), None)
+    by_step = spread_by_step(first, draws[-1], [int(t) for t in args.steps.split(",")]) if first else {}
     result = {
+        "spread_by_inference_t": by_step,
         "command": "python benchmarks/uncertainty_sources.py "
         + " ".join(map(str, args.runs))
         + f" --draws {args.draws}",
