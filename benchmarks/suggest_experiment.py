@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from evidence import DATASETS  # benchmarks/evidence.py: the grid whose schedule this reuses
+from evidence import DATASETS, QUICK  # benchmarks/evidence.py: the grid whose schedule this reuses
 
 from superdiffusion import api
 from superdiffusion.config import resolve
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 epochs of 2 updates: checks the path only")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    quick = ["train.epochs=2", "train.steps_per_epoch=2", "train.lr_step=3"] if args.quick else []
+    quick = QUICK if args.quick else []
     start = time.time()
     bases = [
         RunSpec(overrides(args.method, s, args.size, args.threads) + quick, args.root / "base" / f"s{s}") for s in seeds

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.dataset import class_names
 from .errors import ConfigError, RunFolderError
 from .inference import derived_seed
 from .methods import Method
@@ -103,10 +104,7 @@ def build(method: Method, cfg, state: dict[str, Any], trace: bool = True) -> Seg
             # the network always sees the model size, so the UNet's size-dependent padding is a constant
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             network = torch.jit.trace(network, example, check_trace=False)
-    k = data["num_classes"]
-    names = data.get("class_names") or (
-        ["background", "foreground"] if k == 2 else ["background"] + [f"class {i}" for i in range(1, k)]
-    )
+    names = class_names(data["num_classes"], data.get("class_names"))
     threshold = float(state["best"].get("threshold", 0.5))
     return SegmentationModel(network, size, data["stats"]["mean"], data["stats"]["std"], threshold, list(names)).eval()
 

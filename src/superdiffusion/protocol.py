@@ -20,6 +20,7 @@ import torch
 from . import checkpoint
 from .config import Config
 from .data import SegmentationData, Split
+from .data.dataset import class_names
 from .data.folder import read_mask
 from .data.patches import pad_stack
 from .errors import ConfigError
@@ -112,7 +113,7 @@ def evaluate_method(
     }
     spreads: list[torch.Tensor] = []
     probs, masks = split_probabilities(method, test, cfg, device, keep=spreads)
-    names = data.class_names or ["background"] + [f"class {k}" for k in range(1, data.num_classes)]
+    names = class_names(data.num_classes, data.class_names)
     if data.class_names:
         results["class_names"] = list(data.class_names)
     if data.num_classes != 2:

@@ -58,6 +58,17 @@ def resolve_root(root: str) -> Path:
     return Path(root).expanduser()
 
 
+def class_names(num_classes: int, declared: list[str] | None = None) -> list[str]:
+    """``declared`` (from dataset.json), or background + foreground (binary) / class k."""
+    if declared:
+        return list(declared)
+    return (
+        ["background", "foreground"]
+        if num_classes == 2
+        else ["background"] + [f"class {k}" for k in range(1, num_classes)]
+    )
+
+
 @dataclass
 class Split:
     """Images ``(N, C, *S)`` (normalised), masks ``(N, *S)`` or None, and their sources.
