@@ -66,7 +66,7 @@ def test_honest_protocol_reads_the_test_split_only_for_the_final_scoring(tmp_pat
     original_predict, original_fit = protocol_module.predict_tensor, training.Trainer.fit
 
     def spy_predict(method, images, *args, **kwargs):
-        seen.append((state["fitted"], images.shape[0]))
+        seen.append((state["fitted"], images.clone()))
         return original_predict(method, images, *args, **kwargs)
 
     def spy_fit(self, *args, **kwargs):
@@ -79,9 +79,12 @@ def test_honest_protocol_reads_the_test_split_only_for_the_final_scoring(tmp_pat
     monkeypatch.setattr(training.Trainer, "fit", spy_fit)
     api.train(cfg, tmp_path / "run")
     data = build_data(cfg.data, cfg.train.seed)
-    during = [n for fitted, n in seen if not fitted]
-    assert during and all(n == len(data.val) for n in during)  # validation only, every epoch
-    assert [n for fitted, n in seen if fitted] == [len(data.test)]  # test once, after training
+    during = [images for fitted, images in seen if not fitted]
+    # validation images only: the whole split every epoch (and the first few shown in TensorBoard)
+    assert during and all(torch.equal(images, data.val.images[: len(images)]) for images in during)
+    assert sum(len(images) == len(data.val) for images in during) == 2
+    after = [images for fitted, images in seen if fitted]
+    assert len(after) == 1 and torch.equal(after[0], data.test.images)  # test once, after training
 
 
 def test_report_uses_pooled_scores_for_test_selected_rows(tmp_path):

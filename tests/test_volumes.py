@@ -28,6 +28,8 @@ TINY3D = [
     "data.val_fraction=0.2",
 ]
 
+BASELINE3D = [o for o in TINY3D if not o.startswith("method.")]
+
 
 def write_volumes(root: Path, n=8, shape=(32, 32, 24), spacing=(1.5, 1.0, 2.0)):
     (root / "images").mkdir(parents=True)
@@ -157,3 +159,59 @@ def test_real_hippocampus_volumes_through_the_whole_path(tmp_path):
     assert len(written) == 10
     first = nib.load(str(written[0]))
     assert first.shape == nib.load(str(root / "images" / written[0].name)).shape
+
+
+def test_one_normalisation_vocabulary_for_volumes(tmp_path):
+    """zscore is the training set's mean and std for volumes as for 2D images (a bright
+    scanner stays bright); per_image is each volume's own; prediction applies the saved ones."""
+    from superdiffusion.data import build_data
+    from superdiffusion.inference import predict_volume_file
+    from superdiffusion.methods import build_method
+
+    root = write_volumes(tmp_path / "vols")
+    for i in range(0, 8, 2):  # every other volume from a scanner ten times brighter
+        img = nib.load(str(root / "images" / f"v{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 10 + 5, img.affine), str(root / "images" / f"v{i}.nii.gz"))
+    common = [*BASELINE3D, f"data.root={root}", "method=supervised"]
+    cfg = tiny_config(*common, "data.normalize=zscore")
+    data = build_data(cfg.data, 0)
+    training = data.labeled.ids + data.unlabeled.ids
+    raw = np.concatenate([np.asarray(nib.load(str(root / "images" / f"{i}.nii.gz")).dataobj).ravel() for i in training])
+    assert data.stats["mean"][0] == pytest.approx(raw.mean(), rel=1e-5)
+    assert data.stats["std"][0] == pytest.approx(raw.std(ddof=1), rel=1e-5)
+    means = {i: float(v.mean()) for i, v in zip(data.labeled.ids, data.labeled.images)}
+    assert max(means.values()) - min(means.values()) > 1  # the scanners stay apart
+    per_image = build_data(tiny_config(*common, "data.normalize=per_image").data, 0)
+    for volume in per_image.labeled.images + per_image.test.images:
+        assert float(volume.mean()) == pytest.approx(0, abs=1e-4) and float(volume.std()) == pytest.approx(1, abs=1e-3)
+
+    torch.manual_seed(0)
+    method = build_method(cfg, 1, 2, 3).eval()
+    case = data.test.ids[0]
+    written = predict_volume_file(
+        method, cfg, data.info(), root / "images" / f"{case}.nii.gz", tmp_path, 1, 0.5, torch.device("cpu"), True
+    )
+    saved = np.asarray(nib.load(str(written[-1])).dataobj)
+    direct = predict_tensor(method, data.test.images[0][None], torch.device("cpu"), 64, 1, (16, 16, 16), 0.5, 0)
+    assert np.allclose(saved, direct.probs[0, 1].numpy(), atol=1e-5)
+
+
+def test_a_format_1_volume_run_with_zscore_reads_as_per_image(tmp_path):
+    """Before format 2, zscore meant each volume's own z-score for volumes: such a checkpoint
+    is read under that meaning's new name, and resuming it under zscore is refused."""
+    from superdiffusion import checkpoint
+    from superdiffusion.errors import RunFolderError
+    from superdiffusion.runfolder import RunFolder
+
+    cfg = tiny_config(*BASELINE3D, "method=supervised", "data.normalize=zscore")
+    folder = RunFolder(tmp_path / "old")
+    state = {"config": cfg.to_dict(), "format": 1, "method": "supervised"}
+    folder.checkpoints.mkdir(parents=True)
+    checkpoint.save_atomic(state, folder.checkpoint_path("last"))
+    assert folder.load_checkpoint()["config"]["data"]["normalize"] == "per_image"
+    folder.write_config(cfg)
+    with pytest.raises(RunFolderError, match="trained with data.normalize=per_image"):
+        folder.prepare(cfg, resume=True, force=False)
+    state["format"] = 2
+    checkpoint.save_atomic(state, folder.checkpoint_path("last"))
+    assert folder.load_checkpoint()["config"]["data"]["normalize"] == "zscore"

@@ -49,9 +49,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
         best = dict(best, path=str(folder.checkpoint_path("best")))
         results = evaluate_method(trainer.method, data, cfg, best, trainer.device)
         results["health"] = trainer.health
-        results["train_seconds"] = round(trainer.elapsed, 2)
+        results["train_seconds"] = round(trainer.progress.elapsed, 2)
         results["wall_seconds_this_process"] = round(time.perf_counter() - start, 2)
-        folder.write_model(model_record(trainer.method, cfg, trainer.data_info(), trainer.best))
+        folder.write_model(model_record(trainer.method, cfg, trainer.data.info(), trainer.progress.best))
         rows = results.pop("per_case", None)
         if rows:
             write_rows(folder.per_case_path, rows)
@@ -214,13 +214,9 @@ def predict(
                         f"{output / name} already exists; choose another output folder or pass --force"
                     )
     written: list[Path] = []
+    predict_file = predict_volume_file if method.spatial_dims == 3 else predict_image_file
     for path in files:
-        if method.spatial_dims == 3:
-            written += predict_volume_file(method, cfg, path, output, samples, threshold, device, probabilities)
-        else:
-            written += predict_image_file(
-                method, cfg, state["data"], path, output, samples, threshold, device, probabilities
-            )
+        written += predict_file(method, cfg, state["data"], path, output, samples, threshold, device, probabilities)
     return written
 
 

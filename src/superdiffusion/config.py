@@ -41,9 +41,12 @@ class DataConfig(Section):
     # where value >= mask_threshold (JPEG or resampled masks); index: values are classes
     mask_mode: Literal["binary", "threshold", "index"] = "binary"
     mask_threshold: float | None = None  # threshold mode; None: half the range (128 for 8-bit masks)
-    # minmax: 2D [0, max] -> [-1, 1], volumes min..max -> [-1, 1]; percentile (volumes): clip to the
-    # 0.5-99.5 percentiles, then [-1, 1]; zscore (2D: training-set statistics; volumes: per volume,
-    # as per_image): unbounded, refused by the paper's method, whose diffusion pathways work in [-1, 1]
+    # one vocabulary for 2D images and volumes. zscore: the training images' channel mean and
+    # std (2D and volumes alike; unbounded). minmax: the intensity range to [-1, 1] (2D: the file
+    # type's range, 0..255 for 8 bits; volumes: each volume's min..max). Per volume only:
+    # percentile (clip to the volume's 0.5-99.5 percentiles, then [-1, 1]) and per_image (each
+    # volume's own mean and std; unbounded). The paper's method refuses unbounded ranges: its
+    # diffusion pathways work in [-1, 1]
     normalize: Literal["minmax", "percentile", "zscore", "per_image"] = "minmax"
     labeled_percent: float = Field(10.0, gt=0, le=100)
     val_fraction: float = Field(0.1, ge=0, lt=1)  # carved from train (seeded) when split.csv has no 'val' rows
@@ -64,7 +67,10 @@ class DataConfig(Section):
         if self.spatial_dims == 3 and len(self.patch_size) != 3:
             raise ValueError(f"data.patch_size must be [H, W, D] for volumes, got {self.patch_size}")
         if self.spatial_dims == 2 and self.normalize not in ("minmax", "zscore"):
-            raise ValueError(f"data.normalize must be minmax or zscore for 2D images, got {self.normalize!r}")
+            raise ValueError(
+                f"data.normalize must be minmax or zscore for 2D images (percentile and per_image are per volume), "
+                f"got {self.normalize!r}"
+            )
         return self
 
 

@@ -138,16 +138,18 @@ def predict_image_file(
 
 
 def predict_volume_file(
-    method, cfg, path, output, samples, threshold, device, probabilities: bool = False
+    method, cfg, data_info, path, output, samples, threshold, device, probabilities: bool = False
 ) -> list[Path]:
     """Segment one volume by sliding windows into ``output/STEM.nii.gz`` with the input's
     affine, plus ``STEM_uncertainty.nii.gz`` (float) with several draws and, with
-    ``probabilities``, ``STEM_probability.nii.gz``: the foreground probability (float32)."""
+    ``probabilities``, ``STEM_probability.nii.gz``: the foreground probability (float32).
+    ``data_info``: the checkpoint's ``data`` record (its training-set statistics)."""
     import nibabel as nib
 
     from .data.volumes import VolumePair, case_stem, load_volume_pair
 
     image, _, geometry = load_volume_pair(VolumePair(case_stem(path), path, None), cfg.data, labels=False)
+    image = normalize(image[None], data_info["stats"])[0]
     pred = predict_tensor(
         method,
         image[None],

@@ -93,7 +93,9 @@ class Monitor:
             terms += f"  pseudo-label foreground {100 * record['pseudo_fg']:.1f}%"
         self.info(f"{phase} epoch {record['epoch']}/{epochs}  {terms}  ({record['seconds']:.1f}s)")
 
-    def selection(self, split: str, metric: str, score: dict[str, Any], improved: bool, record, step: int) -> None:
+    def selection(self, choice, improved: bool, record: dict[str, Any], step: int) -> None:
+        """One evaluation (a :class:`~superdiffusion.protocol.Selection`) of the selection split."""
+        split, metric, score = choice.split_name, choice.metric, choice.scores
         if self.writer is not None:
             for k in SELECTION_SCALARS:
                 if k in score:

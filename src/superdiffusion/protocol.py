@@ -12,6 +12,7 @@ split is scored. Everything that decides what a reported number means lives here
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,56 @@ def teacher_probability(method: Method, teacher, split: Split, cfg: Config, devi
         probs = method.predict(images, 1, draw, cfg.eval.inference_t, net=teacher).probs
         chunks.append(foreground_probability(probs.float().cpu()))
     return torch.cat(chunks)
+
+
+@dataclass
+class Selection:
+    """One evaluated epoch scored on the selection split (at its best threshold in binary tasks)."""
+
+    split_name: str
+    metric: str
+    scores: dict[str, Any]
+    split: Split
+
+    @property
+    def score(self) -> float:
+        return self.scores[self.metric]
+
+    @property
+    def threshold(self) -> float:
+        return self.scores.get("threshold", 0.5)
+
+    @property
+    def variable_size(self) -> bool:
+        return isinstance(self.split.images, list)
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The fields this evaluation adds to the epoch's history row."""
+        kept = {k: self.scores[k] for k in ("threshold", "predicted_fraction", "true_fraction") if k in self.scores}
+        return {f"{self.split_name}_{self.metric}": self.score, **kept}
+
+    def best(self, epoch: int) -> dict[str, Any]:
+        """The run's ``best`` record, were this epoch the best so far."""
+        fractions = {k: self.scores[k] for k in ("predicted_fraction", "true_fraction") if k in self.scores}
+        best = {"score": self.score, "metric": self.metric, "split": self.split_name, "epoch": epoch}
+        return best | {"threshold": self.threshold} | fractions
+
+
+def select_epoch(method: Method, data: SegmentationData, cfg: Config, device: torch.device) -> Selection:
+    """Score the protocol's selection split (validation, or test under the paper's protocol)."""
+    split_name, metric = PROTOCOLS[cfg.eval.protocol]
+    split = getattr(data, split_name)
+    score = selection_scores(method, split, cfg, device)
+    return Selection(split_name, metric, best_threshold(score, metric) if method.num_classes == 2 else score[0], split)
+
+
+def example_predictions(method: Method, split: Split, cfg: Config, device: torch.device, count: int = 4):
+    """The first ``count`` images of a split, their class probabilities and their masks."""
+    images = split.images[:count]
+    e = cfg.eval
+    pred = predict_tensor(method, images, device, e.batch_size, 1, seed=cfg.train.seed, step=e.inference_t)
+    return images, pred.probs, split.masks[:count]
 
 
 def selection_scores(method: Method, split: Split, cfg: Config, device: torch.device) -> list[dict[str, float]]:

@@ -33,7 +33,10 @@ from . import checkpoint
 from .config import Config, from_dict, load_yaml
 from .errors import RunFolderError
 
-CHECKPOINT_FORMAT = 1  # the version of the checkpoint dictionary's layout this code writes and reads
+# the version of the checkpoint dictionary's layout this code writes and reads. 2: volumes'
+# data.normalize=zscore means the training set's statistics, as in 2D (per volume in format 1,
+# which now reads as per_image)
+CHECKPOINT_FORMAT = 2
 
 log = logging.getLogger("superdiffusion")
 log.setLevel(logging.INFO)  # a library user silences the package with log.setLevel(logging.WARNING)
@@ -264,6 +267,11 @@ class RunFolder:
         one (None otherwise). A folder that holds a run is never overwritten without ``force``."""
         if resume and self.has_checkpoint():
             state = self.load_checkpoint()
+            trained_with = state["config"]["data"].get("normalize")
+            if trained_with != cfg.data.normalize:
+                raise RunFolderError(
+                    f"{self.path}: trained with data.normalize={trained_with}; resume with data.normalize={trained_with}"
+                )
             self.write_config(cfg)  # e.g. a longer run
             return state
         if resume and self.started and self.finished:
@@ -295,6 +303,9 @@ def _readable(state: dict[str, Any], path: Path) -> dict[str, Any]:
             f"{path}: format {state['format']} was written by a newer superdiffusion; this version reads "
             f"formats up to {CHECKPOINT_FORMAT}: upgrade the package"
         )
+    data = state.get("config", {}).get("data", {})
+    if state["format"] < 2 and data.get("spatial_dims") == 3 and data.get("normalize") == "zscore":
+        state["config"]["data"] = dict(data, normalize="per_image")  # the same per-volume z-score, renamed
     return state
 
 

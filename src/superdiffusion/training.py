@@ -10,7 +10,7 @@ as the uninterrupted run would have.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,9 @@ from .data import SegmentationData
 from .data.augment import flip_rotate
 from .data.patches import random_patches
 from .errors import ConfigError, RunFolderError, TrainingDiverged
-from .evaluation import best_threshold
-from .inference import predict_tensor
 from .methods import Batch, Method, Phase, StepContext, build_method
 from .monitor import EpochMeter, Monitor
-from .protocol import PROTOCOLS, run_health, selection_scores
+from .protocol import Selection, example_predictions, run_health, select_epoch
 from .runfolder import RunFolder
 
 
@@ -121,22 +119,76 @@ def make_batch(
     return Batch(images, labels, labeled)
 
 
-def resumed_position(phases: list[Phase], position: dict[str, int], history: list[dict], where) -> dict[str, int]:
-    """Where a resumed run goes on. After a resume with a larger ``train.epochs`` a finished run
-    goes back into its last phase, to train the added epochs; a phase shorter than what it
-    already trained is refused (the lr steps at ``train.lr_step`` and the lambda ramp follow
-    the new length, as if it had been planned from the start)."""
-    index = min(position["phase"], len(phases) - 1)
-    phase = phases[index]
-    trained = max((h["epoch"] for h in history if h["phase"] == phase.name), default=0)
-    if trained > phase.epochs:
-        raise RunFolderError(
-            f"{where}: already trained {trained} {phase.name} epochs; a run cannot be shortened "
-            f"to {phase.epochs} (train into a new --out instead)"
-        )
-    if position["phase"] >= len(phases) and trained < phase.epochs:
-        return dict(position, phase=index, epoch=trained)
-    return dict(position)
+@dataclass
+class Progress:
+    """Where a run stands, saved in every checkpoint: the phase, epoch and step reached, the best
+    evaluation so far, one history record per epoch, and the seconds trained."""
+
+    position: dict[str, int] = field(default_factory=lambda: {"phase": 0, "epoch": 0, "step": 0})
+    best: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    def state(self) -> dict[str, Any]:
+        return {"position": dict(self.position), "best": dict(self.best), "history": list(self.history)} | {
+            "elapsed": self.elapsed
+        }
+
+    def add(self, record: dict[str, Any]) -> None:
+        """One trained epoch's record."""
+        self.elapsed += record["seconds"]
+        self.history.append(record)
+
+    def consider(self, choice: Selection, epoch: int) -> bool:
+        """Add an evaluation to the last epoch's record; whether it is the best so far (and kept)."""
+        self.history[-1].update(choice.record)
+        improved = not self.best or choice.score > self.best["score"]
+        if improved:
+            self.best = choice.best(epoch)
+        return improved
+
+    @classmethod
+    def restored(cls, state: dict[str, Any], phases: list[Phase], where) -> Progress:
+        """The progress a checkpoint saved, moved to where a resumed run goes on. After a resume
+        with a larger ``train.epochs`` a finished run goes back into its last phase, to train the
+        added epochs; a phase shorter than what it already trained is refused (the lr steps at
+        ``train.lr_step`` and the lambda ramp follow the new length, as if it had been planned
+        from the start)."""
+        progress = cls(dict(state["position"]), dict(state["best"]), list(state["history"]), state.get("elapsed", 0.0))
+        position = progress.position
+        index = min(position["phase"], len(phases) - 1)
+        phase = phases[index]
+        trained = max((h["epoch"] for h in progress.history if h["phase"] == phase.name), default=0)
+        if trained > phase.epochs:
+            raise RunFolderError(
+                f"{where}: already trained {trained} {phase.name} epochs; a run cannot be shortened "
+                f"to {phase.epochs} (train into a new --out instead)"
+            )
+        if position["phase"] >= len(phases) and trained < phase.epochs:
+            position.update(phase=index, epoch=trained)
+        return progress
+
+
+def check_method(state: dict[str, Any], name: str, where: Path) -> None:
+    if state["method"] != name:
+        raise RunFolderError(f"{where}: checkpoint is of method {state['method']}, not {name}")
+
+
+def make_optimizer(parameters, t, saved: dict[str, Any] | None = None):
+    """Adam with the lr divided by ``t.lr_gamma`` every ``t.lr_step`` epochs (one per phase);
+    ``saved``: a checkpoint's optimizer and scheduler states to go on from."""
+    optimizer = torch.optim.Adam(parameters, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+    return optimizer, scheduler
+
+
+def check_finite(total: torch.Tensor, losses: dict[str, torch.Tensor], where: str, last: Path) -> None:
+    if not torch.isfinite(total):
+        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+        raise TrainingDiverged(f"non-finite loss at {where}: {terms}; last good checkpoint: {last}")
 
 
 class Trainer:
@@ -144,14 +196,13 @@ class Trainer:
     of steps; after each evaluated epoch the selection split picks the best checkpoint."""
 
     def __init__(self, cfg: Config, data: SegmentationData, run_dir: Path, rank: int = 0, world: int = 1):
-        self.cfg, self.data, self.folder = cfg, data, RunFolder(run_dir)
-        self.rank, self.world = rank, world
+        self.cfg, self.data, self.folder, self.rank = cfg, data, RunFolder(run_dir), rank
         self.device = resolve_device(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         self.method: Method = build_method(cfg, data.channels, data.num_classes, data.spatial_dims).to(self.device)
-        self.model = self.method
+        self.model = self.method  # what the steps call: the method, or its DDP wrapper
         if world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(self.method, find_unused_parameters=True)
         t = cfg.train
@@ -160,59 +211,32 @@ class Trainer:
         )
         self.phases = self.method.phases(t.epochs)
         self.monitor = Monitor(self.folder, enabled=rank == 0)
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {}
-        self.position = {"phase": 0, "epoch": 0, "step": 0}
-        self.elapsed = 0.0
-        self.saved_optimizer: tuple[dict, dict] | None = None
+        self.progress, self.saved_optimizer = Progress(), None
 
-    # --- state -------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {
-            "method": self.method.name,
-            "config": self.cfg.to_dict(),
-            "data": self.data_info(),
-            "model": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "optimizer_phase": self.optimizer_phase,
-            "position": dict(self.position),
-            "best": dict(self.best),
-            "history": list(self.history),
-            "elapsed": self.elapsed,
-        }
-
-    def data_info(self) -> dict[str, Any]:
-        """What a saved model needs to know of its data: channels, classes, normalisation."""
-        d = self.data
-        info = {"channels": d.channels, "num_classes": d.num_classes, "spatial_dims": d.spatial_dims, "stats": d.stats}
-        return info | {"class_names": d.class_names} if d.class_names else info
+        model = {"method": self.method.name, "config": self.cfg.to_dict(), "data": self.data.info()}
+        model["model"] = self.method.state_dict()
+        optimizer = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        return model | optimizer | {"optimizer_phase": self.optimizer_phase} | self.progress.state()
 
     def restore(self, state: dict[str, Any]) -> None:
-        if state["method"] != self.method.name:
-            raise RunFolderError(
-                f"{self.folder.path}: checkpoint is of method {state['method']}, not {self.method.name}"
-            )
+        check_method(state, self.method.name, self.folder.path)
         self.method.load_state_dict(state["model"])
-        self.position, self.best = dict(state["position"]), dict(state["best"])
-        self.history, self.elapsed = list(state["history"]), float(state.get("elapsed", 0.0))
-        position = resumed_position(self.phases, self.position, self.history, self.folder.path)
-        if position != self.position:  # a finished run given more epochs: unfinished again until it ends
-            self.position = position
+        self.progress = Progress.restored(state, self.phases, self.folder.path)
+        if self.progress.position != state["position"]:  # a finished run given more epochs: unfinished until it ends
             self.folder.results_path.unlink(missing_ok=True)
-        if state["optimizer_phase"] == self.position["phase"]:  # else the saved one belongs to a finished phase
-            self.saved_optimizer = (state["optimizer"], state["scheduler"])
+        if state["optimizer_phase"] == self.progress.position["phase"]:  # else it is a finished phase's
+            self.saved_optimizer = state
 
     def save(self, which: str = "last") -> None:
         if self.rank == 0:
             self.folder.save_checkpoint(self.state(), which)
             if which == "last":
-                self.monitor.saved(self.history)
+                self.monitor.saved(self.progress.history)
 
-    # --- the loop ------------------------------------------------------------------------------
     def fit(self, resume: bool = False, force: bool = False) -> dict[str, Any]:
         state = self.folder.prepare(self.cfg, resume, force) if self.rank == 0 else None
-        if self.world > 1:
+        if self.plan.world > 1:
             torch.distributed.barrier()  # rank 0 has checked and prepared the folder
             if self.rank != 0 and resume and self.folder.has_checkpoint():
                 state = self.folder.load_checkpoint()
@@ -225,96 +249,67 @@ class Trainer:
                 f"device {self.device}; run folder {self.folder.path}"
             )
             for index, phase in enumerate(self.phases):
-                if index >= self.position["phase"]:
+                if index >= self.progress.position["phase"]:
                     self.run_phase(index, phase)
-            self.health = run_health(self.history, self.best, self.cfg.eval, self.data.num_classes)
+            self.health = run_health(self.progress.history, self.progress.best, self.cfg.eval, self.data.num_classes)
             self.monitor.health(self.health["flags"])
         finally:
-            self.monitor.close(self.history)
-        return self.best
+            self.monitor.close(self.progress.history)
+        return self.progress.best
 
     def run_phase(self, index: int, phase: Phase) -> None:
         t = self.cfg.train
-        self.optimizer = torch.optim.Adam(
-            self.method.parameters_for(phase.name), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
-        )
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
-        self.optimizer_phase = index
-        if self.saved_optimizer is not None:
-            self.optimizer.load_state_dict(self.saved_optimizer[0])
-            self.scheduler.load_state_dict(self.saved_optimizer[1])
-            self.saved_optimizer = None
-        for epoch in range(self.position["epoch"], phase.epochs):
+        self.optimizer, self.scheduler = make_optimizer(self.method.parameters_for(phase.name), t, self.saved_optimizer)
+        self.optimizer_phase, self.saved_optimizer = index, None
+        for epoch in range(self.progress.position["epoch"], phase.epochs):
             self.run_epoch(index, phase, epoch)
-            self.position.update(epoch=epoch + 1)
+            self.progress.position.update(epoch=epoch + 1)
             due = (epoch + 1) % t.eval_every == 0 or epoch + 1 == phase.epochs
             if phase.evaluate and due and self.rank == 0:
                 self.select(epoch)
             self.save()
-        self.position.update(phase=index + 1, epoch=0)
+        self.progress.position.update(phase=index + 1, epoch=0)
         self.save()
 
     def run_epoch(self, phase_index: int, phase: Phase, epoch: int) -> None:
-        cfg = self.cfg
+        t, meter = self.cfg.train, EpochMeter()
         self.model.train()
         weight = self.method.weight(epoch, phase.epochs)
-        batches = self.plan.epoch(cfg.train.seed, phase_index, epoch)
-        meter = EpochMeter()
+        batches = self.plan.epoch(t.seed, phase_index, epoch)
         bar = tqdm(batches, desc=f"{phase.name} {epoch + 1}/{phase.epochs}", leave=False, disable=self.rank or None)
         for i, (lab, unl) in enumerate(bar):
-            seed = step_seed(cfg.train.seed, phase_index, epoch, i)
+            seed = step_seed(t.seed, phase_index, epoch, i)
             torch.manual_seed(seed)
-            batch = make_batch(self.data, lab, unl, torch.Generator().manual_seed(seed), cfg.data.patch_size)
+            batch = make_batch(self.data, lab, unl, torch.Generator().manual_seed(seed), self.cfg.data.patch_size)
             batch = self.plan.shard(batch).to(self.device)
-            ctx = StepContext(phase.name, epoch, phase.epochs, self.position["step"], weight)
-            with torch.autocast("cuda", torch.bfloat16, enabled=cfg.train.amp and self.device.type == "cuda"):
+            ctx = StepContext(phase.name, epoch, phase.epochs, self.progress.position["step"], weight)
+            with torch.autocast("cuda", torch.bfloat16, enabled=t.amp and self.device.type == "cuda"):
                 losses = self.model(batch, ctx)
             total = sum(losses.values())
-            if not torch.isfinite(total):
-                terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-                raise TrainingDiverged(
-                    f"non-finite loss at step {self.position['step']} ({phase.name} epoch {epoch + 1}): {terms}; "
-                    f"last good checkpoint: {self.folder.checkpoint_path('last')}"
-                )
+            where = f"step {self.progress.position['step']} ({phase.name} epoch {epoch + 1})"
+            check_finite(total, losses, where, self.folder.checkpoint_path("last"))
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
             self.method.after_step(ctx)
-            self.position["step"] += 1
+            self.progress.position["step"] += 1
             meter.add(losses, self.method.diagnostics)
             self.method.diagnostics = {}
             bar.set_postfix(loss=f"{float(total.detach()):.3f}")
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         record = meter.record(phase.name, epoch + 1, weight, lr, self.method.weighted_terms)
-        self.elapsed += record["seconds"]
-        self.history.append(record)
-        self.monitor.epoch(record, list(meter.sums), list(meter.diagnostics), phase.epochs, self.position["step"])
+        self.progress.add(record)
+        self.monitor.epoch(record, list(meter.sums), list(meter.diagnostics), phase.epochs, ctx.step + 1)
 
     def select(self, epoch: int) -> None:
         """Score the selection split, keep the best checkpoint and its threshold."""
-        split_name, metric = PROTOCOLS[self.cfg.eval.protocol]
-        score = selection_scores(self.method, getattr(self.data, split_name), self.cfg, self.device)
-        best = best_threshold(score, metric) if self.data.num_classes == 2 else score[0]
-        record = self.history[-1]
-        record[f"{split_name}_{metric}"] = best[metric]
-        record.update({k: best[k] for k in ("threshold", "predicted_fraction", "true_fraction") if k in best})
-        improved = not self.best or best[metric] > self.best["score"]
+        choice = select_epoch(self.method, self.data, self.cfg, self.device)
+        improved = self.progress.consider(choice, epoch + 1)
         if improved:
-            fractions = {k: best[k] for k in ("predicted_fraction", "true_fraction") if k in best}
-            self.best = {"score": best[metric], "metric": metric, "split": split_name, "epoch": epoch + 1}
-            self.best.update(threshold=best.get("threshold", 0.5), **fractions)
             self.save("best")
-        self.monitor.selection(split_name, metric, best, improved, record, self.position["step"])
-        split = getattr(self.data, split_name)
-        if self.monitor.wants_images(epoch) and self.data.spatial_dims == 2 and not isinstance(split.images, list):
-            self.show_examples(split, split_name, best.get("threshold", 0.5))
-
-    def show_examples(self, split, split_name: str, threshold: float, count: int = 4) -> None:
-        """A few selection images with their prediction and target, for TensorBoard."""
-        images = split.images[:count]
-        e = self.cfg.eval
-        pred = predict_tensor(
-            self.method, images, self.device, e.batch_size, 1, seed=self.cfg.train.seed, step=e.inference_t
-        )
-        self.monitor.examples(split_name, images, pred.probs, split.masks[:count], threshold, self.position["step"])
+        step = self.progress.position["step"]
+        self.monitor.selection(choice, improved, self.progress.history[-1], step)
+        if self.monitor.wants_images(epoch) and self.data.spatial_dims == 2 and not choice.variable_size:
+            shown = example_predictions(self.method, choice.split, self.cfg, self.device)
+            self.monitor.examples(choice.split_name, *shown, choice.threshold, step)

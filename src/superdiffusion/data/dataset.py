@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -103,6 +104,12 @@ class SegmentationData:
             f"{len(self.val)} validation, {len(self.test)} test"
         )
 
+    def info(self) -> dict[str, Any]:
+        """What a saved model needs to know of its data: channels, classes, normalisation."""
+        info = {"channels": self.channels, "num_classes": self.num_classes, "spatial_dims": self.spatial_dims}
+        info["stats"] = self.stats
+        return info | {"class_names": self.class_names} if self.class_names else info
+
 
 def normalize(images: torch.Tensor | list[torch.Tensor], stats: dict[str, list[float]]) -> torch.Tensor:
     """Apply the dataset's normalisation: ``(x - mean) / std`` per channel (a list: each
@@ -115,17 +122,32 @@ def normalize(images: torch.Tensor | list[torch.Tensor], stats: dict[str, list[f
     return (images - mean) / std
 
 
-def dataset_stats(images: torch.Tensor, mode: str) -> dict[str, list[float]]:
-    """minmax maps [0, 1] to [-1, 1]; zscore uses the training images' channel mean/std."""
-    if isinstance(images, list):  # images of their own sizes: every pixel of every image
-        images = torch.cat([image.flatten(1) for image in images], dim=1)[None]
-    channels = images.shape[1]
+IDENTITY = "identity"
+
+
+def dataset_stats(images: torch.Tensor | list[torch.Tensor], mode: str) -> dict[str, list[float]]:
+    """The dataset-wide part of ``data.normalize``, which :func:`normalize` applies: zscore,
+    the training images' channel mean and std (2D and volumes alike); minmax on 2D images in
+    [0, 1], to [-1, 1]; ``identity`` (volumes' minmax, percentile and per_image, applied per
+    volume as it is read), none. A list holds images of their own sizes."""
+    if isinstance(images, list):
+        channels = images[0].shape[0] if images else 1
+    else:
+        channels = images.shape[1]
+    if mode == IDENTITY:
+        return {"mean": [0.0] * channels, "std": [1.0] * channels}
     if mode == "minmax":
         return {"mean": [0.5] * channels, "std": [0.5] * channels}
-    if mode == "zscore":
-        dims = [0] + list(range(2, images.dim()))
-        return {"mean": images.mean(dims).tolist(), "std": images.std(dims).clamp_min(1e-6).tolist()}
-    raise DataError(f"data.normalize must be minmax or zscore for 2D images, got {mode!r}")
+    if mode != "zscore":
+        raise DataError(f"data.normalize must be minmax or zscore for 2D images, got {mode!r}")
+    # sums in float64, image by image: no copy of every voxel of a large volume dataset
+    total, square, count = torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64), 0
+    for image in images if isinstance(images, list) else [images.transpose(0, 1).flatten(1)]:
+        flat = image.flatten(1).double()
+        total, square, count = total + flat.sum(1), square + (flat * flat).sum(1), count + flat.shape[1]
+    mean = total / max(count, 1)
+    std = ((square - count * mean * mean) / max(count - 1, 1)).clamp_min(0).sqrt().clamp_min(1e-6)
+    return {"mean": mean.tolist(), "std": std.tolist()}
 
 
 def assign_splits(pairs: list[Pair], cfg: DataConfig, seed: int, validation: bool = True) -> dict[str, list[Pair]]:

@@ -21,7 +21,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import DataError
-from .dataset import SegmentationData, Split, assign_splits, resolve_root
+from .dataset import IDENTITY, SegmentationData, Split, assign_splits, dataset_stats, normalize, resolve_root
 from .folder import read_split
 from .splits import choose_labeled
 
@@ -184,7 +184,8 @@ def scan_volumes(root: str | Path) -> list[VolumePair]:
 def load_volume_pair(
     pair: VolumePair, cfg: DataConfig, labels: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None, Volume]:
-    """Image ``(C, H, W, D)`` float32, each channel normalised per volume, and labels
+    """Image ``(C, H, W, D)`` float32, each channel normalised per volume (but under ``zscore``,
+    whose training-set statistics :func:`~superdiffusion.data.normalize` applies after), and labels
     ``(H, W, D)`` int64 checked against the declared classes (None when ``labels`` is False)."""
     files = pair.image if isinstance(pair.image, tuple) else (pair.image,)
     channels = [read_volume(path, "image") for path in files]
@@ -224,10 +225,13 @@ PERCENTILES = (0.5, 99.5)  # intensity clipping of each volume, as nnU-Net clips
 
 
 def _normalize(img: torch.Tensor, mode: str) -> torch.Tensor:
-    """Per-volume intensity normalisation. ``percentile``: clip to the volume's 0.5 and
+    """The per-volume part of ``data.normalize``. ``percentile``: clip to the volume's 0.5 and
     99.5 percentiles, then map linearly to [-1, 1] (bounded: the range of the diffusion
-    pathways); ``minmax``: min..max to [-1, 1]; ``per_image``/``zscore``: z-score (unbounded)."""
-    if mode in ("per_image", "zscore"):
+    pathways); ``minmax``: min..max to [-1, 1]; ``per_image``: the volume's own z-score;
+    ``zscore``: unchanged here (the training set's mean and std are applied afterwards)."""
+    if mode == "zscore":
+        return img
+    if mode == "per_image":
         return (img - img.mean()) / img.std().clamp_min(1e-6)
     if mode == "percentile":
         low, high = np.percentile(img.numpy(), PERCENTILES)
@@ -269,6 +273,10 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
     if len(channels) > 1:
         raise DataError(f"{root}: cases have different channel counts {sorted(channels)}")
     (count,) = channels
+    training = splits["labeled"].images + unlabeled.images
+    stats = dataset_stats(training, cfg.normalize if cfg.normalize == "zscore" else IDENTITY)
+    for split in (*splits.values(), unlabeled) if cfg.normalize == "zscore" else ():
+        split.images = normalize(split.images, stats)
     return SegmentationData(
         labeled=splits["labeled"],
         unlabeled=unlabeled,
@@ -277,5 +285,5 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
         channels=count,
         num_classes=cfg.num_classes,
         spatial_dims=3,
-        stats={"mean": [0.0] * count, "std": [1.0] * count},
+        stats=stats,
     )

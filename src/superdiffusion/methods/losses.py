@@ -14,9 +14,8 @@ def dice_loss(
     ``dice_loss``): squared terms in the denominator, sums pooled over the batch, smoothing
     1e-5, averaged over the classes (background included unless ``include_background`` is
     False), as MONAI's :class:`~monai.losses.DiceLoss` computes it. ``mask`` (``(B, *S)``,
-    1 = kept) leaves pixels out of every sum (MONAI's ``MaskedDiceLoss``); their labels may
-    hold any value."""
-    from monai.losses import DiceLoss, MaskedDiceLoss
+    True = kept) leaves pixels out of every sum; their labels may hold any value."""
+    from monai.losses import DiceLoss
 
     options = dict(
         include_background=include_background,
@@ -26,10 +25,10 @@ def dice_loss(
         smooth_nr=1e-5,
         smooth_dr=1e-5,
     )
-    if mask is None:
-        return DiceLoss(to_onehot_y=True, **options)(logits, labels.unsqueeze(1))
-    one_hot = F.one_hot(labels.clamp_min(0), logits.shape[1]).movedim(-1, 1).to(logits.dtype)
-    return MaskedDiceLoss(**options)(logits, one_hot, mask.unsqueeze(1).to(logits.dtype))
+    if mask is not None:  # the kept pixels as one batch item of shape (C, K): the sums are pooled anyway
+        mask = mask.bool()
+        logits, labels = logits.movedim(1, -1)[mask].T[None], labels[mask][None]
+    return DiceLoss(to_onehot_y=True, **options)(logits, labels.unsqueeze(1))
 
 
 def cps_loss(logits_a, logits_b):
