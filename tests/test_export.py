@@ -10,8 +10,8 @@ from PIL import Image
 
 from superdiffusion import api
 from superdiffusion.data.folder import read_image
-from superdiffusion.errors import RunFolderError
-from superdiffusion.export import export
+from superdiffusion.errors import ConfigError, RunFolderError
+from superdiffusion.export import ONNX_TORCH, export
 
 FAST = ["train.epochs=1", "train.steps_per_epoch=2", "method.pretrain_epochs=0", "method.rounds=1"]
 
@@ -46,6 +46,10 @@ def test_onnx_export_agrees_with_predict(tmp_path, pair_folder):
     run = tmp_path / "run"
     overrides = [f"data.root={pair_folder}", "method=superdiffusion", "data.labeled_percent=50", "data.size=[24, 20]"]
     api.train(tiny_config(*FAST, *overrides), run)
+    if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < ONNX_TORCH:  # the oldest supported torch
+        with pytest.raises(ConfigError, match="ONNX export needs torch >= 2.13"):
+            export(run, tmp_path / "model.onnx", fmt="onnx")
+        return
     predicted = tmp_path / "predicted"
     api.predict(run, pair_folder / "images", predicted, device="cpu")
     path = export(run, tmp_path / "model.onnx", fmt="onnx")

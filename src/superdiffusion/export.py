@@ -152,7 +152,16 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "torchscript", force
     return out
 
 
+ONNX_TORCH = (2, 13)  # the oldest torch whose exporter was tested to convert these models (2.9 fails in torch.export)
+
+
 def _onnx(model: SegmentationModel, channels: int, meta: dict[str, Any], out: Path) -> None:
+    have = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    if have < ONNX_TORCH:
+        raise ConfigError(
+            f"ONNX export needs torch >= {ONNX_TORCH[0]}.{ONNX_TORCH[1]} (this is {torch.__version__}); "
+            "upgrade torch or use --format torchscript"
+        )
     try:
         import onnx
     except ImportError:
