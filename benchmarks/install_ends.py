@@ -64,15 +64,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "install-ends.json")
     parser.add_argument("--ends", nargs="+", choices=["low", "high"], default=["low", "high"])
     parser.add_argument("--venvs", type=Path, default=Path("/tmp/superdiffusion-install-ends"))
+    parser.add_argument("--reuse", action="store_true", help="test again in environments this script made before")
     args = parser.parse_args()
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for end in args.ends:
         where = args.venvs / end
-        if where.exists():
-            raise SystemExit(f"{where} exists: remove it, or pass another --venvs")
+        if where.exists() and not args.reuse:
+            raise SystemExit(f"{where} exists: remove it, pass --reuse, or pass another --venvs")
         start = time.perf_counter()
-        python = environment(end, where)
-        tests = run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=ROOT)
+        python = where / "bin" / "python" if args.reuse and where.exists() else environment(end, where)
+        tests = run([str(python), "-m", "pytest", "-p", "no:cacheprovider"], cwd=ROOT)  # -q is in addopts
         summary = [line for line in tests.stdout.splitlines() if re.search(r"\d+ (passed|failed)", line)]
         failed = [line for line in tests.stdout.splitlines() if line.startswith("FAILED")]
         results[end] = {
