@@ -16,10 +16,17 @@ from superdiffusion.export import ONNX_TORCH, export
 FAST = ["train.epochs=1", "train.steps_per_epoch=2", "method.pretrain_epochs=0", "method.rounds=1"]
 
 
-@pytest.mark.parametrize("method", ["superdiffusion", "cps"])
-def test_exported_model_gives_the_masks_predict_gives(tmp_path, pair_folder, method):
+@pytest.mark.parametrize(
+    "method, normalize", [("superdiffusion", "minmax"), ("cps", "minmax"), ("cps", "percentile"), ("cps", "per_image")]
+)
+def test_exported_model_gives_the_masks_predict_gives(tmp_path, pair_folder, method, normalize):
     run = tmp_path / "run"
-    overrides = [f"data.root={pair_folder}", f"method={method}", "data.labeled_percent=50"]
+    overrides = [
+        f"data.root={pair_folder}",
+        f"method={method}",
+        "data.labeled_percent=50",
+        f"data.normalize={normalize}",
+    ]
     api.train(tiny_config(*FAST[:2], *(FAST[2:] if method == "superdiffusion" else []), *overrides), run)
     images = sorted((pair_folder / "images").glob("*.png"))
     predicted = tmp_path / "predicted"

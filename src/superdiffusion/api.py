@@ -238,7 +238,7 @@ def suggest(
     run's unlabeled training images, or the 2D images of ``inputs``. Writes the ranking as a
     CSV (rank, id, score) and, for the run's own pool, ``labeled_next.txt``: the run's labeled
     ids plus the top ``count``, ready for ``data.labeled_ids``. Returns both paths."""
-    from .data import normalize
+    from .data import normalize, normalize_each
     from .data.folder import read_image, resize_image
     from .evaluation import foreground_probability
     from .inference import predict_tensor
@@ -274,9 +274,8 @@ def suggest(
     else:
         files = [p for p in _inputs(Path(inputs)) if p.suffix.lower() in IMAGE_EXTENSIONS]
         stats, size = state["data"]["stats"], tuple(cfg.data.size)
-        images = torch.stack(
-            [normalize(resize_image(read_image(p, state["data"]["channels"]), size)[None], stats)[0] for p in files]
-        )
+        raw = torch.stack([resize_image(read_image(p, state["data"]["channels"]), size) for p in files])
+        images = normalize(normalize_each(raw, cfg.data.normalize), stats)
         ids, labeled = [p.stem for p in files], None
     draws = samples if by == "spread" else 1
     pred = predict_tensor(

@@ -43,9 +43,10 @@ class DataConfig(Section):
     mask_threshold: float | None = None  # threshold mode; None: half the range (128 for 8-bit masks)
     # one vocabulary for 2D images and volumes. zscore: the training images' channel mean and
     # std (2D and volumes alike; unbounded). minmax: the intensity range to [-1, 1] (2D: the file
-    # type's range, 0..255 for 8 bits; volumes: each volume's min..max). Per volume only:
-    # percentile (clip to the volume's 0.5-99.5 percentiles, then [-1, 1]) and per_image (each
-    # volume's own mean and std; unbounded). The paper's method refuses unbounded ranges: its
+    # type's range, 0..255 for 8 bits; volumes: each volume's min..max). Each image on its own:
+    # percentile (clip to the image's 0.5-99.5 percentiles, then [-1, 1]; for images that use a
+    # small part of their type's range, e.g. 16-bit) and per_image (the image's own mean and
+    # std; unbounded). The paper's method refuses unbounded ranges: its
     # diffusion pathways work in [-1, 1]
     normalize: Literal["minmax", "percentile", "zscore", "per_image"] = "minmax"
     labeled_percent: float = Field(10.0, gt=0, le=100)
@@ -66,11 +67,6 @@ class DataConfig(Section):
             )
         if self.spatial_dims == 3 and len(self.patch_size) != 3:
             raise ValueError(f"data.patch_size must be [H, W, D] for volumes, got {self.patch_size}")
-        if self.spatial_dims == 2 and self.normalize not in ("minmax", "zscore"):
-            raise ValueError(
-                f"data.normalize must be minmax or zscore for 2D images (percentile and per_image are per volume), "
-                f"got {self.normalize!r}"
-            )
         return self
 
 

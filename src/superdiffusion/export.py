@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.dataset import class_names
+from .data.dataset import PER_IMAGE_MODES, class_names
 from .errors import ConfigError, RunFolderError
 from .inference import derived_seed
 from .methods import Method
@@ -51,10 +51,11 @@ class SegmentationModel(nn.Module):
     """Raw images in [0, 1] -> (mask, probabilities) at the input's size (scripted)."""
 
     def __init__(self, network: nn.Module, size: list[int], mean: list[float], std: list[float], threshold: float,
-                 class_names: list[str]):  # fmt: skip
+                 class_names: list[str], per_image: str = "none"):  # fmt: skip
         super().__init__()
         self.network = network
         self.size = size
+        self.per_image = per_image  # data.normalize's per-image step: none, percentile or per_image
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
         self.threshold = threshold
@@ -66,6 +67,13 @@ class SegmentationModel(nn.Module):
         x = image
         if h != self.size[0] or w != self.size[1]:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        if self.per_image == "per_image":  # each image's own mean and std, channel by channel
+            x = (x - x.mean(dim=(2, 3), keepdim=True)) / x.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+        elif self.per_image == "percentile":  # each image's 0.5-99.5 percentiles to [-1, 1]
+            flat = x.flatten(2)
+            low = torch.quantile(flat, 0.005, dim=2, keepdim=True).unsqueeze(-1)
+            high = torch.quantile(flat, 0.995, dim=2, keepdim=True).unsqueeze(-1)
+            x = (torch.minimum(torch.maximum(x, low), high) - low) / (high - low).clamp_min(1e-6) * 2 - 1
         probs = self.network((x - self.mean) / self.std)
         probs = F.interpolate(probs, size=[h, w], mode="bilinear", align_corners=False)
         if self.binary:
@@ -106,7 +114,9 @@ def build(method: Method, cfg, state: dict[str, Any], trace: bool = True) -> Seg
             network = torch.jit.trace(network, example, check_trace=False)
     names = class_names(data["num_classes"], data.get("class_names"))
     threshold = float(state["best"].get("threshold", 0.5))
-    return SegmentationModel(network, size, data["stats"]["mean"], data["stats"]["std"], threshold, list(names)).eval()
+    per_image = cfg.data.normalize if cfg.data.normalize in PER_IMAGE_MODES else "none"
+    mean, std = data["stats"]["mean"], data["stats"]["std"]
+    return SegmentationModel(network, size, mean, std, threshold, list(names), per_image).eval()
 
 
 def metadata(cfg, state: dict[str, Any], model: SegmentationModel, fmt: str) -> dict[str, Any]:
@@ -118,7 +128,11 @@ def metadata(cfg, state: dict[str, Any], model: SegmentationModel, fmt: str) -> 
         "outputs": ["mask (B, H, W) uint8 class indices", "probabilities (B, K, H, W) float"],
         "channels": state["data"]["channels"],
         "size": model.size,
-        "normalisation": {"mean": state["data"]["stats"]["mean"], "std": state["data"]["stats"]["std"]},
+        "normalisation": {
+            "per_image": model.per_image,
+            "mean": state["data"]["stats"]["mean"],
+            "std": state["data"]["stats"]["std"],
+        },
         "threshold": model.threshold,
         "class_names": model.class_names,
         "dataset": cfg.data.name,

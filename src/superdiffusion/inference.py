@@ -11,7 +11,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from PIL import Image
 
-from .data import normalize
+from .data import normalize, normalize_each
 from .data.folder import read_image, resize_image
 from .errors import ConfigError
 from .methods import Method, Prediction
@@ -112,10 +112,10 @@ def predict_image_file(
     image = read_image(path, channels)
     size = image.shape[1:]
     if cfg.data.size is None:  # trained on patches at native resolution: sliding windows over the image
-        x = normalize(torch.from_numpy(image)[None], stats)
+        x = normalize(normalize_each(torch.from_numpy(image)[None], cfg.data.normalize), stats)
         window, overlap = tuple(cfg.data.patch_size), cfg.eval.sw_overlap
     else:
-        x = normalize(resize_image(image, tuple(cfg.data.size))[None], stats)
+        x = normalize(normalize_each(resize_image(image, tuple(cfg.data.size))[None], cfg.data.normalize), stats)
         window, overlap = None, 0.5
     pred = predict_tensor(
         method, x, device, cfg.eval.batch_size, samples, window, overlap, cfg.train.seed, cfg.eval.inference_t

@@ -15,6 +15,7 @@ from .dataset import (
     data_folder,
     dataset_stats,
     normalize,
+    normalize_each,
     resolve_root,
 )
 from .folder import Pair, layout_pairs, load_pairs, scan_folder
@@ -31,6 +32,7 @@ __all__ = [
     "build_data",
     "data_folder",
     "normalize",
+    "normalize_each",
     "resolve_root",
     "scan_folder",
 ]
@@ -76,6 +78,8 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True) -> Segmentat
             p for p in scan_folder(resolve_root(cfg.unlabeled_root), require_masks=False) if p.split == "train"
         ]
         extra = load_pairs(extra_pairs, size, cfg.num_classes, cfg.mask_mode, channels=channels)
+    for item in [*loaded.values(), *([extra] if extra is not None else [])]:
+        item["images"] = normalize_each(item["images"], cfg.normalize)
     stats = dataset_stats(loaded["train"]["images"], cfg.normalize)
 
     def make(name: str, keep: list[str] | None = None) -> Split:

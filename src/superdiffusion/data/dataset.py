@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..config import DataConfig
@@ -123,23 +124,46 @@ def normalize(images: torch.Tensor | list[torch.Tensor], stats: dict[str, list[f
 
 
 IDENTITY = "identity"
+PER_IMAGE_MODES = ("percentile", "per_image")  # each image (or volume) on its own, 2D and volumes alike
+PERCENTILES = (0.5, 99.5)  # intensity clipping of each image, as nnU-Net clips its intensities
+
+
+def normalize_each(images, mode: str):
+    """The per-image part of ``data.normalize``, channel by channel of each ``(C, *S)`` image
+    (of a stack ``(N, C, *S)`` or a list): ``percentile`` clips to the image's 0.5 and 99.5
+    percentiles, then maps linearly to [-1, 1] (bounded: the range of the diffusion pathways);
+    ``per_image`` subtracts the image's own mean and divides by its std (unbounded). Any other
+    mode is dataset-wide: the images come back unchanged."""
+    if mode not in PER_IMAGE_MODES:
+        return images
+    if isinstance(images, list):
+        return [normalize_each(image[None], mode)[0] for image in images]
+    out = torch.empty_like(images)
+    for n, image in enumerate(images):
+        for c, plane in enumerate(image):
+            if mode == "per_image":
+                out[n, c] = (plane - plane.mean()) / plane.std().clamp_min(1e-6)
+            else:
+                low, high = (float(v) for v in np.percentile(plane.numpy(), PERCENTILES))
+                out[n, c] = (plane.clamp(low, high) - low) / max(high - low, 1e-6) * 2 - 1
+    return out
 
 
 def dataset_stats(images: torch.Tensor | list[torch.Tensor], mode: str) -> dict[str, list[float]]:
     """The dataset-wide part of ``data.normalize``, which :func:`normalize` applies: zscore,
     the training images' channel mean and std (2D and volumes alike); minmax on 2D images in
-    [0, 1], to [-1, 1]; ``identity`` (volumes' minmax, percentile and per_image, applied per
-    volume as it is read), none. A list holds images of their own sizes."""
+    [0, 1], to [-1, 1]; ``identity``, ``percentile`` and ``per_image`` (applied to each image
+    by :func:`normalize_each`; volumes' minmax too, as each volume is read), none. A list holds images of their own sizes."""
     if isinstance(images, list):
         channels = images[0].shape[0] if images else 1
     else:
         channels = images.shape[1]
-    if mode == IDENTITY:
+    if mode == IDENTITY or mode in PER_IMAGE_MODES:
         return {"mean": [0.0] * channels, "std": [1.0] * channels}
     if mode == "minmax":
         return {"mean": [0.5] * channels, "std": [0.5] * channels}
     if mode != "zscore":
-        raise DataError(f"data.normalize must be minmax or zscore for 2D images, got {mode!r}")
+        raise DataError(f"data.normalize must be minmax, zscore, percentile or per_image, got {mode!r}")
     # sums in float64, image by image: no copy of every voxel of a large volume dataset
     total, square, count = torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64), 0
     for image in images if isinstance(images, list) else [images.transpose(0, 1).flatten(1)]:

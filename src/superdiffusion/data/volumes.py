@@ -21,7 +21,17 @@ import torch
 
 from ..config import DataConfig
 from ..errors import DataError
-from .dataset import IDENTITY, SegmentationData, Split, assign_splits, dataset_stats, normalize, resolve_root
+from .dataset import (
+    IDENTITY,
+    PER_IMAGE_MODES,
+    SegmentationData,
+    Split,
+    assign_splits,
+    dataset_stats,
+    normalize,
+    normalize_each,
+    resolve_root,
+)
 from .folder import read_split
 from .splits import choose_labeled
 
@@ -221,9 +231,6 @@ def load_volume_pair(
     return img, torch.from_numpy(lab), image
 
 
-PERCENTILES = (0.5, 99.5)  # intensity clipping of each volume, as nnU-Net clips its intensities
-
-
 def _normalize(img: torch.Tensor, mode: str) -> torch.Tensor:
     """The per-volume part of ``data.normalize``. ``percentile``: clip to the volume's 0.5 and
     99.5 percentiles, then map linearly to [-1, 1] (bounded: the range of the diffusion
@@ -231,12 +238,8 @@ def _normalize(img: torch.Tensor, mode: str) -> torch.Tensor:
     ``zscore``: unchanged here (the training set's mean and std are applied afterwards)."""
     if mode == "zscore":
         return img
-    if mode == "per_image":
-        return (img - img.mean()) / img.std().clamp_min(1e-6)
-    if mode == "percentile":
-        low, high = np.percentile(img.numpy(), PERCENTILES)
-        img = img.clamp(float(low), float(high))
-        return (img - float(low)) / max(float(high - low), 1e-6) * 2 - 1
+    if mode in PER_IMAGE_MODES:
+        return normalize_each(img[None, None], mode)[0, 0]
     if mode == "minmax":
         low, high = img.min(), img.max()
         return (img - low) / (high - low).clamp_min(1e-6) * 2 - 1
