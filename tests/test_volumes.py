@@ -210,7 +210,7 @@ def test_a_format_1_volume_run_with_zscore_reads_as_per_image(tmp_path):
     checkpoint.save_atomic(state, folder.checkpoint_path("last"))
     assert folder.load_checkpoint()["config"]["data"]["normalize"] == "per_image"
     folder.write_config(cfg)
-    with pytest.raises(RunFolderError, match="trained with data.normalize=per_image"):
+    with pytest.raises(RunFolderError, match=r"changes data.normalize \(per_image -> zscore\)"):
         folder.prepare(cfg, resume=True, force=False)
     state["format"] = 2
     checkpoint.save_atomic(state, folder.checkpoint_path("last"))

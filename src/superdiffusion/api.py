@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .config import RESUMABLE_KEYS, Config, flat, from_dict
+from .config import Config, from_dict
 from .data import build_data, with_dataset_json
 from .data.folder import IMAGE_EXTENSIONS
 from .errors import ConfigError, DataError, RunFolderError
@@ -36,7 +36,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
         folder.lock()  # one writer at a time: a second sweep or a requeued job stops here
     try:
         if resume and folder.started:
-            check_resume(folder.path, folder.read_config(), cfg)
+            folder.check_resume(folder.read_config(), cfg)  # before the data loads; prepare checks the checkpoint
         data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
         trainer = Trainer(cfg, data, folder.path, rank, world)
         start = time.perf_counter()
@@ -65,18 +65,6 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
 def saved_config(run_dir: str | Path) -> Config:
     """The settings a run folder was trained with (its ``config.yaml``)."""
     return RunFolder(run_dir).read_config()
-
-
-def check_resume(run_dir: Path, saved: Config, cfg: Config) -> None:
-    """Refuse to resume ``run_dir`` with settings other than :data:`RESUMABLE_KEYS`, in one line."""
-    old, new = flat(saved), flat(cfg)
-    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in RESUMABLE_KEYS]
-    if changed:
-        diffs = ", ".join(f"{k} ({old.get(k)} -> {new.get(k)})" for k in changed)
-        raise RunFolderError(
-            f"{run_dir} was trained with other settings; --resume may change only {', '.join(RESUMABLE_KEYS)}, "
-            f"but this command changes {diffs}: drop those, or train into a new --out"
-        )
 
 
 def distributed_setup(cfg: Config) -> tuple[int, int]:

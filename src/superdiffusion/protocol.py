@@ -218,16 +218,20 @@ class Selection:
         return isinstance(self.split.images, list)
 
     @property
+    def fractions(self) -> dict[str, float]:
+        """Predicted and true foreground fractions (binary tasks)."""
+        return {k: self.scores[k] for k in ("predicted_fraction", "true_fraction") if k in self.scores}
+
+    @property
     def record(self) -> dict[str, Any]:
         """The fields this evaluation adds to the epoch's history row."""
-        kept = {k: self.scores[k] for k in ("threshold", "predicted_fraction", "true_fraction") if k in self.scores}
-        return {f"{self.split_name}_{self.metric}": self.score, **kept}
+        threshold = {"threshold": self.scores["threshold"]} if "threshold" in self.scores else {}
+        return {f"{self.split_name}_{self.metric}": self.score, **threshold, **self.fractions}
 
     def best(self, epoch: int) -> dict[str, Any]:
         """The run's ``best`` record, were this epoch the best so far."""
-        fractions = {k: self.scores[k] for k in ("predicted_fraction", "true_fraction") if k in self.scores}
         best = {"score": self.score, "metric": self.metric, "split": self.split_name, "epoch": epoch}
-        return best | {"threshold": self.threshold} | fractions
+        return best | {"threshold": self.threshold} | self.fractions
 
 
 def select_epoch(method: Method, data: SegmentationData, cfg: Config, device: torch.device) -> Selection:

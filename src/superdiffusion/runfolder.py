@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from . import checkpoint
-from .config import Config, from_dict, load_yaml
+from .config import RESUMABLE_KEYS, Config, flat, from_dict, load_yaml
 from .errors import RunFolderError
 
 # the version of the checkpoint dictionary's layout this code writes and reads. 2: volumes'
@@ -262,16 +262,23 @@ class RunFolder:
         probe.unlock()
         return False
 
+    def check_resume(self, saved: Config, cfg: Config) -> None:
+        """Refuse to resume with settings other than :data:`RESUMABLE_KEYS`, in one line."""
+        old, new = flat(saved), flat(cfg)
+        changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in RESUMABLE_KEYS]
+        if changed:
+            diffs = ", ".join(f"{k} ({old.get(k)} -> {new.get(k)})" for k in changed)
+            raise RunFolderError(
+                f"{self.path} was trained with other settings; --resume may change only {', '.join(RESUMABLE_KEYS)}, "
+                f"but this command changes {diffs}: drop those, or train into a new --out"
+            )
+
     def prepare(self, cfg: Config, resume: bool, force: bool) -> dict[str, Any] | None:
         """Ready the folder for a training of ``cfg``: the last checkpoint's state when resuming
         one (None otherwise). A folder that holds a run is never overwritten without ``force``."""
         if resume and self.has_checkpoint():
             state = self.load_checkpoint()
-            trained_with = state["config"]["data"].get("normalize")
-            if trained_with != cfg.data.normalize:
-                raise RunFolderError(
-                    f"{self.path}: trained with data.normalize={trained_with}; resume with data.normalize={trained_with}"
-                )
+            self.check_resume(from_dict(state["config"]), cfg)  # the checkpoint's settings, as it reads them
             self.write_config(cfg)  # e.g. a longer run
             return state
         if resume and self.started and self.finished:

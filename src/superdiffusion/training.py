@@ -130,9 +130,8 @@ class Progress:
     elapsed: float = 0.0
 
     def state(self) -> dict[str, Any]:
-        return {"position": dict(self.position), "best": dict(self.best), "history": list(self.history)} | {
-            "elapsed": self.elapsed
-        }
+        history = list(self.history)
+        return {"position": dict(self.position), "best": dict(self.best), "history": history, "elapsed": self.elapsed}
 
     def add(self, record: dict[str, Any]) -> None:
         """One trained epoch's record."""
