@@ -1,5 +1,6 @@
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,3 +248,19 @@ def test_report_cells_bold_and_latex_follow_the_evidence(tmp_path):
     for seed, d in enumerate([0.78, 0.80, 0.79]):
         _result(tmp_path / "b", "supervised", 5, seed, d, d - 0.1)
     assert "**96.00 ± 1.69**" in markdown(aggregate(collect([tmp_path / "b"])))
+
+
+def test_evidence_tables_put_table_1_beside_the_row_it_matches(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import evidence
+
+    row = {"dataset": "ph2-full", "labeled_percent": 5, "method": "cps", "variant": ""}
+    assert evidence.table1(row) == "PH2 82.86 / 70.78"
+    assert evidence.table1({**row, "dataset": "pupil", "labeled_percent": 20, "method": "superdiffusion"}) == (
+        "HMEPS 94.37 / 89.32"
+    )
+    assert evidence.table1({**row, "method": "supervised"}) == "-"  # Table 1 has no supervised 5 % row
+    assert evidence.table1({**row, "variant": "rounds0"}) == "-"  # an ablation is not Table 1's method
+    assert evidence.updates({"updates": [1000], "pretrain_updates": [200]}) == "1,000 + 200 pretraining"
+    assert evidence.updates({"updates": [1000], "pretrain_updates": [0]}) == "1,000"
+    assert evidence.cell((0.284, 4.42), 3, "+") == "+0.28 ± 4.42"
