@@ -263,7 +263,7 @@ def table1(row: dict[str, Any]) -> str:
 def updates(row: dict[str, Any]) -> str:
     """Training updates, with the teacher's pretraining updates where there were any."""
     text = "/".join(f"{u:,}" for u in row["updates"])
-    pre = [p for p in row.get("pretrain_updates", []) if p]
+    pre = [p for p in row["pretrain_updates"] if p]
     return text + (f" + {'/'.join(f'{p:,}' for p in pre)} pretraining" if pre else "")
 
 
