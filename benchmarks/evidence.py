@@ -17,7 +17,8 @@ the scoring of Table 1 without retraining; its checkpoint stays the one chosen o
 The grid runs in tiers so that an interrupted grid leaves complete comparisons behind:
 PH2 5 % and Pupil 5 % (supervised, CPS, the method), 20 % on both, the PH2 ablations
 (teacher pretraining off, R = 0), the method with the paper's lambda_max = 5 on PH2, the
-100 % supervised rows, UAMT (and with --extra MT, URPC, CCT), then lambda_max = 5 on Pupil.
+100 % supervised rows, Pupil 20 % with a validation split of whole subjects (subject-val),
+UAMT (and with --extra MT, URPC, CCT), then lambda_max = 5 on Pupil.
 """
 
 from __future__ import annotations
@@ -51,7 +52,14 @@ VARIANTS = {
     "nopretrain": ["method.pretrain_epochs=0"],
     "rounds0": ["method.rounds=0"],
     "paper-settings": ["method.lambda_max=5"],  # the paper's lambda; this project's default is 0.1
+    # every method with a validation split of whole subjects (Pupil's split.csv names them), against
+    # the grid's image-by-image one (GRID_SPLIT): the honest protocol's default since the grid began
+    "subject-val": ["data.group_column=subject"],
 }
+SPLIT_VARIANTS = {"subject-val"}  # variants that change the split: paired within the variant
+# the grid began before data.group_column existed, with validation carved image by image; it keeps
+# that split so that every run of a seed shares it (the subject-val variant measures the difference)
+GRID_SPLIT = ["data.group_column=null"]
 REFERENCES = ["cps", "supervised"]  # paired differences: method - reference
 # the paper's Table 1 (DC / JI in %, its test-tuned protocol, 200 epochs, full resolution), beside
 # this project's paper-threshold scores; InP-Pupil stands in for HMEPS (other images, same task)
@@ -81,6 +89,7 @@ def tiers(extra: bool) -> list[list[tuple[str, str, float, str]]]:
         [(ph2, "superdiffusion", 5, v) for v in ("nopretrain", "rounds0")],
         [(ph2, "superdiffusion", 5, "paper-settings")],
         [(ph2, "supervised", 100, ""), (pupil, "supervised", 100, "")],
+        [(pupil, m, 20, "subject-val") for m in METHODS],
         [(d, m, p, "") for p in (5, 20) for d in (ph2, pupil) for m in later],
         [(pupil, "superdiffusion", 5, "paper-settings")],  # a check beyond the issue's grid: last
     ]
@@ -102,7 +111,8 @@ def build_specs(root: Path, size: int, threads: int, extra: bool, quick: bool = 
                     f"data.labeled_percent={percent}",
                     f"train.seed={seed}",
                     f"train.threads={threads}",
-                    *VARIANTS.get(variant, []),
+                    *GRID_SPLIT,
+                    *VARIANTS.get(variant, []),  # after GRID_SPLIT: a variant's split setting wins
                 ]
                 if quick:
                     overrides += QUICK + (["method.pretrain_epochs=1"] if method == "superdiffusion" else [])
@@ -211,6 +221,8 @@ def paired(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not method.startswith("superdiffusion"):
             continue
         for reference in REFERENCES:
+            if r["variant"] in SPLIT_VARIANTS:  # its own split: the reference trained on the same one
+                reference = f"{reference} ({r['variant']})"
             ref = by_key.get((dataset, percent, reference, seed))
             if ref is not None:
                 out.append(

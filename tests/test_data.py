@@ -58,6 +58,62 @@ def test_folder_without_split_gets_a_fixed_test_split(tmp_path):
     assert len(a.val) == 2 and len(a.labeled) == 3
 
 
+def _subject_folder(tmp_path, header="id,split,subject", test=True):
+    """16 images of 4 subjects (4 frames each); the last subject is the test split."""
+    root = write_pair_folder(tmp_path / "d", n=16, split=False)
+    rows = [header] + [f"case{i},{'test' if test and i >= 12 else 'train'},s{i // 4}" for i in range(16)]
+    (root / "split.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def subjects(split):
+    return {p.columns["subject"] for p in split.pairs}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_validation_holds_out_whole_subjects_when_split_csv_names_them(tmp_path, seed):
+    # frames of one subject are near-duplicates: a validation split that shares subjects with
+    # training chooses the checkpoint and threshold on what it has already seen
+    cfg = DataConfig(root=str(_subject_folder(tmp_path)), size=[16, 16], labeled_percent=50, val_fraction=0.25)
+    data = build_data(cfg, seed=seed)
+    train = subjects(data.labeled) | subjects(data.unlabeled)
+    assert len(data.val) == 4 and len(subjects(data.val)) == 1 and not subjects(data.val) & train
+    assert subjects(data.test) == {"s3"} and len(data.labeled) + len(data.unlabeled) == 8
+    assert data.summary().endswith("; whole subjects: 2 training, 1 validation")
+
+
+def test_carved_test_split_holds_out_whole_subjects_too(tmp_path):
+    cfg = DataConfig(root=str(_subject_folder(tmp_path, test=False)), size=[16, 16], test_fraction=0.25)
+    data = build_data(cfg, seed=0)
+    assert len(data.test) == 4 and len(subjects(data.test)) == 1
+    assert not subjects(data.test) & (subjects(data.labeled) | subjects(data.unlabeled) | subjects(data.val))
+
+
+def test_group_column_null_splits_image_by_image_and_a_missing_column_is_one_line(tmp_path):
+    root = _subject_folder(tmp_path)
+    by_image = build_data(DataConfig(root=str(root), size=[16, 16], val_fraction=0.25, group_column=None), seed=0)
+    grouped = build_data(DataConfig(root=str(root), size=[16, 16], val_fraction=0.25), seed=0)
+    assert len(by_image.val) == 3 and by_image.val.ids != grouped.val.ids
+    with pytest.raises(DataError, match=r"split.csv: no column 'patient' for data.group_column; .*subject"):
+        build_data(DataConfig(root=str(root), size=[16, 16], group_column="patient"), seed=0)
+
+
+def test_one_training_subject_cannot_give_a_validation_split_of_whole_subjects(tmp_path):
+    root = write_pair_folder(tmp_path / "d", n=6)
+    rows = ["id,split,patient"] + [f"case{i},{'test' if i >= 4 else 'train'},{'a' if i < 4 else 'b'}" for i in range(6)]
+    (root / "split.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"split.csv: the 4 images .* share one 'patient'.*data.group_column=null"):
+        build_data(DataConfig(root=str(root), size=[16, 16]), seed=0)
+
+
+def test_a_run_saved_before_group_column_existed_keeps_its_image_by_image_split():
+    from superdiffusion.config import Config, from_dict
+
+    saved = Config().to_dict()
+    del saved["data"]["group_column"]
+    assert from_dict(saved).data.group_column is None and Config().data.group_column == "auto"
+
+
 def test_augmentation_moves_image_and_mask_together():
     images = torch.arange(2 * 16, dtype=torch.float32).view(2, 1, 4, 4).repeat(4, 1, 1, 1)
     masks = images[:, 0].long()

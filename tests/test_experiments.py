@@ -264,3 +264,34 @@ def test_evidence_tables_put_table_1_beside_the_row_it_matches(monkeypatch):
     assert evidence.updates({"updates": [1000], "pretrain_updates": [200]}) == "1,000 + 200 pretraining"
     assert evidence.updates({"updates": [1000], "pretrain_updates": [0]}) == "1,000"
     assert evidence.cell((0.284, 4.42), 3, "+") == "+0.28 ± 4.42"
+
+
+def test_evidence_pairs_a_split_variant_with_the_reference_trained_on_the_same_split(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import evidence
+
+    from superdiffusion.config import resolve
+
+    def record(method, variant, dice):
+        scores = {"dice": dice, "jaccard": dice}
+        return {"dataset": "pupil", "labeled_percent": 20, "method": method, "variant": variant, "seed": 0} | {
+            "honest": scores,
+            "paper_threshold": scores,
+        }
+
+    records = [
+        record("cps", "", 0.90),
+        record("superdiffusion", "", 0.70),
+        record("cps", "subject-val", 0.86),
+        record("superdiffusion", "subject-val", 0.84),
+        record("superdiffusion", "rounds0", 0.80),  # not a split variant: against the grid's cps
+    ]
+    diffs = {(d["method"], d["reference"]): round(d["honest_dice"], 6) for d in evidence.paired(records)}
+    assert diffs == {
+        ("superdiffusion", "cps"): -20.0,
+        ("superdiffusion (subject-val)", "cps (subject-val)"): -2.0,
+        ("superdiffusion (rounds0)", "cps"): -10.0,
+    }
+    specs = evidence.build_specs(Path("/nonexistent"), 96, 1, False)
+    splits = {s.folder.name: resolve(s.overrides).data.group_column for s in specs if s.folder.parts[-3] == "pupil"}
+    assert splits["p20-s0-subject-val"] == "subject" and splits["p20-s0"] is None

@@ -52,6 +52,11 @@ class DataConfig(Section):
     labeled_percent: float = Field(10.0, gt=0, le=100)
     val_fraction: float = Field(0.1, ge=0, lt=1)  # carved from train (seeded) when split.csv has no 'val' rows
     test_fraction: float = Field(0.2, gt=0, lt=1)  # used only when the folder has no split.csv
+    # the split.csv column naming each image's subject (patient, animal, volume, ...): a carved
+    # validation or test split then holds out whole subjects, so that neighbouring frames or
+    # slices of one subject never sit on both sides. "auto": the first of group, subject,
+    # subject_id, patient, patient_id, case that split.csv has, else image by image; null: image by image
+    group_column: str | None = "auto"
     unlabeled_root: str | None = None  # extra folder of images without masks
     # a file of training image ids to label (one per line, or a CSV with an id column, as
     # `superdiffusion suggest` writes); replaces the seeded labeled_percent draw
@@ -357,8 +362,15 @@ def resume_config(saved: Config, overrides: list[str] | None = None, config_file
 
 
 LEGACY_KEYS = {("train", "max_steps_per_epoch"): ("train", "steps_per_epoch")}  # older run folders
+# settings a run saved before they existed, with the value that run was trained with (not
+# today's default): its splits, and so its resume and its evaluation, stay the ones it had
+SAVED_BEFORE = {("data", "group_column"): None}
 
 
 def from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a config saved by :meth:`Config.to_dict` (e.g. from a checkpoint)."""
-    return build([_normal_layer("saved config", values)])
+    origin, layer = _normal_layer("saved config", values)
+    for (section, key), value in SAVED_BEFORE.items():
+        if section in layer:
+            layer[section].setdefault(key, value)
+    return build([(origin, layer)])

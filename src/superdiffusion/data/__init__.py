@@ -60,7 +60,7 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True) -> Segmentat
         data.class_names = layout.label_names if layout else None
         return data
     pairs = layout_pairs(layout, root) if layout is not None else scan_folder(root)
-    by = assign_splits(pairs, cfg, seed, validation)
+    by, grouped_by = assign_splits(pairs, cfg, seed, validation)
     labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed)
     size = tuple(cfg.size) if cfg.size is not None else None  # None: native resolution, patches
     loaded = {
@@ -114,4 +114,5 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True) -> Segmentat
         spatial_dims=2,
         stats=stats,
         class_names=layout.label_names if layout else None,
+        grouped_by=grouped_by,
     )

@@ -16,7 +16,7 @@ import torch
 from ..config import DataConfig
 from ..errors import DataError
 from .folder import Pair
-from .splits import carve
+from .splits import carve, group_column, groups_of
 
 TEST_SPLIT_SEED = 0  # the test set of a folder without split.csv is the same for every run
 
@@ -98,12 +98,18 @@ class SegmentationData:
     spatial_dims: int
     stats: dict[str, list[float]]
     class_names: list[str] | None = None  # from dataset.json (nnU-Net, MSD)
+    grouped_by: str | None = None  # the split.csv column whose groups carved splits hold out whole
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{len(self.labeled)} labeled + {len(self.unlabeled)} unlabeled training images, "
             f"{len(self.val)} validation, {len(self.test)} test"
         )
+        if self.grouped_by is None:
+            return text
+        splits = {"training": self.labeled.pairs + self.unlabeled.pairs, "validation": self.val.pairs}
+        count = {name: len({p.columns.get(self.grouped_by) or p.id for p in pairs}) for name, pairs in splits.items()}
+        return text + f"; whole {self.grouped_by}s: " + ", ".join(f"{n} {name}" for name, n in count.items())
 
     def info(self) -> dict[str, Any]:
         """What a saved model needs to know of its data: channels, classes, normalisation."""
@@ -174,22 +180,36 @@ def dataset_stats(images: torch.Tensor | list[torch.Tensor], mode: str) -> dict[
     return {"mean": mean.tolist(), "std": std.tolist()}
 
 
-def assign_splits(pairs: list[Pair], cfg: DataConfig, seed: int, validation: bool = True) -> dict[str, list[Pair]]:
+def assign_splits(
+    pairs: list[Pair], cfg: DataConfig, seed: int, validation: bool = True
+) -> tuple[dict[str, list[Pair]], str | None]:
     """Train/val/test groups. ``validation``: carve a validation split from the training
     images when the folder names none (False under the paper's protocol, which selects on
-    test and draws the labeled subset from all training images)."""
+    test and draws the labeled subset from all training images). A carved split holds out
+    whole subjects when split.csv names them (``data.group_column``); returns the groups and
+    the column that grouped the images (None: image by image)."""
     by = {s: [p for p in pairs if p.split == s] for s in ("train", "val", "test")}
+    split_file = resolve_root(cfg.root) / "split.csv"
+    column = group_column(pairs, cfg.group_column, split_file)
+
+    def held_out(items: list[Pair], fraction: float, seed: int, stream: int, name: str) -> set[str]:
+        groups = groups_of(items, column)
+        if groups is not None and len(set(groups)) < 2:
+            raise DataError(
+                f"{split_file}: the {len(items)} images to carve a {name} split from share one {column!r}; "
+                f"a {name} split of whole {column}s needs two (give '{name}' rows, or set data.group_column=null)"
+            )
+        return set(carve([p.id for p in items], fraction, seed, stream, groups)[1])
+
     if not any(p.split != "train" for p in pairs):  # no split.csv: a fixed test split
-        keep, held = carve([p.id for p in pairs], cfg.test_fraction, TEST_SPLIT_SEED, stream=7)
-        held_set = set(held)
+        held_set = held_out(pairs, cfg.test_fraction, TEST_SPLIT_SEED, 7, "test")
         by["test"] = [p for p in pairs if p.id in held_set]
         by["train"] = [p for p in pairs if p.id not in held_set]
     if not by["val"] and validation:
-        keep, held = carve([p.id for p in by["train"]], cfg.val_fraction, seed, stream=3)
-        held_set = set(held)
+        held_set = held_out(by["train"], cfg.val_fraction, seed, 3, "val")
         by["val"] = [p for p in by["train"] if p.id in held_set]
         by["train"] = [p for p in by["train"] if p.id not in held_set]
     for name in ("train", "test"):
         if not by[name]:
             raise DataError(f"{cfg.root}: the {name} split is empty")
-    return by
+    return by, column

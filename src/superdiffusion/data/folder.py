@@ -10,7 +10,7 @@ the file.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ class Pair:
     image: Path | tuple[Path, ...]  # a tuple: one grey file per channel (nnU-Net's CASE_0000.png, ...)
     mask: Path | None
     split: str = "train"
+    columns: dict[str, str] = field(default_factory=dict)  # split.csv's other columns (subject, ...)
 
     @property
     def name(self) -> str:
@@ -83,7 +84,8 @@ def layout_pairs(layout, root: Path) -> list[Pair]:
 
 def read_split(pairs: list, split_file: Path) -> None:
     """Set each pair's split from ``split_file`` when it exists (the one split.csv reader, for
-    images and volumes): columns ``id`` and ``split``, one row per case."""
+    images and volumes): columns ``id`` and ``split``, one row per case; any other column
+    (a subject, say) is kept in the pair's ``columns``."""
     if split_file.is_file():
         _apply_split(pairs, split_file)
 
@@ -100,6 +102,7 @@ def _apply_split(pairs: list, split_file: Path) -> None:
         if row["split"] not in SPLITS:
             raise DataError(f"{split_file}:{line}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
         by_id[row["id"]].split = row["split"]
+        by_id[row["id"]].columns = {k: (v or "").strip() for k, v in row.items() if k not in ("id", "split") and k}
     missing = sorted(set(by_id) - {r["id"] for r in rows})
     if missing:
         raise DataError(f"{split_file}: no row for image {missing[0]!r} ({len(missing)} images missing)")

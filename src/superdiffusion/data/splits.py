@@ -60,13 +60,53 @@ def choose_labeled(ids: list[str], cfg, seed: int) -> tuple[list[str], list[str]
     return [i for i in ids if i in chosen], [i for i in ids if i not in chosen]
 
 
-def carve(ids: list[str], fraction: float, seed: int, stream: int) -> tuple[list[str], list[str]]:
-    """Hold out ``round(N * fraction)`` (at least 1) of ``ids``; returns (kept, held_out)."""
+def carve(
+    ids: list[str], fraction: float, seed: int, stream: int, groups: list[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """Hold out ``round(N * fraction)`` (at least 1) of ``ids``; returns (kept, held_out).
+    ``groups`` (one per id, e.g. the subject): whole groups are held out, in a seeded order,
+    until that many images are, and at least one group is kept."""
     if not 0 < fraction < 1:
         raise ConfigError(f"split fraction must be in (0, 1), got {fraction}")
     if len(ids) < 2:
         raise ConfigError(f"cannot carve a split from {len(ids)} image(s)")
-    order = np.random.default_rng([seed, stream]).permutation(len(ids))
     k = min(len(ids) - 1, max(1, round(len(ids) * fraction)))
-    held = set(order[:k].tolist())
+    rng = np.random.default_rng([seed, stream])
+    if groups is None:
+        held = set(rng.permutation(len(ids))[:k].tolist())
+    else:
+        names = sorted(set(groups))
+        if len(names) < 2:
+            raise ConfigError(f"cannot hold out whole groups from {len(names)} group")
+        size = {n: groups.count(n) for n in names}
+        chosen: set[str] = set()
+        for i in rng.permutation(len(names)).tolist():
+            if sum(size[n] for n in chosen) >= k or len(chosen) == len(names) - 1:
+                break
+            chosen.add(names[i])
+        held = {i for i, g in enumerate(groups) if g in chosen}
     return [ids[i] for i in range(len(ids)) if i not in held], [ids[i] for i in range(len(ids)) if i in held]
+
+
+# data.group_column=auto: the first of these that split.csv has ("case": e.g. 2D slices of one volume)
+GROUP_COLUMNS = ("group", "subject", "subject_id", "patient", "patient_id", "case")
+
+
+def group_column(pairs: list, column: str | None, split_file: Path) -> str | None:
+    """The split.csv column whose values group the images (``data.group_column``), or None
+    to split image by image."""
+    if column is None:
+        return None
+    present = next((p.columns for p in pairs if p.columns), {})
+    if column == "auto":
+        return next((c for c in GROUP_COLUMNS if c in present), None)
+    if column not in present:
+        others = ", ".join(present) if present else "none besides id and split"
+        where = split_file if split_file.is_file() else f"{split_file} (not found)"
+        raise DataError(f"{where}: no column {column!r} for data.group_column; its other columns: {others}")
+    return column
+
+
+def groups_of(pairs: list, column: str | None) -> list[str] | None:
+    """Each pair's group (an image with a blank group is a group of its own), or None."""
+    return [p.columns.get(column) or f"image {p.id}" for p in pairs] if column else None

@@ -13,7 +13,7 @@ physical units and for writing predictions with the input's geometry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +150,7 @@ class VolumePair:
     image: Path | tuple[Path, ...]  # a tuple: one file per channel (nnU-Net's CASE_0000, CASE_0001, ...)
     label: Path | None
     split: str = "train"
+    columns: dict[str, str] = field(default_factory=dict)  # split.csv's other columns (subject, ...)
 
 
 def layout_volumes(layout, root: Path) -> list[VolumePair]:
@@ -250,7 +251,7 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
 
     root = resolve_root(cfg.root)
     pairs = layout_volumes(layout, root) if layout is not None else scan_volumes(root)
-    by = assign_splits(pairs, cfg, seed, validation)
+    by, grouped_by = assign_splits(pairs, cfg, seed, validation)
     labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed)
 
     def make(name: str, keep: set[str] | None = None) -> Split:
@@ -289,4 +290,5 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
         num_classes=cfg.num_classes,
         spatial_dims=3,
         stats=stats,
+        grouped_by=grouped_by,
     )
