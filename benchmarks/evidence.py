@@ -56,7 +56,8 @@ VARIANTS = {
     # the grid's image-by-image one (GRID_SPLIT): the honest protocol's default since the grid began
     "subject-val": ["data.group_column=subject"],
 }
-SPLIT_VARIANTS = {"subject-val"}  # variants that change the split: paired within the variant
+# variants that change the split (a data.* setting): paired within the variant
+SPLIT_VARIANTS = {v for v, settings in VARIANTS.items() if any(x.startswith("data.") for x in settings)}
 # the grid began before data.group_column existed, with validation carved image by image; it keeps
 # that split so that every run of a seed shares it (the subject-val variant measures the difference)
 GRID_SPLIT = ["data.group_column=null"]

@@ -108,7 +108,7 @@ class SegmentationData:
         if self.grouped_by is None:
             return text
         splits = {"training": self.labeled.pairs + self.unlabeled.pairs, "validation": self.val.pairs}
-        count = {name: len({p.columns.get(self.grouped_by) or p.id for p in pairs}) for name, pairs in splits.items()}
+        count = {name: len(set(groups_of(pairs, self.grouped_by))) for name, pairs in splits.items()}
         return text + f"; whole {self.grouped_by}s: " + ", ".join(f"{n} {name}" for name, n in count.items())
 
     def info(self) -> dict[str, Any]:

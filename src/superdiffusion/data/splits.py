@@ -78,12 +78,13 @@ def carve(
         names = sorted(set(groups))
         if len(names) < 2:
             raise ConfigError(f"cannot hold out whole groups from {len(names)} group")
-        size = {n: groups.count(n) for n in names}
         chosen: set[str] = set()
+        count = 0
         for i in rng.permutation(len(names)).tolist():
-            if sum(size[n] for n in chosen) >= k or len(chosen) == len(names) - 1:
+            if count >= k or len(chosen) == len(names) - 1:
                 break
             chosen.add(names[i])
+            count += groups.count(names[i])
         held = {i for i, g in enumerate(groups) if g in chosen}
     return [ids[i] for i in range(len(ids)) if i not in held], [ids[i] for i in range(len(ids)) if i in held]
 
