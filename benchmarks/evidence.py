@@ -61,7 +61,7 @@ SPLIT_VARIANTS = {v for v, settings in VARIANTS.items() if any(x.startswith("dat
 # the grid began before data.group_column existed, with validation carved image by image; it keeps
 # that split so that every run of a seed shares it (the subject-val variant measures the difference)
 GRID_SPLIT = ["data.group_column=null"]
-REFERENCES = ["cps", "supervised"]  # paired differences: method - reference
+REFERENCES = ["cps", "supervised", "uamt"]  # paired differences: method - reference (the issue asks for the first two)
 # the paper's Table 1 (DC / JI in %, its test-tuned protocol, 200 epochs, full resolution), beside
 # this project's paper-threshold scores; InP-Pupil stands in for HMEPS (other images, same task)
 TABLE1_DATASET = {"ph2-full": "PH2", "pupil": "HMEPS"}

@@ -285,12 +285,15 @@ def test_evidence_pairs_a_split_variant_with_the_reference_trained_on_the_same_s
         record("cps", "subject-val", 0.86),
         record("superdiffusion", "subject-val", 0.84),
         record("superdiffusion", "rounds0", 0.80),  # not a split variant: against the grid's cps
+        record("uamt", "", 0.75),  # the other reference; uamt itself is never paired as a method
     ]
     diffs = {(d["method"], d["reference"]): round(d["honest_dice"], 6) for d in evidence.paired(records)}
     assert diffs == {
         ("superdiffusion", "cps"): -20.0,
         ("superdiffusion (subject-val)", "cps (subject-val)"): -2.0,
         ("superdiffusion (rounds0)", "cps"): -10.0,
+        ("superdiffusion", "uamt"): -5.0,
+        ("superdiffusion (rounds0)", "uamt"): 5.0,
     }
     specs = evidence.build_specs(Path("/nonexistent"), 96, 1, False)
     splits = {s.folder.name: resolve(s.overrides).data.group_column for s in specs if s.folder.parts[-3] == "pupil"}
