@@ -298,3 +298,8 @@ def test_evidence_pairs_a_split_variant_with_the_reference_trained_on_the_same_s
     specs = evidence.build_specs(Path("/nonexistent"), 96, 1, False)
     splits = {s.folder.name: resolve(s.overrides).data.group_column for s in specs if s.folder.parts[-3] == "pupil"}
     assert splits["p20-s0-subject-val"] == "subject" and splits["p20-s0"] is None
+    assert len(specs) == 72 and "p5-s0-paper-settings" not in splits  # the extras are opt-in
+    extra = {
+        (s.folder.parts[-3], s.folder.parts[-2], s.folder.name) for s in evidence.build_specs(Path("/x"), 96, 1, True)
+    }
+    assert ("pupil", "superdiffusion", "p5-s0-paper-settings") in extra and ("pupil", "cct", "p5-s0") in extra
