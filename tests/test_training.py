@@ -26,8 +26,14 @@ def _same(a, b):
     return all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
 
 
-@pytest.mark.parametrize("crash_at", [1, 2])  # right after pretraining; after one training epoch
-def test_training_writes_results_and_resume_matches_uninterrupted(tmp_path, monkeypatch, crash_at):
+# right after pretraining; after one training epoch; right after pretraining, with the pretraining
+# optimizer carried over (rebuilt from the checkpoint on resume) and the teacher's own lr
+KEEP = ("method.carry_optimizer=true", "method.teacher_lr_factor=0.1", "method.pseudo_labels=mean")
+
+
+@pytest.mark.parametrize("crash_at, options", [(1, ()), (2, ()), (1, KEEP)])
+def test_training_writes_results_and_resume_matches_uninterrupted(tmp_path, monkeypatch, crash_at, options):
+    TINY = (*globals()["TINY"], *options)
     cfg = tiny_config(*TINY)
     full = api.train(cfg, tmp_path / "full")
     assert set(full["test"]) == {"resized", "original"}

@@ -50,6 +50,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
         results = evaluate_method(trainer.method, data, cfg, best, trainer.device)
         results["health"] = trainer.health
         results["train_seconds"] = round(trainer.progress.elapsed, 2)
+        results["updates"] = trainer.progress.updates()
+        results.update(trainer.progress.phase_records)  # "pretrain": the pretrained teacher's zero-label scores
         results["wall_seconds_this_process"] = round(time.perf_counter() - start, 2)
         folder.write_model(model_record(trainer.method, cfg, trainer.data.info(), trainer.progress.best))
         rows = results.pop("per_case", None)

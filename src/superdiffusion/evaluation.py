@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.metrics import compute_dice, compute_iou
+from monai.metrics import compute_dice, compute_iou, compute_roc_auc
 
 
 def thresholds(start: float, stop: float, step: float) -> list[float]:
@@ -75,6 +75,26 @@ def best_threshold(results: list[dict[str, float]], metric: str) -> dict[str, fl
 
 def binary_scores(fg_prob: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float]:
     return _scores(*_counts(fg_prob > threshold, labels > 0))
+
+
+AUROC_PIXELS = 200_000  # pixels (evenly strided) behind the zero-label AUROC: MONAI's ranks them in Python
+
+
+def label_agreement(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """How well an unsupervised mask (a pretrained teacher's) matches the labels: the Dice of its
+    argmax (mean over images and foreground classes); in binary tasks also the Dice with the two
+    classes swapped (``dice_swapped``) and the pixel AUROC of the foreground probability (0.5:
+    no relation; near 0: the inverted mask)."""
+    if probs.shape[1] != 2:
+        return {"dice": multiclass_scores(probs, labels)["dice_per_image"]}
+    fg, target = foreground_probability(probs), labels > 0
+    dice = float(_image_scores(*_counts(fg > 0.5, target))[0].mean())
+    swapped = float(_image_scores(*_counts(fg < 0.5, target))[0].mean())
+    flat_p, flat_t = fg.flatten().float(), target.flatten().float()
+    stride = max(1, flat_p.numel() // AUROC_PIXELS)
+    flat_p, flat_t = flat_p[::stride], flat_t[::stride]
+    auroc = float(compute_roc_auc(flat_p, flat_t)) if 0 < flat_t.sum() < flat_t.numel() else float("nan")
+    return {"dice": dice, "dice_swapped": swapped, "auroc": auroc}
 
 
 def per_case_scores(fg_prob: torch.Tensor, labels: torch.Tensor, threshold: float, ids: list[str]) -> list[dict]:

@@ -28,13 +28,15 @@ def predict_tensor(
     overlap: float = 0.5,
     seed: int = 0,
     step: int | None = None,
+    net: torch.nn.Module | None = None,
 ) -> Prediction:
     """Probabilities ``(N, C, *S)`` on the CPU (and the spread over draws when ``samples`` > 1).
 
     ``window``: sliding-window size for volumes (None: the whole image at once). ``seed`` (a
     run passes its ``train.seed``) derives a distinct, reproducible noise generator for each
     chunk of images and each batch of sliding windows, so draws are not correlated across them;
-    ``step`` is the diffusion step of the pure-noise masks (``eval.inference_t``).
+    ``step`` is the diffusion step of the pure-noise masks (``eval.inference_t``); ``net``
+    replaces the method's segmenter (the paper's teacher, say).
     """
     if samples < 1:
         raise ConfigError(f"eval.samples must be >= 1, got {samples}")
@@ -47,9 +49,10 @@ def predict_tensor(
         for index, start in enumerate(range(0, images.shape[0], batch_size)):
             chunk = images[start : start + batch_size].to(device)
             if window is None:
-                pred = method.predict(chunk, samples, generator(chunk, derived_seed(seed, index)), step)
+                pred = method.predict(chunk, samples, generator(chunk, derived_seed(seed, index)), step, net)
             else:
-                pred = _sliding(method, chunk, samples, window, overlap, batch_size, derived_seed(seed, index), step)
+                seed_i = derived_seed(seed, index)
+                pred = _sliding(method, chunk, samples, window, overlap, batch_size, seed_i, step, net)
             probs.append(pred.probs.float().cpu())
             if pred.spread is not None:
                 spreads.append(pred.spread.float().cpu())
@@ -80,11 +83,12 @@ def _sliding(
     batch_size: int,
     seed: int,
     step: int | None,
+    net: torch.nn.Module | None = None,
 ) -> Prediction:
     calls = itertools.count()  # one seed per batch of windows
 
     def run(patch: torch.Tensor) -> torch.Tensor:
-        pred = method.predict(patch, samples, generator(patch, derived_seed(seed, next(calls))), step)
+        pred = method.predict(patch, samples, generator(patch, derived_seed(seed, next(calls))), step, net)
         if pred.spread is None:
             return pred.probs
         return torch.cat([pred.probs, pred.spread[:, None]], dim=1)

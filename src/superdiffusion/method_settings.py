@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Ramp = Literal["linear", "sigmoid", "constant"]
+MAX_ROUNDS = 50  # each round is two more network passes per step: a typo like rounds=100000 never ends
 
 
 class MethodSettings(BaseModel):
@@ -31,8 +32,19 @@ class MethodSettings(BaseModel):
     # reference: the method's own lambda_max and ramp (below); paper: Appendix A's linear ramp
     # to 5 for every method
     lambda_schedule: Literal["reference", "paper"] = "reference"
+    # where the ramp starts: lambda = lambda_start + (lambda_max - lambda_start) * ramp(epoch); 0 (the
+    # references' and the paper's) lets the unsupervised terms in only gradually
+    lambda_start: float = Field(0.0, ge=0)
     # auto: the method's reference (0.5 (CE + Dice); DTC: Dice; the paper's method: CE); ce; ce_dice; dice
     supervised_loss: Literal["auto", "ce", "ce_dice", "dice"] = "auto"
+
+    @model_validator(mode="after")
+    def _ramp_order(self) -> MethodSettings:
+        if self.lambda_start > self.lambda_max:
+            raise ValueError(
+                f"method.lambda_start ({self.lambda_start}) must not exceed method.lambda_max ({self.lambda_max})"
+            )
+        return self
 
 
 class SupervisedSettings(MethodSettings):
@@ -102,9 +114,23 @@ class SuperDiffusionSettings(MethodSettings):
     ramp: Ramp = "linear"
     rounds: int = Field(5, ge=0)  # R of Sec. 3.3; 0 gives plain diffusion co-training
     pretrain_epochs: int = Field(-1, ge=-1)  # teacher pretraining (Eq. 5-7); -1: a quarter of train.epochs; 0: off
-    recon_space: Literal["noise", "image"] = "noise"  # noise: MSE on predicted noise; image: MSE on x0 clipped
-    pretrain_image_input: Literal["noisy", "noise"] = "noisy"  # noisy: q(i, t', v) (Sec. 3.3); noise: pure (Eq. 6)
+    # noise: MSE on the predicted noise (the usual DDPM loss); image: MSE on x0 clipped, Eq. 7/14 as printed
+    recon_space: Literal["noise", "image"] = "noise"
+    # noisy: q(i, t', v) (Sec. 3.3's rounds); noise: pure noise, Eq. 6 as printed (profile=paper, with
+    # recon_space=image): the image pathway must then draw the image from the mask, so the mask must carry it
+    pretrain_image_input: Literal["noisy", "noise"] = "noisy"
     x0_clip: float = Field(1.0, gt=0)
+    # --- keeping what pretraining learned (beyond the paper) ---
+    # after pretraining, if the teacher's mask matches the labeled images better with its classes swapped
+    # (binary tasks: cycle consistency cannot tell a mask from its inverse), swap them; logged
+    polarity_swap: bool = True
+    teacher_lr_factor: float = Field(1.0, gt=0)  # the teacher's lr in co-training, as a factor of train.lr
+    carry_optimizer: bool = False  # co-training's Adam starts from the teacher's pretraining state
+    # --- rounds that reach the student (beyond the paper) ---
+    # the student's Eq. 9 targets: round0, the argmax of m^_0 (the paper); last, of m^_R; mean, of the mean
+    # softmax over rounds 0..R (always detached)
+    pseudo_labels: Literal["round0", "last", "mean"] = "round0"
+    rounds_t_max: int = Field(0, ge=0)  # the rounds' t' and t'' are drawn in [0, rounds_t_max); 0: all T steps
     # --- options beyond the paper (its reading is the default) ---
     mask_noise: Literal["paper", "zero"] = "paper"  # paper: the mask input is q(0, t, v); zero: a zero tensor
     pseudo_loss: Literal["ce", "ce_dice"] = "ce"  # ce (Eq. 9, 13); ce_dice: 0.5 (CE + Dice) for CPS and align
@@ -122,6 +148,10 @@ class SuperDiffusionSettings(MethodSettings):
                 "method.pretrain_image_input=noise needs method.recon_space=image (a noise-space target "
                 "divides by sqrt(1 - A_t), ~0.01 at small t)"
             )
+        if self.rounds_t_max > self.timesteps:
+            raise ValueError(f"method.rounds_t_max ({self.rounds_t_max}) exceeds method.timesteps ({self.timesteps})")
+        if self.rounds > MAX_ROUNDS:
+            raise ValueError(f"method.rounds ({self.rounds}) is above {MAX_ROUNDS} (the paper uses at most 5)")
         if self.beta_start >= self.beta_end:
             raise ValueError(f"method.beta_start ({self.beta_start}) must be below method.beta_end ({self.beta_end})")
         return self

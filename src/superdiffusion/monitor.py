@@ -33,7 +33,8 @@ class EpochMeter:
     def record(self, phase: str, epoch: int, weight: float, lr: float, weighted_terms) -> dict[str, Any]:
         means = {k: v / max(1, self.steps) for k, v in self.sums.items()}
         seconds = time.perf_counter() - self.start
-        record = {"phase": phase, "epoch": epoch, "weight": weight, "lr": lr, "seconds": seconds, **means}
+        record = {"phase": phase, "epoch": epoch, "weight": weight, "lr": lr, "seconds": seconds, "steps": self.steps}
+        record.update(means)
         # the unsupervised terms before lambda: a rising weighted term may hide a falling raw one
         record.update({f"raw_{k}": means[k] / weight for k in weighted_terms if k in means and weight > 0})
         record.update({k: sum(v) / len(v) for k, v in self.diagnostics.items()})

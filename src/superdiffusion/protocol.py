@@ -30,6 +30,7 @@ from .evaluation import (
     binary_scores,
     foreground_probability,
     health_flags,
+    label_agreement,
     multiclass_scores,
     per_case_scores,
     per_class_scores,
@@ -258,10 +259,10 @@ def selection_scores(method: Method, split: Split, cfg: Config, device: torch.de
     return sweep(foreground_probability(probs), masks, grid)
 
 
-def split_probabilities(method: Method, split: Split, cfg: Config, device: torch.device, keep=None):
+def split_probabilities(method: Method, split: Split, cfg: Config, device: torch.device, keep=None, net=None):
     """Class probabilities and masks of a split, stacked; volumes of different sizes are
     zero-padded to the largest (padding adds no true or false positive). ``keep`` receives
-    the :class:`Prediction` (for its spread)."""
+    the :class:`Prediction` (for its spread); ``net`` replaces the method's segmenter."""
     if isinstance(split.images, list):
         window = tuple(cfg.data.patch_size)
         preds = [
@@ -275,6 +276,7 @@ def split_probabilities(method: Method, split: Split, cfg: Config, device: torch
                 cfg.eval.sw_overlap,
                 cfg.train.seed,
                 cfg.eval.inference_t,
+                net,
             )
             for img in split.images
         ]
@@ -291,10 +293,22 @@ def split_probabilities(method: Method, split: Split, cfg: Config, device: torch
         cfg.eval.samples,
         seed=cfg.train.seed,
         step=cfg.eval.inference_t,
+        net=net,
     )
     if keep is not None and pred.spread is not None:
         keep.append(pred.spread)
     return pred.probs, split.masks
+
+
+def labeled_agreement(method: Method, data: SegmentationData, cfg: Config, device: torch.device):
+    """``score(net)``: how well ``net``'s prediction matches the labeled training images (see
+    :func:`evaluation.label_agreement`). Training data only: no validation or test image is read."""
+
+    def score(net: torch.nn.Module) -> dict[str, float]:
+        probs, masks = split_probabilities(method, data.labeled, cfg, device, net=net)
+        return label_agreement(probs, masks)
+
+    return score
 
 
 def run_health(history: list[dict[str, Any]], best: dict[str, Any], eval_cfg, num_classes: int) -> dict[str, Any]:

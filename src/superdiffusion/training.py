@@ -24,7 +24,7 @@ from .data.patches import random_patches
 from .errors import ConfigError, RunFolderError, TrainingDiverged
 from .methods import Batch, Method, Phase, StepContext, build_method
 from .monitor import EpochMeter, Monitor
-from .protocol import Selection, example_predictions, run_health, select_epoch
+from .protocol import Selection, example_predictions, labeled_agreement, run_health, select_epoch
 from .runfolder import RunFolder
 
 
@@ -128,10 +128,19 @@ class Progress:
     best: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     elapsed: float = 0.0
+    phase_records: dict[str, dict[str, Any]] = field(default_factory=dict)  # what each phase's end recorded
 
     def state(self) -> dict[str, Any]:
         history = list(self.history)
-        return {"position": dict(self.position), "best": dict(self.best), "history": history, "elapsed": self.elapsed}
+        state = {"position": dict(self.position), "best": dict(self.best), "history": history, "elapsed": self.elapsed}
+        return state | {"phase_records": {k: dict(v) for k, v in self.phase_records.items()}}
+
+    def updates(self) -> dict[str, int]:
+        """Optimiser updates trained, per phase."""
+        counts: dict[str, int] = {}
+        for h in self.history:
+            counts[h["phase"]] = counts.get(h["phase"], 0) + h.get("steps", 0)
+        return counts
 
     def add(self, record: dict[str, Any]) -> None:
         """One trained epoch's record."""
@@ -154,6 +163,7 @@ class Progress:
         ``train.lr_step`` and the lambda ramp follow the new length, as if it had been planned
         from the start)."""
         progress = cls(dict(state["position"]), dict(state["best"]), list(state["history"]), state.get("elapsed", 0.0))
+        progress.phase_records = {k: dict(v) for k, v in state.get("phase_records", {}).items()}
         position = progress.position
         index = min(position["phase"], len(phases) - 1)
         phase = phases[index]
@@ -175,13 +185,26 @@ def check_method(state: dict[str, Any], name: str, where: Path) -> None:
 
 def make_optimizer(parameters, t, saved: dict[str, Any] | None = None):
     """Adam with the lr divided by ``t.lr_gamma`` every ``t.lr_step`` epochs (one per phase);
-    ``saved``: a checkpoint's optimizer and scheduler states to go on from."""
+    ``parameters``: parameters or groups (a group's ``lr_factor`` scales ``t.lr``); ``saved``: a
+    checkpoint's optimizer and scheduler states to go on from."""
+    parameters = list(parameters)
+    if parameters and isinstance(parameters[0], dict):
+        parameters = [g | {"lr": t.lr * g["lr_factor"]} if "lr_factor" in g else g for g in parameters]
     optimizer = torch.optim.Adam(parameters, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
     if saved is not None:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
     return optimizer, scheduler
+
+
+def carry_state(source: torch.optim.Optimizer, target: torch.optim.Optimizer) -> None:
+    """Give ``target`` the per-parameter state (Adam's moments and step) ``source`` holds for the
+    parameters both optimise."""
+    for group in target.param_groups:
+        for p in group["params"]:
+            if p in source.state:
+                target.state[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in source.state[p].items()}
 
 
 def check_finite(total: torch.Tensor, losses: dict[str, torch.Tensor], where: str, last: Path) -> None:
@@ -211,6 +234,7 @@ class Trainer:
         self.phases = self.method.phases(t.epochs)
         self.monitor = Monitor(self.folder, enabled=rank == 0)
         self.progress, self.saved_optimizer = Progress(), None
+        self.optimizer = self.finished_optimizer = None
 
     def state(self) -> dict[str, Any]:
         model = {"method": self.method.name, "config": self.cfg.to_dict(), "data": self.data.info()}
@@ -226,6 +250,8 @@ class Trainer:
             self.folder.results_path.unlink(missing_ok=True)
         if state["optimizer_phase"] == self.progress.position["phase"]:  # else it is a finished phase's
             self.saved_optimizer = state
+        elif state["optimizer_phase"] == self.progress.position["phase"] - 1 and self.progress.position["epoch"] == 0:
+            self.finished_optimizer = state  # the phase before: carried over if the method asks
 
     def save(self, which: str = "last") -> None:
         if self.rank == 0:
@@ -258,7 +284,11 @@ class Trainer:
 
     def run_phase(self, index: int, phase: Phase) -> None:
         t = self.cfg.train
+        previous = self.previous_optimizer(index)
         self.optimizer, self.scheduler = make_optimizer(self.method.parameters_for(phase.name), t, self.saved_optimizer)
+        if self.saved_optimizer is None and previous is not None and self.method.carries_optimizer_state(phase.name):
+            carry_state(previous, self.optimizer)
+            self.monitor.info(f"{phase.name}: the optimizer goes on from {self.phases[index - 1].name}'s state")
         self.optimizer_phase, self.saved_optimizer = index, None
         for epoch in range(self.progress.position["epoch"], phase.epochs):
             self.run_epoch(index, phase, epoch)
@@ -267,8 +297,36 @@ class Trainer:
             if phase.evaluate and due and self.rank == 0:
                 self.select(epoch)
             self.save()
+        if phase.name not in self.progress.phase_records:
+            record = self.method.after_phase(
+                phase.name, labeled_agreement(self.method, self.data, self.cfg, self.device)
+            )
+            if record is not None:
+                self.record_phase(phase, record)
         self.progress.position.update(phase=index + 1, epoch=0)
         self.save()
+
+    def previous_optimizer(self, index: int):
+        """The optimizer of phase ``index - 1`` (this process's, or rebuilt from the checkpoint a
+        resume starts from), or None."""
+        if index == 0:
+            return None
+        if self.optimizer is not None and self.optimizer_phase == index - 1:
+            return self.optimizer
+        if self.finished_optimizer is not None:
+            saved, self.finished_optimizer = self.finished_optimizer, None
+            params = self.method.parameters_for(self.phases[index - 1].name)
+            return make_optimizer(params, self.cfg.train, saved)[0]
+        return None
+
+    def record_phase(self, phase: Phase, record: dict[str, Any]) -> None:
+        """What the end of ``phase`` measured (the pretrained teacher's agreement with the labeled
+        images): in the log, in the phase's last history row (``history.csv``) and in results.json."""
+        self.progress.phase_records[phase.name] = record
+        if self.progress.history:
+            self.progress.history[-1].update({f"{phase.name}_{k}": v for k, v in record.items()})
+        shown = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+        self.monitor.info(f"{phase.name}: the teacher's mask against the labeled training images: {shown}")
 
     def run_epoch(self, phase_index: int, phase: Phase, epoch: int) -> None:
         t, meter = self.cfg.train, EpochMeter()

@@ -96,8 +96,10 @@ class Method(nn.Module):
         self.supervised_loss_kind = self.default_supervised_loss if kind == "auto" else kind
 
     def weight(self, epoch: int, epochs: int) -> float:
-        """lambda for ``epoch`` (0-based) of ``epochs``: the method's ramp to its ``lambda_max``."""
-        return ramp_weight(self.params.ramp, self.params.lambda_max, epoch, epochs)
+        """lambda for ``epoch`` (0-based) of ``epochs``: the method's ramp from ``lambda_start`` to
+        its ``lambda_max``."""
+        p = self.params
+        return ramp_weight(p.ramp, p.lambda_max, epoch, epochs, p.lambda_start)
 
     def labeled_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The supervised term on the batch's labeled items (0 when there are none):
@@ -115,8 +117,20 @@ class Method(nn.Module):
         """The phases of a run of ``epochs`` training epochs."""
         return [Phase("train", epochs, evaluate=True)]
 
-    def parameters_for(self, phase: str) -> Iterator[nn.Parameter]:
+    def parameters_for(self, phase: str) -> Iterator[nn.Parameter] | list[dict]:
+        """The parameters a phase optimises, or parameter groups; a group's ``lr_factor``
+        scales ``train.lr`` for it."""
         return (p for p in self.parameters() if p.requires_grad)
+
+    def carries_optimizer_state(self, phase: str) -> bool:
+        """Whether ``phase`` starts from the previous phase's optimizer state for the
+        parameters both optimise (else from a fresh optimizer)."""
+        return False
+
+    def after_phase(self, phase: str, score) -> dict | None:
+        """Hook at the end of ``phase``. ``score(net)`` scores a network's prediction against the
+        labeled training images (training data only); what it returns is recorded in the run."""
+        return None
 
     def losses(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError

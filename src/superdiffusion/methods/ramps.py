@@ -23,7 +23,8 @@ def sigmoid_ramp(epoch: int, epochs: int) -> float:
 RAMPS = {"linear": linear_ramp, "sigmoid": sigmoid_ramp, "constant": lambda epoch, epochs: 1.0}
 
 
-def ramp_weight(kind: str, lambda_max: float, epoch: int, epochs: int) -> float:
+def ramp_weight(kind: str, lambda_max: float, epoch: int, epochs: int, lambda_start: float = 0.0) -> float:
+    """lambda for ``epoch``: from ``lambda_start`` to ``lambda_max`` along the ramp."""
     if kind not in RAMPS:
         raise ConfigError(f"method.ramp must be one of {', '.join(RAMPS)}, got {kind!r}")
-    return lambda_max * RAMPS[kind](epoch, epochs)
+    return lambda_start + (lambda_max - lambda_start) * RAMPS[kind](epoch, epochs)

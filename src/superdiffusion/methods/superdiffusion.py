@@ -50,10 +50,10 @@ class SuperDiffusion(Method):
             noisy_mask = self.schedule.pure_noise(shape, t, generator).to(images.dtype)
         return net(torch.cat([noisy_mask, images], dim=1), t)
 
-    def pseudo_labels(self, logits: torch.Tensor) -> torch.Tensor:
-        """Hard pseudo-labels (argmax, no gradient); pixels under ``pseudo_confidence`` get
-        the ignored index -100."""
-        probs = logits.detach().softmax(1)
+    def pseudo_labels(self, logits: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+        """Hard pseudo-labels (argmax, no gradient) of ``logits`` (or of class ``probs``); pixels
+        under ``pseudo_confidence`` get the ignored index -100."""
+        probs = logits.detach().softmax(1) if probs is None else probs.detach()
         confidence, labels = probs.max(1)
         if self.params.pseudo_confidence > 0:
             labels = labels.masked_fill(confidence < self.params.pseudo_confidence, -100)
@@ -92,6 +92,11 @@ class SuperDiffusion(Method):
     def _t(self, batch_size: int, device: torch.device) -> torch.Tensor:
         return self.schedule.sample_timesteps(batch_size, device)
 
+    def _round_t(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """t' and t'' of a round: uniform below ``rounds_t_max`` (all T steps when 0)."""
+        cap = self.params.rounds_t_max or self.schedule.timesteps
+        return torch.randint(0, cap, (batch_size,), device=device)
+
     # --- what the loop calls -----------------------------------------------------------------
     def phases(self, epochs: int) -> list[Phase]:
         pre = self.params.pretrain_epochs
@@ -99,10 +104,48 @@ class SuperDiffusion(Method):
         phases = [Phase("pretrain", pre, evaluate=False)] if pre > 0 else []
         return phases + [Phase("train", epochs, evaluate=True)]
 
+    def _teacher_parameters(self) -> list[nn.Parameter]:
+        return list(self.teacher_mask.parameters()) + list(self.teacher_image.parameters())
+
     def parameters_for(self, phase: str):
         if phase == "pretrain":
-            return list(self.teacher_mask.parameters()) + list(self.teacher_image.parameters())
-        return list(self.parameters())
+            return self._teacher_parameters()
+        if self.params.teacher_lr_factor == 1.0:
+            return list(self.parameters())
+        return [  # the student's group first: the lr the loop logs is train.lr's
+            {"params": list(self.student_mask.parameters())},
+            {"params": self._teacher_parameters(), "lr_factor": self.params.teacher_lr_factor},
+        ]
+
+    def carries_optimizer_state(self, phase: str) -> bool:
+        return phase == "train" and self.params.carry_optimizer
+
+    def after_phase(self, phase: str, score) -> dict | None:
+        """After pretraining: the teacher's zero-label agreement with the labeled images and, in
+        binary tasks with ``polarity_swap``, the swap of its classes when the swapped mask agrees
+        better (cycle consistency alone cannot tell a mask from its inverse)."""
+        if phase != "pretrain":
+            return None
+        found, swapped = score(self.teacher_mask), False
+        if self.params.polarity_swap and self.num_classes == 2 and found["dice_swapped"] > found["dice"]:
+            self.swap_teacher_classes()
+            found, swapped = score(self.teacher_mask), True
+        return {k: v for k, v in found.items() if k != "dice_swapped"} | {"swapped": swapped}
+
+    @torch.no_grad()
+    def swap_teacher_classes(self) -> None:
+        """Exchange the teacher's two classes: the mask pathway's outputs and mask inputs and the
+        image pathway's mask inputs, so that the pair computes the same function with the
+        classes' names exchanged."""
+        k, c = self.num_classes, self.channels
+        order = torch.arange(k).flip(0)
+        head = self.teacher_mask.decoder.head
+        head.weight.copy_(head.weight[order])
+        head.bias.copy_(head.bias[order])
+        first = self.teacher_mask.blocks[0][0]  # input: (noisy mask, image)
+        first.weight[:, :k].copy_(first.weight[:, :k][:, order])
+        first = self.teacher_image.blocks[0][0]  # input: (noisy image, mask)
+        first.weight[:, c : c + k].copy_(first.weight[:, c : c + k][:, order])
 
     def pretrain_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Eq. 5-7: unsupervised cycle consistency (labels are not used)."""
@@ -124,30 +167,39 @@ class SuperDiffusion(Method):
         from_student = self.pseudo_labels(student)
         if batch.has_unlabeled:  # foreground share of the student's pseudo-labels (the loop logs it)
             self.diagnostics["pseudo_fg"] = float((from_student[~batch.labeled] > 0).float().mean())
-        if self.params.pseudo_loss == "ce" and self.params.pseudo_confidence == 0:
-            semi = cps_loss(teacher, student)  # Eq. 9
-        else:
-            semi = self.pseudo_term(teacher, from_student) + self.pseudo_term(student, self.pseudo_labels(teacher))
-        out = {
-            "sup": self.labeled_loss(teacher, batch) + self.labeled_loss(student, batch),  # Eq. 10
-            "semi": ctx.weight * semi,
-        }
-        rounds = self.params.rounds
-        if rounds == 0:
-            return out
-        target = torch.where(
-            batch.labeled.view(-1, *([1] * (images.dim() - 2))), batch.labels, from_student
-        )  # l^ of Eq. 13
-        align = recon = images.new_zeros(())
-        previous = teacher
-        for _ in range(rounds):  # Eq. 11-14
-            reconstruction, recon_r = self.image_pathway(images, previous.softmax(1), self._t(b, dev))
-            previous = self.mask_pathway(self.teacher_mask, reconstruction, self._t(b, dev))
-            align = align + self.pseudo_term(previous, target)
-            recon = recon + recon_r
-        out["align"] = ctx.weight * align / rounds  # Eq. 15/16
-        out["recon"] = ctx.weight * recon / rounds
+        source = self.params.pseudo_labels
+        semi = self.semi_term(teacher, student, from_student, teacher) if source == "round0" else None  # Eq. 9
+        out = {"sup": self.labeled_loss(teacher, batch) + self.labeled_loss(student, batch)}  # Eq. 10
+        if semi is not None:
+            out["semi"] = ctx.weight * semi
+        rounds, masks = self.params.rounds, [teacher]
+        if rounds > 0:
+            target = torch.where(
+                batch.labeled.view(-1, *([1] * (images.dim() - 2))), batch.labels, from_student
+            )  # l^ of Eq. 13
+            align = recon = images.new_zeros(())
+            for _ in range(rounds):  # Eq. 11-14
+                reconstruction, recon_r = self.image_pathway(images, masks[-1].softmax(1), self._round_t(b, dev))
+                masks.append(self.mask_pathway(self.teacher_mask, reconstruction, self._round_t(b, dev)))
+                align = align + self.pseudo_term(masks[-1], target)
+                recon = recon + recon_r
+            out["align"] = ctx.weight * align / rounds  # Eq. 15/16
+            out["recon"] = ctx.weight * recon / rounds
+        if source != "round0":  # the student learns from the rounds: m^_R, or the mean over m^_0..m^_R
+            probs = torch.stack([m.detach().softmax(1) for m in masks]).mean(0) if source == "mean" else None
+            semi = self.semi_term(teacher, student, from_student, masks[-1], probs)
+            out = {"sup": out.pop("sup"), "semi": ctx.weight * semi, **out}
         return out
+
+    def semi_term(self, teacher, student, from_student, source, source_probs=None) -> torch.Tensor:
+        """Eq. 9: the teacher learns the student's argmax, the student the argmax of ``source``
+        (the teacher's round 0 in the paper; logits, or class probabilities ``source_probs``)."""
+        p = self.params
+        if source is teacher and source_probs is None and p.pseudo_loss == "ce" and p.pseudo_confidence == 0:
+            return cps_loss(teacher, student)
+        return self.pseudo_term(teacher, from_student) + self.pseudo_term(
+            student, self.pseudo_labels(source, source_probs)
+        )
 
     def segmenter(self) -> nn.Module:
         return self.student_mask

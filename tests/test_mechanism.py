@@ -1,0 +1,241 @@
+"""The options that let the paper's mechanism act: the pretrained teacher's zero-label score and
+its polarity, keeping what pretraining learned, rounds that reach the student, and the bounds."""
+
+import csv
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_config
+
+from superdiffusion import api, cli
+from superdiffusion.config import resolve
+from superdiffusion.errors import ConfigError
+from superdiffusion.evaluation import label_agreement
+from superdiffusion.methods import Batch, StepContext, build_method
+from superdiffusion.training import make_optimizer
+
+
+def _method(*overrides):
+    return build_method(tiny_config(*overrides), channels=3, num_classes=2, spatial_dims=2)
+
+
+def _batch(b=4, size=16, labeled=2):
+    torch.manual_seed(1)
+    images = torch.rand(b, 3, size, size) * 2 - 1
+    labels = (torch.rand(b, size, size) > 0.5).long()
+    return Batch(images, labels, torch.arange(b) < labeled)
+
+
+# --- the zero-label score ---------------------------------------------------------------------
+def test_label_agreement_by_hand():
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[:, 2:6, 2:6] = 1
+    exact = torch.stack([1 - labels.float(), labels.float()], 1)
+    scores = label_agreement(exact, labels)
+    assert scores["dice"] == 1 and scores["dice_swapped"] == 0 and scores["auroc"] == 1
+    inverted = exact.flip(1)
+    scores = label_agreement(inverted, labels)
+    assert scores["dice"] == 0 and scores["dice_swapped"] == 1 and scores["auroc"] == 0
+    half = torch.full_like(exact, 0.5)
+    half[:, 1, :4] = 0.6  # the top half foreground: 8 of 16 lesion pixels, 32 predicted per image
+    assert label_agreement(half, labels)["dice"] == pytest.approx(2 * 8 / (32 + 16))
+
+
+def test_swapping_the_teachers_classes_gives_the_same_function_with_names_exchanged():
+    method = _method("method.rounds=1").eval()
+    torch.manual_seed(0)
+    x = torch.randn(2, 2 + 3, 16, 16)
+    t = torch.tensor([10, 900])
+    mask_in = torch.rand(2, 2, 16, 16)
+    before_mask = method.teacher_mask(x, t)
+    before_image = method.teacher_image(torch.cat([x[:, 2:], mask_in], 1), t)
+    method.swap_teacher_classes()
+    swapped = torch.cat([x[:, :2].flip(1), x[:, 2:]], 1)
+    assert torch.allclose(method.teacher_mask(swapped, t), before_mask.flip(1), atol=1e-5)
+    after_image = method.teacher_image(torch.cat([x[:, 2:], mask_in.flip(1)], 1), t)
+    assert torch.allclose(after_image, before_image, atol=1e-5)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_pretrained_teacher_is_swapped_when_its_inverse_matches_the_labels(enabled):
+    method = _method(f"method.polarity_swap={str(enabled).lower()}")
+    calls = []
+
+    def score(net):
+        calls.append(net)
+        if len(calls) == 1:
+            return {"dice": 0.1, "dice_swapped": 0.7, "auroc": 0.2}
+        return {"dice": 0.7, "dice_swapped": 0.1, "auroc": 0.8}
+
+    head = method.teacher_mask.decoder.head.weight.detach().clone()
+    record = method.after_phase("pretrain", score)
+    assert record["swapped"] is enabled
+    assert record["dice"] == (0.7 if enabled else 0.1)
+    assert torch.equal(method.teacher_mask.decoder.head.weight, head.flip(0) if enabled else head)
+    assert method.after_phase("train", score) is None
+
+
+def test_a_run_records_the_pretrained_teachers_score_and_its_updates(tmp_path):
+    cfg = tiny_config("train.epochs=2", "method.pretrain_epochs=1", "method.rounds=1", "train.threads=1")
+    results = api.train(cfg, tmp_path / "run")
+    assert set(results["pretrain"]) == {"dice", "auroc", "swapped"}
+    assert 0 <= results["pretrain"]["dice"] <= 1
+    assert results["updates"] == {"pretrain": 2, "train": 4}
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["pretrain"] == results["pretrain"]
+    with open(tmp_path / "run" / "history.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    pretrain_rows = [r for r in rows if r["phase"] == "pretrain"]
+    assert float(pretrain_rows[-1]["pretrain_dice"]) == pytest.approx(results["pretrain"]["dice"])
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "the teacher's mask against the labeled training images" in log
+
+
+# --- keeping what pretraining learned -----------------------------------------------------------
+def test_teacher_lr_factor_gives_the_teacher_its_own_lr_through_the_lr_steps():
+    cfg = tiny_config("method.teacher_lr_factor=0.1", "train.lr=0.01", "train.lr_step=1")
+    method = build_method(cfg, 3, 2, 2)
+    optimizer, scheduler = make_optimizer(method.parameters_for("train"), cfg.train)
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    assert lrs == pytest.approx([0.01, 0.001])
+    teacher = {id(p) for p in method.teacher_mask.parameters()}
+    assert all(
+        id(p) in teacher or p in set(method.teacher_image.parameters()) for p in optimizer.param_groups[1]["params"]
+    )
+    assert not any(id(p) in teacher for p in optimizer.param_groups[0]["params"])
+    optimizer.step()
+    scheduler.step()
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.001, 0.0001])
+    # without the factor: one group, as before (checkpoints stay compatible)
+    plain = build_method(tiny_config(), 3, 2, 2).parameters_for("train")
+    assert not isinstance(plain[0], dict)
+
+
+def test_lambda_can_start_above_zero_or_stay_constant():
+    method = _method("method.lambda_start=0.5", "method.lambda_max=1.0", "method.ramp=linear")
+    assert method.weight(0, 4) == pytest.approx(0.5 + 0.5 * 1 / 4)
+    assert method.weight(3, 4) == pytest.approx(1.0)
+    constant = _method("method.lambda_max=0.3", "method.ramp=constant")
+    assert constant.weight(0, 4) == constant.weight(3, 4) == pytest.approx(0.3)
+    with pytest.raises(ConfigError, match="lambda_start"):
+        tiny_config("method.lambda_start=2", "method.lambda_max=1")
+
+
+@pytest.mark.parametrize("carry", [True, False])
+def test_carrying_the_pretraining_optimizer_state_into_co_training(tmp_path, monkeypatch, carry):
+    from superdiffusion import training
+
+    seen = {}
+    original = training.Trainer.run_phase
+
+    def spy(self, index, phase):
+        original(self, index, phase)
+        if phase.name == "pretrain":
+            seen["pretrain"] = {p: s["exp_avg"].clone() for p, s in self.optimizer.state.items()}
+
+    made = training.make_optimizer
+
+    def spy_make(parameters, t, saved=None):
+        optimizer, scheduler = made(parameters, t, saved)
+        seen.setdefault("made", []).append(optimizer)
+        return optimizer, scheduler
+
+    monkeypatch.setattr(training.Trainer, "run_phase", spy)
+    monkeypatch.setattr(training, "make_optimizer", spy_make)
+    monkeypatch.setattr(training, "carry_state", _recording(training.carry_state, seen))
+    cfg = tiny_config(
+        "train.epochs=1",
+        "method.pretrain_epochs=1",
+        "method.rounds=0",
+        "train.threads=1",
+        f"method.carry_optimizer={str(carry).lower()}",
+    )
+    api.train(cfg, tmp_path / "run")
+    assert ("carried" in seen) is carry
+    if carry:
+        co_training = seen["carried"]
+        teacher = list(co_training.param_groups[0]["params"])
+        moved = [p for p in teacher if p in seen["pretrain"]]
+        assert moved  # the teacher's parameters went on from their pretraining moments
+        assert all(torch.equal(seen["carried_state"][p], seen["pretrain"][p]) for p in moved)
+
+
+def _recording(carry_state, seen):
+    def wrapper(source, target):
+        carry_state(source, target)
+        seen["carried"] = target
+        seen["carried_state"] = {p: s["exp_avg"].clone() for p, s in target.state.items()}
+
+    return wrapper
+
+
+# --- rounds that reach the student -----------------------------------------------------------------
+def _scripted(method, outputs):
+    """Replace the pathways: the mask pathway returns ``outputs`` in turn; the image pathway
+    returns the images and a zero loss, recording its t."""
+    calls, ts = iter(outputs), []
+
+    def mask_pathway(net, images, t, generator=None):
+        ts.append(("mask", t))
+        return next(calls)
+
+    def image_pathway(images, probs, t, pure_noise=False):
+        ts.append(("image", t))
+        return images, images.new_zeros(())
+
+    method.mask_pathway, method.image_pathway = mask_pathway, image_pathway
+    return ts
+
+
+@pytest.mark.parametrize("source", ["round0", "last", "mean"])
+def test_the_students_targets_come_from_the_chosen_round(source):
+    method = _method("method.rounds=1", f"method.pseudo_labels={source}")
+    batch = _batch()
+    torch.manual_seed(3)
+    teacher, student, round1 = (torch.randn(4, 2, 16, 16) for _ in range(3))
+    _scripted(method, [teacher, student, round1])
+    losses = method.losses(batch, StepContext("train", 0, 4, 0, 2.0))
+    target = {
+        "round0": teacher.argmax(1),
+        "last": round1.argmax(1),
+        "mean": (teacher.softmax(1) + round1.softmax(1)).argmax(1),
+    }[source]
+    semi = F.cross_entropy(teacher, student.argmax(1)) + F.cross_entropy(student, target)
+    assert torch.allclose(losses["semi"], 2.0 * semi)
+    assert not torch.equal(teacher.argmax(1), round1.argmax(1))  # the three sources differ here
+
+
+def test_the_rounds_t_can_be_capped():
+    method = _method("method.rounds=3", "method.rounds_t_max=200")
+    ts = _scripted(method, [torch.randn(4, 2, 16, 16) for _ in range(5)])
+    torch.manual_seed(0)
+    method.losses(_batch(), StepContext("train", 0, 4, 0, 1.0))
+    rounds = ts[2:]  # after the teacher's and the student's passes
+    assert len(rounds) == 6 and all(int(t.max()) < 200 for _, t in rounds)
+    with pytest.raises(ConfigError, match="rounds_t_max"):
+        tiny_config("method.rounds_t_max=5000")
+
+
+def test_the_method_takes_the_baselines_supervised_loss():
+    batch = _batch()
+    logits = torch.randn(4, 2, 16, 16)
+    ce = _method().labeled_loss(logits, batch)
+    ce_dice = _method("method.supervised_loss=ce_dice").labeled_loss(logits, batch)
+    assert torch.allclose(ce, F.cross_entropy(logits[:2], batch.labels[:2]))
+    assert not torch.allclose(ce, ce_dice)
+
+
+def test_profile_paper_pretrains_with_eq_6_and_7_as_printed():
+    method = resolve(["profile=paper"]).method
+    assert method.pretrain_image_input == "noise" and method.recon_space == "image"
+    default = resolve([]).method
+    assert default.pretrain_image_input == "noisy"
+
+
+def test_rounds_are_bounded(tmp_path, capsys):
+    assert cli.main(["train", "method.rounds=100000", "--out", str(tmp_path / "run")]) != 0
+    assert not (tmp_path / "run").exists()
+    err = capsys.readouterr().err
+    assert "method.rounds" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
