@@ -206,10 +206,10 @@ def test_a_format_1_volume_run_with_zscore_reads_as_per_image(tmp_path):
     cfg = tiny_config(*BASELINE3D, "method=supervised", "data.normalize=zscore")
     folder = RunFolder(tmp_path / "old")
     state = {"config": cfg.to_dict(), "format": 1, "method": "supervised"}
+    folder.write_config(cfg)
     folder.checkpoints.mkdir(parents=True)
     checkpoint.save_atomic(state, folder.checkpoint_path("last"))
     assert folder.load_checkpoint()["config"]["data"]["normalize"] == "per_image"
-    folder.write_config(cfg)
     with pytest.raises(RunFolderError, match=r"changes data.normalize \(per_image -> zscore\)"):
         folder.prepare(cfg, resume=True, force=False)
     state["format"] = 2

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import safefs
 from .config import Config, from_dict
 from .data import build_data, with_dataset_json
 from .data.folder import IMAGE_EXTENSIONS
@@ -56,7 +58,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
         folder.write_model(model_record(trainer.method, cfg, trainer.data.info(), trainer.progress.best))
         rows = results.pop("per_case", None)
         if rows:
-            write_rows(folder.per_case_path, rows)
+            folder.write_rows(folder.per_case_path, rows)
         folder.write_results(results)
         folder.finish_checkpoints(cfg.train.keep_state)
         return results
@@ -146,10 +148,21 @@ def evaluate(
     target = Path(out) if out else Path(run_dir) / f"evaluation-{results['protocol']}-k{cfg.eval.samples}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     rows = results.pop("per_case", None)
+    per_case = target.with_name(target.name.removesuffix(".json") + "-per-case.csv")
+    claim_in_run(run_dir, target, per_case if rows else None)
     if rows:
-        write_rows(target.with_name(target.name.removesuffix(".json") + "-per-case.csv"), rows)
+        write_rows(per_case, rows)
     write_json(target, results)
     return {**results, "written_to": str(target)}
+
+
+def claim_in_run(run_dir: str | Path, *paths: Path | None) -> None:
+    """Record the files written into a run folder as the package's (so that ``--force`` may
+    remove them); files written elsewhere are the user's."""
+    folder = RunFolder(run_dir)
+    inside = [p for p in paths if p is not None and p.resolve().parent == folder.path.resolve()]
+    if inside:
+        folder.claim(*(folder.path / p.name for p in inside))
 
 
 def _inputs(path: Path) -> list[Path]:
@@ -192,22 +205,47 @@ def predict(
         from .data.volumes import group_channels
 
         files = group_channels(files, state["data"]["channels"])
-    if not force:
-        from .data.volumes import case_stem
-
-        for path in files:
-            stem = case_stem(path) if method.spatial_dims == 3 else path.stem
-            suffix = ".nii.gz" if method.spatial_dims == 3 else ".png"
-            for name in (f"{stem}{suffix}", f"{stem}_uncertainty{suffix}", f"{stem}_probability{suffix}"):
-                if (output / name).exists():
-                    raise RunFolderError(
-                        f"{output / name} already exists; choose another output folder or pass --force"
-                    )
+    check_outputs(files, output, method.spatial_dims, samples, probabilities, force)
     written: list[Path] = []
     predict_file = predict_volume_file if method.spatial_dims == 3 else predict_image_file
     for path in files:
         written += predict_file(method, cfg, state["data"], path, output, samples, threshold, device, probabilities)
     return written
+
+
+def check_outputs(files: list, output: Path, spatial_dims: int, samples: int, probabilities: bool, force: bool):
+    """Before anything is written: refuse outputs that would overwrite an input (even with
+    ``force``), that two inputs would both write (``case1.png`` and ``case1.jpg``), or that
+    exist already (without ``force``)."""
+    from .data.volumes import case_stem
+    from .inference import output_names
+
+    inputs = [Path(p) for group in files for p in (group if isinstance(group, list | tuple) else [group])]
+    resolved_inputs = {p.resolve() for p in inputs}
+    by_name: dict[str, list[str]] = {}  # lower-cased: clashes on case-insensitive file systems too
+    names: list[str] = []
+    for group in files:
+        first = Path(group[0] if isinstance(group, list | tuple) else group)
+        stem = case_stem(group) if spatial_dims == 3 else first.stem
+        for name in output_names(stem, spatial_dims, samples, probabilities):
+            by_name.setdefault(name.lower(), []).append(first.name)
+            names.append(name)
+    clashes = {name: sources for name, sources in by_name.items() if len(sources) > 1}
+    if clashes:
+        shown = "; ".join(f"{name} from {', '.join(src)}" for name, src in sorted(clashes.items())[:5])
+        raise DataError(
+            f"{len(clashes)} output names would be written by more than one input ({shown}): rename the inputs"
+        )
+    for name in names:
+        target = output / name
+        safefs.refuse_link(target)
+        if target.resolve() in resolved_inputs:
+            raise RunFolderError(
+                f"{target} is one of the input files; predict never overwrites its inputs, even with --force: "
+                "choose another output folder"
+            )
+        if os.path.lexists(target) and not force:
+            raise RunFolderError(f"{target} already exists; choose another output folder or pass --force")
 
 
 SUGGEST_SOURCES = ("entropy", "spread", "teacher_disagreement")
@@ -283,8 +321,9 @@ def suggest(
     scores = maps.flatten(1).double().mean(1).tolist()
     ranked = sorted(zip(ids, scores), key=lambda item: -item[1])
     out.parent.mkdir(parents=True, exist_ok=True)
+    claim_in_run(run_dir, out, following)
     write_rows(out, [{"rank": k + 1, "id": i, "score": s, "source": by} for k, (i, s) in enumerate(ranked)])
     if following is not None:
         chosen = [i for i, _ in ranked[:count]]
-        following.write_text("\n".join(labeled + chosen) + "\n")
+        safefs.write_text(following, "\n".join(labeled + chosen) + "\n")
     return out, following

@@ -3,6 +3,7 @@ kept as ``*.prev.pt`` and used when the newest cannot be read."""
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -10,19 +11,21 @@ from typing import Any
 
 import torch
 
+from . import safefs
 from .errors import RunFolderError
 
 
 def save_atomic(obj: Any, path: Path, keep_previous: bool = True) -> None:
+    """Write ``obj`` to ``path`` atomically (never through a link); the file it replaces is kept
+    as ``*.prev.pt`` with ``keep_previous``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    safefs.refuse_link(path.parent)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     if keep_previous and path.exists():
+        safefs.refuse_link(previous_path(path))
         os.replace(path, previous_path(path))
-    os.replace(tmp, path)
+    safefs.write_bytes(path, buffer.getvalue())
 
 
 def previous_path(path: Path) -> Path:

@@ -32,7 +32,12 @@ def _table(results: dict) -> str:
             )
             lines.append(f"  test [{where}] {parts}")
     for name, scores in results.get("test_per_class", {}).items():
-        lines.append(f"  test [{name}] dice={100 * scores['dice_per_image']:.2f}%")
+        if scores.get("present", True):
+            lines.append(f"  test [{name}] dice={100 * scores['dice_per_image']:.2f}%")
+        else:
+            lines.append(f"  test [{name}] absent from every test mask: not scored")
+    for warning in results.get("warnings", []):
+        lines.append(f"  WARNING: {warning}")
     unc = results.get("uncertainty")
     if unc:
         auroc = "  ".join(

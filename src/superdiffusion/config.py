@@ -10,6 +10,7 @@ the value. Every run writes the resolved result to ``config.yaml`` in its folder
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,7 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
+    # names the default run folder runs/NAME/...: letters, digits, '.', '_' and '-', not first '.'
     name: str = "ph2"
     root: str = "builtin:ph2_128"  # folder with images/ + masks/ (+ split.csv), or builtin:NAME
     spatial_dims: Literal[2, 3] = 2
@@ -64,6 +66,11 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _dimensions(self) -> DataConfig:
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}", self.name):
+            raise ValueError(
+                f"data.name names the run folder runs/NAME/: letters, digits, '.', '_' and '-' only, not first '.' "
+                f"(no path separators); got {self.name[:60]!r}"
+            )
         if self.spatial_dims == 2 and self.size is not None and len(self.size) != 2:
             raise ValueError(f"data.size must be [H, W] for 2D data (or null: native resolution), got {self.size}")
         if self.spatial_dims == 2 and self.size is None and len(self.patch_size) != 2:
@@ -93,7 +100,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(5e-5, ge=0)
     lr_step: int = Field(50, ge=1)
     lr_gamma: float = Field(0.1, gt=0)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     eval_every: int = Field(1, ge=1)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     threads: int = Field(0, ge=0)  # 0: torch's default

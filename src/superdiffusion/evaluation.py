@@ -113,18 +113,36 @@ def _per_class(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return dice, iou
 
 
+def present_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(C - 1,)`` whether each foreground class appears anywhere in the reference masks."""
+    return torch.bincount(labels.flatten().clamp(0, num_classes - 1), minlength=num_classes)[1:] > 0
+
+
 def multiclass_scores(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Argmax segmentation scored with MONAI's Dice and IoU, averaged over foreground classes."""
+    """Argmax segmentation scored with MONAI's Dice and IoU, averaged over the foreground classes
+    present in the reference (a declared class no mask holds would score 1 for predicting
+    nothing, and drown the real ones); over every class when none is present."""
     dice, iou = _per_class(probs, labels)
+    present = present_classes(labels, probs.shape[1])
+    if present.any():
+        dice, iou = dice[:, present], iou[:, present]
     return {"dice_per_image": float(dice.mean()), "jaccard_per_image": float(iou.mean())}
 
 
 def per_class_scores(probs: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, dict[str, float]]:
     """Dice and Jaccard of each foreground class (mean over images), keyed by the class name
-    (``names``: index -> name, background first)."""
+    (``names``: index -> name, background first); a class absent from every reference mask is
+    marked ``present: False``, with no score."""
     dice, iou = _per_class(probs, labels)
+    present = present_classes(labels, probs.shape[1])
     return {
-        name: {"dice_per_image": float(dice[:, k].mean()), "jaccard_per_image": float(iou[:, k].mean())}
+        name: {
+            "dice_per_image": float(dice[:, k].mean()),
+            "jaccard_per_image": float(iou[:, k].mean()),
+            "present": True,
+        }
+        if present[k]
+        else {"dice_per_image": None, "jaccard_per_image": None, "present": False}
         for k, name in enumerate(names[1:])
     }
 

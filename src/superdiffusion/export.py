@@ -15,6 +15,7 @@ The ONNX graph takes any batch size but only the model size: resize before calli
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import safefs
 from .data.dataset import PER_IMAGE_MODES, class_names
 from .errors import ConfigError, RunFolderError
 from .inference import derived_seed
@@ -151,6 +153,7 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "torchscript", force
     out = Path(out)
     info = out.with_name(out.name + ".json")
     for path in (out, info):
+        safefs.refuse_link(path)  # a link, dangling or not, is never written through
         if path.exists() and not force:
             raise RunFolderError(f"{path} already exists; pass --force to replace it")
     cfg, method, state = load_run(run_dir)
@@ -159,10 +162,11 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "torchscript", force
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torchscript":
         scripted = torch.jit.script(model)
-        torch.jit.save(scripted, str(out), _extra_files={"superdiffusion.json": json.dumps(meta)})
+        with safefs.atomic(out) as handle:
+            torch.jit.save(scripted, handle, _extra_files={"superdiffusion.json": json.dumps(meta)})
     else:
         _onnx(model, state["data"]["channels"], meta, out)
-    info.write_text(json.dumps(meta, indent=2) + "\n")
+    safefs.write_text(info, json.dumps(meta, indent=2) + "\n")
     return out
 
 
@@ -197,7 +201,9 @@ def _onnx(model: SegmentationModel, channels: int, meta: dict[str, Any], out: Pa
         raise ConfigError(
             f"ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0]}); use --format torchscript"
         ) from None
-    program.save(str(out))
-    proto = onnx.load(str(out))
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as scratch:  # the package's own folder
+        first = Path(scratch) / "model.onnx"
+        program.save(str(first))
+        proto = onnx.load(str(first))
     onnx.helper.set_model_props(proto, {"superdiffusion": json.dumps(meta)})
-    onnx.save(proto, str(out))
+    safefs.write_bytes(out, proto.SerializeToString())

@@ -11,6 +11,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from PIL import Image
 
+from . import safefs
 from .data import normalize, normalize_each
 from .data.folder import read_image, resize_image
 from .errors import ConfigError
@@ -42,6 +43,7 @@ def predict_tensor(
         raise ConfigError(f"eval.samples must be >= 1, got {samples}")
     if samples > 1 and not method.stochastic_inference:
         raise ConfigError(f"method {method.name} predicts deterministically; eval.samples > 1 needs a diffusion method")
+    other = {"net": net} if net is not None else {}  # another network than the method's segmenter
     was_training = method.training
     method.eval()
     probs, spreads = [], []
@@ -49,10 +51,10 @@ def predict_tensor(
         for index, start in enumerate(range(0, images.shape[0], batch_size)):
             chunk = images[start : start + batch_size].to(device)
             if window is None:
-                pred = method.predict(chunk, samples, generator(chunk, derived_seed(seed, index)), step, net)
+                pred = method.predict(chunk, samples, generator(chunk, derived_seed(seed, index)), step, **other)
             else:
                 seed_i = derived_seed(seed, index)
-                pred = _sliding(method, chunk, samples, window, overlap, batch_size, seed_i, step, net)
+                pred = _sliding(method, chunk, samples, window, overlap, batch_size, seed_i, step, other)
             probs.append(pred.probs.float().cpu())
             if pred.spread is not None:
                 spreads.append(pred.spread.float().cpu())
@@ -83,12 +85,12 @@ def _sliding(
     batch_size: int,
     seed: int,
     step: int | None,
-    net: torch.nn.Module | None = None,
+    other: dict | None = None,
 ) -> Prediction:
     calls = itertools.count()  # one seed per batch of windows
 
     def run(patch: torch.Tensor) -> torch.Tensor:
-        pred = method.predict(patch, samples, generator(patch, derived_seed(seed, next(calls))), step, net)
+        pred = method.predict(patch, samples, generator(patch, derived_seed(seed, next(calls))), step, **(other or {}))
         if pred.spread is None:
             return pred.probs
         return torch.cat([pred.probs, pred.spread[:, None]], dim=1)
@@ -127,18 +129,41 @@ def predict_image_file(
     probs = torch.nn.functional.interpolate(pred.probs, size=size, mode="bilinear", align_corners=False)[0]
     mask = _mask_from(probs, method.num_classes, threshold)
     target = output / f"{path.stem}.png"
-    Image.fromarray(mask * 255 if method.num_classes == 2 else mask).save(target)
+    _save_png(Image.fromarray(mask * 255 if method.num_classes == 2 else mask), target)
     written = [target]
     if pred.spread is not None:
         spread = torch.nn.functional.interpolate(pred.spread[None], size=size, mode="bilinear", align_corners=False)
         unc = (spread[0, 0].clamp(0, 0.5) * 510).numpy().astype(np.uint8)
-        Image.fromarray(unc).save(output / f"{path.stem}_uncertainty.png")
+        _save_png(Image.fromarray(unc), output / f"{path.stem}_uncertainty.png")
         written.append(output / f"{path.stem}_uncertainty.png")
     if probabilities:
         fg = (probs[1:].sum(0).clamp(0, 1) * 65535).round().numpy().astype(np.uint16)
-        Image.fromarray(fg).save(output / f"{path.stem}_probability.png")
+        _save_png(Image.fromarray(fg), output / f"{path.stem}_probability.png")
         written.append(output / f"{path.stem}_probability.png")
     return written
+
+
+def output_names(stem: str, spatial_dims: int, samples: int, probabilities: bool) -> list[str]:
+    """The files a prediction of the input ``stem`` writes."""
+    suffix = ".nii.gz" if spatial_dims == 3 else ".png"
+    names = [f"{stem}{suffix}"]
+    if samples > 1:
+        names.append(f"{stem}_uncertainty{suffix}")
+    if probabilities:
+        names.append(f"{stem}_probability{suffix}")
+    return names
+
+
+def _save_png(image: Image.Image, target: Path) -> None:
+    with safefs.atomic(target) as handle:
+        image.save(handle, format="PNG")
+
+
+def _save_nifti(image, target: Path) -> None:
+    """A ``.nii.gz`` written atomically (never through a link)."""
+    import gzip
+
+    safefs.write_bytes(target, gzip.compress(image.to_bytes(), compresslevel=6))
 
 
 def predict_volume_file(
@@ -168,15 +193,15 @@ def predict_volume_file(
     mask = _mask_from(pred.probs[0], method.num_classes, threshold)
     stem = case_stem(path)
     target = output / f"{stem}.nii.gz"
-    nib.save(nib.Nifti1Image(mask, geometry.affine), str(target))
+    _save_nifti(nib.Nifti1Image(mask, geometry.affine), target)
     written = [target]
     if pred.spread is not None:
         unc = output / f"{stem}_uncertainty.nii.gz"
-        nib.save(nib.Nifti1Image(pred.spread[0].numpy().astype(np.float32), geometry.affine), str(unc))
+        _save_nifti(nib.Nifti1Image(pred.spread[0].numpy().astype(np.float32), geometry.affine), unc)
         written.append(unc)
     if probabilities:
         prob = output / f"{stem}_probability.nii.gz"
         fg = pred.probs[0, 1:].sum(0).clamp(0, 1).numpy().astype(np.float32)
-        nib.save(nib.Nifti1Image(fg, geometry.affine), str(prob))
+        _save_nifti(nib.Nifti1Image(fg, geometry.affine), prob)
         written.append(prob)
     return written

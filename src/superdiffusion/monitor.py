@@ -52,7 +52,7 @@ class Monitor:
             from torch.utils.tensorboard import SummaryWriter
 
             self.handler = self.folder.log_to_file()
-            self.writer = SummaryWriter(str(self.folder.tensorboard))
+            self.writer = self.folder.tensorboard_writer(SummaryWriter)
 
     def close(self, history: list[dict[str, Any]]) -> None:
         if self.writer is not None:

@@ -113,6 +113,11 @@ def evaluate_method(
         },
         "samples": cfg.eval.samples,
     }
+    if not any(bool((mask > 0).any()) for mask in test.masks):
+        results["warnings"] = [
+            f"no test mask holds any foreground: every empty prediction scores 1, so the test scores say nothing "
+            f"({len(test)} test images)"
+        ]
     spreads: list[torch.Tensor] = []
     probs, masks = split_probabilities(method, test, cfg, device, keep=spreads)
     names = class_names(data.num_classes, data.class_names)

@@ -12,6 +12,12 @@
                     *.prev.pt while training); removed at the end unless train.keep_state=true
     tensorboard/    TensorBoard events
     .lock           held by the process that trains into the folder
+    .superdiffusion-run.json  the marker: this folder is a run folder, and the files the
+                    package wrote in it (the only ones ``--force`` and the end of training remove)
+
+A folder is trained into only when it is new, empty or already marked: a folder holding
+files the package did not write is refused, with or without ``--force``. No file is written
+through a symbolic link (:mod:`superdiffusion.safefs`).
 
 Checkpoints carry a format number; a file of a format this version cannot read is refused
 with a clear message instead of failing somewhere inside ``load_state_dict``.
@@ -23,13 +29,12 @@ import csv
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import checkpoint
+from . import checkpoint, safefs
 from .config import RESUMABLE_KEYS, Config, flat, from_dict, load_yaml
 from .errors import RunFolderError
 
@@ -44,6 +49,33 @@ log.setLevel(logging.INFO)  # a library user silences the package with log.setLe
 
 class RunFolderBusy(RunFolderError):
     """Another process is training into this run folder."""
+
+
+MARKER = ".superdiffusion-run.json"
+MARKER_FORMAT = 1
+# what a run folder written before the marker existed may hold (adopted on first use, see ``take``)
+LEGACY_NAMES = (
+    "config.yaml",
+    "results.json",
+    "history.csv",
+    "test_per_case.csv",
+    "progress.png",
+    "train.log",
+    "model.pt",
+    "console.log",
+    ".lock",
+    "labeled_next.txt",
+)
+LEGACY_PATTERNS = (
+    "checkpoints/last.pt",
+    "checkpoints/best.pt",
+    "checkpoints/last.prev.pt",
+    "checkpoints/best.prev.pt",
+    "tensorboard/events.out.tfevents.*",
+    "evaluation-*.json",
+    "evaluation-*-per-case.csv",
+    "suggest-*.csv",
+)
 
 
 class RunFolder:
@@ -99,12 +131,102 @@ class RunFolder:
         path = self.checkpoint_path(which)
         return path.exists() or checkpoint.previous_path(path).exists()
 
+    # --- ownership: the marker and what it lists -------------------------------------------
+    @property
+    def marker_path(self) -> Path:
+        return self.path / MARKER
+
+    @property
+    def owned(self) -> bool:
+        return self.marker_path.is_file() and not self.marker_path.is_symlink()
+
+    def written(self) -> set[str]:
+        """The files (relative paths) the package wrote here, as the marker lists them now
+        (read afresh: several objects of a process may write into one folder)."""
+        return set(json.loads(self.marker_path.read_text())["written"]) if self.owned else set()
+
+    def take(self) -> None:
+        """Make sure this folder is a run folder before anything is written in it: create it (or
+        an empty one) with its marker; adopt a run folder of an earlier version (a valid
+        ``config.yaml`` beside a readable checkpoint or ``model.pt``); refuse anything else."""
+        if self.path.is_symlink() and not self.path.exists():
+            safefs.refuse_link(self.path)
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"{self.path} is a file, not a folder: choose another --out")
+        if self.owned:
+            return
+        for sub in (self.checkpoints, self.tensorboard, self.marker_path):
+            safefs.refuse_link(sub)
+        self.path.mkdir(parents=True, exist_ok=True)
+        entries = sorted(os.listdir(self.path))
+        if entries and not self._is_legacy_run():
+            shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+            raise RunFolderError(
+                f"{self.path} holds files superdiffusion did not write ({shown}); it never trains into such a "
+                "folder, even with --force: choose a new or empty --out"
+            )
+        self._save_marker(set(self._legacy_files()) if entries else set())
+
+    def _is_legacy_run(self) -> bool:
+        if not self.config_path.is_file() or self.config_path.is_symlink():
+            return False
+        try:
+            from_dict(load_yaml(self.config_path))
+        except Exception:  # noqa: BLE001 - any unreadable or invalid config.yaml: not a run of ours
+            return False
+        for path in (self.checkpoint_path("last"), self.checkpoint_path("best"), self.model_path):
+            if path.is_file() and not path.is_symlink():
+                try:
+                    checkpoint.load(path, fallback=False)
+                    return True
+                except RunFolderError:
+                    continue
+        return False
+
+    def _legacy_files(self) -> list[str]:
+        names = [n for n in LEGACY_NAMES if (self.path / n).is_file() and not (self.path / n).is_symlink()]
+        for pattern in LEGACY_PATTERNS:
+            names += [
+                str(p.relative_to(self.path)) for p in self.path.glob(pattern) if p.is_file() and not p.is_symlink()
+            ]
+        return names
+
+    def _save_marker(self, written: set[str]) -> None:
+        content = {"format": MARKER_FORMAT, "written": sorted(written)}
+        safefs.write_text(self.marker_path, json.dumps(content, indent=1) + "\n")
+
+    def claim(self, *paths: Path | str) -> None:
+        """Record files the package is about to write here (paths inside the folder)."""
+        names = {self._relative(p) for p in paths}
+        if not self.owned:
+            self.take()
+        written = self.written()
+        if not names <= written:
+            self._save_marker(written | names)
+
+    def _relative(self, path: Path | str) -> str:
+        try:
+            return Path(path).relative_to(self.path).as_posix()
+        except ValueError:
+            return Path(path).as_posix()
+
+    def _remove_written(self, under: str = "") -> None:
+        """Delete the files the package wrote (those under ``under``, or all), then the folders
+        they leave empty; everything else stays."""
+        written = self.written()
+        for name in sorted(n for n in written if n.startswith(under) and n != ".lock"):
+            path = self.path / name
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            written.discard(name)
+        for sub in (self.checkpoints, self.tensorboard):
+            if sub.is_dir() and not sub.is_symlink() and not any(sub.iterdir()):
+                sub.rmdir()
+        self._save_marker(written)
+
     def clear(self) -> None:
-        """Remove what a training writes (for ``--force``); other files are left alone."""
-        for name in (self.checkpoints, self.tensorboard):
-            shutil.rmtree(name, ignore_errors=True)
-        for path in (self.results_path, self.config_path, self.history_path, self.model_path):
-            path.unlink(missing_ok=True)
+        """Remove what the package wrote here (for ``--force``); other files are left alone."""
+        self._remove_written()
 
     # --- contents ------------------------------------------------------------------------
     def read_config(self) -> Config:
@@ -113,14 +235,25 @@ class RunFolder:
         return from_dict(load_yaml(self.config_path))
 
     def write_config(self, cfg: Config) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        _atomic_text(self.config_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self.claim(self.config_path)
+        safefs.write_text(self.config_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     def read_results(self) -> dict[str, Any]:
         return json.loads(self.results_path.read_text())
 
     def write_results(self, results: dict[str, Any]) -> None:
+        self.claim(self.results_path)
         write_json(self.results_path, results)
+
+    def write_rows(self, path: Path, rows: list[dict[str, Any]]) -> None:
+        """A CSV inside the folder (recorded as the package's)."""
+        self.claim(path)
+        write_rows(path, rows)
+
+    def write_json(self, path: Path, obj: Any) -> None:
+        """A JSON file inside the folder (recorded as the package's)."""
+        self.claim(path)
+        write_json(path, obj)
 
     @property
     def per_case_path(self) -> Path:
@@ -128,7 +261,7 @@ class RunFolder:
 
     def write_history(self, history: list[dict[str, Any]]) -> None:
         """``history.csv``: one row per epoch, the union of the records' keys as columns."""
-        write_rows(self.history_path, history)
+        self.write_rows(self.history_path, history)
 
     @property
     def progress_path(self) -> Path:
@@ -187,13 +320,15 @@ class RunFolder:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
         fig.tight_layout()
-        tmp = self.path / f".progress.tmp-{os.getpid()}.png"
-        fig.savefig(tmp, dpi=80)
+        self.claim(self.progress_path)
+        with safefs.atomic(self.progress_path) as handle:
+            fig.savefig(handle, dpi=80, format="png")
         plt.close(fig)
-        tmp.replace(self.progress_path)
 
     def save_checkpoint(self, state: dict[str, Any], which: str = "last") -> None:
-        checkpoint.save_atomic({**state, "format": CHECKPOINT_FORMAT}, self.checkpoint_path(which))
+        path = self.checkpoint_path(which)
+        self.claim(path, checkpoint.previous_path(path))
+        checkpoint.save_atomic({**state, "format": CHECKPOINT_FORMAT}, path)
 
     def load_checkpoint(self, which: str = "last") -> dict[str, Any]:
         path = self.checkpoint_path(which)
@@ -202,6 +337,7 @@ class RunFolder:
         return _readable(checkpoint.load(path), path)
 
     def write_model(self, model: dict[str, Any]) -> None:
+        self.claim(self.model_path)
         checkpoint.save_atomic({**model, "format": CHECKPOINT_FORMAT, "kind": "model"}, self.model_path, False)
 
     def load_model(self) -> dict[str, Any]:
@@ -211,7 +347,7 @@ class RunFolder:
         """After ``model.pt`` is written: drop the training state, or (``keep_state``) keep
         last.pt and best.pt once each reads back, without their ``*.prev.pt`` fallbacks."""
         if not keep_state:
-            shutil.rmtree(self.checkpoints, ignore_errors=True)
+            self._remove_written("checkpoints/")
             return
         for which in ("last", "best"):
             path = self.checkpoint_path(which)
@@ -226,8 +362,9 @@ class RunFolder:
         ends, however it ends, so a killed run never leaves the folder locked."""
         import fcntl
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / ".lock", "a+")
+        self.take()
+        self.claim(".lock")
+        handle = safefs.open_lock(self.path / ".lock")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -279,8 +416,7 @@ class RunFolder:
         if resume and self.has_checkpoint():
             state = self.load_checkpoint()
             self.check_resume(from_dict(state["config"]), cfg)  # the checkpoint's settings, as it reads them
-            self.write_config(cfg)  # e.g. a longer run
-            return state
+            return state  # config.yaml is rewritten (a longer run) once the trainer has accepted the state
         if resume and self.started and self.finished:
             raise RunFolderError(
                 f"{self.path}: this finished run kept no training state (train.keep_state=false), so it "
@@ -295,12 +431,35 @@ class RunFolder:
         self.write_config(cfg)
         return None
 
+    def tensorboard_writer(self, writer_class):
+        """A TensorBoard writer into ``tensorboard/``, its event file recorded as the package's."""
+        self.take()
+        safefs.refuse_link(self.tensorboard)
+        self.tensorboard.mkdir(exist_ok=True)
+        before = set(os.listdir(self.tensorboard))
+        writer = writer_class(str(self.tensorboard))
+        writer.flush()
+        self.claim(*(self.tensorboard / n for n in sorted(set(os.listdir(self.tensorboard)) - before)))
+        return writer
+
     def log_to_file(self) -> logging.Handler:
         """Append the package's log to ``train.log`` (the caller removes the handler)."""
-        handler = logging.FileHandler(self.log_path)
+        self.claim(self.log_path)
+        handler = _LogFile(safefs.append(self.log_path))
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         log.addHandler(handler)
         return handler
+
+
+class _LogFile(logging.StreamHandler):
+    """A log handler on an already opened file, which it closes."""
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            self.stream.close()
+        finally:
+            super().close()
 
 
 def _readable(state: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -321,19 +480,11 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as handle:
+    with safefs.atomic(path, text=True, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def write_json(path: Path, obj: Any) -> None:
-    _atomic_text(Path(path), json.dumps(obj, indent=2))
+    safefs.write_text(Path(path), json.dumps(obj, indent=2))

@@ -21,7 +21,7 @@ from .config import Config
 from .data import SegmentationData
 from .data.augment import flip_rotate
 from .data.patches import random_patches
-from .errors import ConfigError, RunFolderError, TrainingDiverged
+from .errors import ConfigError, DataError, RunFolderError, TrainingDiverged
 from .methods import Batch, Method, Phase, StepContext, build_method
 from .monitor import EpochMeter, Monitor
 from .protocol import Selection, example_predictions, labeled_agreement, run_health, select_epoch
@@ -223,6 +223,11 @@ class Trainer:
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
+        if not any(bool((mask > 0).any()) for mask in data.labeled.masks):
+            raise DataError(
+                f"{cfg.data.root}: none of the {len(data.labeled)} labeled training images has any foreground in its "
+                "mask; check the masks and data.mask_mode"
+            )
         self.method: Method = build_method(cfg, data.channels, data.num_classes, data.spatial_dims).to(self.device)
         self.model = self.method  # what the steps call: the method, or its DDP wrapper
         if world > 1:
@@ -266,7 +271,9 @@ class Trainer:
             if self.rank != 0 and resume and self.folder.has_checkpoint():
                 state = self.folder.load_checkpoint()
         if state is not None:
-            self.restore(state)
+            self.restore(state)  # refuses a state it cannot go on from, before anything is written
+            if self.rank == 0:
+                self.folder.write_config(self.cfg)  # e.g. a longer run
         self.monitor.open()
         try:
             self.monitor.info(

@@ -144,6 +144,7 @@ def read_image(path: Path | tuple[Path, ...], channels: int | None = None) -> np
     elif arr.dtype in (np.uint16, np.int32, np.int16) or img.mode.startswith("I"):
         scale = 65535.0
     elif arr.dtype.kind == "f":
+        check_finite(arr, path)
         scale = max(1.0, float(arr.max()))
     else:
         raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
@@ -154,6 +155,15 @@ def read_image(path: Path | tuple[Path, ...], channels: int | None = None) -> np
     if channels == 3 and arr.shape[0] == 1:
         arr = np.repeat(arr, 3, axis=0)
     return np.ascontiguousarray(arr)
+
+
+def check_finite(arr: np.ndarray, path) -> None:
+    """One line naming the file when an image holds NaN or infinite values."""
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise DataError(
+            f"{path}: {bad} of its {arr.size} values are not finite (NaN or infinity); fix or drop the file"
+        )
 
 
 def default_mask_threshold(arr: np.ndarray) -> float:

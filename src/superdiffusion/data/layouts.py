@@ -135,6 +135,12 @@ def _msd(root: Path, path: Path, content: dict[str, Any]) -> DatasetJson:
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
             raise DataError(f"{path}: training entry {n} needs 'image' and 'label'")
         image, label = ((root / str(entry[k])).resolve() for k in ("image", "label"))
+        for key, file in (("image", image), ("label", label)):
+            if not file.is_relative_to(root.resolve()):
+                raise DataError(
+                    f"{path}: training entry {n} ({key} {str(entry[key])[:80]!r}) points outside the dataset folder; "
+                    "superdiffusion reads only files inside it"
+                )
         for file in (image, label):
             if not file.is_file():
                 raise DataError(f"{file}: missing (training entry {n} of {path})")

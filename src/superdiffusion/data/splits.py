@@ -36,7 +36,13 @@ def read_ids(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: labeled-ids file not found")
-    lines = [line.strip() for line in path.read_text().splitlines()]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text file of ids (one per line, or a CSV with an 'id' column)") from None
+    if "\0" in text:
+        raise DataError(f"{path}: not a text file of ids (one per line, or a CSV with an 'id' column)")
+    lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line and not line.startswith("#")]
     if lines and "," in lines[0] and "id" in lines[0].split(","):
         column = lines[0].split(",").index("id")
@@ -53,9 +59,13 @@ def choose_labeled(ids: list[str], cfg, seed: int) -> tuple[list[str], list[str]
         return split_labeled(ids, cfg.labeled_percent, seed)
     wanted = read_ids(cfg.labeled_ids)
     known = set(ids)
-    for i in wanted:
-        if i not in known:
-            raise DataError(f"{cfg.labeled_ids}: id {i!r} is not a training image of {cfg.root}")
+    unknown = [i for i in wanted if i not in known]
+    if unknown:
+        shown = unknown[0] if len(unknown[0]) <= 40 else unknown[0][:40] + "..."  # an id, never a whole line
+        raise DataError(
+            f"{cfg.labeled_ids}: {len(unknown)} of its {len(wanted)} ids are not training images of {cfg.root} "
+            f"(the first: {shown!r})"
+        )
     chosen = set(wanted)
     return [i for i in ids if i in chosen], [i for i in ids if i not in chosen]
 

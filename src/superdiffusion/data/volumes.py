@@ -32,7 +32,7 @@ from .dataset import (
     normalize_each,
     resolve_root,
 )
-from .folder import read_split
+from .folder import check_finite, read_split
 from .splits import choose_labeled
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".h5", ".hdf5")
@@ -200,6 +200,9 @@ def load_volume_pair(
     ``(H, W, D)`` int64 checked against the declared classes (None when ``labels`` is False)."""
     files = pair.image if isinstance(pair.image, tuple) else (pair.image,)
     channels = [read_volume(path, "image") for path in files]
+    for path, channel in zip(files, channels):
+        if channel.array.dtype.kind == "f":
+            check_finite(channel.array, path)
     image = channels[0]  # its geometry is the case's
     for path, channel in zip(files[1:], channels[1:]):
         if channel.array.shape != image.array.shape:

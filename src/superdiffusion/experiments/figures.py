@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .. import safefs
 from ..errors import DataError
 
 
@@ -88,6 +89,7 @@ def qualitative_figure(
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    with safefs.atomic(out) as handle:
+        fig.savefig(handle, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
     return out

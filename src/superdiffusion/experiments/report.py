@@ -14,6 +14,7 @@ from typing import Any
 
 from scipy import stats
 
+from .. import safefs
 from ..methods import METHODS
 
 METHOD_ORDER = list(METHODS)  # the paper's order
@@ -305,7 +306,8 @@ def plot_ablation(table: list[dict[str, Any]], path: Path, metric: str = "dice")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    with safefs.atomic(path) as handle:
+        fig.savefig(handle, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
 
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
+from .. import safefs
 from ..config import load_yaml, resolve
-from ..errors import ConfigError
+from ..errors import ConfigError, RunFolderError
 from ..methods import METHODS
 from ..runfolder import RunFolder
 
@@ -129,8 +130,14 @@ def command(spec: RunSpec, threads: int) -> list[str]:
 def run_one(spec: RunSpec, threads: int = 0) -> int:
     """Train one grid point in a child process. The run keeps its log in ``folder/train.log``;
     the child's console (progress, errors before training starts) goes to ``folder/console.log``."""
-    spec.folder.mkdir(parents=True, exist_ok=True)
-    with open(spec.folder / "console.log", "a") as log:
+    folder = RunFolder(spec.folder)
+    try:
+        folder.take()  # a folder of someone else's files is refused before anything is written in it
+        folder.claim(folder.path / "console.log")
+    except RunFolderError as err:
+        print(f"superdiffusion: error: {err}", file=sys.stderr)
+        return 2
+    with safefs.append(spec.folder / "console.log") as log:
         return subprocess.run(
             command(spec, threads), stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
         ).returncode

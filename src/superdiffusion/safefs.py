@@ -1,0 +1,97 @@
+"""Writing files without harming what is already there.
+
+Every file the package writes goes through here:
+
+- a path that is a symbolic link (dangling or not) is refused with one line, so no write
+  follows a link out of its folder;
+- a whole file is written atomically: to a new temporary file in the same folder (created
+  exclusively, never through a link), flushed to disk, then renamed over the target;
+- an appended file (a log) is opened without following a link.
+
+This module imports nothing of the package but its errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import RunFolderError
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def refuse_link(path: Path) -> None:
+    """One line if ``path`` is a symbolic link: the package never writes through one."""
+    if os.path.islink(path):
+        raise RunFolderError(
+            f"{path} is a symbolic link; superdiffusion does not write through links: remove the link or "
+            "choose another output"
+        )
+
+
+def _tmp_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic(path: str | Path, text: bool = False, newline: str | None = None) -> Iterator[io.IOBase]:
+    """A file object whose content replaces ``path`` when the block ends without error (and is
+    discarded otherwise)."""
+    path = Path(path)
+    refuse_link(path)
+    tmp = _tmp_for(path)
+    if os.path.lexists(tmp):  # a temporary file left by a killed process of the same pid: ours
+        os.unlink(tmp)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+    except OSError as err:
+        raise RunFolderError(f"{path}: cannot write here ({err.strerror})") from None
+    handle = os.fdopen(fd, "w", newline=newline) if text else os.fdopen(fd, "wb")
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        refuse_link(path)  # a link planted while writing is still not written through
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic(path) as handle:
+        handle.write(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def append(path: str | Path) -> io.TextIOWrapper:
+    """``path`` opened for appending text, created if missing; a link is refused."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            refuse_link(Path(path))
+        raise RunFolderError(f"{path}: cannot write here ({err.strerror})") from None
+    return os.fdopen(fd, "a")
+
+
+def open_lock(path: str | Path) -> io.TextIOWrapper:
+    """``path`` opened for reading and writing without truncating it, created if missing; a
+    link is refused."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            refuse_link(Path(path))
+        raise RunFolderError(f"{path}: cannot write here ({err.strerror})") from None
+    return os.fdopen(fd, "r+")

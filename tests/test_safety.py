@@ -1,0 +1,340 @@
+"""A user's files are never lost and no write follows a link: each case is one row.
+
+Every case starts from a folder holding some of the user's files, runs one command as a user
+would, and checks (1) the one line the command printed, (2) that every file the user owned
+is still there, byte for byte, and (3) what the project wrote, where it matters.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import write_pair_folder
+
+from superdiffusion import cli
+
+TINY = [
+    "method=supervised",
+    "data.size=[32, 32]",
+    "model.features=[8, 16]",
+    "train.epochs=1",
+    "train.steps_per_epoch=1",
+    "train.batch_size=4",
+    "train.labeled_batch_size=2",
+    "train.threads=1",
+    "eval.batch_size=64",
+]
+
+
+def _train(out: Path, *extra: str) -> int:
+    settings = [e for e in extra if not e.startswith("--")]
+    flags = [e for e in extra if e.startswith("--")]
+    return cli.main(["train", *TINY, *settings, "--out", str(out), *flags])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert _train(run) == 0
+    return run
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    """Every regular file under ``root`` (links not followed) and its bytes."""
+    files = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                files[str(path.relative_to(root))] = path.read_bytes()
+    return files
+
+
+def _one_line(capsys, *words: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    line = err.splitlines()[-1]
+    assert line.startswith("superdiffusion: error:"), err
+    for word in words:
+        assert word in line, line
+    return line
+
+
+# --- 1. training never takes a folder it does not own --------------------------------------
+def _not_a_run(folder: Path) -> None:
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "epoch_090.ckpt").write_bytes(b"a week of someone's training")
+    (folder / "model.pt").write_bytes(b"their model")
+    (folder / "results.json").write_text('{"dice": 0.91}')
+
+
+def _unrelated_config(folder: Path) -> None:
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "mine.pt").write_bytes(b"theirs")
+    (folder / "tensorboard").mkdir()
+    (folder / "tensorboard" / "events.mine").write_bytes(b"their curves")
+    (folder / "config.yaml").write_text("learning_rate: 0.1\nmodel: resnet\n")
+
+
+@pytest.mark.parametrize(
+    "make, flags",
+    [
+        (_not_a_run, []),
+        (_not_a_run, ["--force"]),
+        (_not_a_run, ["--resume"]),
+        (_unrelated_config, ["--force"]),
+        (_unrelated_config, []),
+    ],
+    ids=["foreign-files", "foreign-files-force", "foreign-files-resume", "unrelated-config-force", "unrelated-config"],
+)
+def test_training_refuses_a_folder_of_someone_elses_files(tmp_path, capsys, make, flags):
+    folder = tmp_path / "theirs"
+    make(folder)
+    before = _snapshot(folder)
+    assert _train(folder, *flags) != 0
+    _one_line(capsys, str(folder))
+    assert _snapshot(folder) == before
+    assert sorted(os.listdir(folder)) == sorted({Path(k).parts[0] for k in before})  # not even a .lock
+
+
+def test_force_replaces_only_what_the_project_wrote(tmp_path, trained):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "notes.txt").write_text("my notes on this run")
+    (run / "checkpoints").mkdir(exist_ok=True)
+    (run / "checkpoints" / "mine.ckpt").write_bytes(b"mine")
+    (run / "tensorboard" / "mine.txt").write_text("mine")
+    assert cli.main(["evaluate", str(run), "--protocol", "paper"]) == 0
+    stale = run / "evaluation-paper-threshold-k1.json"
+    assert stale.exists()
+    mine = {k: v for k, v in _snapshot(run).items() if "mine" in k or k == "notes.txt"}
+    assert _train(run, "train.seed=1", "--force") == 0
+    after = _snapshot(run)
+    assert all(after[k] == v for k, v in mine.items())  # the user's files, untouched
+    assert not stale.exists()  # the replaced run's scores went with it
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == 1
+
+
+def test_a_fresh_or_empty_folder_is_taken_and_marked(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _train(empty) == 0
+    marker = yaml.safe_load((empty / ".superdiffusion-run.json").read_text())
+    assert {"config.yaml", "results.json", "model.pt", "train.log", "history.csv"} <= set(marker["written"])
+
+
+def test_a_run_folder_of_an_earlier_version_is_adopted_for_resume(tmp_path, trained):
+    import shutil
+
+    run = tmp_path / "old"
+    shutil.copytree(trained, run)
+    (run / ".superdiffusion-run.json").unlink()  # as written before the marker existed
+    assert _train(run, "--force") == 0  # config.yaml and model.pt read back as the project's
+
+
+def test_a_refused_resume_writes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, "train.epochs=2", "train.keep_state=true") == 0
+    before = _snapshot(run)
+    assert _train(run, "train.epochs=1", "train.keep_state=true", "--resume") != 0
+    _one_line(capsys, "cannot be shortened")
+    after = _snapshot(run)
+    assert after["config.yaml"] == before["config.yaml"]
+    assert (
+        _train(run, "train.epochs=2", "train.keep_state=true", "--resume") == 0
+    )  # the folder still describes its model
+
+
+# --- 2. no write follows a link -----------------------------------------------------------
+@pytest.mark.parametrize("name", [".lock", "train.log", "config.yaml"])
+def test_training_never_writes_through_a_link_in_its_folder(tmp_path, capsys, name):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).symlink_to(outside)
+    assert _train(run) != 0
+    _one_line(capsys)
+    assert outside.read_text() == "precious"
+
+
+def test_a_link_in_a_marked_run_folder_is_refused_not_followed(tmp_path, capsys):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".superdiffusion-run.json").write_text('{"format": 1, "written": []}')
+    (run / "train.log").symlink_to(outside)
+    assert _train(run) != 0
+    _one_line(capsys, "symbolic link")
+    assert outside.read_text() == "precious"
+
+
+# --- predict and export --------------------------------------------------------------------
+def _images(folder: Path, names: list[str]) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        Image.new("RGB", (20, 24), (40 * i, 90, 160)).save(folder / name)
+    return folder
+
+
+def test_predict_never_overwrites_its_inputs_even_with_force(tmp_path, capsys, trained):
+    inputs = _images(tmp_path / "imgs", ["a.png", "b.png"])
+    before = _snapshot(inputs)
+    assert cli.main(["predict", str(trained), str(inputs), str(inputs), "--force"]) != 0
+    _one_line(capsys, "input", "a.png")
+    assert _snapshot(inputs) == before
+
+
+def test_predict_refuses_output_names_two_inputs_would_share(tmp_path, capsys, trained):
+    inputs = _images(tmp_path / "imgs", ["case1.png", "case1.PNG", "case1.jpg", "case1.tif", "case2.png"])
+    out = tmp_path / "out"
+    assert cli.main(["predict", str(trained), str(inputs), str(out)]) != 0
+    line = _one_line(capsys, "case1.png", "case1.jpg")
+    assert "more than one input" in line
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("target_exists", [False, True])
+def test_predict_never_writes_through_a_link(tmp_path, capsys, trained, target_exists):
+    inputs = _images(tmp_path / "imgs", ["a.png"])
+    out = tmp_path / "out"
+    out.mkdir()
+    outside = tmp_path / "outside.png"
+    if target_exists:
+        outside.write_bytes(b"precious")
+    (out / "a.png").symlink_to(outside)
+    flags = ["--force"] if target_exists else []
+    assert cli.main(["predict", str(trained), str(inputs), str(out), *flags]) != 0
+    _one_line(capsys, "symbolic link")
+    assert (outside.read_bytes() == b"precious") if target_exists else not outside.exists()
+
+
+def test_export_never_writes_through_a_dangling_link(tmp_path, capsys, trained):
+    outside = tmp_path / "elsewhere" / "model.pt"
+    (tmp_path / "model.pt").symlink_to(outside)
+    assert cli.main(["export", str(trained), str(tmp_path / "model.pt")]) != 0
+    _one_line(capsys, "symbolic link")
+    assert not outside.exists()
+
+
+def test_a_pair_folder_trains_then_predicts_beside_itself(tmp_path):
+    """The ordinary path still works: predict into a new folder next to the data."""
+    data = write_pair_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY, f"data.root={data}", "--out", str(run)]) == 0
+    assert cli.main(["predict", str(run), str(data / "images"), str(tmp_path / "masks")]) == 0
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 6
+
+
+# --- reads stay inside the data, and bad settings get one line -------------------------------
+def _binary_ids(tmp: Path) -> list[str]:
+    path = tmp / "ids.bin"
+    path.write_bytes(bytes(range(256)) * 4)
+    return [f"data.labeled_ids={path}"]
+
+
+def _long_ids(tmp: Path) -> list[str]:
+    path = tmp / "ids.txt"
+    path.write_text("x" * 500 + "\nsecond-line-secret\n")
+    return [f"data.labeled_ids={path}"]
+
+
+def _msd_outside(tmp: Path) -> list[str]:
+    import json
+
+    from PIL import Image
+
+    data = write_pair_folder(tmp / "msd")
+    secret = tmp / "secret.png"
+    Image.new("L", (20, 24)).save(secret)
+    entries = [{"image": f"./images/case{i}.png", "label": f"./masks/case{i}.png"} for i in range(5)]
+    entries.append({"image": "../secret.png", "label": "./masks/case5.png"})
+    content = {"name": "x", "modality": {"0": "rgb"}, "labels": {"0": "background", "1": "fg"}, "training": entries}
+    (data / "dataset.json").write_text(json.dumps(content))
+    return [f"data.root={data}"]
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda tmp: ["data.name=../../x"], ["data.name", "path separators"]),
+        (lambda tmp: ["data.name=/etc"], ["data.name"]),
+        (lambda tmp: ["train.seed=99999999999999999999"], ["train.seed"]),
+        (_binary_ids, ["ids.bin", "not a text file"]),
+        (_long_ids, ["ids.txt", "x" * 40 + "..."]),
+        (_msd_outside, ["dataset.json", "../secret.png", "outside the dataset folder"]),
+    ],
+    ids=["name-parent", "name-absolute", "huge-seed", "binary-ids", "long-id", "msd-outside"],
+)
+def test_bad_settings_and_reads_outside_the_data_get_one_line(tmp_path, capsys, make, words):
+    settings = make(tmp_path)
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY, *settings, "--out", str(out)]) != 0
+    line = _one_line(capsys, *words)
+    assert "second-line-secret" not in line and len(line) < 400
+
+
+# --- scores that do not lie ----------------------------------------------------------------
+def test_declared_classes_no_mask_holds_do_not_inflate_the_headline():
+    import torch
+
+    from superdiffusion.evaluation import multiclass_scores, per_class_scores
+
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[:, 2:6, 2:6] = 1  # only class 1 is real; classes 2 and 3 are declared but absent
+    probs = torch.zeros(2, 4, 8, 8)
+    probs[:, 0] = 1  # everything predicted background: class 1 scores 0
+    assert multiclass_scores(probs, labels)["dice_per_image"] == 0  # not (0 + 1 + 1) / 3
+    table = per_class_scores(probs, labels, ["bg", "a", "b", "c"])
+    assert table["a"] == {"dice_per_image": 0.0, "jaccard_per_image": 0.0, "present": True}
+    assert table["b"]["present"] is False and table["b"]["dice_per_image"] is None
+
+
+def _masks_empty(data: Path, which) -> None:
+    from PIL import Image
+
+    for i in which:
+        Image.new("L", (20, 24)).save(data / "masks" / f"case{i}.png")
+
+
+def test_training_refuses_labels_without_foreground(tmp_path, capsys):
+    data = write_pair_folder(tmp_path / "data")
+    _masks_empty(data, range(6))
+    assert cli.main(["train", *TINY, f"data.root={data}", "--out", str(tmp_path / "run")]) != 0
+    _one_line(capsys, "foreground")
+
+
+def test_a_test_split_without_foreground_is_flagged(tmp_path, capsys):
+    import json
+
+    data = write_pair_folder(tmp_path / "data")
+    _masks_empty(data, [4, 5])  # the two test images
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY, f"data.root={data}", "--out", str(run)]) == 0
+    assert "no test mask holds any foreground" in capsys.readouterr().out
+    assert json.loads((run / "results.json").read_text())["warnings"]
+
+
+def test_non_finite_pixels_are_an_error_naming_the_file(tmp_path, capsys, trained):
+    import numpy as np
+    from PIL import Image
+
+    data = write_pair_folder(tmp_path / "data")
+    bad = np.full((20, 24), np.nan, dtype=np.float32)
+    (data / "images" / "case1.png").unlink()
+    Image.fromarray(bad).save(data / "images" / "case1.tif")
+    assert cli.main(["train", *TINY, f"data.root={data}", "--out", str(tmp_path / "run")]) != 0
+    _one_line(capsys, "case1.tif", "not finite")
+    # predict too
+    (tmp_path / "new").mkdir()
+    Image.fromarray(bad).save(tmp_path / "new" / "scan.tif")
+    assert cli.main(["predict", str(trained), str(tmp_path / "new"), str(tmp_path / "out")]) != 0
+    _one_line(capsys, "scan.tif", "not finite")
