@@ -338,3 +338,91 @@ def test_non_finite_pixels_are_an_error_naming_the_file(tmp_path, capsys, traine
     Image.fromarray(bad).save(tmp_path / "new" / "scan.tif")
     assert cli.main(["predict", str(trained), str(tmp_path / "new"), str(tmp_path / "out")]) != 0
     _one_line(capsys, "scan.tif", "not finite")
+
+
+# --- the splits of a run do not move ---------------------------------------------------------
+def test_a_runs_splits_stay_when_the_folder_gains_or_changes_images(tmp_path, capsys):
+    import json
+    import shutil
+
+    data = write_pair_folder(tmp_path / "data", n=12, split=False)  # the test split is carved, not listed
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY, "train.keep_state=true", f"data.root={data}", "--out", str(run)]) == 0
+    splits = json.loads((run / "splits.json").read_text())
+    for i in range(12, 20):  # the folder gains images after training
+        for sub in ("images", "masks"):
+            shutil.copy(data / sub / f"case{i % 12}.png", data / sub / f"case{i}.png")
+    assert cli.main(["evaluate", str(run), "--out", str(tmp_path / "e.json")]) == 0
+    per_case = (tmp_path / "e-per-case.csv").read_text().splitlines()[1:]
+    assert sorted(line.split(",")[0] for line in per_case) == sorted(splits["test"])
+    assert cli.main(["train", *TINY, "train.epochs=2", "train.keep_state=true", f"data.root={data}",
+                     "--out", str(run), "--resume"]) == 0  # fmt: skip
+    assert json.loads((run / "splits.json").read_text()) == splits
+    assert json.loads((run / "results.json").read_text())["counts"]["test"] == len(splits["test"])
+    # a recorded file changed: one line, no score
+    from PIL import Image
+
+    Image.new("RGB", (20, 24), (255, 0, 0)).save(data / "images" / f"{splits['test'][0]}.png")
+    assert cli.main(["evaluate", str(run), "--out", str(tmp_path / "f.json")]) != 0
+    _one_line(capsys, "changed since it was trained")
+    (data / "images" / f"{splits['test'][0]}.png").unlink()
+    (data / "masks" / f"{splits['test'][0]}.png").unlink()
+    assert cli.main(["evaluate", str(run), "--out", str(tmp_path / "g.json")]) != 0
+    _one_line(capsys, "gone")
+
+
+# --- one line, never a traceback -----------------------------------------------------------------
+def _bomb(tmp: Path) -> list[str]:
+    from PIL import Image
+
+    data = write_pair_folder(tmp / "data")
+    Image.new("L", (9400, 9400)).save(data / "images" / "case0.png")  # a few KB on disk, 88 megapixels
+    return ["train", *TINY, f"data.root={data}", "--out", str(tmp / "run")]
+
+
+def _binary_split(tmp: Path) -> list[str]:
+    data = write_pair_folder(tmp / "data")
+    (data / "split.csv").write_bytes(bytes(range(256)) * 8)
+    return ["train", *TINY, f"data.root={data}", "--out", str(tmp / "run")]
+
+
+def _read_only(tmp: Path) -> list[str]:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    locked = tmp / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    return ["train", *TINY, "--out", str(locked / "run")]
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda tmp, run: ["evaluate", str(run), "--samples", "-1"], ["--samples"]),
+        (lambda tmp, run: ["make-dataset", "thin", str(tmp / "d"), "--size", "0"], ["--size"]),
+        (lambda tmp, run: ["figure", str(run), "--count", "0"], ["--count"]),
+        (lambda tmp, run: ["predict", str(run), str(tmp), str(tmp / "o"), "--device", "tpu"], ["device", "tpu"]),
+        (lambda tmp, run: ["train", *TINY, "--out", str(run / "model.pt")], ["is a file"]),
+        (lambda tmp, run: _bomb(tmp), ["case0.png", "megapixels"]),
+        (lambda tmp, run: _binary_split(tmp), ["split.csv"]),
+        (lambda tmp, run: _read_only(tmp), ["locked"]),
+    ],
+    ids=[
+        "samples-negative",
+        "size-zero",
+        "count-zero",
+        "device-tpu",
+        "out-is-a-file",
+        "bomb",
+        "binary-split",
+        "read-only",
+    ],
+)
+def test_bad_commands_get_one_line(tmp_path, capsys, trained, make, words):
+    args = make(tmp_path, trained)
+    try:
+        code = cli.main(args)
+    except SystemExit as exit:  # a usage error: argparse exits, with our one line
+        code = exit.code
+    assert code != 0
+    _one_line(capsys, *words)

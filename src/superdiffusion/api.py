@@ -37,9 +37,11 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
     if rank == 0:
         folder.lock()  # one writer at a time: a second sweep or a requeued job stops here
     try:
+        recorded = None
         if resume and folder.started:
             folder.check_resume(folder.read_config(), cfg)  # before the data loads; prepare checks the checkpoint
-        data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
+            recorded = folder.read_splits()  # a resumed run keeps its splits, whatever the folder gained since
+        data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg), recorded=recorded)
         trainer = Trainer(cfg, data, folder.path, rank, world)
         start = time.perf_counter()
         best = trainer.fit(resume=resume, force=force)
@@ -142,7 +144,7 @@ def evaluate(
     cfg, method, state = load_run(run_dir)
     if samples:
         cfg.eval.samples = samples
-    data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
+    data = build_data(cfg.data, cfg.train.seed, uses_validation(cfg), RunFolder(run_dir).read_splits())
     device = resolve_device(device)
     results = evaluate_method(method.to(device), data, cfg, dict(state["best"]), device, protocol)
     target = Path(out) if out else Path(run_dir) / f"evaluation-{results['protocol']}-k{cfg.eval.samples}.json"
@@ -294,7 +296,7 @@ def suggest(
     device = resolve_device(device)
     method.to(device)
     if inputs is None:
-        data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
+        data = build_data(cfg.data, cfg.train.seed, uses_validation(cfg), RunFolder(run_dir).read_splits())
         pool, ids, labeled = data.unlabeled, list(data.unlabeled.ids), list(data.labeled.ids)
         if not ids:
             raise DataError(f"{run_dir}: the run has no unlabeled training images to rank")

@@ -50,14 +50,31 @@ def _table(results: dict) -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (with where to read more)."""
+
+    def error(self, message: str):
+        self.exit(2, f"superdiffusion: error: {message} (see: {self.prog} --help)\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="superdiffusion",
         description="Semi-supervised biomedical segmentation with diffusion models.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser(
         "train",
@@ -75,14 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", help="run folder")
     p.add_argument("--protocol", choices=["honest", "paper"])
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
-    p.add_argument("--samples", type=int, help="noise draws averaged per image (diffusion methods)")
+    p.add_argument("--samples", type=_positive, help="noise draws averaged per image (diffusion methods)")
     p.add_argument("--out", help="JSON file for the scores (default: RUN/evaluation-PROTOCOL-kSAMPLES.json)")
 
     p = sub.add_parser("predict", help="segment new images with a trained run")
     p.add_argument("run", help="run folder")
     p.add_argument("inputs", help="an image file or a folder of images")
     p.add_argument("output", help="folder for the PNG masks")
-    p.add_argument("--samples", type=int, default=1, help="noise draws; > 1 also writes uncertainty maps")
+    p.add_argument("--samples", type=_positive, default=1, help="noise draws; > 1 also writes uncertainty maps")
     p.add_argument("--force", action="store_true", help="overwrite masks already in the output folder")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
     p.add_argument(
@@ -93,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("suggest", help="rank unlabeled images by how much a label would help (active learning)")
     p.add_argument("run", help="run folder")
-    p.add_argument("--count", type=int, required=True, help="how many images to add to the labeled set")
+    p.add_argument("--count", type=_positive, required=True, help="how many images to add to the labeled set")
     p.add_argument("--by", default="entropy", choices=["entropy", "spread", "teacher_disagreement"])
     p.add_argument("--inputs", help="rank the images of this folder instead of the run's unlabeled ones")
     p.add_argument("--out", help="ranking CSV (default: RUN/suggest-BY-COUNT.csv)")
-    p.add_argument("--samples", type=int, default=8, help="noise draws for --by spread")
+    p.add_argument("--samples", type=_positive, default=8, help="noise draws for --by spread")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
 
     p = sub.add_parser("export", help="write a 2D run's model as one file: TorchScript or ONNX, preprocessing inside")
@@ -140,17 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("make-dataset", help="write a synthetic known-answer dataset (thin vessel-like structures)")
     p.add_argument("kind", choices=["thin"])
     p.add_argument("dest", help="a new folder (images/, masks/, split.csv)")
-    p.add_argument("--count", type=int, default=48, help="images in all (default 48)")
-    p.add_argument("--size", type=int, default=256, help="side in pixels (default 256)")
-    p.add_argument("--test-count", type=int, help="images in the test split (default: half)")
+    p.add_argument("--count", type=_positive, default=48, help="images in all (default 48)")
+    p.add_argument("--size", type=_positive, default=256, help="side in pixels (default 256)")
+    p.add_argument("--test-count", type=_positive, help="images in the test split (default: half)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("figure", help="qualitative figure: sample / teacher / student / target / uncertainty")
     p.add_argument("run", help="run folder")
     p.add_argument("--out", default="figure.png")
     p.add_argument("--ids", nargs="*", help="test image ids (default: the first --count)")
-    p.add_argument("--count", type=int, default=4)
-    p.add_argument("--samples", type=int, default=8, help="noise draws for the uncertainty column")
+    p.add_argument("--count", type=_positive, default=4)
+    p.add_argument("--samples", type=_positive, default=8, help="noise draws for the uncertainty column")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
 
     p = sub.add_parser("report", help="tables (Markdown, CSV, LaTeX) and plots of finished runs")
@@ -172,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except SuperDiffusionError as err:
         print(f"superdiffusion: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only folder, a full disk, a name too long: the system's reason, in one line
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"superdiffusion: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("superdiffusion: interrupted; continue with --resume", file=sys.stderr)

@@ -2,6 +2,8 @@
 
     config.yaml     the resolved settings (every method setting, defaults included)
     results.json    test scores of the selected checkpoint: present once the run has finished
+    splits.json     the ids of every split (labeled, unlabeled, val, test) and each file's
+                    fingerprint: evaluate and --resume use them, and refuse changed files
     history.csv     one row per epoch: losses, lambda, learning rate, seconds, validation score
     test_per_case.csv  test scores of each image or volume (id, dice, jaccard; volumes: hd95, asd)
     progress.png    the history drawn: losses, validation score and threshold, lambda and lr
@@ -237,6 +239,21 @@ class RunFolder:
     def write_config(self, cfg: Config) -> None:
         self.claim(self.config_path)
         safefs.write_text(self.config_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    @property
+    def splits_path(self) -> Path:
+        return self.path / "splits.json"
+
+    def write_splits(self, record: dict[str, Any]) -> None:
+        """``splits.json``: the ids of every split and each file's fingerprint, written when the
+        run starts, so that ``evaluate`` and ``--resume`` use the run's own splits."""
+        self.write_json(self.splits_path, record)
+
+    def read_splits(self) -> dict[str, Any] | None:
+        """The recorded splits, or None for a run written before they were recorded."""
+        if not self.splits_path.is_file():
+            return None
+        return json.loads(self.splits_path.read_text())
 
     def read_results(self) -> dict[str, Any]:
         return json.loads(self.results_path.read_text())

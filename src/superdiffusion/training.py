@@ -10,6 +10,7 @@ as the uninterrupted run would have.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from .config import Config
 from .data import SegmentationData
 from .data.augment import flip_rotate
+from .data.dataset import split_record
 from .data.patches import random_patches
 from .errors import ConfigError, DataError, RunFolderError, TrainingDiverged
 from .methods import Batch, Method, Phase, StepContext, build_method
@@ -33,6 +35,8 @@ def step_seed(seed: int, phase: int, epoch: int, step: int) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise ConfigError(f"device must be auto, cpu, mps or cuda[:N], got {name[:40]!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -274,6 +278,8 @@ class Trainer:
             self.restore(state)  # refuses a state it cannot go on from, before anything is written
             if self.rank == 0:
                 self.folder.write_config(self.cfg)  # e.g. a longer run
+        if self.rank == 0 and self.folder.read_splits() is None:
+            self.folder.write_splits(split_record(self.data))
         self.monitor.open()
         try:
             self.monitor.info(

@@ -48,20 +48,21 @@ def with_dataset_json(cfg: DataConfig) -> DataConfig:
     return apply_dataset_json(cfg, layout) if layout is not None else cfg
 
 
-def build_data(cfg: DataConfig, seed: int, validation: bool = True) -> SegmentationData:
+def build_data(cfg: DataConfig, seed: int, validation: bool = True, recorded: dict | None = None) -> SegmentationData:
     """Scan, check, load and split a dataset for one run (regime and seed); ``validation``
-    as in :func:`_assign_splits`."""
+    as in :func:`_assign_splits`; ``recorded``: a run's ``splits.json``, whose splits are used
+    as they were (images added to the folder since are not)."""
     root = resolve_root(cfg.root)
     layout = read_dataset_json(root)
     if layout is not None:
         cfg = apply_dataset_json(cfg, layout)
     if cfg.spatial_dims == 3:
-        data = build_volume_data(cfg, seed, validation, layout)
+        data = build_volume_data(cfg, seed, validation, layout, recorded)
         data.class_names = layout.label_names if layout else None
         return data
     pairs = layout_pairs(layout, root) if layout is not None else scan_folder(root)
-    by, grouped_by = assign_splits(pairs, cfg, seed, validation)
-    labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed)
+    by, grouped_by = assign_splits(pairs, cfg, seed, validation, recorded)
+    labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed, recorded)
     size = tuple(cfg.size) if cfg.size is not None else None  # None: native resolution, patches
     loaded = {
         name: load_pairs(group, size, cfg.num_classes, cfg.mask_mode, mask_threshold=cfg.mask_threshold)

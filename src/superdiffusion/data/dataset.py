@@ -4,6 +4,7 @@ the normalisation, and the assignment of images to train/val/test."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -180,14 +181,61 @@ def dataset_stats(images: torch.Tensor | list[torch.Tensor], mode: str) -> dict[
     return {"mean": mean.tolist(), "std": std.tolist()}
 
 
+SPLITS_FORMAT = 1
+
+
+def fingerprint(pair: Pair) -> str:
+    """A short hash of an image's file(s) and its mask: a recorded split names exactly these bytes."""
+    digest = hashlib.blake2b(digest_size=8)
+    images = pair.image if isinstance(pair.image, tuple) else (pair.image,)
+    mask = getattr(pair, "mask", None) or getattr(pair, "label", None)  # a 2D Pair's mask, a volume's label
+    for path in (*images, *([mask] if mask is not None else [])):
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def split_record(data: SegmentationData) -> dict[str, Any]:
+    """The ids of every split of a run, with each file's fingerprint (``splits.json``)."""
+    parts = {"labeled": data.labeled, "unlabeled": data.unlabeled, "val": data.val, "test": data.test}
+    record: dict[str, Any] = {"format": SPLITS_FORMAT, "grouped_by": data.grouped_by}
+    record.update({name: [p.id for p in split.pairs] for name, split in parts.items()})
+    record["files"] = {p.id: fingerprint(p) for split in parts.values() for p in split.pairs}
+    return record
+
+
+def recorded_splits(pairs: list[Pair], recorded: dict[str, Any], root) -> dict[str, list[Pair]]:
+    """The train/val/test groups a run recorded, from the pairs found now; one line when a
+    recorded file is gone or its bytes changed (images added since are not used)."""
+    by_id = {p.id: p for p in pairs}
+    names = {"train": recorded["labeled"] + recorded["unlabeled"], "val": recorded["val"], "test": recorded["test"]}
+    missing = [i for ids in names.values() for i in ids if i not in by_id]
+    if missing:
+        raise DataError(
+            f"{root}: {len(missing)} image(s) this run was trained or tested on are gone (the first: {missing[0][:40]!r}); "
+            "the run's splits are recorded in its splits.json"
+        )
+    changed = [i for ids in names.values() for i in ids if fingerprint(by_id[i]) != recorded["files"].get(i)]
+    if changed:
+        raise DataError(
+            f"{root}: {len(changed)} image(s) or mask(s) of this run changed since it was trained (the first: "
+            f"{changed[0][:40]!r}); its scores would not be the run's: restore them, or train a new run"
+        )
+    return {split: [by_id[i] for i in ids] for split, ids in names.items()}
+
+
 def assign_splits(
-    pairs: list[Pair], cfg: DataConfig, seed: int, validation: bool = True
+    pairs: list[Pair], cfg: DataConfig, seed: int, validation: bool = True, recorded: dict[str, Any] | None = None
 ) -> tuple[dict[str, list[Pair]], str | None]:
     """Train/val/test groups. ``validation``: carve a validation split from the training
     images when the folder names none (False under the paper's protocol, which selects on
     test and draws the labeled subset from all training images). A carved split holds out
     whole subjects when split.csv names them (``data.group_column``); returns the groups and
-    the column that grouped the images (None: image by image)."""
+    the column that grouped the images (None: image by image). ``recorded``: a run's
+    ``splits.json``, whose groups are used instead."""
+    if recorded is not None:
+        return recorded_splits(pairs, recorded, cfg.root), recorded.get("grouped_by")
     by = {s: [p for p in pairs if p.split == s] for s in ("train", "val", "test")}
     split_file = resolve_root(cfg.root) / "split.csv"
     column = group_column(pairs, cfg.group_column, split_file)

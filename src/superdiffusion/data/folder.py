@@ -91,8 +91,11 @@ def read_split(pairs: list, split_file: Path) -> None:
 
 
 def _apply_split(pairs: list, split_file: Path) -> None:
-    with split_file.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with split_file.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{split_file}: not a CSV text file ({type(err).__name__})") from None
     if not rows or "id" not in rows[0] or "split" not in rows[0]:
         raise DataError(f"{split_file}: needs the columns 'id' and 'split'")
     by_id = {p.id: p for p in pairs}
@@ -108,12 +111,21 @@ def _apply_split(pairs: list, split_file: Path) -> None:
         raise DataError(f"{split_file}: no row for image {missing[0]!r} ({len(missing)} images missing)")
 
 
+MAX_IMAGE_PIXELS = 50_000_000  # per 2D image: a 9400x9400 PNG of 86 KB decodes to 2.6 GB
+
+
 def _open(path: Path) -> Image.Image:
     try:
         img = Image.open(path)
+        width, height = img.size  # read from the header, before any pixel is decoded
+        if width * height > MAX_IMAGE_PIXELS:
+            raise DataError(
+                f"{path}: {width}x{height} pixels is above the limit of {MAX_IMAGE_PIXELS // 1_000_000} megapixels "
+                "per 2D image; downsample it first"
+            )
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: cannot read image ({err})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: cannot read image ({str(err)[:200]})") from None
     return img
 
 

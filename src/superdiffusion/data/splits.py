@@ -52,9 +52,13 @@ def read_ids(path: str | Path) -> list[str]:
     return lines
 
 
-def choose_labeled(ids: list[str], cfg, seed: int) -> tuple[list[str], list[str]]:
-    """The labeled and unlabeled training ids: the ids of ``data.labeled_ids`` when it is set
-    (a file; ``data.labeled_percent`` is then not used), else the seeded draw of the regime."""
+def choose_labeled(ids: list[str], cfg, seed: int, recorded: dict | None = None) -> tuple[list[str], list[str]]:
+    """The labeled and unlabeled training ids: a run's recorded ones (``recorded``, its
+    ``splits.json``); the ids of ``data.labeled_ids`` when it is set (a file;
+    ``data.labeled_percent`` is then not used); else the seeded draw of the regime."""
+    if recorded is not None:
+        chosen = set(recorded["labeled"])
+        return [i for i in ids if i in chosen], [i for i in ids if i not in chosen]
     if not cfg.labeled_ids:
         return split_labeled(ids, cfg.labeled_percent, seed)
     wanted = read_ids(cfg.labeled_ids)

@@ -250,12 +250,12 @@ def _normalize(img: torch.Tensor, mode: str) -> torch.Tensor:
     raise DataError(f"data.normalize must be percentile, minmax, per_image or zscore for volumes, got {mode!r}")
 
 
-def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layout=None):
+def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layout=None, recorded=None):
 
     root = resolve_root(cfg.root)
     pairs = layout_volumes(layout, root) if layout is not None else scan_volumes(root)
-    by, grouped_by = assign_splits(pairs, cfg, seed, validation)
-    labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed)
+    by, grouped_by = assign_splits(pairs, cfg, seed, validation, recorded)
+    labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed, recorded)
 
     def make(name: str, keep: set[str] | None = None) -> Split:
         group = [p for p in by[name] if keep is None or p.id in keep]

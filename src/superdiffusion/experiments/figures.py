@@ -11,6 +11,7 @@ import torch
 
 from .. import safefs
 from ..errors import DataError
+from ..runfolder import RunFolder
 
 
 def qualitative_figure(
@@ -36,7 +37,7 @@ def qualitative_figure(
     cfg, method, state = load_run(run_dir)
     if method.spatial_dims != 2 or cfg.data.size is None:
         raise DataError("the qualitative figure is drawn for 2D runs at a fixed data.size")
-    data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg))
+    data = build_data(cfg.data, cfg.train.seed, uses_validation(cfg), RunFolder(run_dir).read_splits())
     test = data.test
     chosen = ids or test.ids[:count]
     missing = [i for i in chosen if i not in test.ids]
