@@ -80,7 +80,7 @@ def test_suggest_then_train_on_the_chosen_images(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["train", "method=supervised", f"data.labeled_ids={tmp_path / 'ids.txt'}", "--out",
                      str(tmp_path / "bad")]) == 2  # fmt: skip
-    assert "'not-an-image' is not a training image" in capsys.readouterr().err
+    assert "are not training images of builtin:ph2_128 (the first: 'not-an-image')" in capsys.readouterr().err
 
 
 def test_report_tabulates_each_uncertainty_source_over_seeds(tmp_path):
