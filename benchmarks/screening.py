@@ -75,7 +75,7 @@ def build_specs(root: Path, size: int, threads: int) -> list[RunSpec]:
     return specs
 
 
-def threshold_cv(folder: Path, overrides: list[str]) -> dict[str, float]:
+def threshold_cv(folder: Path) -> dict[str, float]:
     """Dice per image on held-out folds of the validation split: with the threshold that
     maximises it on the other folds, and with a fixed 0.5."""
     cfg, method, state = api.load_run(folder)
@@ -114,7 +114,7 @@ def run_record(spec: RunSpec, combo: str) -> dict[str, Any]:
     }
     cv_path = spec.folder / "threshold-cv.json"
     if not cv_path.exists():
-        cv_path.write_text(json.dumps(threshold_cv(spec.folder, spec.overrides), indent=1))
+        cv_path.write_text(json.dumps(threshold_cv(spec.folder), indent=1))
     record["threshold_cv"] = json.loads(cv_path.read_text())
     return record
 

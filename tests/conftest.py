@@ -10,6 +10,18 @@ from superdiffusion.config import resolve
 torch.set_num_threads(2)
 
 
+# command-line settings of a one-update training on 32x32 images (for tests that call the CLI)
+FAST = [
+    "data.size=[32, 32]",
+    "model.features=[8, 16]",
+    "train.epochs=1",
+    "train.steps_per_epoch=1",
+    "train.batch_size=4",
+    "train.labeled_batch_size=2",
+    "train.threads=1",
+]
+
+
 def tiny_config(*overrides: str):
     """A configuration small enough for unit tests: 32x32 images, a 3-level UNet."""
     base = [

@@ -4,21 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FAST
 from PIL import Image
 
 from superdiffusion.errors import DataError
 from superdiffusion.experiments.report import aggregate, collect, markdown, mean_ci, plot_ablation, write_report
 from superdiffusion.experiments.sweep import expand, parse_grid_args, run_sweep
-
-FAST = [
-    "data.size=[32, 32]",
-    "model.features=[8, 16]",
-    "train.epochs=1",
-    "train.steps_per_epoch=1",
-    "train.batch_size=4",
-    "train.labeled_batch_size=2",
-    "train.threads=1",
-]
 
 
 def _result(root, method, percent, seed, dice, jaccard, protocol="honest", seconds=None):

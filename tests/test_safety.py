@@ -12,21 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_pair_folder
+from conftest import FAST, write_pair_folder
 
 from superdiffusion import cli
 
-TINY = [
-    "method=supervised",
-    "data.size=[32, 32]",
-    "model.features=[8, 16]",
-    "train.epochs=1",
-    "train.steps_per_epoch=1",
-    "train.batch_size=4",
-    "train.labeled_batch_size=2",
-    "train.threads=1",
-    "eval.batch_size=64",
-]
+TINY = ["method=supervised", *FAST, "eval.batch_size=64"]
 
 
 def _train(out: Path, *extra: str) -> int:
