@@ -123,6 +123,14 @@ def build_specs(root: Path, size: int, threads: int, extra: bool, quick: bool = 
     return specs
 
 
+def _number(text: str) -> float | str:
+    """A history.csv cell as a number; a flag (``pretrain_swapped``) stays text."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def history(folder: Path) -> list[dict[str, Any]]:
     """The run's per-epoch records (pretraining and training): its history.csv, or the
     history inside its last checkpoint for runs written before history.csv existed."""
@@ -130,7 +138,7 @@ def history(folder: Path) -> list[dict[str, Any]]:
     if table.exists():
         with open(table, newline="") as handle:
             rows = list(csv.DictReader(handle))
-        numbers = [{k: float(v) for k, v in r.items() if v not in ("", None) and k != "phase"} for r in rows]
+        numbers = [{k: _number(v) for k, v in r.items() if v not in ("", None) and k != "phase"} for r in rows]
         return [{**n, "phase": r["phase"], "epoch": int(n["epoch"])} for r, n in zip(rows, numbers)]
     path = folder / "checkpoints" / "last.pt"
     return list(checkpoint.load(path)["history"]) if path.exists() else []
@@ -150,8 +158,12 @@ def run_record(spec: RunSpec) -> dict[str, Any]:
     paper = paper_threshold_scores(spec.folder)
     cfg = resolve(spec.overrides)
     records = history(spec.folder)
-    train_updates = cfg.train.epochs * cfg.train.steps_per_epoch
     pretrain = [h for h in records if h["phase"] != "train"]
+    # results.json counts the updates of each phase; runs written before it did are counted here
+    counted = result.get("updates") or {
+        "train": cfg.train.epochs * cfg.train.steps_per_epoch,
+        "pretrain": len(pretrain) * cfg.train.steps_per_epoch,
+    }
     curve, elapsed = [], 0.0
     for h in records:
         elapsed += h["seconds"]
@@ -165,8 +177,8 @@ def run_record(spec: RunSpec) -> dict[str, Any]:
         "labeled_percent": result["labeled_percent"],
         "seed": result["seed"],
         "counts": result["counts"],
-        "updates": train_updates,
-        "pretrain_updates": len(pretrain) * cfg.train.steps_per_epoch,
+        "updates": counted["train"],
+        "pretrain_updates": counted.get("pretrain", 0),
         "train_minutes": result["train_seconds"] / 60,
         "honest": {
             "dice": result["test"]["resized"]["dice_per_image"],
