@@ -209,7 +209,7 @@ def test_sweep_checks_method_settings_before_running(tmp_path):
     with pytest.raises(ConfigError, match="unknown setting 'round'"):
         expand({"method.round": [1, 2]}, [], tmp_path)
     with pytest.raises(ConfigError, match="recon_space=image"):
-        expand({"method.pretrain_image_input": ["noise"]}, [], tmp_path)
+        expand({"method.pretrain_image_input": ["noise"]}, ["method.recon_space=noise"], tmp_path)
     assert not any(tmp_path.iterdir())
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import FAST, write_pair_folder
@@ -215,6 +216,17 @@ def test_export_never_writes_through_a_dangling_link(tmp_path, capsys, trained):
     assert not outside.exists()
 
 
+@pytest.mark.parametrize("theirs", ["split.csv", "masks/thin000.png", "PROVENANCE.md"])
+def test_make_dataset_never_writes_into_a_folder_that_holds_files(tmp_path, capsys, theirs):
+    dest = tmp_path / "mine"
+    (dest / theirs).parent.mkdir(parents=True, exist_ok=True)
+    (dest / theirs).write_bytes(b"the user's own file")
+    before = _snapshot(dest)
+    assert cli.main(["make-dataset", "thin", str(dest), "--count", "4", "--size", "32"]) != 0
+    _one_line(capsys, str(dest), "not empty")
+    assert _snapshot(dest) == before
+
+
 def test_a_pair_folder_trains_then_predicts_beside_itself(tmp_path):
     """The ordinary path still works: predict into a new folder next to the data."""
     data = write_pair_folder(tmp_path / "data")
@@ -376,6 +388,11 @@ def _binary_split(tmp: Path) -> list[str]:
     return ["train", *TINY, f"data.root={data}", "--out", str(tmp / "run")]
 
 
+def _sweep(tmp: Path, *flags: str) -> list[str]:
+    return ["sweep", "method=[supervised]", *TINY[1:], "--root", str(tmp / "sweep"), "--executor", "submitit-local",
+            *flags]  # fmt: skip
+
+
 def _read_only(tmp: Path) -> list[str]:
     if os.geteuid() == 0:
         pytest.skip("root writes into read-only folders")
@@ -396,6 +413,9 @@ def _read_only(tmp: Path) -> list[str]:
         (lambda tmp, run: _bomb(tmp), ["case0.png", "megapixels"]),
         (lambda tmp, run: _binary_split(tmp), ["split.csv"]),
         (lambda tmp, run: _read_only(tmp), ["locked"]),
+        (lambda tmp, run: _sweep(tmp, "--slurm", "timeout_min=[1"), ["--slurm", "timeout_min=[1"]),
+        (lambda tmp, run: _sweep(tmp, "--slurm", "partition"), ["--slurm", "partition", "KEY=VALUE"]),
+        (lambda tmp, run: _sweep(tmp, "--slurm", "no_such_key=3"), ["--slurm", "no_such_key"]),
     ],
     ids=[
         "samples-negative",
@@ -406,6 +426,9 @@ def _read_only(tmp: Path) -> list[str]:
         "bomb",
         "binary-split",
         "read-only",
+        "slurm-bad-yaml",
+        "slurm-no-value",
+        "slurm-unknown-key",
     ],
 )
 def test_bad_commands_get_one_line(tmp_path, capsys, trained, make, words):
@@ -416,3 +439,148 @@ def test_bad_commands_get_one_line(tmp_path, capsys, trained, make, words):
         code = exit.code
     assert code != 0
     _one_line(capsys, *words)
+
+
+# --- the channel rule does not depend on which image comes first ------------------------------
+@pytest.mark.parametrize("odd_mode", ["RGBA", "P", "L"], ids=["first-rgba", "first-palette", "first-grey"])
+def test_the_channel_count_does_not_depend_on_the_first_image(tmp_path, caplog, odd_mode):
+    import logging
+
+    from PIL import Image
+
+    from superdiffusion.config import resolve
+    from superdiffusion.data import build_data
+
+    data = write_pair_folder(tmp_path / "data")
+    others = "L" if odd_mode != "L" else "RGB"
+    for path in sorted((data / "images").glob("*.png")):
+        img = Image.open(path).convert("RGB")
+        img.convert(odd_mode if path.stem == "case0" else others).save(path)
+    cfg = resolve([f"data.root={data}", "data.size=[32, 32]"])
+    with caplog.at_level(logging.INFO, logger="superdiffusion"):
+        built = build_data(cfg.data, seed=0)
+    assert built.channels == 3  # one colour image makes a colour dataset, wherever it sorts
+    assert built.labeled.images.shape[1] == built.test.images.shape[1] == 3
+    grey = "case0.png" if odd_mode == "L" else "case1.png"
+    assert any(grey in r.getMessage() and "grey" in r.getMessage() for r in caplog.records)
+
+
+# --- volumes whose geometry is missing or does not match ----------------------------------------
+def _volumes(tmp: Path, n: int = 6):
+    from test_volumes import write_volumes
+
+    return write_volumes(tmp / "vol", n=n, shape=(16, 16, 12))
+
+
+def _train3d(root: Path, out: Path) -> int:
+    return cli.main(["train", "method=supervised", *FAST[1:], "data.spatial_dims=3", f"data.root={root}",
+                     "data.patch_size=[8, 8, 8]", "data.labeled_percent=50", "--out", str(out)])  # fmt: skip
+
+
+def test_a_label_that_does_not_lie_on_its_image_is_refused(tmp_path, capsys):
+    import nibabel as nib
+
+    root = _volumes(tmp_path)
+    label = nib.load(str(root / "labels" / "v2.nii.gz"))
+    shifted = label.affine.copy()
+    shifted[:3, 3] += [12.0, 0, 0]  # 12 mm off: the same shape, another place
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj), shifted), str(root / "labels" / "v2.nii.gz"))
+    assert _train3d(root, tmp_path / "run") != 0
+    _one_line(capsys, "v2.nii.gz", "affine")
+
+
+def test_a_volume_without_voxel_spacing_is_named_in_a_warning(tmp_path, capsys):
+    import nibabel as nib
+
+    root = _volumes(tmp_path)
+    for sub in ("images", "labels"):  # as some converters write them: no qform, no sform, pixdim 0
+        path = root / sub / "v1.nii.gz"
+        vol = nib.load(str(path))
+        nib.save(nib.Nifti1Image(np.asarray(vol.dataobj), None), str(path.with_suffix("").with_suffix(".nii")))
+        path.unlink()
+        raw = bytearray(path.with_suffix("").with_suffix(".nii").read_bytes())
+        raw[80:92] = np.zeros(3, "<f4").tobytes()  # pixdim[1:4] (nibabel would set them to 1 on save)
+        path.with_suffix("").with_suffix(".nii").write_bytes(bytes(raw))
+    from superdiffusion.data.volumes import read_volume
+
+    assert read_volume(root / "images" / "v1.nii").spacing_missing
+    assert not read_volume(root / "images" / "v0.nii.gz").spacing_missing
+    assert _train3d(root, tmp_path / "run") == 0
+    out = capsys.readouterr()
+    assert "v1.nii" in out.out + out.err and "no voxel spacing" in out.out + out.err
+
+
+# --- a diverged training says what it knows ----------------------------------------------------
+def test_a_divergence_names_the_image_that_holds_non_finite_values_and_no_missing_checkpoint(tmp_path):
+    import torch
+
+    from superdiffusion.data.dataset import SegmentationData, Split
+    from superdiffusion.errors import TrainingDiverged
+    from superdiffusion.training import check_finite
+
+    def split(ids, bad=None):
+        images = torch.zeros(len(ids), 1, 4, 4)
+        if bad is not None:
+            images[bad, 0, 1, 1] = float("inf")
+        return Split(images, torch.zeros(len(ids), 4, 4, dtype=torch.long), ids)
+
+    data = SegmentationData(
+        labeled=split(["a", "b"]), unlabeled=split(["c", "scan7"], bad=1), val=split([]), test=split([]),
+        channels=1, num_classes=2, spatial_dims=2, stats={"mean": [0.0], "std": [1.0]},
+    )  # fmt: skip
+    nan = {"sup": torch.tensor(float("nan"))}
+    with pytest.raises(TrainingDiverged) as raised:
+        check_finite(nan["sup"], nan, "step 3", tmp_path / "checkpoints" / "last.pt", data)
+    message = str(raised.value)
+    assert "scan7" in message and "last.pt" not in message and "no checkpoint" in message
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"x")
+    data.unlabeled.images[1] = 0
+    with pytest.raises(TrainingDiverged) as raised:
+        check_finite(nan["sup"], nan, "step 3", tmp_path / "checkpoints" / "last.pt", data)
+    assert "last.pt" in str(raised.value) and "scan7" not in str(raised.value)
+
+
+# --- a run trained on a list of labeled ids is not a percentage run ------------------------------
+def test_a_labeled_ids_run_records_its_source_and_report_keeps_it_apart(tmp_path):
+    import json
+
+    from superdiffusion.experiments.report import aggregate, collect
+
+    data = write_pair_folder(tmp_path / "data", n=10)
+    runs = tmp_path / "runs"
+    common = ["train", *TINY, f"data.root={data}", "data.labeled_percent=20", "data.val_fraction=0.2"]
+    assert cli.main([*common, "--out", str(runs / "pair" / "supervised" / "p20-s0")]) == 0
+    splits = json.loads((runs / "pair" / "supervised" / "p20-s0" / "splits.json").read_text())
+    ids = tmp_path / "mine.txt"
+    ids.write_text("\n".join(sorted(splits["labeled"] + splits["unlabeled"])[:2]) + "\n")
+    assert cli.main([*common, f"data.labeled_ids={ids}", "--out", str(runs / "pair" / "supervised" / "p20-s1")]) == 0
+    result = json.loads((runs / "pair" / "supervised" / "p20-s1" / "results.json").read_text())
+    assert result["labels"]["source"] == "ids" and result["labels"]["count"] == 2
+    assert result["labels"]["file"] == "mine.txt"
+    plain = json.loads((runs / "pair" / "supervised" / "p20-s0" / "results.json").read_text())
+    assert plain["labels"]["source"] == "percent"
+    rows = aggregate(collect([runs]))
+    assert len(rows) == 2 and all(len(r["seeds"]) == 1 for r in rows)  # not one row of two "seeds"
+    assert any("mine.txt" in r["variant"] for r in rows)
+
+
+# --- a scoring error never costs the training ----------------------------------------------------
+def test_a_scoring_error_keeps_the_finished_training_and_resume_scores_it(tmp_path, capsys, monkeypatch):
+    import json
+
+    from superdiffusion import api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bincount only supports 1-d non-negative integral inputs")
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(api, "evaluate_method", broken)
+        assert _train(run) != 0
+    line = _one_line(capsys, "scoring", "bincount", "--resume")
+    assert "checkpoints" in line
+    assert (run / "checkpoints" / "best.pt").exists() and not (run / "results.json").exists()
+    assert _train(run, "--resume") == 0  # scored now, without training again
+    result = json.loads((run / "results.json").read_text())
+    assert result["updates"]["train"] == 1 and "test" in result

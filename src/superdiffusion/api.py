@@ -13,7 +13,7 @@ from . import safefs
 from .config import Config, from_dict
 from .data import build_data, with_dataset_json
 from .data.folder import IMAGE_EXTENSIONS
-from .errors import ConfigError, DataError, RunFolderError
+from .errors import ConfigError, DataError, RunFolderError, ScoringError
 from .inference import predict_image_file, predict_volume_file
 from .methods import Method, build_method
 from .protocol import evaluate_method, uses_validation
@@ -51,7 +51,15 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
             if rank != 0:
                 return {}
         best = dict(best, path=str(folder.checkpoint_path("best")))
-        results = evaluate_method(trainer.method, data, cfg, best, trainer.device)
+        try:
+            results = evaluate_method(trainer.method, data, cfg, best, trainer.device)
+        except Exception as err:  # noqa: BLE001 - whatever fails in scoring, the training is kept
+            reason = str(err).splitlines()[0][:200] if str(err) else ""
+            raise ScoringError(
+                f"{folder.path}: training finished, but scoring its test split failed ({type(err).__name__}: "
+                f"{reason}); the trained checkpoints are kept in {folder.path / 'checkpoints'}: fix the cause, "
+                f"then `superdiffusion train --out {folder.path} --resume` scores the run without training it again"
+            ) from None
         results["health"] = trainer.health
         results["train_seconds"] = round(trainer.progress.elapsed, 2)
         results["updates"] = trainer.progress.updates()

@@ -265,18 +265,16 @@ def _run(args: argparse.Namespace) -> int:
             )
         return 0
     if args.command == "sweep":
-        import yaml
-
-        from .experiments.sweep import expand, load_grid, run_sweep
+        from .experiments.sweep import expand, load_grid, run_sweep, slurm_parameters
 
         grid, fixed = load_grid(args.grid, args.preset, args.overrides)
         specs = expand(grid, fixed, Path(args.root))
+        slurm = slurm_parameters(args.slurm)
         if args.dry_run:
             for s in specs:
                 state = "finished" if s.finished else "started" if s.started else "new"
                 print(f"{state:9s} {s.folder}  {' '.join(s.overrides)}")
             return 0
-        slurm = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.slurm)}
         counts = run_sweep(specs, args.jobs, args.executor, slurm)
         print(
             f"{counts['total']} runs: {counts['skipped']} already finished, {counts['busy']} being trained by "

@@ -19,3 +19,7 @@ class RunFolderError(SuperDiffusionError):
 
 class TrainingDiverged(SuperDiffusionError):
     """A loss became NaN or infinite."""
+
+
+class ScoringError(SuperDiffusionError):
+    """A finished training could not be scored; its checkpoints are kept."""

@@ -96,6 +96,13 @@ def evaluate_method(
         "method": cfg.method.name,
         "dataset": cfg.data.name,
         "labeled_percent": cfg.data.labeled_percent,
+        # where the labeled subset came from: a percentage drawn with the seed, or a file of ids (whose
+        # runs are no seed of a percentage: report keeps them apart)
+        "labels": (
+            {"source": "ids", "file": Path(cfg.data.labeled_ids).name, "count": len(data.labeled)}
+            if cfg.data.labeled_ids
+            else {"source": "percent", "percent": cfg.data.labeled_percent, "count": len(data.labeled)}
+        ),
         "seed": cfg.train.seed,
         "protocol": protocol_label(checkpoint_split, threshold_split),
         "selection": {

@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import RunFolderError
+from .errors import DataError, RunFolderError
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -72,6 +72,24 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode())
+
+
+def save_image(path: str | Path, image, **params) -> None:
+    """A PIL image written atomically, in the format its suffix names; a link is refused."""
+    path = Path(path)
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}[path.suffix.lower()]
+    with atomic(path) as handle:
+        image.save(handle, format=fmt, **params)
+
+
+def require_empty(folder: str | Path, what: str = "destination") -> None:
+    """One line unless ``folder`` is missing or empty: a command that writes a whole folder (a
+    dataset import, a generated dataset) never mixes its files with someone else's."""
+    folder = Path(folder)
+    if os.path.islink(folder) or folder.is_file():
+        raise DataError(f"{folder}: the {what} is a link or a file; choose a new folder")
+    if folder.exists() and any(folder.iterdir()):
+        raise DataError(f"{folder}: the {what} is not empty; choose a new or empty folder")
 
 
 def append(path: str | Path) -> io.TextIOWrapper:

@@ -211,10 +211,31 @@ def carry_state(source: torch.optim.Optimizer, target: torch.optim.Optimizer) ->
                 target.state[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in source.state[p].items()}
 
 
-def check_finite(total: torch.Tensor, losses: dict[str, torch.Tensor], where: str, last: Path) -> None:
-    if not torch.isfinite(total):
-        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-        raise TrainingDiverged(f"non-finite loss at {where}: {terms}; last good checkpoint: {last}")
+def non_finite_images(data: SegmentationData) -> list[str]:
+    """The ids of the training images that hold a NaN or an infinity, as the networks see them."""
+    found = []
+    for split in (data.labeled, data.unlabeled):
+        found += [i for i, image in zip(split.ids, split.images) if not bool(torch.isfinite(image).all())]
+    return found
+
+
+def check_finite(
+    total: torch.Tensor, losses: dict[str, torch.Tensor], where: str, last: Path, data: SegmentationData
+) -> None:
+    """Stop a diverged training with what is known: the loss terms, the training images that hold
+    non-finite values when the data is the cause, and the last checkpoint when there is one."""
+    if torch.isfinite(total):
+        return
+    terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+    bad = non_finite_images(data)
+    cause = (
+        f"; the data is the cause: {len(bad)} training image(s) hold non-finite values after normalisation "
+        f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+        if bad
+        else "; the data is finite, so the training itself diverged: lower train.lr"
+    )
+    saved = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
+    raise TrainingDiverged(f"non-finite loss at {where}: {terms}{cause}; {saved}")
 
 
 class Trainer:
@@ -357,7 +378,7 @@ class Trainer:
                 losses = self.model(batch, ctx)
             total = sum(losses.values())
             where = f"step {self.progress.position['step']} ({phase.name} epoch {epoch + 1})"
-            check_finite(total, losses, where, self.folder.checkpoint_path("last"))
+            check_finite(total, losses, where, self.folder.checkpoint_path("last"), self.data)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()

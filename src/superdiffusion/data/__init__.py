@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..config import DataConfig
@@ -18,10 +20,12 @@ from .dataset import (
     normalize_each,
     resolve_root,
 )
-from .folder import Pair, layout_pairs, load_pairs, scan_folder
+from .folder import Pair, dataset_channels, layout_pairs, load_pairs, scan_folder
 from .layouts import apply_dataset_json, read_dataset_json
 from .splits import choose_labeled
 from .volumes import build_volume_data
+
+LOG = logging.getLogger("superdiffusion")
 
 __all__ = [
     "DATA_ENV",
@@ -64,21 +68,23 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True, recorded: di
     by, grouped_by = assign_splits(pairs, cfg, seed, validation, recorded)
     labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed, recorded)
     size = tuple(cfg.size) if cfg.size is not None else None  # None: native resolution, patches
-    loaded = {
-        name: load_pairs(group, size, cfg.num_classes, cfg.mask_mode, mask_threshold=cfg.mask_threshold)
-        for name, group in by.items()
-        if group
-    }
-    channels = loaded["train"]["channels"]
-    for name, item in loaded.items():
-        if item["channels"] != channels:
-            raise DataError(f"{root}: {name} images have {item['channels']} channels, train images {channels}")
-    extra = None
+    extra_pairs = []
     if cfg.unlabeled_root:
         extra_pairs = [
             p for p in scan_folder(resolve_root(cfg.unlabeled_root), require_masks=False) if p.split == "train"
         ]
-        extra = load_pairs(extra_pairs, size, cfg.num_classes, cfg.mask_mode, channels=channels)
+        if not extra_pairs:
+            raise DataError(f"{cfg.unlabeled_root}: data.unlabeled_root holds no training images")
+    # one channel count for every split, decided from all of the files (not the first one read)
+    channels, mixed = dataset_channels([p for group in by.values() for p in group] + extra_pairs)
+    if mixed:
+        LOG.info("data: %s", mixed)
+    loaded = {
+        name: load_pairs(group, size, cfg.num_classes, cfg.mask_mode, channels, cfg.mask_threshold)
+        for name, group in by.items()
+        if group
+    }
+    extra = load_pairs(extra_pairs, size, cfg.num_classes, cfg.mask_mode, channels) if extra_pairs else None
     for item in [*loaded.values(), *([extra] if extra is not None else [])]:
         item["images"] = normalize_each(item["images"], cfg.normalize)
     stats = dataset_stats(loaded["train"]["images"], cfg.normalize)

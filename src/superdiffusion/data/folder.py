@@ -129,6 +129,40 @@ def _open(path: Path) -> Image.Image:
     return img
 
 
+COLOUR_MODES = ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")  # read as 3 channels
+
+
+def channels_of(path: Path | tuple[Path, ...]) -> int:
+    """How many channels :func:`read_image` gives the file when left to itself: 3 for colour
+    (and palette) images, 1 for grey ones; one per file for a tuple. Reads the header only."""
+    if isinstance(path, tuple):
+        return len(path)
+    try:
+        with Image.open(path) as img:
+            return 3 if img.mode in COLOUR_MODES else 1
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: cannot read image ({str(err)[:200]})") from None
+
+
+def dataset_channels(pairs: list[Pair]) -> tuple[int, str | None]:
+    """The channel count of a whole dataset, whatever order its files come in: colour when any
+    image is colour (its grey images are then repeated to 3 channels), grey otherwise; and a line
+    naming the odd files when a folder mixes both."""
+    counts = [channels_of(p.image) for p in pairs]
+    kinds = sorted(set(counts))
+    if len(kinds) == 1:
+        return kinds[0], None
+    if any(isinstance(p.image, tuple) for p in pairs):
+        odd = next(p for p, c in zip(pairs, counts) if c != counts[0])
+        raise DataError(f"{odd.name}: {channels_of(odd.image)} channel files, the first image has {counts[0]}")
+    grey = [p.name for p, c in zip(pairs, counts) if c == 1]
+    note = (
+        f"{len(grey)} of {len(pairs)} images are grey ({', '.join(grey[:3])}{', ...' if len(grey) > 3 else ''}), "
+        "the others colour: the grey ones are read as 3 equal channels"
+    )
+    return 3, note
+
+
 def read_image(path: Path | tuple[Path, ...], channels: int | None = None) -> np.ndarray:
     """Image as float32 ``(C, H, W)`` in [0, 1]; 8- and 16-bit, grey, RGB(A) and palette. A
     tuple of paths is one image with one grey file per channel."""

@@ -14,13 +14,15 @@
 from __future__ import annotations
 
 import csv
-import shutil
+import gzip
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from ..safefs import require_empty, save_image, write_bytes, write_text
 from .folder import IMAGE_EXTENSIONS, read_image
 from .splits import carve
 
@@ -28,8 +30,7 @@ IMPORTERS = ("glas", "ph2", "hmeps", "la")
 
 
 def _prepare(dest: Path) -> None:
-    if dest.exists() and any(dest.iterdir()):
-        raise DataError(f"{dest}: destination is not empty; choose a new folder")
+    require_empty(dest)
     (dest / "images").mkdir(parents=True, exist_ok=True)
 
 
@@ -40,8 +41,8 @@ def _save_pair(image_path: Path, mask: np.ndarray, dest: Path, case: str) -> Non
         raise DataError(
             f"{image_path}: image is {img.size[0]}x{img.size[1]} but its mask is {mask.shape[1]}x{mask.shape[0]}"
         )
-    img.convert("RGB" if img.mode not in ("L", "I;16") else img.mode).save(dest / "images" / f"{case}.png")
-    Image.fromarray(((mask > 0) * 255).astype(np.uint8)).save(dest / "masks" / f"{case}.png")
+    save_image(dest / "images" / f"{case}.png", img.convert("RGB" if img.mode not in ("L", "I;16") else img.mode))
+    save_image(dest / "masks" / f"{case}.png", Image.fromarray(((mask > 0) * 255).astype(np.uint8)))
 
 
 def _mask(path: Path) -> np.ndarray:
@@ -54,10 +55,11 @@ def _mask(path: Path) -> np.ndarray:
 
 
 def _write_split(dest: Path, rows: list[tuple[str, str]]) -> dict[str, int]:
-    with open(dest / "split.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "split"])
-        writer.writerows(sorted(rows))
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["id", "split"])
+    writer.writerows(sorted(rows))
+    write_text(dest / "split.csv", text.getvalue())
     counts: dict[str, int] = {}
     for _, split in rows:
         counts[split] = counts.get(split, 0) + 1
@@ -119,7 +121,7 @@ def import_hmeps(source: Path, dest: Path, seed: int = 0) -> dict[str, int]:
         read_image(path)
         _save_pair(path, _mask(mask), dest, stem)
     if (source / "split.csv").exists():
-        shutil.copy(source / "split.csv", dest / "split.csv")
+        write_bytes(dest / "split.csv", (source / "split.csv").read_bytes())
         with open(dest / "split.csv", newline="") as handle:
             rows = [(r["id"], r["split"]) for r in csv.DictReader(handle)]
         counts: dict[str, int] = {}
@@ -146,18 +148,14 @@ def import_la(source: Path, dest: Path, seed: int = 0) -> dict[str, int]:
                 raise DataError(
                     f"{case / 'laendo.nrrd'}: shape {label.array.shape} differs from lgemri.nrrd {image.array.shape}"
                 )
-            nib.save(
-                nib.Nifti1Image(image.array.astype(np.float32), image.affine),
-                str(dest / "images" / f"{case.name}.nii.gz"),
-            )
-            nib.save(
-                nib.Nifti1Image((label.array > 0).astype(np.uint8), image.affine),
-                str(dest / "labels" / f"{case.name}.nii.gz"),
-            )
+            volume = nib.Nifti1Image(image.array.astype(np.float32), image.affine)
+            write_bytes(dest / "images" / f"{case.name}.nii.gz", gzip.compress(volume.to_bytes()))
+            volume = nib.Nifti1Image((label.array > 0).astype(np.uint8), image.affine)
+            write_bytes(dest / "labels" / f"{case.name}.nii.gz", gzip.compress(volume.to_bytes()))
         elif (case / "mri_norm2.h5").exists():
             read_volume(case / "mri_norm2.h5", "label")
             (dest / case.name).mkdir()
-            shutil.copy(case / "mri_norm2.h5", dest / case.name / "mri_norm2.h5")
+            write_bytes(dest / case.name / "mri_norm2.h5", (case / "mri_norm2.h5").read_bytes())
         else:
             continue
         ids.append(case.name)

@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ..safefs import require_empty, save_image, write_text
+
 
 def _stamp(mask: np.ndarray, y: float, x: float, width: int) -> None:
     """Mark a ``width`` x ``width`` footprint (a plus sign for width 3) centred on (y, x)."""
@@ -102,12 +104,11 @@ def write_thin_structures(
 ) -> dict[str, int]:
     """Write ``count`` image/mask pairs (``thin000.png`` ...) and a ``split.csv`` whose last
     ``test_count`` images (default: half) are the test split. Returns the split counts.
-    Refuses a folder that already holds images."""
+    Refuses a folder that already holds files."""
     from ..errors import DataError
 
     dest = Path(dest)
-    if (dest / "images").exists() and any((dest / "images").iterdir()):
-        raise DataError(f"{dest}/images already holds files; choose an empty folder")
+    require_empty(dest)
     if count < 4:
         raise DataError(f"count must be at least 4, got {count}")
     test_count = count // 2 if test_count is None else test_count
@@ -118,13 +119,14 @@ def write_thin_structures(
     for i in range(count):
         mask = thin_structure_mask(size, rng.uniform(min_fraction, max_fraction), rng)
         name = f"thin{i:03d}"
-        Image.fromarray(thin_structure_image(mask, rng)).save(dest / "images" / f"{name}.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(dest / "masks" / f"{name}.png")
+        save_image(dest / "images" / f"{name}.png", Image.fromarray(thin_structure_image(mask, rng)))
+        save_image(dest / "masks" / f"{name}.png", Image.fromarray(mask.astype(np.uint8) * 255))
         rows.append(f"{name},{'test' if i >= count - test_count else 'train'}")
-    (dest / "split.csv").write_text("\n".join(rows) + "\n")
-    (dest / "PROVENANCE.md").write_text(
+    write_text(dest / "split.csv", "\n".join(rows) + "\n")
+    write_text(
+        dest / "PROVENANCE.md",
         f"Synthetic thin structures written by superdiffusion.data.synthetic.write_thin_structures("
         f"count={count}, size={size}, seed={seed}, test_count={test_count}, fractions "
-        f"{min_fraction}-{max_fraction}).\n"
+        f"{min_fraction}-{max_fraction}).\n",
     )
     return {"train": count - test_count, "test": test_count}

@@ -13,6 +13,8 @@ physical units and for writing predictions with the input's geometry.
 
 from __future__ import annotations
 
+import io
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +36,8 @@ from .dataset import (
 )
 from .folder import check_finite, read_split
 from .splits import choose_labeled
+
+LOG = logging.getLogger("superdiffusion")
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".h5", ".hdf5")
 
@@ -83,6 +87,25 @@ class Volume:
     array: np.ndarray  # (H, W, D) float32 image, or int64 labels
     affine: np.ndarray  # 4x4
     spacing: tuple[float, float, float]
+    spacing_missing: bool = False  # the header gave no voxel size (NIfTI pixdim 0, HDF5): read as 1 mm
+
+
+AFFINE_TOLERANCE = 1e-3  # mm (and relative, on directions): float32 headers round below that
+
+
+def _nifti_spacing_missing(path: Path) -> bool:
+    """Whether the NIfTI header's voxel size (pixdim 1-3) holds a zero or a negative value.
+    nibabel replaces such a value by 1 as it loads the file, so the raw header is read here."""
+    import nibabel as nib
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as handle:
+        raw = handle.read(540)
+    size = int.from_bytes(raw[:4], "little")
+    big = int.from_bytes(raw[:4], "big")
+    kind = nib.Nifti2Header if 540 in (size, big) else nib.Nifti1Header
+    header = kind.from_fileobj(io.BytesIO(raw), check=False)
+    return bool(np.any(np.asarray(header["pixdim"][1:4]) <= 0))
 
 
 def read_volume(path: Path, dataset: str = "image") -> Volume:
@@ -91,6 +114,9 @@ def read_volume(path: Path, dataset: str = "image") -> Volume:
         if path.name.endswith((".nii", ".nii.gz", ".nrrd")):
             arr, affine = _load_with_monai(path)
             spacing = tuple(float(np.linalg.norm(affine[:3, k])) for k in range(3))
+            missing = min(spacing) <= 0 or (path.name.endswith((".nii", ".nii.gz")) and _nifti_spacing_missing(path))
+            if min(spacing) <= 0:
+                affine, spacing = np.eye(4), (1.0, 1.0, 1.0)
         elif path.name.endswith((".h5", ".hdf5")):
             import h5py
 
@@ -98,7 +124,7 @@ def read_volume(path: Path, dataset: str = "image") -> Volume:
                 if dataset not in handle:
                     raise DataError(f"{path}: no HDF5 dataset {dataset!r} (has {', '.join(handle.keys())})")
                 arr = handle[dataset][()]
-            affine, spacing = np.eye(4), (1.0, 1.0, 1.0)
+            affine, spacing, missing = np.eye(4), (1.0, 1.0, 1.0), False  # HDF5 has no geometry: voxels
         else:
             raise DataError(f"{path}: not a volume ({', '.join(VOLUME_SUFFIXES)})")
     except DataError:
@@ -110,7 +136,7 @@ def read_volume(path: Path, dataset: str = "image") -> Volume:
     arr = np.squeeze(np.asarray(arr))
     if arr.ndim != 3:
         raise DataError(f"{path}: expected a 3D volume, got shape {arr.shape}")
-    return Volume(arr, affine, spacing)
+    return Volume(arr, affine, spacing, missing)
 
 
 def _load_with_monai(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -213,6 +239,12 @@ def load_volume_pair(
     label = read_volume(pair.label, "label")
     if image.array.shape != label.array.shape:
         raise DataError(f"{pair.label}: label shape {label.array.shape} differs from its image {image.array.shape}")
+    if not np.allclose(image.affine, label.affine, rtol=AFFINE_TOLERANCE, atol=AFFINE_TOLERANCE):
+        gap = float(np.abs(image.affine - label.affine).max())
+        raise DataError(
+            f"{pair.label}: its affine differs from its image's by up to {gap:.4g} (mm or direction): the label "
+            "does not lie on the image; resample it onto the image's grid"
+        )
     lab = label.array
     if cfg.mask_mode not in ("binary", "threshold", "index"):
         raise DataError(f"data.mask_mode must be binary, threshold or index, got {cfg.mask_mode!r}")
@@ -277,6 +309,17 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
     unlabeled = make("train", set(unlabeled_ids))
     unlabeled.masks = None
     splits = {"labeled": make("train", set(labeled_ids)), "val": make("val"), "test": make("test")}
+    every = [(p, v) for s in (*splits.values(), unlabeled) for p, v in zip(s.pairs, s.geometry)]
+    no_spacing = [p for p, v in every if v.spacing_missing]
+    if no_spacing:
+        first = no_spacing[0].image
+        LOG.warning(
+            "data: %d of %d volumes have no voxel spacing in their header (first: %s); read as 1 mm, so their "
+            "HD95 and ASD are in voxels",
+            len(no_spacing),
+            len(every),
+            (first[0] if isinstance(first, tuple) else first).name,
+        )
     if len(channels) > 1:
         raise DataError(f"{root}: cases have different channel counts {sorted(channels)}")
     (count,) = channels

@@ -37,6 +37,9 @@ def collect(roots: list[Path]) -> list[dict[str, Any]]:
         for path in sorted(Path(root).rglob("results.json")):
             result = json.loads(path.read_text())
             variant = path.parent.name.split("-", 2)[2] if path.parent.name.count("-") >= 2 else ""
+            labels = result.get("labels", {})
+            if labels.get("source") == "ids":  # a chosen subset, not a seed's draw of the percentage
+                variant = " ".join(v for v in (variant, f"ids {labels['file']} ({labels['count']} images)") if v)
             result["variant"] = variant
             result["folder"] = str(path.parent)
             rows.append(result)

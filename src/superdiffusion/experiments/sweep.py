@@ -143,6 +143,21 @@ def run_one(spec: RunSpec, threads: int = 0) -> int:
         ).returncode
 
 
+def slurm_parameters(items: list[str]) -> dict[str, Any]:
+    """``--slurm KEY=VALUE`` items as submitit parameters, each value read as YAML (``600``, ``gpu``,
+    ``[a, b]``); a malformed item is one line naming it."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--slurm {item!r}: expected KEY=VALUE, e.g. slurm_partition=gpu")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--slurm {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
+    return out
+
+
 def run_sweep(
     specs: list[RunSpec], jobs: int = 1, executor: str = "local", slurm: dict | None = None
 ) -> dict[str, int]:
@@ -162,7 +177,11 @@ def run_sweep(
 
         folder = (specs[0].folder.parents[2] if specs else Path(".")) / "submitit"
         ex = submitit.AutoExecutor(folder=str(folder), cluster="local" if executor == "submitit-local" else None)
-        ex.update_parameters(**(slurm or {}))
+        try:
+            ex.update_parameters(**(slurm or {}))
+        except (NameError, TypeError, ValueError) as err:  # submitit names what it does not know, at length
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(f"--slurm: {first[:300]}") from None
         jobs_ = [ex.submit(run_one, s) for s in todo]
         codes = [j.result() for j in jobs_]
     else:
