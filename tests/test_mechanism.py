@@ -109,7 +109,7 @@ def test_teacher_lr_factor_gives_the_teacher_its_own_lr_through_the_lr_steps():
     scheduler.step()
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.001, 0.0001])
     # without the factor: one group, as before (checkpoints stay compatible)
-    plain = build_method(tiny_config(), 3, 2, 2).parameters_for("train")
+    plain = build_method(tiny_config("method.teacher_lr_factor=1"), 3, 2, 2).parameters_for("train")
     assert not isinstance(plain[0], dict)
 
 
@@ -150,6 +150,7 @@ def test_carrying_the_pretraining_optimizer_state_into_co_training(tmp_path, mon
         "method.pretrain_epochs=1",
         "method.rounds=0",
         "train.threads=1",
+        "method.teacher_lr_factor=1",  # one parameter group: the teacher's parameters are found in it
         f"method.carry_optimizer={str(carry).lower()}",
     )
     api.train(cfg, tmp_path / "run")
@@ -221,8 +222,9 @@ def test_the_rounds_t_can_be_capped():
 def test_the_method_takes_the_baselines_supervised_loss():
     batch = _batch()
     logits = torch.randn(4, 2, 16, 16)
-    ce = _method().labeled_loss(logits, batch)
+    ce = _method("method.supervised_loss=ce").labeled_loss(logits, batch)
     ce_dice = _method("method.supervised_loss=ce_dice").labeled_loss(logits, batch)
+    assert torch.equal(_method().labeled_loss(logits, batch), ce_dice)  # the cpu profile's choice
     assert torch.allclose(ce, F.cross_entropy(logits[:2], batch.labels[:2]))
     assert not torch.allclose(ce, ce_dice)
 
@@ -230,8 +232,29 @@ def test_the_method_takes_the_baselines_supervised_loss():
 def test_profile_paper_pretrains_with_eq_6_and_7_as_printed():
     method = resolve(["profile=paper"]).method
     assert method.pretrain_image_input == "noise" and method.recon_space == "image"
-    default = resolve([]).method
-    assert default.pretrain_image_input == "noisy"
+    # and keeps the paper's co-training: lambda 5 on a linear ramp, round-0 targets, CE, one lr
+    assert (method.lambda_max, method.ramp, method.pseudo_labels, method.supervised_loss) == (
+        5.0,
+        "linear",
+        "round0",
+        "auto",
+    )
+    assert method.teacher_lr_factor == 1.0 and not method.carry_optimizer and method.rounds_t_max == 0
+
+
+@pytest.mark.parametrize("profile", ["cpu", "quick"])
+def test_the_cpu_profiles_take_the_mechanism_the_screening_chose(profile):
+    """benchmarks/results/screening.json's choice, on validation: eq67-keep-rounds-cedice."""
+    import json
+    from pathlib import Path
+
+    screening = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "screening.json").read_text())
+    chosen = screening["combinations"][screening["choice"]["chosen"]]
+    method = resolve([f"profile={profile}"]).method
+    for setting in chosen:
+        key, _, value = setting.removeprefix("method.").partition("=")
+        assert str(getattr(method, key)).lower() == value.lower(), setting
+    assert method.lambda_max == 0.1 and method.ramp == "constant"  # -keep's constant lambda at CPS's weight
 
 
 def test_rounds_are_bounded(tmp_path, capsys):

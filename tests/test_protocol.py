@@ -122,7 +122,7 @@ def test_diffusion_inputs_share_the_minus_one_one_range():
 
 def test_pure_noise_pretraining_input_needs_an_image_space_loss():
     with pytest.raises(ConfigError, match="recon_space=image"):
-        build_method(tiny_config("method.pretrain_image_input=noise"), 1, 2, 2)
+        build_method(tiny_config("method.pretrain_image_input=noise", "method.recon_space=noise"), 1, 2, 2)
     build_method(tiny_config("method.pretrain_image_input=noise", "method.recon_space=image"), 1, 2, 2)
 
 

@@ -584,3 +584,19 @@ def test_a_scoring_error_keeps_the_finished_training_and_resume_scores_it(tmp_pa
     assert _train(run, "--resume") == 0  # scored now, without training again
     result = json.loads((run / "results.json").read_text())
     assert result["updates"]["train"] == 1 and "test" in result
+
+
+@pytest.mark.parametrize("command", ["evaluate", "suggest"])
+def test_evaluate_and_suggest_check_their_output_before_computing(tmp_path, capsys, monkeypatch, trained, command):
+    from superdiffusion import api
+
+    def never(*args, **kwargs):
+        raise AssertionError("computed before checking where the result goes")
+
+    monkeypatch.setattr(api, "build_data", never)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    extra = ["--count", "2"] if command == "suggest" else []
+    assert cli.main([command, str(trained), *extra, "--out", str(blocker / "out" / "x.json")]) != 0
+    _one_line(capsys, "cannot write here", "a-file")
+    assert blocker.read_text() == "mine"

@@ -32,7 +32,7 @@ def test_eq9_uses_the_tested_cross_pseudo_loss():
 
 
 def test_rounds_zero_is_plain_co_training(tiny_cfg):
-    method = _method(tiny_cfg, "method.rounds=0")
+    method = _method(tiny_cfg, "method.rounds=0", "method.supervised_loss=ce")  # Eq. 10's CE
     batch = _batch()
     torch.manual_seed(5)
     losses = method.losses(batch, _ctx())

@@ -149,6 +149,7 @@ def evaluate(
     ``RUN/evaluation-PROTOCOL-kSAMPLES.json``; the returned dict names it in ``written_to``."""
     if out is not None and Path(out).exists():
         raise RunFolderError(f"{out} already exists; choose another --out")
+    safefs.check_writable(Path(out).parent if out else run_dir)  # before the scoring, not after
     cfg, method, state = load_run(run_dir)
     if samples:
         cfg.eval.samples = samples
@@ -298,6 +299,7 @@ def suggest(
         raise ConfigError(f"--by teacher_disagreement needs a method with a teacher; {method.name} has none")
     out = Path(out) if out else Path(run_dir) / f"suggest-{by}-{count}.csv"
     following = out.with_name("labeled_next.txt") if inputs is None else None
+    safefs.check_writable(out.parent)  # before the ranking, not after
     for path in (out, following):
         if path is not None and path.exists():
             raise RunFolderError(f"{path} already exists; choose another --out")

@@ -92,6 +92,19 @@ def require_empty(folder: str | Path, what: str = "destination") -> None:
         raise DataError(f"{folder}: the {what} is not empty; choose a new or empty folder")
 
 
+def check_writable(folder: str | Path) -> None:
+    """One line unless files can be written in ``folder`` (or created there: its nearest existing
+    ancestor is a writable folder), so that a command fails before it computes, not after."""
+    folder = Path(folder)
+    probe = folder
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RunFolderError(f"{folder}: cannot write here: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunFolderError(f"{folder}: cannot write here: {probe} is read-only")
+
+
 def append(path: str | Path) -> io.TextIOWrapper:
     """``path`` opened for appending text, created if missing; a link is refused."""
     try:
