@@ -26,8 +26,15 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / cfg.data.name / cfg.method.name / f"p{percent}-s{cfg.train.seed}"
 
 
-def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, force: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` into ``run_dir``, then evaluate the selected checkpoint on test.
+def train(
+    cfg: Config,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    plan: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir``, then evaluate the selected checkpoint on test. ``plan``:
+    the record of the data settings planned for it (:mod:`.plan`), kept in ``results.json``.
 
     Returns the results written to ``run_dir/results.json``.
     """
@@ -44,7 +51,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
         data = build_data(cfg.data, cfg.train.seed, validation=uses_validation(cfg), recorded=recorded)
         trainer = Trainer(cfg, data, folder.path, rank, world)
         start = time.perf_counter()
-        best = trainer.fit(resume=resume, force=force)
+        best = trainer.fit(resume=resume, force=force, plan=plan)
         if world > 1:
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
@@ -64,6 +71,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
         results["train_seconds"] = round(trainer.progress.elapsed, 2)
         results["updates"] = trainer.progress.updates()
         results.update(trainer.progress.phase_records)  # "pretrain": the pretrained teacher's zero-label scores
+        plan = plan or folder.read_plan()  # a resumed run: the plan it was trained with
+        if plan:
+            results["plan"] = plan
         results["wall_seconds_this_process"] = round(time.perf_counter() - start, 2)
         folder.write_model(model_record(trainer.method, cfg, trainer.data.info(), trainer.progress.best))
         rows = results.pop("per_case", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -87,6 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="run folder (default runs/DATASET/METHOD/pPERCENT-sSEED)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--force", action="store_true", help="replace the run already in --out")
+
+    p = sub.add_parser(
+        "plan",
+        help="fingerprint a data folder and print the data settings train would plan from it",
+        description="Reads the folder's image headers and a sample of its images and masks, prints the "
+        "planned data settings with their reasons, and writes them as a --config file. train applies the "
+        "same plan to a data.root folder unless told otherwise (data.plan=false).",
+    )
+    p.add_argument("data", help="dataset folder (images/ + masks/, or volumes)")
+    p.add_argument("--out", help="the plan as a --config YAML (default: print only)")
+    p.add_argument("--batch-size", type=_positive, default=8, help="train.batch_size the patch budget is for")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
 
     p = sub.add_parser("evaluate", help="score a run's selected checkpoint on its test split")
     p.add_argument("run", help="run folder")
@@ -226,12 +239,31 @@ def _run(args: argparse.Namespace) -> int:
         for name, cls in METHODS.items():
             print(f"{name:15s} {cls.description}")
         return 0
+    if args.command == "plan":
+        from . import safefs
+        from .plan import plan_for
+
+        plan = plan_for(args.data, args.batch_size)
+        for line in plan.lines():
+            print(line)
+        if args.out:
+            out = Path(args.out)
+            if out.exists() and not args.force:
+                raise SuperDiffusionError(f"{out} already exists; add --force to replace it")
+            text = plan.yaml().replace("data:\n", f"data:\n  root: {json.dumps(str(Path(args.data)))}\n", 1)
+            safefs.write_text(out, text)
+            print(f"wrote {out} (use it with: superdiffusion train --config {out})")
+        return 0
     if args.command == "train":
-        cfg = resolve(args.overrides, args.config)
+        from .plan import Planner
+
+        planner = Planner()
+        cfg = resolve(args.overrides, args.config, planner)
         out = Path(args.out) if args.out else api.default_run_dir(cfg)
         if args.resume and (out / "config.yaml").exists():  # the run's own settings, plus the command's
             cfg = resume_config(api.saved_config(out), args.overrides, args.config)
-        results = api.train(cfg, out, resume=args.resume, force=args.force)
+            planner = Planner()  # a resumed run keeps its settings: nothing is planned again
+        results = api.train(cfg, out, resume=args.resume, force=args.force, plan=planner.record())
         if results:  # ranks other than 0 of a torchrun job print nothing
             print(_table(results))
         return 0

@@ -11,6 +11,7 @@ the value. Every run writes the resolved result to ``config.yaml`` in its folder
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -63,6 +64,10 @@ class DataConfig(Section):
     # a file of training image ids to label (one per line, or a CSV with an id column, as
     # `superdiffusion suggest` writes); replaces the seeded labeled_percent draw
     labeled_ids: str | None = None
+    # train with a data.root folder (and no dataset= preset): the data settings the user did not give
+    # (size or patches, normalisation, mask mode, classes, subject column, name) are planned from the
+    # folder's fingerprint (`superdiffusion plan DATA` shows them, with their reasons); false: the defaults
+    plan: bool = True
 
     @model_validator(mode="after")
     def _dimensions(self) -> DataConfig:
@@ -293,11 +298,19 @@ def _explain(err: ValidationError, merged: dict[str, Any], origins: dict[tuple[s
     return f"{origin}: {where}: {e['msg'].lower()}; got {e['input']!r}"
 
 
+Planner = Callable[[str, set[str], int], "Layer | None"]  # (data.root, the keys the user gave, batch size)
+
+
 def resolve(
     overrides: list[str] | None = None,
     config_file: str | Path | None = None,
+    planner: Planner | None = None,
 ) -> Config:
-    """Build a :class:`Config` from presets, an optional file and ``key=value`` overrides."""
+    """Build a :class:`Config` from presets, an optional file and ``key=value`` overrides.
+    ``planner`` (the command line's: :mod:`superdiffusion.plan`) gives a layer of planned data
+    settings for a ``data.root`` folder when no ``dataset=`` preset is named and ``data.plan`` is
+    on; it goes after the profile and the presets, before ``--config`` and the command line, which
+    therefore always win."""
     presets, nested = parse_overrides(list(overrides or []))
     user = dict(load_yaml(config_file)) if config_file else {}
     presets = {**{k: user.pop(k) for k in PRESETS if k in user}, **presets}
@@ -324,6 +337,11 @@ def resolve(
         layers.append(_normal_layer(f"profile {profile}", {"method": {"name": name, **per_method[name]}}))
     explicit = [layer.get("method", {}) for _, layer in later]
     cfg = build(layers + later)
+    if planner is not None and "dataset" not in presets and cfg.data.plan and not cfg.data.root.startswith("builtin:"):
+        given = {f"{section}.{key}" for _, layer in later for section, values in layer.items() for key in values}
+        planned = planner(cfg.data.root, given, cfg.train.batch_size)
+        if planned is not None:
+            cfg = build([*layers, _normal_layer(*planned), *later])
     return _apply_lambda_schedule(cfg, explicit)
 
 

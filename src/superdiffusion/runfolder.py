@@ -255,6 +255,17 @@ class RunFolder:
             return None
         return json.loads(self.splits_path.read_text())
 
+    @property
+    def plan_path(self) -> Path:
+        return self.path / "plan.json"
+
+    def write_plan(self, record: dict[str, Any]) -> None:
+        """``plan.json``: the data settings planned for the run (:mod:`superdiffusion.plan`)."""
+        self.write_json(self.plan_path, record)
+
+    def read_plan(self) -> dict[str, Any] | None:
+        return json.loads(self.plan_path.read_text()) if self.plan_path.is_file() else None
+
     def read_results(self) -> dict[str, Any]:
         return json.loads(self.results_path.read_text())
 

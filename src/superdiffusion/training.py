@@ -289,7 +289,9 @@ class Trainer:
             if which == "last":
                 self.monitor.saved(self.progress.history)
 
-    def fit(self, resume: bool = False, force: bool = False) -> dict[str, Any]:
+    def fit(self, resume: bool = False, force: bool = False, plan: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train every phase (or what is left of them); ``plan``: the record of the planned data
+        settings, written to ``plan.json`` and logged, each value with its reason."""
         state = self.folder.prepare(self.cfg, resume, force) if self.rank == 0 else None
         if self.plan.world > 1:
             torch.distributed.barrier()  # rank 0 has checked and prepared the folder
@@ -301,8 +303,13 @@ class Trainer:
                 self.folder.write_config(self.cfg)  # e.g. a longer run
         if self.rank == 0 and self.folder.read_splits() is None:
             self.folder.write_splits(split_record(self.data))
+        if self.rank == 0 and plan:
+            self.folder.write_plan(plan)
         self.monitor.open()
         try:
+            for key in (plan or {}).get("settings", {}):
+                kept = "" if key in plan["applied"] else "  (yours kept)"
+                self.monitor.info(f"plan: {key}={plan['settings'][key]}  # {plan['reasons'][key]}{kept}")
             self.monitor.info(
                 f"[superdiffusion] {self.method.name} on {self.cfg.data.name}: {self.data.summary()}; "
                 f"device {self.device}; run folder {self.folder.path}"

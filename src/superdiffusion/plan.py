@@ -1,0 +1,466 @@
+"""A dataset's fingerprint, and the data settings planned from it.
+
+``superdiffusion plan DATA`` prints the plan and writes it as a ``--config`` file; ``train``
+with a ``data.root`` (and no ``dataset=`` preset) applies it to every data setting the user
+did not give (``data.plan=false`` turns it off). Each planned value carries a one-line reason.
+
+The fingerprint reads the image headers of every file and decodes a deterministic sample of
+images and masks (at most :data:`SAMPLE` of each): sizes, channels, bit depth, intensity
+percentiles, mask values, foreground fraction per class and the width of the thinnest labeled
+structures (the 5th percentile of each mask's local width, the diameter of the largest disc
+inside the mask that covers a pixel, minus one: 1 for a one-pixel line; the median over masks). It is cached per folder content under the user's cache folder
+(``$SUPERDIFFUSION_CACHE``, default ``~/.cache/superdiffusion``): nothing is written into the
+data folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from . import safefs
+from .data.dataset import resolve_root
+from .data.folder import channels_of, scan_folder
+from .data.layouts import read_dataset_json
+from .data.splits import group_column
+from .errors import DataError
+
+FORMAT = 1
+SAMPLE = 48  # images and masks decoded for the intensity and mask statistics
+FIXED_SIZE = 128  # the paper's resize for 2D images
+MIN_WIDTH = 3.0  # pixels of width the thinnest structures must keep at the fixed size
+PIXELS_PER_BATCH = 8 * 256 * 256  # 2D patch budget: a batch of 8 patches of 256x256
+VOXELS_PER_PATCH = 96 * 96 * 80  # 3D patch budget: the paper's LA patch
+NARROW_RANGE = 0.25  # images using less of their type's range than this get percentile clipping
+MULTIPLE = 16  # patch sides are multiples of the UNet's downsampling (4 poolings)
+CACHE_ENV = "SUPERDIFFUSION_CACHE"
+LOG = logging.getLogger("superdiffusion")
+
+
+@dataclass
+class Plan:
+    """Planned settings (``section.key`` -> value), each with its reason, and the fingerprint."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+    def set(self, key: str, value: Any, reason: str) -> None:
+        self.settings[key] = value
+        self.reasons[key] = reason
+
+    def layer(self, given: set[str]) -> dict[str, dict[str, Any]]:
+        """The planned settings the user did not give, as a config layer. A given ``data.size``
+        or ``data.patch_size`` means the user chose the resolution: the plan leaves both."""
+        skip = set(given)
+        if skip & {"data.size", "data.patch_size"}:
+            skip |= {"data.size", "data.patch_size"}
+        out: dict[str, dict[str, Any]] = {}
+        for key, value in self.settings.items():
+            if key not in skip:
+                section, name = key.split(".", 1)
+                out.setdefault(section, {})[name] = value
+        return out
+
+    def record(self, given: set[str] | None = None) -> dict[str, Any]:
+        applied = self.layer(given or set())
+        used = {f"{s}.{k}" for s, values in applied.items() for k in values}
+        return {
+            "format": FORMAT,
+            "settings": self.settings,
+            "reasons": self.reasons,
+            "applied": sorted(used),
+            "kept_by_user": sorted(set(self.settings) - used),
+            "fingerprint": self.fingerprint,
+        }
+
+    def lines(self) -> list[str]:
+        return [f"{key}={_text(value)}  # {self.reasons[key]}" for key, value in self.settings.items()]
+
+    def yaml(self) -> str:
+        """A ``--config`` file: the settings by section, each reason as a comment."""
+        lines = [
+            f"# superdiffusion plan for {self.fingerprint.get('root')}: the data settings planned from its fingerprint"
+        ]
+        sections: dict[str, list[str]] = {}
+        for key, value in self.settings.items():
+            section, name = key.split(".", 1)
+            sections.setdefault(section, []).append(f"  {name}: {_text(value)}  # {self.reasons[key]}")
+        for section, rows in sections.items():
+            lines += [f"{section}:", *rows]
+        return "\n".join(lines) + "\n"
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value) if value is None or isinstance(value, (list, bool)) else str(value)
+
+
+# --- the fingerprint ------------------------------------------------------------------------------
+def _sample(items: list, count: int = SAMPLE) -> list:
+    """At most ``count`` items spread evenly over the list (deterministic)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
+
+
+def _raw(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            if img.mode == "P":
+                img = img.convert("RGB")
+            return np.asarray(img)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: cannot read image ({str(err)[:200]})") from None
+
+
+def _type_range(arr: np.ndarray) -> float | None:
+    if arr.dtype == np.bool_:
+        return 1.0
+    if arr.dtype.kind in "ui":
+        return float(np.iinfo(arr.dtype).max) if arr.dtype.itemsize > 1 else 255.0
+    return None  # floating point: no type range
+
+
+def local_width(mask: np.ndarray) -> np.ndarray:
+    """The local width (in pixels) at each foreground pixel of a binary mask: the diameter of the
+    largest disc inside the mask that covers the pixel (its "local thickness"), minus one pixel, so
+    a one-pixel line is 1 and a disc of radius r is 2r - 1 throughout. On a grid of radii s
+    (steps of a tenth, and the largest): a pixel has a width of at least 2s - 1 where it lies within s of a
+    point whose distance to the background is at least s."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return np.zeros(0)
+    distance = ndimage.distance_transform_edt(mask)
+    thickness = distance.copy()
+    radii, radius = [], 1.0
+    while radius < distance.max():
+        radii.append(radius)
+        radius = max(radius + 1, radius * 1.1)
+    for radius in [*radii, float(distance.max())]:  # the largest disc too: a round blob's rim is exact
+        centres = distance >= radius
+        reach = ndimage.distance_transform_edt(~centres)  # to the nearest such point
+        thickness = np.where(mask & (reach <= radius), np.maximum(thickness, radius), thickness)
+    return 2 * thickness[mask] - 1
+
+
+def _mask_kind(values: np.ndarray, colour: bool) -> str:
+    """binary (0 and one other value), index (few small integers) or lossy (anything else)."""
+    if colour:
+        return "lossy"
+    if len(values) <= 2 and values.min() == 0:
+        return "binary"
+    integral = np.all(np.equal(np.mod(values, 1), 0))
+    if integral and values.min() >= 0 and values.max() < 64 and len(values) <= 64:
+        return "index"
+    return "lossy"
+
+
+def _folder_digest(root: Path, files: list[Path]) -> str:
+    digest = hashlib.sha256(str(root.resolve()).encode())
+    for path in sorted(files):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    for extra in ("split.csv", "dataset.json"):
+        if (root / extra).is_file():
+            stat = (root / extra).stat()
+            digest.update(f"{extra}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:24]
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "superdiffusion") / "fingerprints"
+
+
+def _subjects(pairs: list) -> tuple[str | None, int | None]:
+    """The split.csv column that names subjects (as ``data.group_column=auto`` finds it) and their count."""
+    column = group_column(pairs, "auto", Path("split.csv"))
+    if column is None:
+        return None, None
+    return column, len({p.columns.get(column) for p in pairs})
+
+
+def fingerprint_2d(root: Path) -> dict[str, Any]:
+    pairs = scan_folder(root, require_masks=(root / "masks").is_dir())
+    labeled = [p for p in pairs if p.mask is not None]
+    if not labeled:
+        raise DataError(f"{root}: no image has a mask in masks/: nothing to plan from")
+    sizes, modes = [], []
+    for pair in pairs:
+        try:
+            with Image.open(pair.image) as img:
+                sizes.append(img.size[::-1])  # (H, W)
+                modes.append(img.mode)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise DataError(f"{pair.image}: cannot read image ({str(err)[:200]})") from None
+    heights, widths = np.array([s[0] for s in sizes]), np.array([s[1] for s in sizes])
+    low, high, ranges, depth = [], [], [], set()
+    for pair in _sample(pairs):
+        arr = _raw(pair.image).astype(np.float64)
+        raw_range = _type_range(_raw(pair.image))
+        depth.add("float" if raw_range is None else "16" if raw_range > 255 else "8")
+        finite = arr[np.isfinite(arr)]
+        if finite.size:
+            low.append(float(np.percentile(finite, 0.5)))
+            high.append(float(np.percentile(finite, 99.5)))
+            ranges.append(raw_range)
+    values: set[float] = set()
+    colour_masks = False
+    masks = []
+    for pair in _sample(labeled):
+        arr = _raw(pair.mask)
+        if arr.ndim == 3:
+            colour_masks = colour_masks or not np.all(arr[..., :3] == arr[..., :1])
+            arr = arr[..., 0]
+        masks.append(arr)
+        if len(values) <= 256:
+            values |= set(np.unique(arr).tolist())
+    found = np.array(sorted(values), dtype=np.float64)
+    kind = _mask_kind(found, colour_masks)
+    if kind == "index":
+        classes = int(found.max()) + 1
+        per_class = {str(c): float(np.mean([np.mean(m == c) for m in masks])) for c in range(1, classes)}
+        binary = [m > 0 for m in masks]
+    else:
+        cut = (found.max() + found.min()) / 2 if kind == "lossy" else 0
+        binary = [m > cut for m in masks]
+        per_class = {"1": float(np.mean([np.mean(b) for b in binary]))}
+    widths_px, widths_fixed = [], []  # each mask's thinnest 5 % of foreground pixels
+    for b in binary:
+        w = local_width(b)
+        if w.size:
+            widths_px.append(float(np.percentile(w, 5)))
+            widths_fixed.append(widths_px[-1] * FIXED_SIZE / max(b.shape))
+    column, subjects = _subjects(pairs)
+    channels = sorted({channels_of(p.image) for p in pairs})
+    return {
+        "root": str(root),
+        "dims": 2,
+        "images": len(pairs),
+        "labeled_images": len(labeled),
+        "subjects": subjects,
+        "subject_column": column,
+        "size_median": [int(np.median(heights)), int(np.median(widths))],
+        "size_min": [int(heights.min()), int(widths.min())],
+        "size_max": [int(heights.max()), int(widths.max())],
+        "channels": 3 if 3 in channels else channels[0],
+        "modes": sorted(set(modes)),
+        "bit_depth": sorted(depth),
+        "intensity_p0.5": float(np.median(low)) if low else None,
+        "intensity_p99.5": float(np.median(high)) if high else None,
+        "type_range": max((r for r in ranges if r is not None), default=None),
+        "mask_values": found[:16].tolist(),
+        "mask_kind": kind,
+        "foreground_fraction": per_class,
+        # the median over the masks of each one's 5th percentile of local width
+        "thinnest_width_px": float(np.median(widths_px)) if widths_px else None,
+        "thinnest_width_at_fixed_size": float(np.median(widths_fixed)) if widths_fixed else None,
+        "sampled": len(masks),
+    }
+
+
+def fingerprint_3d(root: Path) -> dict[str, Any]:
+    from .data.volumes import read_volume, scan_volumes
+
+    pairs = scan_volumes(root)
+    shapes, spacings, values, fractions, low, high = [], [], set(), [], [], []
+    for pair in _sample(pairs, 16):
+        image = pair.image[0] if isinstance(pair.image, tuple) else pair.image
+        vol = read_volume(image, "image")
+        shapes.append(vol.array.shape)
+        spacings.append(vol.spacing)
+        finite = vol.array[np.isfinite(vol.array)]
+        low.append(float(np.percentile(finite, 0.5)))
+        high.append(float(np.percentile(finite, 99.5)))
+        if pair.label is not None:
+            label = read_volume(pair.label, "label").array
+            values |= set(np.unique(label).tolist()[:64])
+            fractions.append(float(np.mean(label > 0)))
+    found = np.array(sorted(values), dtype=np.float64) if values else np.array([0.0, 1.0])
+    column, subjects = _subjects(pairs)
+    return {
+        "root": str(root),
+        "dims": 3,
+        "images": len(pairs),
+        "labeled_images": sum(1 for p in pairs if p.label is not None),
+        "subjects": subjects,
+        "subject_column": column,
+        "shape_median": [int(v) for v in np.median(np.array(shapes), axis=0)],
+        "shape_min": [int(v) for v in np.min(np.array(shapes), axis=0)],
+        "shape_max": [int(v) for v in np.max(np.array(shapes), axis=0)],
+        "spacing_median": [round(float(v), 4) for v in np.median(np.array(spacings), axis=0)],
+        "intensity_p0.5": float(np.median(low)),
+        "intensity_p99.5": float(np.median(high)),
+        "mask_values": found[:16].tolist(),
+        "mask_kind": _mask_kind(found, False) if len(found) else "binary",
+        "foreground_fraction": {"1": float(np.mean(fractions)) if fractions else None},
+        "sampled": len(shapes),
+    }
+
+
+def _is_volume_folder(root: Path) -> bool:
+    from .data.volumes import is_volume
+
+    images = root / "images"
+    if images.is_dir():
+        return any(is_volume(p) for p in images.iterdir())
+    return any(p.is_dir() and any(is_volume(f) for f in p.iterdir()) for p in root.iterdir())
+
+
+def fingerprint(root: str | Path, cache: bool = True) -> dict[str, Any]:
+    """The fingerprint of the dataset folder ``root`` (cached per folder content)."""
+    folder = resolve_root(str(root))
+    if not folder.is_dir():
+        raise DataError(f"{folder}: dataset folder not found")
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
+    key = _folder_digest(folder, files)
+    path = _cache_dir() / f"{key}.json"
+    if cache and path.is_file():
+        try:
+            found = json.loads(path.read_text())
+            if found.get("format") == FORMAT:
+                return found["fingerprint"]
+        except (OSError, ValueError):
+            pass  # a damaged cache entry is computed again
+    found = fingerprint_3d(folder) if _is_volume_folder(folder) else fingerprint_2d(folder)
+    if cache:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            safefs.write_text(path, json.dumps({"format": FORMAT, "fingerprint": found}, indent=1))
+        except Exception:  # noqa: BLE001 - a cache that cannot be written only costs time
+            pass
+    return found
+
+
+# --- the plan -------------------------------------------------------------------------------------
+def _multiple(value: float, multiple: int = MULTIPLE, least: int = 2 * MULTIPLE) -> int:
+    return max(least, int(value // multiple) * multiple)
+
+
+def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
+    """The data settings for the fingerprint ``fp``, each with its reason."""
+    plan = Plan(fingerprint=fp)
+    if fp["dims"] == 3:
+        _plan_volumes(plan, fp)
+    else:
+        _plan_images(plan, fp, batch_size)
+    kind = fp["mask_kind"]
+    if kind == "lossy":
+        plan.set("data.mask_mode", "threshold", f"the masks hold {len(fp['mask_values'])}+ values (lossy or resampled): "
+                 "foreground where a value is at least half the range")  # fmt: skip
+        plan.set("data.num_classes", 2, "lossy masks are read as one foreground class")
+    elif kind == "index" and max(fp["mask_values"]) > 1:
+        classes = int(max(fp["mask_values"])) + 1
+        plan.set("data.mask_mode", "index", f"the masks hold the class indices {fp['mask_values'][:8]}")
+        plan.set("data.num_classes", classes, f"the largest mask value is {classes - 1}")
+    else:
+        plan.set("data.mask_mode", "binary", f"the masks hold two values {fp['mask_values'][:2]}")
+        plan.set("data.num_classes", 2, "background and one foreground class")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(fp["root"]).name).lstrip(".-")[:100] or "data"
+    plan.set("data.name", name, f"the folder's name: runs go to runs/{name}/METHOD/...")
+    if fp.get("subject_column"):
+        plan.set("data.group_column", fp["subject_column"], f"split.csv names {fp['subjects']} subjects in column "
+                 f"'{fp['subject_column']}': carved splits hold out whole subjects")  # fmt: skip
+    return plan
+
+
+def _plan_images(plan: Plan, fp: dict[str, Any], batch_size: int) -> None:
+    plan.set("data.spatial_dims", 2, f"{fp['images']} 2D images")
+    _plan_normalize(plan, fp["intensity_p0.5"], fp["intensity_p99.5"], fp["type_range"], fp["bit_depth"])
+    width = fp["thinnest_width_at_fixed_size"]
+    median = fp["size_median"]
+    if width is None or width >= MIN_WIDTH or max(median) <= FIXED_SIZE:
+        why = (
+            (
+                f"the thinnest labeled structures stay {width:.1f} px wide at {FIXED_SIZE}x{FIXED_SIZE} "
+                f"(at least {MIN_WIDTH:g})"
+                if width is not None
+                else "no labeled structure to keep"
+            )
+            if max(median) > FIXED_SIZE
+            else f"the images are at most {max(median)} px (median)"
+        )
+        plan.set("data.size", [FIXED_SIZE, FIXED_SIZE], f"resize, as the paper does: {why}")
+        return
+    side = min(min(median), (PIXELS_PER_BATCH / batch_size) ** 0.5)
+    patch = _multiple(side)
+    plan.set(
+        "data.size",
+        None,
+        f"native resolution: at {FIXED_SIZE}x{FIXED_SIZE} the thinnest labeled structures "
+        f"({fp['thinnest_width_px']:.1f} px at {median[0]}x{median[1]}) would be {width:.2f} px wide",
+    )
+    plan.set(
+        "data.patch_size",
+        [patch, patch],
+        f"patches within the median image ({median[0]}x{median[1]}) and a batch of {batch_size} within "
+        f"{PIXELS_PER_BATCH:,} pixels",
+    )
+
+
+def _plan_normalize(plan: Plan, lo, hi, full, depth) -> None:
+    if full is None or lo is None:
+        plan.set("data.normalize", "percentile", "floating-point images have no type range: clip to each image's "
+                 "0.5-99.5 percentiles")  # fmt: skip
+    elif (hi - lo) < NARROW_RANGE * full:
+        plan.set("data.normalize", "percentile", f"the images use {lo:g}-{hi:g} of their {'/'.join(depth)}-bit range "
+                 f"0-{full:g} (under {NARROW_RANGE:.0%}): clip to each image's 0.5-99.5 percentiles")  # fmt: skip
+    else:
+        plan.set("data.normalize", "minmax", f"the images use {lo:g}-{hi:g} of their range 0-{full:g}: the "
+                 "file type's range maps to [-1, 1]")  # fmt: skip
+
+
+def _plan_volumes(plan: Plan, fp: dict[str, Any]) -> None:
+    plan.set("data.spatial_dims", 3, f"{fp['images']} volumes")
+    shape = np.array(fp["shape_median"], dtype=float)
+    spacing = np.array(fp["spacing_median"], dtype=float)
+    patch = np.minimum(shape, 4 * 96).astype(float)
+    while np.prod(patch) > VOXELS_PER_PATCH:  # shrink the axis of the largest physical extent first
+        axis = int(np.argmax(patch * spacing))
+        patch[axis] = max(MULTIPLE, patch[axis] - MULTIPLE)
+        if np.all(patch <= MULTIPLE):
+            break
+    sides = [max(MULTIPLE, int(round(p / MULTIPLE)) * MULTIPLE) for p in patch]  # smaller volumes are padded
+    plan.set(
+        "data.patch_size",
+        sides,
+        f"median shape {fp['shape_median']} at spacing {fp['spacing_median']} mm, within {VOXELS_PER_PATCH:,} "
+        "voxels a patch (the axis of largest physical extent shrinks first)",
+    )
+    plan.set("data.size", None, "volumes train on patches at their own resolution")
+    plan.set("data.normalize", "percentile", "volumes: clip to each volume's 0.5-99.5 percentiles, then [-1, 1]")
+
+
+def plan_for(root: str | Path, batch_size: int = 8, cache: bool = True) -> Plan:
+    return plan_from(fingerprint(root, cache), batch_size)
+
+
+class Planner:
+    """The command line's planner for :func:`superdiffusion.config.resolve`: plans the folder,
+    and keeps the plan and what it applied, for the log and ``results.json``."""
+
+    def __init__(self, cache: bool = True):
+        self.cache, self.plan, self.given = cache, None, set()
+
+    def __call__(self, root: str, given: set[str], batch_size: int):
+        folder = resolve_root(root)
+        if read_dataset_json(folder) is not None if folder.is_dir() else True:
+            return None  # dataset.json (nnU-Net, MSD) declares the data; a missing folder fails in training
+        try:
+            self.plan, self.given = plan_for(root, batch_size, self.cache), set(given)
+        except DataError as err:  # the training's own reading names the problem; the defaults apply
+            LOG.warning("plan: no plan for %s (%s); the default data settings apply", root, err)
+            return None
+        return "plan", self.plan.layer(self.given)
+
+    def record(self) -> dict[str, Any] | None:
+        return self.plan.record(self.given) if self.plan is not None else None

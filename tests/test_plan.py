@@ -1,0 +1,152 @@
+"""The plan: known-answer folders give the settings a careful user would choose, and train
+applies the plan to what the user did not give."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FAST, write_pair_folder
+from PIL import Image
+
+from superdiffusion import cli
+from superdiffusion.config import resolve
+from superdiffusion.plan import VOXELS_PER_PATCH, Planner, local_width, plan_for
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPERDIFFUSION_CACHE", str(tmp_path / "cache"))
+
+
+def _blobs(root: Path, n: int = 6, size=(560, 768), mode="L", dtype=np.uint8, low=0, high=255, mask_ext="png"):
+    """Lesion-like discs (a fifth of the short side across) on textured backgrounds."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    for i in range(n):
+        cy, cx, r = size[0] // 2 + 20 * i, size[1] // 2 - 15 * i, size[0] // 5 + 5 * i
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+        image = rng.uniform(low, low + 0.4 * (high - low), size)
+        image[mask] = rng.uniform(low + 0.6 * (high - low), high, int(mask.sum()))
+        Image.fromarray(image.astype(dtype), mode=None).convert(mode).save(root / "images" / f"case{i}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"case{i}.{mask_ext}", quality=60)
+    return root
+
+
+def test_local_width_is_known_for_lines_and_discs():
+    line = np.zeros((40, 40), bool)
+    line[20, 5:35] = True
+    assert np.all(local_width(line) == 1)
+    band = np.zeros((40, 40), bool)
+    band[18:21, 5:35] = True
+    assert np.median(local_width(band)) == 3
+    yy, xx = np.mgrid[:100, :100]
+    disc = (yy - 50) ** 2 + (xx - 50) ** 2 <= 20**2
+    assert np.percentile(local_width(disc), 5) == pytest.approx(39, abs=1)  # the rim too: one disc covers it
+
+
+def test_thin_structures_at_512_train_at_native_resolution_on_patches(tmp_path):
+    assert cli.main(["make-dataset", "thin", str(tmp_path / "thin"), "--count", "6", "--size", "512"]) == 0
+    plan = plan_for(tmp_path / "thin")
+    assert plan.settings["data.size"] is None
+    assert plan.settings["data.patch_size"] == [256, 256]
+    assert plan.fingerprint["thinnest_width_px"] <= 3
+    assert "native resolution" in plan.reasons["data.size"]
+
+
+def test_blob_lesions_at_768x560_are_resized_to_128(tmp_path):
+    plan = plan_for(_blobs(tmp_path / "blobs"))
+    assert plan.settings["data.size"] == [128, 128] and "data.patch_size" not in plan.settings
+    assert plan.settings["data.normalize"] == "minmax" and plan.settings["data.mask_mode"] == "binary"
+    assert plan.fingerprint["size_median"] == [560, 768]
+
+
+def test_16_bit_images_using_a_small_part_of_their_range_get_percentile_clipping(tmp_path):
+    root = _blobs(tmp_path / "b16", size=(200, 240), mode="I;16", dtype=np.uint16, low=1000, high=3000)
+    assert Image.open(root / "images" / "case0.png").mode.startswith("I")
+    plan = plan_for(root)
+    assert plan.settings["data.normalize"] == "percentile"
+    assert plan.fingerprint["bit_depth"] == ["16"] and "65535" in plan.reasons["data.normalize"]
+
+
+def test_jpeg_masks_get_the_threshold_mode(tmp_path):
+    plan = plan_for(_blobs(tmp_path / "jpeg", size=(200, 240), mask_ext="jpg"))
+    assert plan.settings["data.mask_mode"] == "threshold" and plan.fingerprint["mask_kind"] == "lossy"
+
+
+def test_index_masks_get_their_classes(tmp_path):
+    root = write_pair_folder(tmp_path / "classes")
+    for path in (root / "masks").glob("*.png"):
+        mask = (np.asarray(Image.open(path)) > 0).astype(np.uint8)
+        mask[:3, :3] = 2
+        Image.fromarray(mask).save(path)
+    plan = plan_for(root)
+    assert plan.settings["data.mask_mode"] == "index" and plan.settings["data.num_classes"] == 3
+
+
+def test_a_volume_folder_gets_a_3d_patch_within_the_budget(tmp_path):
+    from test_volumes import write_volumes
+
+    root = write_volumes(tmp_path / "vols", n=4, shape=(180, 200, 120), spacing=(0.8, 0.8, 2.5))
+    plan = plan_for(root)
+    patch = plan.settings["data.patch_size"]
+    assert plan.settings["data.spatial_dims"] == 3 and len(patch) == 3
+    assert np.prod(patch) <= VOXELS_PER_PATCH and all(p % 16 == 0 for p in patch)
+    assert patch[2] < 120  # the coarse 2.5 mm axis spans most millimetres: it shrinks first
+    small = plan_for(write_volumes(tmp_path / "small", n=3, shape=(35, 49, 35)))
+    assert small.settings["data.patch_size"] == [32, 48, 32]  # what the Hippocampus preset uses
+
+
+def test_subject_columns_become_the_group_column(tmp_path):
+    root = write_pair_folder(tmp_path / "subjects", n=8)
+    rows = ["id,split,patient"] + [f"case{i},{'test' if i >= 6 else 'train'},p{i // 2}" for i in range(8)]
+    (root / "split.csv").write_text("\n".join(rows) + "\n")
+    assert plan_for(root).settings["data.group_column"] == "patient"
+
+
+def test_train_applies_the_plan_to_what_the_user_did_not_give(tmp_path):
+    root = _blobs(tmp_path / "lesions", n=6, size=(200, 240), mode="I;16", dtype=np.uint16, low=1000, high=3000)
+    planner = Planner()
+    cfg = resolve([f"data.root={root}", "data.mask_mode=threshold"], planner=planner)
+    assert cfg.data.normalize == "percentile" and cfg.data.name == "lesions"  # planned
+    assert cfg.data.mask_mode == "threshold"  # given: it wins
+    record = planner.record()
+    assert "data.mask_mode" in record["kept_by_user"] and "data.normalize" in record["applied"]
+    # a given resolution leaves both size and patches to the user
+    cfg = resolve([f"data.root={root}", "data.size=null", "data.patch_size=[64, 64]"], planner=Planner())
+    assert cfg.data.size is None and cfg.data.patch_size == [64, 64]
+    # off, and never for presets or the built-in data
+    assert resolve([f"data.root={root}", "data.plan=false"], planner=Planner()).data.normalize == "minmax"
+    never = Planner()
+    resolve([], planner=never)
+    resolve(["dataset=pupil", f"data.root={root}"], planner=never)
+    assert never.record() is None
+
+
+def test_a_planned_run_logs_each_value_with_its_reason_and_records_the_plan(tmp_path, capsys):
+    root = write_pair_folder(tmp_path / "mydata")
+    run = tmp_path / "run"
+    tiny = ["method=supervised", *FAST, "eval.batch_size=64"]
+    assert cli.main(["train", *tiny, f"data.root={root}", "--out", str(run)]) == 0
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert "plan: data.normalize=minmax  # the images use" in out
+    assert "plan: data.size=[128, 128]" in out and "(yours kept)" in out  # FAST gives data.size
+    result = json.loads((run / "results.json").read_text())
+    assert result["plan"]["settings"]["data.name"] == "mydata" and "data.size" in result["plan"]["kept_by_user"]
+    assert (run / "plan.json").exists() and "plan: data.name=mydata" in (run / "train.log").read_text()
+
+
+def test_plan_writes_a_config_that_train_accepts(tmp_path, capsys):
+    root = write_pair_folder(tmp_path / "mydata")
+    out = tmp_path / "plan.yaml"
+    assert cli.main(["plan", str(root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "data.size=[128, 128]  # resize" in printed
+    cfg = resolve(["data.plan=false"], out)  # the file alone gives every planned setting
+    assert cfg.data.root == str(root) and cfg.data.name == "mydata" and cfg.data.size == [128, 128]
+    assert cli.main(["plan", str(root), "--out", str(out)]) != 0  # never replaced without --force
