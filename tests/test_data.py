@@ -218,7 +218,7 @@ def test_thin_structure_generator_is_seeded_thin_and_in_range(tmp_path):
         assert np.median(inside) <= 1.5 and np.percentile(inside, 90) <= 2.0
         assert image[mask].mean() < image[~mask].mean() - 5  # darker vessels, faintly
     assert (tmp_path / "a" / "split.csv").read_text().count(",test") == 3
-    with pytest.raises(DataError, match="already holds"):
+    with pytest.raises(DataError, match="not empty"):
         write_thin_structures(tmp_path / "a", count=6, size=96)
 
 

@@ -101,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=_positive, default=8, help="train.batch_size the patch budget is for")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
 
+    p = sub.add_parser("show", help="write a page to look at a run: curves, scores, every test case worst first")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", help="a new folder for the page (default: RUN/show)")
+    p.add_argument("--samples", type=_positive, default=4, help="noise draws for the uncertainty (diffusion methods)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
+
     p = sub.add_parser("evaluate", help="score a run's selected checkpoint on its test split")
     p.add_argument("run", help="run folder")
     p.add_argument("--protocol", choices=["honest", "paper"])
@@ -266,6 +272,12 @@ def _run(args: argparse.Namespace) -> int:
         results = api.train(cfg, out, resume=args.resume, force=args.force, plan=planner.record())
         if results:  # ranks other than 0 of a torchrun job print nothing
             print(_table(results))
+        return 0
+    if args.command == "show":
+        from .experiments.page import write_page
+
+        index = write_page(args.run, args.out, args.samples, args.device)
+        print(f"wrote {index} (open it in a browser)")
         return 0
     if args.command == "evaluate":
         results = api.evaluate(args.run, args.protocol, args.samples, args.device, args.out)
