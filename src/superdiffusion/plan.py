@@ -205,8 +205,8 @@ def fingerprint_2d(root: Path) -> dict[str, Any]:
     heights, widths = np.array([s[0] for s in sizes]), np.array([s[1] for s in sizes])
     low, high, ranges, depth = [], [], [], set()
     for pair in _sample(pairs):
-        arr = _raw(pair.image).astype(np.float64)
-        raw_range = _type_range(_raw(pair.image))
+        raw = _raw(pair.image)  # decoded once: its type gives the range, its values the percentiles
+        raw_range, arr = _type_range(raw), raw.astype(np.float64)
         depth.add("float" if raw_range is None else "16" if raw_range > 255 else "8")
         finite = arr[np.isfinite(arr)]
         if finite.size:
