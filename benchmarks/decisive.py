@@ -134,6 +134,21 @@ def reuse_check(records: list[dict[str, Any]], reused: list[dict[str, Any]]) -> 
     return {"run": list(REUSE_CHECK), "retrained_dice": a, "evidence_dice": b, "difference_points": 100 * (a - b)}
 
 
+def key(record: dict[str, Any]) -> tuple[str, str, float, int, str]:
+    return (record["dataset"], record["method"], float(record["labeled_percent"]), int(record["seed"]), record["variant"])
+
+
+def carried_over(out: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The runs a previous invocation finished, read from its result file: run folders live under
+    an ignored ``runs/`` and do not survive a fresh checkout, the committed JSON does. A run whose
+    folder is still there is read from the folder instead."""
+    if not out.exists():
+        return [], None
+    previous = json.loads(out.read_text())
+    runs = [{**r, "carried_over": True} for r in previous.get("runs", []) if not r.get("reused")]
+    return runs, previous.get("reuse_check")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("runs/decisive"))
@@ -149,11 +164,21 @@ def main() -> None:
         if not (root / "split.csv").exists():
             parser.error(f"{dataset}: {root} has no split.csv (the converted dataset is not there)")
     torch.set_num_threads(args.threads)
+    args.root = args.root.resolve()  # the result file names run folders by absolute path
     specs = build_specs(args.root, args.size, args.threads, args.quick)
+    carried, carried_check = ([], None) if args.quick else carried_over(args.out)
+    finished_here = {s.folder for s in specs if s.finished}
+    carried = [r for r in carried if Path(r["folder"]) not in finished_here]
+    # a run finished before (its record is in the result file) is not trained again
+    done = {Path(r["folder"]) for r in carried}
+    if carried_check:
+        done.add(evidence.folder_for(args.root, *REUSE_CHECK, "reuse-check"))
+    pending = [s for s in specs if s.folder not in done]
+    print(f"{len(carried)} runs carried over from {args.out}; {len(pending)} to run")
     gflops = matmul_gflops()
     start = time.perf_counter()
     counts = (
-        {"finished_before": sum(s.finished for s in specs)} if args.report_only else run_sweep(specs, jobs=args.jobs)
+        {"finished_before": sum(s.finished for s in specs)} if args.report_only else run_sweep(pending, jobs=args.jobs)
     )
     wall = time.perf_counter() - start
     trained = []
@@ -162,6 +187,8 @@ def main() -> None:
             record = evidence.run_record(spec)
             record["pretrain"] = teacher_score(spec.folder)
             trained.append(record)
+    trained_keys = {key(r) for r in trained}
+    trained += [r for r in carried if key(r) not in trained_keys]
     reused = reused_records()
     # the reuse check is not a run of the comparison: it only tests the reuse
     records = [r for r in trained if r["variant"] != "reuse-check"] + reused
@@ -182,7 +209,8 @@ def main() -> None:
         "planned_runs": len(specs),
         "finished_runs": len(trained),
         "reused_runs": len(reused),
-        "reuse_check": reuse_check(trained, reused),
+        "reuse_check": reuse_check(trained, reused) or carried_check,
+        "carried_over_runs": sum(bool(r.get("carried_over")) for r in trained),
         "counts": counts,
         "wall_seconds_this_invocation": wall,
         "summed_train_minutes_trained_here": sum(r["train_minutes"] for r in trained),
