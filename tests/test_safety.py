@@ -349,9 +349,8 @@ def test_a_runs_splits_stay_when_the_folder_gains_or_changes_images(tmp_path, ca
 
     data = write_pair_folder(tmp_path / "data", n=12, split=False)  # the test split is carved, not listed
     run = tmp_path / "run"
-    # data.plan=false: resuming a planned run is an open defect (the checkpoint compares data.name)
     assert (
-        cli.main(["train", *TINY, "data.plan=false", "train.keep_state=true", f"data.root={data}", "--out", str(run)])
+        cli.main(["train", *TINY, "train.keep_state=true", f"data.root={data}", "--out", str(run)])
         == 0
     )
     splits = json.loads((run / "splits.json").read_text())
@@ -361,7 +360,7 @@ def test_a_runs_splits_stay_when_the_folder_gains_or_changes_images(tmp_path, ca
     assert cli.main(["evaluate", str(run), "--out", str(tmp_path / "e.json")]) == 0
     per_case = (tmp_path / "e-per-case.csv").read_text().splitlines()[1:]
     assert sorted(line.split(",")[0] for line in per_case) == sorted(splits["test"])
-    assert cli.main(["train", *TINY, "data.plan=false", "train.epochs=2", "train.keep_state=true", f"data.root={data}",
+    assert cli.main(["train", *TINY, "train.epochs=2", "train.keep_state=true", f"data.root={data}",
                      "--out", str(run), "--resume"]) == 0  # fmt: skip
     assert json.loads((run / "splits.json").read_text()) == splits
     assert json.loads((run / "results.json").read_text())["counts"]["test"] == len(splits["test"])

@@ -261,14 +261,15 @@ def _run(args: argparse.Namespace) -> int:
             print(f"wrote {out} (use it with: superdiffusion train --config {out})")
         return 0
     if args.command == "train":
-        from .plan import Planner
+        from .plan import Planner, RecordedPlan
+        from .runfolder import RunFolder
 
         planner = Planner()
         cfg = resolve(args.overrides, args.config, planner)
         out = Path(args.out) if args.out else api.default_run_dir(cfg)
         if args.resume and (out / "config.yaml").exists():  # the run's own settings, plus the command's
-            cfg = resume_config(api.saved_config(out), args.overrides, args.config)
-            planner = Planner()  # a resumed run keeps its settings: nothing is planned again
+            planner = RecordedPlan(RunFolder(out).read_plan())  # nothing is planned again: the run's plan holds
+            cfg = resume_config(api.saved_config(out), args.overrides, args.config, planner)
         results = api.train(cfg, out, resume=args.resume, force=args.force, plan=planner.record())
         if results:  # ranks other than 0 of a torchrun job print nothing
             print(_table(results))

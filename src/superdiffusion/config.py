@@ -375,13 +375,19 @@ def flat(cfg: Config) -> dict[str, Any]:
     return {f"{section}.{key}": value for section, values in cfg.to_dict().items() for key, value in values.items()}
 
 
-def resume_config(saved: Config, overrides: list[str] | None = None, config_file: str | Path | None = None) -> Config:
+def resume_config(
+    saved: Config,
+    overrides: list[str] | None = None,
+    config_file: str | Path | None = None,
+    planner: Planner | None = None,
+) -> Config:
     """The settings of a resumed run. A command that names presets (``dataset=``, ``method=``,
-    ``profile=``) or a ``--config`` file is resolved in full, as for a new run; one with only
-    ``section.key=value`` overrides (or none) applies them to the run's saved settings."""
+    ``profile=``) or a ``--config`` file is resolved in full, as for a new run, with ``planner``
+    (the run's recorded plan); one with only ``section.key=value`` overrides (or none) applies
+    them to the run's saved settings."""
     presets, nested = parse_overrides(list(overrides or []))
     if presets or config_file:
-        return resolve(overrides, config_file)
+        return resolve(overrides, config_file, planner)
     cfg = build([("saved config", saved.to_dict()), _normal_layer("command line", nested)])
     return _apply_lambda_schedule(cfg, [nested.get("method") or {}])
 

@@ -464,3 +464,24 @@ class Planner:
 
     def record(self) -> dict[str, Any] | None:
         return self.plan.record(self.given) if self.plan is not None else None
+
+
+class RecordedPlan(Planner):
+    """A resumed run's planner: the settings its plan applied when it started (``plan.json``),
+    whatever the folder holds now, so that a resume resolves to the settings it was trained with."""
+
+    def __init__(self, recorded: dict[str, Any] | None):
+        super().__init__(cache=False)
+        self.recorded = recorded
+
+    def __call__(self, root: str, given: set[str], batch_size: int):
+        if not self.recorded:
+            return None
+        layer: dict[str, dict[str, Any]] = {}
+        for key in self.recorded["applied"]:
+            section, name = key.split(".", 1)
+            layer.setdefault(section, {})[name] = self.recorded["settings"][key]
+        return "plan (recorded)", layer
+
+    def record(self) -> dict[str, Any] | None:
+        return self.recorded
