@@ -135,7 +135,13 @@ def reuse_check(records: list[dict[str, Any]], reused: list[dict[str, Any]]) -> 
 
 
 def key(record: dict[str, Any]) -> tuple[str, str, float, int, str]:
-    return (record["dataset"], record["method"], float(record["labeled_percent"]), int(record["seed"]), record["variant"])
+    return (
+        record["dataset"],
+        record["method"],
+        float(record["labeled_percent"]),
+        int(record["seed"]),
+        record["variant"],
+    )
 
 
 def carried_over(out: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:

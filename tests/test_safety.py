@@ -349,10 +349,7 @@ def test_a_runs_splits_stay_when_the_folder_gains_or_changes_images(tmp_path, ca
 
     data = write_pair_folder(tmp_path / "data", n=12, split=False)  # the test split is carved, not listed
     run = tmp_path / "run"
-    assert (
-        cli.main(["train", *TINY, "train.keep_state=true", f"data.root={data}", "--out", str(run)])
-        == 0
-    )
+    assert cli.main(["train", *TINY, "train.keep_state=true", f"data.root={data}", "--out", str(run)]) == 0
     splits = json.loads((run / "splits.json").read_text())
     for i in range(12, 20):  # the folder gains images after training
         for sub in ("images", "masks"):

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("show", help="write a page to look at a run: curves, scores, every test case worst first")
     p.add_argument("run", help="run folder")
-    p.add_argument("--out", help="a new folder for the page (default: RUN/show)")
+    p.add_argument("--out", help="a new folder for the page (default: RUN/report.html, its images in RUN/report-files)")
     p.add_argument("--samples", type=_positive, default=4, help="noise draws for the uncertainty (diffusion methods)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
 

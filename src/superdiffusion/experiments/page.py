@@ -7,7 +7,8 @@ foreground probability over noise draws), each with its Dice and Jaccard (and HD
 drawn at their middle slice). A slider filters the cases by score; a click enlarges an image.
 The ``suggest`` ranking is listed when the run folder has one.
 
-The page is ``RUN/show/index.html`` with its images beside it (or a new folder ``--out``).
+The page is ``RUN/report.html``, its images beside it in ``RUN/report-files/`` (or both in a new
+folder ``--out``); it needs no server and no network.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,11 @@ import torch
 from PIL import Image
 
 from .. import safefs
+from ..errors import RunFolderError
 from ..runfolder import RunFolder
 
 PANEL = 256  # longest side of a drawn panel, in pixels (cases are scaled to it, nearest neighbour)
+FILES = "report-files"  # the page's images, beside it
 PRED = (230, 60, 60)  # prediction overlay colour
 TRUE = (40, 200, 90)  # target overlay colour
 
@@ -78,7 +82,7 @@ def _crop(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
 
 
 def write_page(run_dir: str | Path, out: str | Path | None = None, samples: int = 4, device: str = "auto") -> Path:
-    """Write the page of the run in ``run_dir``; returns the path of its ``index.html``."""
+    """Write the page of the run in ``run_dir``; returns the path of its ``report.html``."""
     from ..api import load_run
     from ..data import build_data
     from ..evaluation import foreground_probability, per_case_scores
@@ -86,10 +90,22 @@ def write_page(run_dir: str | Path, out: str | Path | None = None, samples: int 
     from ..training import resolve_device
 
     run = RunFolder(run_dir)
-    target = Path(out) if out else run.path / "show"
-    safefs.refuse_link(target)
+    home = Path(out) if out else run.path
+    index, target = home / "report.html", home / FILES
     if out:
-        safefs.require_empty(target, "page folder")
+        safefs.refuse_link(home)
+        safefs.require_empty(home, "page folder")
+    else:  # inside the run folder: only files the package wrote there are replaced
+        written = run.written()
+        foreign = [index] if os.path.lexists(index) and (index.is_symlink() or "report.html" not in written) else []
+        if os.path.lexists(target) and (target.is_symlink() or not target.is_dir()):
+            foreign.append(target)
+        elif target.is_dir():
+            foreign += [p for p in sorted(target.iterdir()) if p.is_symlink() or f"{FILES}/{p.name}" not in written]
+        if foreign:
+            raise RunFolderError(
+                f"{foreign[0]} was not written by superdiffusion, and show would replace it: move it, or give --out DIR"
+            )
     safefs.check_writable(target)
     cfg, method, state = load_run(run_dir)
     data = build_data(cfg.data, cfg.train.seed, uses_validation(cfg), run.read_splits())
@@ -145,7 +161,6 @@ def write_page(run_dir: str | Path, out: str | Path | None = None, samples: int 
     suggestions = sorted(run.path.glob("suggest-*.csv"))
     page = _html(cfg, results, run.read_plan(), cases, threshold, spread is not None, curves.is_file(),
                  [(p.name, _read_rows(p)) for p in suggestions], dims, samples)  # fmt: skip
-    index = target / "index.html"
     if not out:  # inside the run folder: the files are the project's (--force removes them)
         run.claim(*(p for p in target.iterdir() if p.suffix == ".png"), index)
     safefs.write_text(index, page)
@@ -192,7 +207,7 @@ def _html(cfg, results, plan, cases, threshold, uncertain, curves, suggestions, 
         if c["hd95"] is not None:
             metric += f" · HD95 {c['hd95']:.2f}"
         figures = "".join(
-            f'<figure><img src="{e(c["panels"][col])}" alt="{e(c["id"])} {col}" loading="eager">'
+            f'<figure><img src="{FILES}/{e(c["panels"][col])}" alt="{e(c["id"])} {col}" loading="eager">'
             f"<figcaption>{col}</figcaption></figure>"
             for col in columns
             if col in c["panels"]
@@ -223,7 +238,9 @@ def _html(cfg, results, plan, cases, threshold, uncertain, curves, suggestions, 
         plan=f"<h2>Plan</h2><table><tr><th>setting</th><th>value</th><th>reason</th></tr>{plan_rows}</table>"
         if plan_rows
         else "",
-        curves='<h2>Training</h2><img class="curves" src="progress.png" alt="training curves">' if curves else "",
+        curves=f'<h2>Training</h2><img class="curves" src="{FILES}/progress.png" alt="training curves">'
+        if curves
+        else "",
         scores=score_rows,
         count=len(cases),
         how=e(how),
