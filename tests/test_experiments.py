@@ -7,6 +7,7 @@ import pytest
 from conftest import FAST
 from PIL import Image
 
+from superdiffusion.config import resolve
 from superdiffusion.errors import DataError
 from superdiffusion.experiments.report import aggregate, collect, markdown, mean_ci, plot_ablation, write_report
 from superdiffusion.experiments.sweep import expand, parse_grid_args, run_sweep
@@ -294,3 +295,23 @@ def test_evidence_pairs_a_split_variant_with_the_reference_trained_on_the_same_s
         (s.folder.parts[-3], s.folder.parts[-2], s.folder.name) for s in evidence.build_specs(Path("/x"), 96, 1, True)
     }
     assert ("pupil", "superdiffusion", "p5-s0-paper-settings") in extra and ("pupil", "cct", "p5-s0") in extra
+
+
+def test_any_list_valued_setting_is_a_value_or_an_axis(tmp_path):
+    # what a grid axis is comes from the settings' field types, not from a list of key prefixes
+    grid, fixed = parse_grid_args(["method=[supervised]", "train.betas=[0.9,0.999]", "model.features=[8, 16]"])
+    assert set(grid) == {"method"} and "train.betas=[0.9,0.999]" in fixed and "model.features=[8, 16]" in fixed
+    assert resolve(fixed).train.betas == [0.9, 0.999]
+    grid, fixed = parse_grid_args(
+        [
+            "method=[supervised]",
+            "train.betas=[[0.9,0.999],[0.9,0.99]]",
+            "data.size=[null,[32,32]]",
+            "data.patch_size=[16,16]",
+        ]
+    )
+    assert grid == {"method": ["supervised"], "train.betas": [[0.9, 0.999], [0.9, 0.99]], "data.size": [None, [32, 32]]}
+    specs = expand(grid, fixed, tmp_path)
+    settings = sorted((tuple(resolve(s.overrides).train.betas), resolve(s.overrides).data.size is None) for s in specs)
+    assert settings == [((0.9, 0.99), False), ((0.9, 0.99), True), ((0.9, 0.999), False), ((0.9, 0.999), True)]
+    assert len({s.folder for s in specs}) == 4 and all(" " not in s.folder.name for s in specs)

@@ -11,6 +11,7 @@ the value. Every run writes the resolved result to ``config.yaml`` in its folder
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -164,6 +165,25 @@ class Config(BaseModel):
 
 
 SECTIONS = tuple(Config.model_fields)
+
+
+def _models(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models(arg)]
+
+
+def _holds_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is list or any(_holds_list(a) for a in typing.get_args(annotation))
+
+
+def list_valued(key: str) -> bool:
+    """Whether the setting ``section.key`` holds a list (``data.size``, ``train.betas``, a
+    method's list settings), as its field type says (for ``method.*``: in any method's settings)."""
+    section, _, name = key.partition(".")
+    field = Config.model_fields.get(section)
+    models = _models(field.annotation) if field is not None else []
+    return any(name in m.model_fields and _holds_list(m.model_fields[name].annotation) for m in models)
 
 
 def builtin_config(kind: str, name: str) -> Path:

@@ -6,6 +6,7 @@ Slurm cluster (or submitit's local executor) through submitit."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 import yaml
 
 from .. import safefs
-from ..config import load_yaml, resolve
+from ..config import list_valued, load_yaml, resolve
 from ..errors import ConfigError, RunFolderError
 from ..methods import METHODS
 from ..runfolder import RunFolder
@@ -69,16 +70,29 @@ class RunSpec:
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    """A grid value in a folder name: ``0.1``, ``cps``, ``0.9x0.999`` for a list, ``null``."""
+    if isinstance(value, list):
+        return "x".join(_fmt(v) for v in value)
+    return "null" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _override(key: str, value: Any) -> str:
+    return f"{key}={json.dumps(value) if isinstance(value, list) or value is None else _fmt(value)}"
 
 
 def parse_grid_args(items: list[str]) -> tuple[dict[str, list[Any]], list[str]]:
-    """``key=[a,b]`` entries become grid axes; plain ``key=value`` entries are fixed."""
+    """``key=[a,b]`` entries become grid axes; plain ``key=value`` entries are fixed. A setting
+    that holds a list (its field type says: ``data.size``, ``train.betas``, ...) is a value when
+    given one list and an axis when given a list of lists (or ``null``):
+    ``train.betas=[0.9,0.999]`` is fixed, ``train.betas=[[0.9,0.999],[0.9,0.99]]`` is an axis."""
     grid, fixed = {}, []
     for item in items:
         key, _, value = item.partition("=")
-        if value.startswith("[") and value.endswith("]") and not key.startswith(("data.size", "model.", "data.patch")):
-            grid[key] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value) if value.startswith("[") and value.endswith("]") else None
+        if isinstance(parsed, list) and (
+            not list_valued(key) or (parsed and all(v is None or isinstance(v, list) for v in parsed))
+        ):
+            grid[key] = parsed
         else:
             fixed.append(item)
     return grid, fixed
@@ -90,7 +104,7 @@ def expand(grid: dict[str, list[Any]], fixed: list[str], root: Path) -> list[Run
     specs = []
     for values in itertools.product(*(grid[k] for k in keys)):
         setting = dict(zip(keys, values))
-        overrides = fixed + [f"{k}={_fmt(v) if not isinstance(v, list) else v}" for k, v in setting.items()]
+        overrides = fixed + [_override(k, v) for k, v in setting.items()]
         cfg = resolve(overrides)  # checks every setting before anything runs, the method's own included
         extra = "-".join(f"{k.split('.')[-1]}{_fmt(v)}" for k, v in setting.items() if k not in KEYED)
         name = f"p{cfg.data.labeled_percent:g}-s{cfg.train.seed}" + (f"-{extra}" if extra else "")
