@@ -144,3 +144,29 @@ def test_history_and_tensorboard_keep_the_unsupervised_terms_before_lambda(tmp_p
     (tag,) = [t for t in events.Tags()["images"] if t.startswith("val/examples")]
     shown = events.Images(tag)
     assert len(shown) == 1 and (shown[0].width, shown[0].height) == (3 * 32, 4 * 32)
+
+
+def test_lambda_belongs_to_co_training_only_and_the_plot_names_every_line(tmp_path):
+    from superdiffusion.monitor import draw_progress
+
+    cfg = tiny_config("method=superdiffusion", "method.pretrain_epochs=2", "method.rounds=1", "method.lambda_max=0.5")
+    api.train(cfg, tmp_path / "run")
+    with open(RunFolder(tmp_path / "run").history_path) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["phase"] for r in rows] == ["pretrain", "pretrain", "train", "train"]
+    assert [r["weight"] for r in rows[:2]] == ["", ""]  # pretraining has no lambda
+    assert all(float(r["weight"]) > 0 for r in rows[2:])
+    def number(value):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+
+    history = [{"phase": r["phase"], **{k: number(v) for k, v in r.items() if k != "phase" and number(v) is not None}}
+               for r in rows]  # fmt: skip
+    figure = draw_progress(history)
+    third = figure.axes[2]
+    (line,) = [ln for ln in third.get_lines() if ln.get_label() == "lambda"]
+    assert list(line.get_xdata()) == [3, 4]  # drawn over the co-training epochs only
+    labels = [t.get_text() for t in third.get_legend().get_texts()]
+    assert labels == ["lambda", "lr"]

@@ -33,7 +33,9 @@ class EpochMeter:
     def record(self, phase: str, epoch: int, weight: float, lr: float, weighted_terms) -> dict[str, Any]:
         means = {k: v / max(1, self.steps) for k, v in self.sums.items()}
         seconds = time.perf_counter() - self.start
-        record = {"phase": phase, "epoch": epoch, "weight": weight, "lr": lr, "seconds": seconds, "steps": self.steps}
+        record = {"phase": phase, "epoch": epoch, "lr": lr, "seconds": seconds, "steps": self.steps}
+        if phase == "train":  # lambda weighs co-training's unsupervised terms; pretraining has none
+            record["weight"] = weight
         record.update(means)
         # the unsupervised terms before lambda: a rising weighted term may hide a falling raw one
         record.update({f"raw_{k}": means[k] / weight for k in weighted_terms if k in means and weight > 0})
@@ -61,7 +63,7 @@ class Monitor:
             log.removeHandler(self.handler)
             self.handler.close()
         if self.enabled and history:
-            self.folder.write_progress(history)
+            self.folder.write_progress(progress_png(history))
         self.writer = self.handler = None
 
     def info(self, message: str, level: int = logging.INFO) -> None:
@@ -73,7 +75,7 @@ class Monitor:
         if self.enabled:
             self.folder.write_history(history)
             if time.perf_counter() - self._drawn > 60:
-                self.folder.write_progress(history)
+                self.folder.write_progress(progress_png(history))
                 self._drawn = time.perf_counter()
 
     def epoch(self, record: dict[str, Any], losses: list[str], diagnostics: list[str], epochs: int, step: int) -> None:
@@ -85,7 +87,8 @@ class Monitor:
                 self.writer.add_scalar(f"{phase}/loss_{k}", record.get(f"raw_{k}", record[k]), step)
                 if f"raw_{k}" in record:
                     self.writer.add_scalar(f"{phase}/weighted_{k}", record[k], step)
-            self.writer.add_scalar(f"{phase}/lambda", record["weight"], step)
+            if "weight" in record:
+                self.writer.add_scalar(f"{phase}/lambda", record["weight"], step)
             self.writer.add_scalar(f"{phase}/lr", record["lr"], step)
             for k in diagnostics:
                 self.writer.add_scalar(f"{phase}/{k}", record[k], step)
@@ -141,3 +144,67 @@ class Monitor:
                 "'When a run collapses'",
                 logging.WARNING,
             )
+
+
+def draw_progress(history: list[dict[str, Any]]):
+    """The history as a figure: per epoch, the losses of each phase (log scale), the validation
+    score with its selected threshold, and lambda (co-training only) with the learning rate."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    skip = {"phase", "epoch", "weight", "lr", "seconds", "steps", "threshold", "predicted_fraction", "true_fraction",
+            "pseudo_fg"}  # fmt: skip
+    x = list(range(1, len(history) + 1))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    for key in dict.fromkeys(k for h in history for k in h if k not in skip and not k.startswith(("val_", "test_"))):
+        points = [(i, h[key]) for i, h in zip(x, history) if key in h and h[key] is not None and h[key] > 0]
+        if points:
+            axes[0].plot(*zip(*points), label=key)
+    axes[0].set_yscale("log")
+    axes[0].set_title("losses (as trained; raw_*: before lambda)")
+    for key in dict.fromkeys(k for h in history for k in h if k.startswith(("val_", "test_"))):
+        points = [(i, h[key]) for i, h in zip(x, history) if key in h]
+        axes[1].plot(*zip(*points), marker=".", label=key)
+    for key, label in (("threshold", "selected threshold"), ("pseudo_fg", "pseudo-label foreground share")):
+        points = [(i, h[key]) for i, h in zip(x, history) if key in h]
+        if points:
+            axes[1].plot(*zip(*points), ls=":", label=label)
+    axes[1].set_ylim(0, 1)
+    axes[1].set_title("selection split")
+    weights = [(i, h["weight"]) for i, h in zip(x, history) if "weight" in h]
+    if weights:
+        axes[2].plot(*zip(*weights), label="lambda")
+    axes[2].set_title("lambda (left, co-training), learning rate (right)")
+    twin = axes[2].twinx()
+    rates = [h.get("lr", float("nan")) for h in history]
+    twin.plot(x, rates, color="tab:red", label="lr")
+    if any(r > 0 for r in rates):
+        twin.set_yscale("log")
+    starts = [i for i, (a, b) in enumerate(zip(history, history[1:]), start=2) if a["phase"] != b["phase"]]
+    for ax in axes:
+        ax.set_xlabel("epoch (all phases in order)")
+        for start in starts:
+            ax.axvline(start - 0.5, color="grey", lw=0.8, ls="--")
+    for ax in axes[:2]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    handles, labels = (
+        sum(pair, []) for pair in zip(axes[2].get_legend_handles_labels(), twin.get_legend_handles_labels())
+    )
+    axes[2].legend(handles, labels, fontsize=7)  # one legend for both of the third panel's axes
+    fig.tight_layout()
+    return fig
+
+
+def progress_png(history: list[dict[str, Any]]) -> bytes:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig = draw_progress(history)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=80, format="png")
+    plt.close(fig)
+    return buffer.getvalue()

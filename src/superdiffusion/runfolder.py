@@ -6,7 +6,7 @@
                     fingerprint: evaluate and --resume use them, and refuse changed files
     history.csv     one row per epoch: losses, lambda, learning rate, seconds, validation score
     test_per_case.csv  test scores of each image or volume (id, dice, jaccard; volumes: hd95, asd)
-    progress.png    the history drawn: losses, validation score and threshold, lambda and lr
+    progress.png    the history drawn (monitor.draw_progress): losses, validation score and threshold, lambda and lr
     train.log       the run's log, appended across resumes
     model.pt        what prediction needs: the segmenter's weights (and the teacher's, where the
                     method has one), normalisation, threshold and the config; written at the end
@@ -295,63 +295,10 @@ class RunFolder:
     def progress_path(self) -> Path:
         return self.path / "progress.png"
 
-    def write_progress(self, history: list[dict[str, Any]]) -> None:
-        """``progress.png``: per epoch, the losses of each phase (log scale), the validation
-        score with its selected threshold, and lambda with the learning rate."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        skip = {
-            "phase",
-            "epoch",
-            "weight",
-            "lr",
-            "seconds",
-            "threshold",
-            "predicted_fraction",
-            "true_fraction",
-            "pseudo_fg",
-        }
-        x = list(range(1, len(history) + 1))
-        fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-        for key in dict.fromkeys(
-            k for h in history for k in h if k not in skip and not k.startswith(("val_", "test_"))
-        ):
-            points = [(i, h[key]) for i, h in zip(x, history) if key in h and h[key] is not None and h[key] > 0]
-            if points:
-                axes[0].plot(*zip(*points), label=key)
-        axes[0].set_yscale("log")
-        axes[0].set_title("losses (as trained; raw_*: before lambda)")
-        for key in dict.fromkeys(k for h in history for k in h if k.startswith(("val_", "test_"))):
-            points = [(i, h[key]) for i, h in zip(x, history) if key in h]
-            axes[1].plot(*zip(*points), marker=".", label=key)
-        for key, label in (("threshold", "selected threshold"), ("pseudo_fg", "pseudo-label foreground share")):
-            points = [(i, h[key]) for i, h in zip(x, history) if key in h]
-            if points:
-                axes[1].plot(*zip(*points), ls=":", label=label)
-        axes[1].set_ylim(0, 1)
-        axes[1].set_title("selection split")
-        axes[2].plot(x, [h.get("weight", 0) for h in history], label="lambda")
-        axes[2].set_title("lambda (left), learning rate (right)")
-        twin = axes[2].twinx()
-        rates = [h.get("lr", float("nan")) for h in history]
-        twin.plot(x, rates, color="tab:red", label="lr")
-        if any(r > 0 for r in rates):
-            twin.set_yscale("log")
-        starts = [i for i, (a, b) in enumerate(zip(history, history[1:]), start=2) if a["phase"] != b["phase"]]
-        for ax in axes:
-            ax.set_xlabel("epoch (all phases in order)")
-            for start in starts:
-                ax.axvline(start - 0.5, color="grey", lw=0.8, ls="--")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
-        fig.tight_layout()
+    def write_progress(self, png: bytes) -> None:
+        """``progress.png``: the history drawn (by :func:`superdiffusion.monitor.draw_progress`)."""
         self.claim(self.progress_path)
-        with safefs.atomic(self.progress_path) as handle:
-            fig.savefig(handle, dpi=80, format="png")
-        plt.close(fig)
+        safefs.write_bytes(self.progress_path, png)
 
     def save_checkpoint(self, state: dict[str, Any], which: str = "last") -> None:
         path = self.checkpoint_path(which)
