@@ -13,6 +13,8 @@ in a JSON file and a plot:
 from __future__ import annotations
 
 import argparse
+import csv
+import itertools
 import json
 import platform
 import time
@@ -20,7 +22,6 @@ from pathlib import Path
 
 from run import matmul_gflops  # benchmarks/run.py: states how fast this machine is
 
-from superdiffusion import checkpoint
 from superdiffusion.experiments.sweep import expand, run_sweep
 
 STEPS_PER_EPOCH = 50
@@ -49,15 +50,17 @@ def plateau(updates: list[int], dice: list[float]) -> dict[str, float]:
 
 
 def curve(folder: Path) -> dict[str, list]:
-    """Validation Dice per evaluation from the run's checkpoint history (training phase only)."""
-    state = checkpoint.load(folder / "checkpoints" / "last.pt")
-    rows = [h for h in state["history"] if h["phase"] == "train" and "val_dice_per_image" in h]
-    steps = state["config"]["train"]["steps_per_epoch"]
+    """Validation Dice per evaluation from the run's ``history.csv`` (training phase only), which
+    a finished run keeps (its checkpoints go unless ``train.keep_state=true``)."""
+    with open(folder / "history.csv", newline="") as handle:
+        trained = [h for h in csv.DictReader(handle) if h["phase"] == "train"]
+    done = itertools.accumulate(int(float(h["steps"])) for h in trained)  # updates after each epoch
+    rows = [(n, h) for n, h in zip(done, trained) if h.get("val_dice_per_image")]
     return {
-        "updates": [h["epoch"] * steps for h in rows],
-        "val_dice": [h["val_dice_per_image"] for h in rows],
-        "threshold": [h.get("threshold") for h in rows],
-        "seconds_per_epoch": [h["seconds"] for h in rows],
+        "updates": [n for n, _ in rows],
+        "val_dice": [float(h["val_dice_per_image"]) for _, h in rows],
+        "threshold": [float(h["threshold"]) if h.get("threshold") else None for _, h in rows],
+        "seconds_per_epoch": [float(h["seconds"]) for _, h in rows],
     }
 
 
@@ -88,7 +91,7 @@ def main() -> None:
     wall = time.perf_counter() - start
     curves = {}
     for spec in specs:
-        if (spec.folder / "checkpoints" / "last.pt").exists():  # finished, or in progress (partial curve)
+        if (spec.folder / "history.csv").exists():  # finished, or in progress (partial curve)
             method = spec.folder.parent.name
             curves[method] = curve(spec.folder) | {"command_overrides": spec.overrides, "finished": spec.finished}
             if not curves[method]["updates"]:

@@ -69,10 +69,9 @@ def main() -> None:
             res = api.train(cfg, folder, resume=(folder / "config.yaml").exists())
         masks = build_data(cfg.data, cfg.train.seed).test.masks
         all_fg = binary_scores(torch.ones(masks.shape), masks, 0.5)
-        updates = cfg.train.epochs * (cfg.train.steps_per_epoch or -1)
         result["runs"][name] = {
             "overrides": overrides,
-            "updates": updates if updates > 0 else "one pass per epoch",
+            "updates": res["updates"]["train"],  # counted by the run, whatever steps_per_epoch says
             "counts": res["counts"],
             "test_dice_per_image": res["test"]["resized"]["dice_per_image"],
             "selected_threshold": res["selection"]["threshold"],
