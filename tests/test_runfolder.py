@@ -135,6 +135,15 @@ def test_history_and_tensorboard_keep_the_unsupervised_terms_before_lambda(tmp_p
         rows = list(csv.DictReader(handle))
     for row in rows:
         assert float(row["raw_cps"]) * float(row["weight"]) == pytest.approx(float(row["cps"]))
+    # the same first update at another lambda: the raw term is the same loss, the weighted one scales
+    one = ["train.epochs=1", "train.steps_per_epoch=1", "method.ramp=constant"]
+    firsts = []
+    for weight in (1, 3):
+        api.train(tiny_config("method=cps", *one, f"method.lambda_max={weight}"), tmp_path / f"w{weight}")
+        with open(RunFolder(tmp_path / f"w{weight}").history_path) as handle:
+            firsts.append(next(csv.DictReader(handle)))
+    assert float(firsts[0]["raw_cps"]) == pytest.approx(float(firsts[1]["raw_cps"]), rel=1e-6)
+    assert float(firsts[1]["cps"]) == pytest.approx(3 * float(firsts[0]["cps"]), rel=1e-6)
     events = EventAccumulator(str(folder.tensorboard))
     events.Reload()
     logged = [e.value for e in events.Scalars("train/loss_cps")]
@@ -156,6 +165,7 @@ def test_lambda_belongs_to_co_training_only_and_the_plot_names_every_line(tmp_pa
     assert [r["phase"] for r in rows] == ["pretrain", "pretrain", "train", "train"]
     assert [r["weight"] for r in rows[:2]] == ["", ""]  # pretraining has no lambda
     assert all(float(r["weight"]) > 0 for r in rows[2:])
+
     def number(value):
         try:
             return float(value)

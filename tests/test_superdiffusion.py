@@ -24,11 +24,19 @@ def _ctx(phase="train", weight=2.0):
     return StepContext(phase, epoch=0, epochs=4, step=0, weight=weight)
 
 
-def test_eq9_uses_the_tested_cross_pseudo_loss():
-    """Eq. 9 is the CPS loss whose gradients test_baselines checks by hand."""
-    from superdiffusion.methods import cps
-
-    assert cps_loss is cps.cps_loss
+def test_eq9_uses_the_tested_cross_pseudo_loss(tiny_cfg):
+    """Eq. 9's value is the CPS loss (whose gradients test_baselines checks by hand) on the two
+    mask pathways' logits, times lambda, with round-0 targets and no confidence threshold."""
+    method = _method(tiny_cfg, "method.rounds=0", "method.pseudo_labels=round0")
+    batch = _batch()
+    torch.manual_seed(5)
+    losses = method.losses(batch, _ctx(weight=3.0))
+    torch.manual_seed(5)
+    t = method.schedule.sample_timesteps(4)
+    teacher = method.mask_pathway(method.teacher_mask, batch.images, t)
+    student = method.mask_pathway(method.student_mask, batch.images, t)
+    assert torch.allclose(losses["semi"], 3.0 * cps_loss(student, teacher))
+    assert not torch.allclose(losses["semi"], 3.0 * cps_loss(student, teacher.flip(1)))  # the targets matter
 
 
 def test_rounds_zero_is_plain_co_training(tiny_cfg):
@@ -124,8 +132,15 @@ def test_pseudo_label_share_is_logged_and_flags_a_background_drift(tiny_cfg):
     from superdiffusion.evaluation import health_flags, thresholds
 
     method = _method(tiny_cfg, "method.rounds=0")
-    method.losses(_batch(labeled=2), _ctx())
-    assert 0 <= method.diagnostics["pseudo_fg"] <= 1
+    batch = _batch(labeled=2)
+    torch.manual_seed(5)
+    method.losses(batch, _ctx())
+    torch.manual_seed(5)  # the student's pseudo-labels on the two unlabeled images, by hand
+    t = method.schedule.sample_timesteps(4)
+    method.mask_pathway(method.teacher_mask, batch.images, t)  # the teacher draws its noise first
+    student = method.mask_pathway(method.student_mask, batch.images, t)
+    share = float((student[2:].argmax(1) == 1).float().mean())
+    assert 0 < share < 1 and method.diagnostics["pseudo_fg"] == pytest.approx(share)
     best = {"score": 0.6, "threshold": 0.5, "predicted_fraction": 0.08, "true_fraction": 0.08}
     history = [{"val_dice_per_image": 0.6, "threshold": 0.5, "pseudo_fg": 0.01}]
     assert health_flags(history, best, thresholds(0, 0.9, 0.02), "val_dice_per_image") == ["pseudo_labels_background"]
