@@ -180,3 +180,21 @@ def test_lambda_belongs_to_co_training_only_and_the_plot_names_every_line(tmp_pa
     assert list(line.get_xdata()) == [3, 4]  # drawn over the co-training epochs only
     labels = [t.get_text() for t in third.get_legend().get_texts()]
     assert labels == ["lambda", "lr"]
+
+
+def test_the_package_leaves_logging_levels_to_the_application_but_train_log_is_complete(tmp_path):
+    import logging
+    import subprocess
+    import sys
+
+    code = "import logging, superdiffusion.api; print(logging.getLogger('superdiffusion').level)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "0"
+    package = logging.getLogger("superdiffusion")
+    before = package.level
+    package.setLevel(logging.WARNING)  # a library user who wants only warnings on the console
+    try:
+        api.train(tiny_config("method=supervised", "train.epochs=2"), tmp_path / "run")
+    finally:
+        package.setLevel(before)
+    text = RunFolder(tmp_path / "run").log_path.read_text()
+    assert "train epoch 1/2" in text and "train epoch 2/2" in text and "val dice_per_image" in text

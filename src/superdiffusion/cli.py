@@ -231,7 +231,9 @@ class _TqdmHandler(logging.Handler):
 
 def _console_log() -> logging.Handler:
     handler = _TqdmHandler()
-    logging.getLogger("superdiffusion").addHandler(handler)
+    package = logging.getLogger("superdiffusion")
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)  # the command line shows the package's progress lines
     return handler
 
 

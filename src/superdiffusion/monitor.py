@@ -67,8 +67,12 @@ class Monitor:
         self.writer = self.handler = None
 
     def info(self, message: str, level: int = logging.INFO) -> None:
+        """A line of the run: to the package's log, at the application's level, and always to
+        ``train.log`` (the run's record, whatever the application shows)."""
         if self.enabled:
             log.log(level, message)
+            if self.handler is not None and not log.isEnabledFor(level):
+                self.handler.handle(log.makeRecord(log.name, level, __file__, 0, message, None, None))
 
     def saved(self, history: list[dict[str, Any]]) -> None:
         """After each epoch's checkpoint: history.csv, and progress.png at most once a minute."""

@@ -45,8 +45,7 @@ from .errors import RunFolderError
 # which now reads as per_image)
 CHECKPOINT_FORMAT = 2
 
-log = logging.getLogger("superdiffusion")
-log.setLevel(logging.INFO)  # a library user silences the package with log.setLevel(logging.WARNING)
+log = logging.getLogger("superdiffusion")  # its level is the application's (the CLI's: INFO)
 
 
 class RunFolderBusy(RunFolderError):
