@@ -115,3 +115,17 @@ def test_a_method_is_built_from_its_own_settings_and_a_unet_factory():
     assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
     with pytest.raises(ConfigError, match="needs SuperDiffusionSettings"):
         METHODS["superdiffusion"](CPSSettings(), unets, 1, 2)
+
+
+def test_the_resolved_config_says_which_layer_set_lambda(tmp_path):
+    from superdiffusion import api
+
+    assert resolve([]).origin("method.lambda_max") == "profile cpu"
+    assert resolve(["method.lambda_max=0.3"]).origin("method.lambda_max") == "command line"
+    assert resolve(["method=cps"]).origin("method.lambda_max") == "default"
+    paper = resolve(["method=cps", "method.lambda_schedule=paper"])
+    assert paper.method.lambda_max == 5 and paper.origin("method.lambda_max") == "method.lambda_schedule=paper"
+    cfg = resolve(["method=cps", "data.size=[32, 32]", "model.features=[8, 16]", "train.epochs=1",
+                   "train.steps_per_epoch=1", "train.batch_size=4", "train.labeled_batch_size=2"])  # fmt: skip
+    api.train(cfg, tmp_path / "run")
+    assert "lambda: max 0.1 (default), ramp sigmoid (default), for cps" in (tmp_path / "run" / "train.log").read_text()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, model_validator
 
 from .errors import ConfigError
 from .method_settings import SETTINGS, AnyMethodSettings, SuperDiffusionSettings
@@ -137,6 +137,9 @@ UNBOUNDED_NORMALIZATION = ("zscore", "per_image")
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # where each given setting came from ("section.key" -> "profile cpu", "command line", ...);
+    # a setting no layer gave is its class's default. Filled by build(); not saved.
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -162,6 +165,11 @@ class Config(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def origin(self, key: str) -> str:
+        """Which layer set ``section.key``: "profile cpu", "dataset pupil", "command line", a
+        config file, "plan", or "default" (the settings class's own value)."""
+        return self._origins.get(key, "default")
 
 
 SECTIONS = tuple(Config.model_fields)
@@ -284,9 +292,12 @@ def build(layers: list[Layer]) -> Config:
             merged.setdefault(section, {}).update(values)
             origins.update({(section, key): origin for key in values})
     try:
-        return Config.model_validate(merged)
+        cfg = Config.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(_explain(err, merged, origins)) from None
+    given = {(s, k) for s, values in merged.items() for k in values}
+    cfg._origins = {f"{s}.{k}": origin for (s, k), origin in origins.items() if (s, k) in given}
+    return cfg
 
 
 def _explain(err: ValidationError, merged: dict[str, Any], origins: dict[tuple[str, str], str]) -> str:
@@ -381,6 +392,7 @@ def _apply_lambda_schedule(cfg: Config, user_method_sections: list[dict[str, Any
         )
     cfg.method.lambda_max = PAPER_LAMBDA["lambda_max"]
     cfg.method.ramp = PAPER_LAMBDA["ramp"]
+    cfg._origins.update({f"method.{k}": "method.lambda_schedule=paper" for k in PAPER_LAMBDA})
     return cfg
 
 

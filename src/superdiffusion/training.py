@@ -314,6 +314,12 @@ class Trainer:
                 f"[superdiffusion] {self.method.name} on {self.cfg.data.name}: {self.data.summary()}; "
                 f"device {self.device}; run folder {self.folder.path}"
             )
+            if self.method.weighted_terms:  # where the unsupervised weight comes from, in one line
+                m = self.cfg.method
+                self.monitor.info(
+                    f"lambda: max {m.lambda_max:g} ({self.cfg.origin('method.lambda_max')}), ramp {m.ramp} "
+                    f"({self.cfg.origin('method.ramp')}), for {', '.join(self.method.weighted_terms)}"
+                )
             for index, phase in enumerate(self.phases):
                 if index >= self.progress.position["phase"]:
                     self.run_phase(index, phase)
