@@ -1,0 +1,58 @@
+"""The documentation: the front page stays a front page, generated pages match their owners,
+and the site builds with every link resolved."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("generate_docs", ROOT / "scripts" / "generate_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_is_a_front_page():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+
+
+def test_generated_pages_are_what_their_owners_say():
+    # the settings reference from the pydantic models, the site's home page from README.md
+    for path, text in _generator().pages().items():
+        assert path.read_text() == text, f"{path} is out of date: run python scripts/generate_docs.py"
+
+
+def test_the_settings_reference_lists_every_setting():
+    from superdiffusion.config import Config
+    from superdiffusion.method_settings import SETTINGS
+
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    for section, field in Config.model_fields.items():
+        if section != "method":
+            assert all(f"`{section}.{name}`" in page for name in field.annotation.model_fields)
+    for name, cls in SETTINGS.items():
+        assert f"### method={name}" in page
+        assert all(f"`method.{key}`" in page for key in cls.model_fields if key != "name")
+
+
+@pytest.mark.skipif(
+    shutil.which("mkdocs", path=str(Path(sys.executable).parent)) is None, reason="mkdocs is not installed"
+)
+def test_the_site_builds_strictly(tmp_path):
+    mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent))
+    done = subprocess.run(
+        [mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "site" / "api" / "index.html").is_file()
