@@ -167,3 +167,18 @@ def test_short_real_training_on_ph2_beats_trivial_predictors(tmp_path):
     dice = results["test"]["resized"]["dice_per_image"]
     assert all_background == 0.0 and all_foreground < 0.45
     assert dice > 0.6 and dice > all_foreground + 0.2, results["test"]
+
+
+def test_the_loop_applies_lambda_once_to_the_unsupervised_terms_only():
+    from superdiffusion.methods import METHODS
+    from superdiffusion.training import weigh
+
+    sup, cps = torch.tensor(2.0), torch.tensor(3.0)
+    assert weigh({"sup": sup, "cps": cps}, ("cps",), 0.1) == {"sup": sup, "cps": 0.1 * cps}
+    # every method names its unsupervised terms; none multiplies a term by lambda itself
+    import inspect
+
+    for name, cls in METHODS.items():
+        source = inspect.getsource(inspect.getmodule(cls))
+        assert "ctx.weight" not in source, f"method {name} weighs its own terms"
+        assert isinstance(cls.unsupervised_terms, tuple)

@@ -20,17 +20,21 @@ class EpochMeter:
 
     def __init__(self):
         self.sums: dict[str, float] = {}
+        self.raw: dict[str, float] = {}  # the unsupervised terms before lambda
         self.diagnostics: dict[str, list[float]] = {}
         self.steps, self.start = 0, time.perf_counter()
 
-    def add(self, losses: dict[str, Any], diagnostics: dict[str, float]) -> None:
+    def add(self, losses: dict[str, Any], diagnostics: dict[str, float], raw: dict[str, Any] | None = None) -> None:
+        """One step: the losses as trained, the method's diagnostics, the unsupervised terms raw."""
         self.steps += 1
         for k, v in losses.items():
             self.sums[k] = self.sums.get(k, 0.0) + float(v.detach())
+        for k, v in (raw or {}).items():
+            self.raw[k] = self.raw.get(k, 0.0) + float(v.detach())
         for k, v in diagnostics.items():
             self.diagnostics.setdefault(k, []).append(v)
 
-    def record(self, phase: str, epoch: int, weight: float, lr: float, weighted_terms) -> dict[str, Any]:
+    def record(self, phase: str, epoch: int, weight: float, lr: float) -> dict[str, Any]:
         means = {k: v / max(1, self.steps) for k, v in self.sums.items()}
         seconds = time.perf_counter() - self.start
         record = {"phase": phase, "epoch": epoch, "lr": lr, "seconds": seconds, "steps": self.steps}
@@ -38,7 +42,7 @@ class EpochMeter:
             record["weight"] = weight
         record.update(means)
         # the unsupervised terms before lambda: a rising weighted term may hide a falling raw one
-        record.update({f"raw_{k}": means[k] / weight for k in weighted_terms if k in means and weight > 0})
+        record.update({f"raw_{k}": v / max(1, self.steps) for k, v in self.raw.items()})
         record.update({k: sum(v) / len(v) for k, v in self.diagnostics.items()})
         return record
 

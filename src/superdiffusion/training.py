@@ -219,6 +219,11 @@ def non_finite_images(data: SegmentationData) -> list[str]:
     return found
 
 
+def weigh(losses: dict[str, torch.Tensor], unsupervised: tuple[str, ...], weight: float) -> dict[str, torch.Tensor]:
+    """The losses as trained: each unsupervised term times lambda, the others as they are."""
+    return {k: weight * v if k in unsupervised else v for k, v in losses.items()}
+
+
 def check_finite(
     total: torch.Tensor, losses: dict[str, torch.Tensor], where: str, last: Path, data: SegmentationData
 ) -> None:
@@ -314,11 +319,11 @@ class Trainer:
                 f"[superdiffusion] {self.method.name} on {self.cfg.data.name}: {self.data.summary()}; "
                 f"device {self.device}; run folder {self.folder.path}"
             )
-            if self.method.weighted_terms:  # where the unsupervised weight comes from, in one line
+            if self.method.unsupervised_terms:  # where the unsupervised weight comes from, in one line
                 m = self.cfg.method
                 self.monitor.info(
                     f"lambda: max {m.lambda_max:g} ({self.cfg.origin('method.lambda_max')}), ramp {m.ramp} "
-                    f"({self.cfg.origin('method.ramp')}), for {', '.join(self.method.weighted_terms)}"
+                    f"({self.cfg.origin('method.ramp')}), for {', '.join(self.method.unsupervised_terms)}"
                 )
             for index, phase in enumerate(self.phases):
                 if index >= self.progress.position["phase"]:
@@ -388,21 +393,22 @@ class Trainer:
             batch = self.plan.shard(batch).to(self.device)
             ctx = StepContext(phase.name, epoch, phase.epochs, self.progress.position["step"], weight)
             with torch.autocast("cuda", torch.bfloat16, enabled=t.amp and self.device.type == "cuda"):
-                losses = self.model(batch, ctx)
+                raw = self.model(batch, ctx)
+            losses = weigh(raw, self.method.unsupervised_terms, weight)  # lambda, applied here only
             total = sum(losses.values())
             where = f"step {self.progress.position['step']} ({phase.name} epoch {epoch + 1})"
-            check_finite(total, losses, where, self.folder.checkpoint_path("last"), self.data)
+            check_finite(total, raw, where, self.folder.checkpoint_path("last"), self.data)  # the method's terms
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
             self.method.after_step(ctx)
             self.progress.position["step"] += 1
-            meter.add(losses, self.method.diagnostics)
+            meter.add(losses, self.method.diagnostics, {k: raw[k] for k in self.method.unsupervised_terms if k in raw})
             self.method.diagnostics = {}
             bar.set_postfix(loss=f"{float(total.detach()):.3f}")
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        record = meter.record(phase.name, epoch + 1, weight, lr, self.method.weighted_terms)
+        record = meter.record(phase.name, epoch + 1, weight, lr)
         self.progress.add(record)
         self.monitor.epoch(record, list(meter.sums), list(meter.diagnostics), phase.epochs, ctx.step + 1)
 

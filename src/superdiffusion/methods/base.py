@@ -45,7 +45,7 @@ class StepContext:
     epoch: int  # 0-based, within the phase
     epochs: int  # epochs of the phase
     step: int  # global optimisation step
-    weight: float  # the ramped unsupervised weight (lambda) for this epoch
+    weight: float  # the ramped unsupervised weight (lambda) for this epoch; the loop applies it
 
 
 @dataclass
@@ -65,7 +65,8 @@ class Prediction:
 
 
 class Method(nn.Module):
-    """A method owns its networks and turns a batch into named, already weighted losses.
+    """A method owns its networks and turns a batch into named raw losses; the loop weighs its
+    ``unsupervised_terms`` by lambda.
 
     It is built from its own settings (``Settings``, a class of :mod:`..method_settings`: the
     ``method`` section of the configuration, its reference's lambda and ramp as defaults) and
@@ -76,8 +77,9 @@ class Method(nn.Module):
     description: ClassVar[str] = ""
     Settings: ClassVar[type[MethodSettings]] = MethodSettings
     stochastic_inference: ClassVar[bool] = False
-    # the loss terms the method multiplies by the ramped lambda (the loop also logs them raw)
-    weighted_terms: ClassVar[tuple[str, ...]] = ("consistency",)
+    # the unsupervised loss terms: the method returns them raw, and the loop multiplies them by
+    # the ramped lambda, once (and logs them both ways: raw_* and as trained)
+    unsupervised_terms: ClassVar[tuple[str, ...]] = ("consistency",)
     in_table1: ClassVar[bool] = True  # one of the 2D rows of the paper's Table 1 (the table1 sweep preset)
     # the labeled loss when method.supervised_loss=auto: the reference implementation's
     default_supervised_loss: ClassVar[str] = "ce_dice"

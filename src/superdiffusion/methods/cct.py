@@ -35,7 +35,7 @@ class CrossConsistency(Method):
             main = out.logits[unl].softmax(1)
             main = main.detach() if self.params.detach_main else main
             cons = sum(((a[unl].softmax(1) - main) ** 2).mean() for a in out.aux) / len(out.aux)
-            losses["consistency"] = ctx.weight * cons
+            losses["consistency"] = cons
         return losses
 
     def segmenter(self):

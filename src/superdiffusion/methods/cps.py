@@ -15,7 +15,7 @@ from .losses import cps_loss
 class CrossPseudoSupervision(Method):
     name = "cps"
     Settings = CPSSettings
-    weighted_terms = ("cps",)
+    unsupervised_terms = ("cps",)
     description = "cross pseudo supervision between two independently initialised UNets"
 
     def __init__(self, settings, unets, channels, num_classes):
@@ -29,7 +29,7 @@ class CrossPseudoSupervision(Method):
         unl = ~batch.labeled
         if batch.has_unlabeled:  # foreground share of net_b's pseudo-labels (the loop logs it)
             self.diagnostics["pseudo_fg"] = float((b[unl].detach().argmax(1) > 0).float().mean())
-        out["cps"] = ctx.weight * cps_loss(a[unl], b[unl]) if batch.has_unlabeled else a.sum() * 0.0
+        out["cps"] = cps_loss(a[unl], b[unl]) if batch.has_unlabeled else a.sum() * 0.0
         return out
 
     def segmenter(self):

@@ -69,7 +69,7 @@ class DualTaskConsistency(Method):
             losses["sdf"] = self.params.sdf_weight * F.mse_loss(out.sdf[lab], target)
         mask_from_sdf = torch.sigmoid(-self.params.sharpness * out.sdf)
         foreground = out.logits.softmax(1)[:, 1:]
-        losses["consistency"] = ctx.weight * F.mse_loss(mask_from_sdf, foreground)
+        losses["consistency"] = F.mse_loss(mask_from_sdf, foreground)
         return losses
 
     def segmenter(self):

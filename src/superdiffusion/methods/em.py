@@ -22,7 +22,7 @@ def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
 class EntropyMinimization(Method):
     name = "em"
     Settings = EMSettings
-    weighted_terms = ("entropy",)
+    unsupervised_terms = ("entropy",)
     description = "entropy minimisation on every prediction of the batch"
 
     def __init__(self, settings, unets, channels, num_classes):
@@ -31,7 +31,7 @@ class EntropyMinimization(Method):
 
     def losses(self, batch: Batch, ctx: StepContext):
         logits = self.net(batch.images)
-        return {"sup": self.labeled_loss(logits, batch), "entropy": ctx.weight * mean_entropy(logits)}
+        return {"sup": self.labeled_loss(logits, batch), "entropy": mean_entropy(logits)}
 
     def segmenter(self):
         return self.net

@@ -68,7 +68,7 @@ class MeanTeacher(Method):
         out = {"sup": self.labeled_loss(logits, batch)}
         if batch.has_unlabeled:
             unl = ~batch.labeled
-            out["consistency"] = ctx.weight * self.consistency(logits[unl], batch.images[unl], ctx)
+            out["consistency"] = self.consistency(logits[unl], batch.images[unl], ctx)
         return out
 
     @torch.no_grad()

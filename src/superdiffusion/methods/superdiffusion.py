@@ -22,7 +22,7 @@ def mask_to_input(probs: torch.Tensor) -> torch.Tensor:
 
 class SuperDiffusion(Method):
     name = "superdiffusion"
-    weighted_terms = ("semi", "align", "recon")
+    unsupervised_terms = ("semi", "align", "recon")
     description = "diffusion teacher (mask + image pathways, cycle pretraining) co-trained with a student; R rounds"
     stochastic_inference = True
     default_supervised_loss = "ce"  # Eq. 10
@@ -171,7 +171,7 @@ class SuperDiffusion(Method):
         semi = self.semi_term(teacher, student, from_student, teacher) if source == "round0" else None  # Eq. 9
         out = {"sup": self.labeled_loss(teacher, batch) + self.labeled_loss(student, batch)}  # Eq. 10
         if semi is not None:
-            out["semi"] = ctx.weight * semi
+            out["semi"] = semi
         rounds, masks = self.params.rounds, [teacher]
         if rounds > 0:
             target = torch.where(
@@ -183,12 +183,12 @@ class SuperDiffusion(Method):
                 masks.append(self.mask_pathway(self.teacher_mask, reconstruction, self._round_t(b, dev)))
                 align = align + self.pseudo_term(masks[-1], target)
                 recon = recon + recon_r
-            out["align"] = ctx.weight * align / rounds  # Eq. 15/16
-            out["recon"] = ctx.weight * recon / rounds
+            out["align"] = align / rounds  # Eq. 15/16
+            out["recon"] = recon / rounds
         if source != "round0":  # the student learns from the rounds: m^_R, or the mean over m^_0..m^_R
             probs = torch.stack([m.detach().softmax(1) for m in masks]).mean(0) if source == "mean" else None
             semi = self.semi_term(teacher, student, from_student, masks[-1], probs)
-            out = {"sup": out.pop("sup"), "semi": ctx.weight * semi, **out}
+            out = {"sup": out.pop("sup"), "semi": semi, **out}
         return out
 
     def semi_term(self, teacher, student, from_student, source, source_probs=None) -> torch.Tensor:

@@ -12,7 +12,7 @@ class Supervised(Method):
 
     name = "supervised"
     Settings = SupervisedSettings
-    weighted_terms = ()
+    unsupervised_terms = ()
     description = "UNet trained on the labeled images only (100 % labels: the fully supervised row)"
 
     def __init__(self, settings, unets, channels, num_classes):

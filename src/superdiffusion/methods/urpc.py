@@ -47,7 +47,7 @@ class URPC(Method):
         out = {"sup": sum(self.labeled_loss(h, batch) for h in heads) / len(heads)}
         if batch.has_unlabeled:
             unl = ~batch.labeled
-            out["consistency"] = ctx.weight * pyramid_consistency([h[unl] for h in heads])
+            out["consistency"] = pyramid_consistency([h[unl] for h in heads])
         return out
 
     def segmenter(self):
