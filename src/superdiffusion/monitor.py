@@ -166,7 +166,9 @@ def draw_progress(history: list[dict[str, Any]]):
             "pseudo_fg"}  # fmt: skip
     x = list(range(1, len(history) + 1))
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    for key in dict.fromkeys(k for h in history for k in h if k not in skip and not k.startswith(("val_", "test_"))):
+    for key in dict.fromkeys(
+        k for h in history for k in h if k not in skip and not k.startswith(("val_", "test_", "pretrain_"))
+    ):
         points = [(i, h[key]) for i, h in zip(x, history) if key in h and h[key] is not None and h[key] > 0]
         if points:
             axes[0].plot(*zip(*points), label=key)
