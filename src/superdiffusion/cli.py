@@ -47,7 +47,9 @@ def _table(results: dict) -> str:
         lines.append(f"  calibration ECE={unc['ece']:.4f}; error AUROC of the uncertainty: {auroc}")
     flags = results.get("health", {}).get("flags")
     if flags:
-        lines.append(f"  WARNING: collapse check fired: {', '.join(flags)} (README: 'When a run collapses')")
+        lines.append(
+            f"  WARNING: collapse check fired: {', '.join(flags)} (docs/evaluation.md: 'When a run collapses')"
+        )
     return "\n".join(lines)
 
 

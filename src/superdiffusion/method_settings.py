@@ -107,7 +107,7 @@ class DTCSettings(MethodSettings):
 
 class SuperDiffusionSettings(MethodSettings):
     """The paper's method (Sec. 3): linear ramp of lambda to 5 (Appendix A); the ``cpu`` and
-    ``quick`` profiles lower it to 0.1 (README, "Thin structures")."""
+    ``quick`` profiles lower it to 0.1 (docs/results.md, "Thin structures")."""
 
     name: Literal["superdiffusion"] = "superdiffusion"
     lambda_max: float = Field(5.0, ge=0)

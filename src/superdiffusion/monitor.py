@@ -119,7 +119,7 @@ class Monitor:
             self.info(
                 f"  WARNING: the pseudo-labels are {100 * pseudo:.1f}% foreground against {100 * true:.1f}% in the "
                 f"{split} masks: the unsupervised terms are teaching the networks to miss the structure "
-                "(README, 'When a run collapses')",
+                "(docs/evaluation.md, 'When a run collapses')",
                 logging.WARNING,
             )
 
@@ -148,7 +148,7 @@ class Monitor:
     def health(self, flags: list[str]) -> None:
         for flag in flags:
             self.info(
-                f"[superdiffusion] WARNING: possible collapse ({flag}): {FLAG_ADVICE[flag]}; see README, "
+                f"[superdiffusion] WARNING: possible collapse ({flag}): {FLAG_ADVICE[flag]}; see docs/evaluation.md, "
                 "'When a run collapses'",
                 logging.WARNING,
             )

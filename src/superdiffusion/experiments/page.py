@@ -224,7 +224,7 @@ def _html(cfg, results, plan, cases, threshold, uncertain, curves, suggestions, 
     )  # fmt: skip
     settings = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _settings(cfg))
     flag_text = (
-        f'<p class="flag">Collapse check fired: {e(", ".join(flags))} (README, "When a run collapses")</p>'
+        f'<p class="flag">Collapse check fired: {e(", ".join(flags))} (docs/evaluation.md, "When a run collapses")</p>'
         if flags
         else '<p class="ok">No collapse flag.</p>'
     )
