@@ -18,6 +18,7 @@ from pathlib import Path
 
 from run import matmul_gflops
 
+from superdiffusion.config import load_yaml
 from superdiffusion.data.synthetic import write_thin_structures
 from superdiffusion.experiments.report import mean_ci
 from superdiffusion.experiments.sweep import RunSpec, run_sweep
@@ -70,7 +71,7 @@ def main() -> None:
                 "method": result["method"],
                 "variant": spec.folder.name.rsplit("-", 1)[1],
                 "seed": result["seed"],
-                "data_size": (result.get("plan") or {}).get("settings", {}).get("data.size"),
+                "data_size": load_yaml(spec.folder / "config.yaml")["data"]["size"],  # as trained
                 "native_dice": native["dice_per_image"],
                 "native_jaccard": native["jaccard_per_image"],
                 "updates": result.get("updates"),
