@@ -125,7 +125,8 @@ def write_page(run_dir: str | Path, out: str | Path | None = None, samples: int 
     predicted = fg > threshold if binary else probs.argmax(1)
     per_case = run.path / "test_per_case.csv"
     scores = {r["id"]: r for r in _read_rows(per_case)} if per_case.is_file() else {}
-    computed = {r["id"]: r for r in per_case_scores(fg, masks, threshold, list(test.ids))} if binary else {}
+    if not scores and binary:  # a run scored before test_per_case.csv existed: score its cases here
+        scores = {r["id"]: r for r in per_case_scores(fg, masks, threshold, list(test.ids))}
     target.mkdir(parents=True, exist_ok=True)
     cases = []
     top = float(spread.max()) if spread is not None and spread.numel() else 0.0
@@ -135,7 +136,7 @@ def write_page(run_dir: str | Path, out: str | Path | None = None, samples: int 
         truth = _middle(_crop(masks[k], size), dims).numpy() > 0
         pred = _middle(_crop(predicted[k], size), dims).numpy() > 0
         base = _grey(image)
-        row = scores.get(case_id) or computed.get(case_id) or {}
+        row = scores.get(case_id, {})
         panels = {
             "image": _save(target, f"{k:04d}-image.png", base),
             "prediction": _save(target, f"{k:04d}-prediction.png", _overlay(base, pred, PRED)),
