@@ -67,7 +67,7 @@ def main() -> None:
             res = json.loads((folder / "results.json").read_text())
         else:
             res = api.train(cfg, folder, resume=(folder / "config.yaml").exists())
-        masks = build_data(cfg.data, cfg.train.seed).test.masks
+        masks = build_data(cfg.data, cfg.train.seed).test.stack_masks()
         all_fg = binary_scores(torch.ones(masks.shape), masks, 0.5)
         result["runs"][name] = {
             "overrides": overrides,

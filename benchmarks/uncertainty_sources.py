@@ -43,8 +43,8 @@ def spread_by_step(run: Path, samples: int, steps: list[int]) -> dict[str, Any]:
     threshold = float(state["best"].get("threshold", 0.5))
     out = {"run": str(run), "samples": samples}
     for t in steps:
-        pred = predict_tensor(method, data.test.images, torch.device("cpu"), 16, samples, seed=cfg.train.seed, step=t)
-        dice = binary_scores(foreground_probability(pred.probs), data.test.masks, threshold)["dice_per_image"]
+        pred = predict_tensor(method, data.test.stack(), torch.device("cpu"), 16, samples, seed=cfg.train.seed, step=t)
+        dice = binary_scores(foreground_probability(pred.probs), data.test.stack_masks(), threshold)["dice_per_image"]
         out[str(t)] = {"mean_spread": float(pred.spread.mean()), "test_dice": dice}
         print(f"inference_t={t}: mean spread {out[str(t)]['mean_spread']:.4f}, test Dice {dice:.4f}", flush=True)
     return out

@@ -10,10 +10,16 @@ tests/test_docs.py checks that both files are what this script writes.
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
+import io
 import json
 import re
 import sys
+import textwrap
+import tokenize
 import typing
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -59,11 +65,53 @@ def _default(field) -> str:
     return f"`{json.dumps(value)}`"
 
 
+@cache
+def _comments(cls: type) -> dict[str, str]:
+    """The comments that describe each field a class declares in its own body: the comment lines
+    just above the field and those on its own lines (section rules ``# --- ... ---`` excepted).
+    They are the settings' descriptions, kept beside the code they describe."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    notes: dict[int, str] = {}
+    code_lines: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            if not re.fullmatch(r"-+.*-+", text) and not text.startswith(("fmt:", "noqa", "type:")):
+                notes[tok.start[0]] = text
+        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
+            code_lines.add(tok.start[0])
+    body = ast.parse(source).body[0].body
+    out = {}
+    for node in body:
+        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+            continue
+        above, line = [], node.lineno - 1
+        while line in notes and line not in code_lines:
+            above.insert(0, notes[line])
+            line -= 1
+        inline = [notes[k] for k in range(node.lineno, node.end_lineno + 1) if k in notes]
+        text = " ".join(above + inline)
+        if text:
+            out[node.target.id] = text
+    return out
+
+
+def _description(model: type[BaseModel], name: str) -> str:
+    for cls in model.__mro__:  # a subclass that only changes a default keeps its base's description
+        if name in _comments(cls):
+            return _comments(cls)[name].replace("|", "\\|")
+    return ""
+
+
 def _table(model: type[BaseModel], prefix: str, skip: tuple[str, ...] = ()) -> list[str]:
-    rows = ["| setting | type | default |", "|---|---|---|"]
+    rows = ["| setting | type | default | what it does |", "|---|---|---|---|"]
     for name, field in model.model_fields.items():
         if name not in skip:
-            rows.append(f"| `{prefix}.{name}` | `{_type(field.annotation)}` | {_default(field)} |")
+            text = _description(model, name)
+            rows.append(f"| `{prefix}.{name}` | `{_type(field.annotation)}` | {_default(field)} | {text} |")
     return rows
 
 

@@ -42,8 +42,8 @@ def test_builtin_ph2_splits():
     assert len(data.val) == 16 and len(data.labeled) == 8 and len(data.unlabeled) == 136
     ids = [set(s.ids) for s in (data.labeled, data.unlabeled, data.val, data.test)]
     assert sum(map(len, ids)) == 200 and len(set().union(*ids)) == 200
-    assert data.labeled.images.shape == (8, 3, 128, 128) and data.labeled.images.min() >= -1
-    assert set(data.labeled.masks.unique().tolist()) == {0, 1}
+    assert data.labeled.stack().shape == (8, 3, 128, 128) and data.labeled.stack().min() >= -1
+    assert set(data.labeled.stack_masks().unique().tolist()) == {0, 1}
     again = build_data(DataConfig(labeled_percent=5), seed=0)
     assert again.labeled.ids == data.labeled.ids and again.val.ids == data.val.ids
 
@@ -237,7 +237,7 @@ def test_lossy_jpeg_masks_need_and_get_the_threshold_mode(tmp_path):
     assert mask.shape == truth["case0"].shape and (mask.astype(bool) == truth["case0"]).mean() > 0.97
     assert read_mask(root / "masks" / "case0.jpg", 2, "threshold", threshold=250).sum() < mask.sum()
     data = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50, mask_mode="threshold"), seed=0)
-    assert set(data.labeled.masks.unique().tolist()) == {0, 1}
+    assert set(data.labeled.stack_masks().unique().tolist()) == {0, 1}
     zero_one = tmp_path / "01.png"
     Image.fromarray(truth["case1"].astype(np.uint8)).save(zero_one)  # 0/1 masks: foreground is 1
     assert np.array_equal(read_mask(zero_one, 2, "threshold").astype(bool), truth["case1"])

@@ -45,6 +45,22 @@ def test_the_settings_reference_lists_every_setting():
         assert all(f"`method.{key}`" in page for key in cls.model_fields if key != "name")
 
 
+def test_every_setting_is_described_by_the_comment_beside_its_code():
+    generator = _generator()
+    rows = [line for line in generator.reference().splitlines() if line.startswith("| `") and line.count(" | ") >= 3]
+    bare = [line.split("|")[1].strip() for line in rows if line.split("|")[4].strip() in ("", "what it does")]
+    assert rows and not bare, f"settings without a description: {bare}"
+
+    class Probe:  # the description is the comment above a field plus the ones on its lines
+        # the first line
+        # the second line
+        first: int = 1  # inline
+        # --- a section rule, not a description ---
+        second: int = 2
+
+    assert generator._comments(Probe) == {"first": "the first line the second line inline"}
+
+
 @pytest.mark.skipif(
     shutil.which("mkdocs", path=str(Path(sys.executable).parent)) is None, reason="mkdocs is not installed"
 )

@@ -96,5 +96,5 @@ def test_per_image_normalisation_of_2d_images(tmp_path):
     path = root / "images" / f"{data.test.ids[0]}.png"
     written = predict_image_file(method, cfg, data.info(), path, tmp_path, 1, 0.5, torch.device("cpu"), True)
     saved = np.asarray(Image.open(written[-1])).astype(np.float64) / 65535
-    direct = predict_tensor(method, data.test.images[:1], torch.device("cpu"), 8, 1, seed=0)
+    direct = predict_tensor(method, data.test.stack(slice(0, 1)), torch.device("cpu"), 8, 1, seed=0)
     assert np.abs(saved - direct.probs[0, 1].numpy()).max() < 1e-4  # the 16-bit PNG's rounding

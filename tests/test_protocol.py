@@ -82,10 +82,10 @@ def test_honest_protocol_reads_the_test_split_only_for_the_final_scoring(tmp_pat
     data = build_data(cfg.data, cfg.train.seed)
     during = [images for fitted, images in seen if not fitted]
     # validation images only: the whole split every epoch (and the first few shown in TensorBoard)
-    assert during and all(torch.equal(images, data.val.images[: len(images)]) for images in during)
+    assert during and all(torch.equal(images, data.val.stack(slice(0, len(images)))) for images in during)
     assert sum(len(images) == len(data.val) for images in during) == 2
     after = [images for fitted, images in seen if fitted]
-    assert len(after) == 1 and torch.equal(after[0], data.test.images)  # test once, after training
+    assert len(after) == 1 and torch.equal(after[0], data.test.stack())  # test once, after training
 
 
 def test_report_uses_pooled_scores_for_test_selected_rows(tmp_path):
@@ -114,7 +114,7 @@ def test_diffusion_inputs_share_the_minus_one_one_range():
     expected = (volume[inside] - low) / (high - low) * 2 - 1
     assert torch.allclose(scaled[inside], expected, atol=1e-5)
     builtin = build_data(DataConfig(labeled_percent=10), seed=0)
-    assert builtin.labeled.images.min() >= -1 and builtin.labeled.images.max() <= 1
+    assert builtin.labeled.stack().min() >= -1 and builtin.labeled.stack().max() <= 1
     for mode, dims in (("zscore", 2), ("per_image", 3)):
         with pytest.raises(ConfigError, match="unbounded"):  # refused with the settings, before any data is read
             tiny_config(f"data.normalize={mode}", f"data.spatial_dims={dims}")

@@ -460,7 +460,7 @@ def test_the_channel_count_does_not_depend_on_the_first_image(tmp_path, caplog, 
     with caplog.at_level(logging.INFO, logger="superdiffusion"):
         built = build_data(cfg.data, seed=0)
     assert built.channels == 3  # one colour image makes a colour dataset, wherever it sorts
-    assert built.labeled.images.shape[1] == built.test.images.shape[1] == 3
+    assert built.labeled.images[0].shape[0] == built.test.images[0].shape[0] == 3
     grey = "case0.png" if odd_mode == "L" else "case1.png"
     assert any(grey in r.getMessage() and "grey" in r.getMessage() for r in caplog.records)
 
@@ -535,7 +535,7 @@ def test_a_divergence_names_the_image_that_holds_non_finite_values_and_no_missin
     assert "scan7" in message and "last.pt" not in message and "no checkpoint" in message
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"x")
-    data.unlabeled.images[1] = 0
+    data.unlabeled.images[1] = torch.zeros(1, 4, 4)
     with pytest.raises(TrainingDiverged) as raised:
         check_finite(nan["sup"], nan, "step 3", tmp_path / "checkpoints" / "last.pt", data)
     assert "last.pt" in str(raised.value) and "scan7" not in str(raised.value)

@@ -161,7 +161,7 @@ def test_short_real_training_on_ph2_beats_trivial_predictors(tmp_path):
     ]
     cfg = tiny_config(*overrides, "train.steps_per_epoch=0", "train.batch_size=8", "train.labeled_batch_size=4")
     results = api.train(cfg, tmp_path / "run")
-    test_masks = build_data(cfg.data, 0).test.masks
+    test_masks = build_data(cfg.data, 0).test.stack_masks()
     all_background = binary_scores(torch.zeros(test_masks.shape), test_masks, 0.5)["dice_per_image"]
     all_foreground = binary_scores(torch.ones(test_masks.shape), test_masks, 0.5)["dice_per_image"]
     dice = results["test"]["resized"]["dice_per_image"]

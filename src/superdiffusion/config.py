@@ -32,14 +32,14 @@ class DataConfig(Section):
     # names the default run folder runs/NAME/...: letters, digits, '.', '_' and '-', not first '.'
     name: str = "ph2"
     root: str = "builtin:ph2_128"  # folder with images/ + masks/ (+ split.csv), or builtin:NAME
-    spatial_dims: Literal[2, 3] = 2
+    spatial_dims: Literal[2, 3] = 2  # 2: images; 3: volumes (NIfTI, NRRD, HDF5)
     # 2D: resize every image to (H, W), as the paper does; null: keep each image's own size and
     # train on random patch_size patches, predicted by sliding windows (large images, thin structures)
     size: list[PositiveInt] | None = Field(default_factory=lambda: [128, 128])
     patch_size: list[PositiveInt] = Field(
         default_factory=lambda: [96, 96, 80]
     )  # training patches: volumes, or 2D with size null
-    num_classes: int = Field(2, ge=2)
+    num_classes: int = Field(2, ge=2)  # background included: 2 for a binary task
     # binary: 0 is background and one other value foreground (2D; more values are refused, as a
     # lossy mask would be; volumes: every non-zero label is foreground); threshold: foreground
     # where value >= mask_threshold (JPEG or resampled masks); index: values are classes
@@ -53,7 +53,9 @@ class DataConfig(Section):
     # std; unbounded). The paper's method refuses unbounded ranges: its
     # diffusion pathways work in [-1, 1]
     normalize: Literal["minmax", "percentile", "zscore", "per_image"] = "minmax"
-    labeled_percent: float = Field(10.0, gt=0, le=100)
+    labeled_percent: float = Field(
+        10.0, gt=0, le=100
+    )  # share of the training images whose masks are used (seeded draw)
     val_fraction: float = Field(0.1, ge=0, lt=1)  # carved from train (seeded) when split.csv has no 'val' rows
     test_fraction: float = Field(0.2, gt=0, lt=1)  # used only when the folder has no split.csv
     # the split.csv column naming each image's subject (patient, animal, volume, ...): a carved
@@ -89,26 +91,28 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    features: list[PositiveInt] = Field(default_factory=lambda: [16, 32, 64, 128, 256], min_length=2)
-    norm: Literal["batch", "instance", "group"] = "batch"
-    dropout: float = Field(0.0, ge=0, lt=1)
+    features: list[PositiveInt] = Field(
+        default_factory=lambda: [16, 32, 64, 128, 256], min_length=2
+    )  # UNet channels per level
+    norm: Literal["batch", "instance", "group"] = "batch"  # the UNet's normalisation layers
+    dropout: float = Field(0.0, ge=0, lt=1)  # UNet dropout (> 0 also gives MC-dropout uncertainty)
     checkpointing: bool = False  # recompute activations in backward: less memory (3D), ~1/3 more time;
     # with batch norm the running statistics then see each batch twice
     channels_last: bool = True  # 2D only: NHWC memory format, faster convolutions on CPU and GPU
 
 
 class TrainConfig(Section):
-    epochs: int = Field(200, ge=1)
-    batch_size: int = Field(8, ge=1)
+    epochs: int = Field(200, ge=1)  # training epochs (the paper: 200); profiles set their own length
+    batch_size: int = Field(8, ge=1)  # images per update, labeled and unlabeled together
     labeled_batch_size: int = Field(4, ge=1)  # labeled items in each batch while unlabeled ones exist
-    lr: float = Field(0.01, ge=0)
-    betas: list[float] = Field(default_factory=lambda: [0.9, 0.99], min_length=2, max_length=2)
-    weight_decay: float = Field(5e-5, ge=0)
-    lr_step: int = Field(50, ge=1)
-    lr_gamma: float = Field(0.1, gt=0)
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-    eval_every: int = Field(1, ge=1)
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    lr: float = Field(0.01, ge=0)  # Adam's learning rate
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.99], min_length=2, max_length=2)  # Adam's betas
+    weight_decay: float = Field(5e-5, ge=0)  # Adam's L2 weight decay
+    lr_step: int = Field(50, ge=1)  # the lr is multiplied by lr_gamma every lr_step epochs
+    lr_gamma: float = Field(0.1, gt=0)  # the factor of each lr step
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # the labeled subset, the carved validation split, weights, batches, noise
+    eval_every: int = Field(1, ge=1)  # epochs between scorings of the selection split
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")  # auto: a GPU when there is one
     threads: int = Field(0, ge=0)  # 0: torch's default
     amp: bool = False  # bf16 autocast on CUDA only (slower than fp32 on CPUs without AVX-512)
     # The run length in updates is epochs x steps_per_epoch, whatever the dataset size (as
@@ -123,12 +127,13 @@ class TrainConfig(Section):
 
 class EvalConfig(Section):
     protocol: Literal["honest", "paper"] = "honest"  # honest: choose on validation; paper: on test (Table 1)
+    # the grid of foreground thresholds searched on the selection split (binary tasks): the paper's 0..0.9, step 0.02
     threshold_start: float = Field(0.0, ge=0, lt=1)
-    threshold_stop: float = Field(0.9, gt=0, lt=1)
-    threshold_step: float = Field(0.02, gt=0)
+    threshold_stop: float = Field(0.9, gt=0, lt=1)  # the last threshold of the grid
+    threshold_step: float = Field(0.02, gt=0)  # the grid's step
     samples: int = Field(1, ge=1)  # noise draws averaged at inference (diffusion methods)
     inference_t: int = Field(999, ge=0)  # diffusion step of the pure-noise mask at inference
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1)  # images (or sliding windows) per forward pass at inference
     sw_overlap: float = Field(0.5, ge=0, lt=1)  # sliding-window overlap for volumes
 
 

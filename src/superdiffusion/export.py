@@ -25,28 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import safefs
-from .data.dataset import PER_IMAGE_MODES, class_names
+from .data.dataset import PER_IMAGE_MODES
 from .errors import ConfigError, RunFolderError
-from .inference import derived_seed
-from .methods import Method
-
-
-class _Network(nn.Module):
-    """Normalised images at the model size -> class probabilities (traced)."""
-
-    def __init__(self, net: nn.Module, noisy_mask: torch.Tensor | None, step: int):
-        super().__init__()
-        self.net = net
-        self.diffusion = noisy_mask is not None
-        self.register_buffer("noisy_mask", noisy_mask if noisy_mask is not None else torch.zeros(0))
-        self.register_buffer("step", torch.tensor([step], dtype=torch.long))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.diffusion:
-            b = x.shape[0]
-            inputs = torch.cat([self.noisy_mask.expand(b, -1, -1, -1), x], dim=1)
-            return self.net(inputs, self.step.expand(b)).softmax(1)
-        return self.net(x).softmax(1)
+from .inference import Segmenter
 
 
 class SegmentationModel(nn.Module):
@@ -85,40 +66,24 @@ class SegmentationModel(nn.Module):
         return mask, probs
 
 
-def build(method: Method, cfg, state: dict[str, Any], trace: bool = True) -> SegmentationModel:
-    """The exportable model of a loaded run (``api.load_run``), on the CPU, in eval mode; its
-    network traced for TorchScript (``trace``), or left eager for ``torch.export`` (ONNX)."""
-    if method.spatial_dims != 2 or cfg.data.size is None:
-        raise ConfigError(
-            "export writes 2D models trained at a fixed data.size; a run on patches (volumes, or data.size=null) "
-            "predicts by sliding windows: use superdiffusion predict"
-        )
-    method = method.cpu().eval()
-    data = state["data"]
-    size = [int(v) for v in cfg.data.size]
-    noisy_mask = None
-    if method.stochastic_inference:  # the draw predict uses for one image
-        step = cfg.eval.inference_t
-        t = torch.full((1,), step, dtype=torch.long)
-        generator = torch.Generator().manual_seed(derived_seed(cfg.train.seed, 0))
-        shape = (1, method.num_classes, *size)
-        if method.params.mask_noise == "zero":
-            noisy_mask = torch.zeros(shape)
-        else:
-            noisy_mask = method.schedule.pure_noise(shape, t, generator)
-    network = _Network(method.segmenter(), noisy_mask, cfg.eval.inference_t if noisy_mask is not None else 0).eval()
+def build(segmenter: Segmenter, trace: bool = True) -> SegmentationModel:
+    """The exportable model of a loaded run, on the CPU, in eval mode; its network traced for
+    TorchScript (``trace``), or left eager for ``torch.export`` (ONNX)."""
+    size = list(segmenter.require_fixed_size("export"))
+    network = segmenter.frozen_network()
     network.requires_grad_(False)  # a model to run, not to train: its outputs need no graph
     if trace:
-        example = torch.zeros(2, data["channels"], *size)
+        example = torch.zeros(2, segmenter.channels, *size)
         with torch.no_grad(), warnings.catch_warnings():
             # the network always sees the model size, so the UNet's size-dependent padding is a constant
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             network = torch.jit.trace(network, example, check_trace=False)
-    names = class_names(data["num_classes"], data.get("class_names"))
-    threshold = float(state["best"].get("threshold", 0.5))
-    per_image = cfg.data.normalize if cfg.data.normalize in PER_IMAGE_MODES else "none"
-    mean, std = data["stats"]["mean"], data["stats"]["std"]
-    return SegmentationModel(network, size, mean, std, threshold, list(names), per_image).eval()
+    mode = segmenter.cfg.data.normalize
+    per_image = mode if mode in PER_IMAGE_MODES else "none"
+    stats = segmenter.stats
+    return SegmentationModel(
+        network, size, stats["mean"], stats["std"], segmenter.threshold, list(segmenter.class_names), per_image
+    ).eval()
 
 
 def metadata(cfg, state: dict[str, Any], model: SegmentationModel, fmt: str) -> dict[str, Any]:
@@ -146,8 +111,6 @@ def metadata(cfg, state: dict[str, Any], model: SegmentationModel, fmt: str) -> 
 def export(run_dir: str | Path, out: str | Path, fmt: str = "torchscript", force: bool = False) -> Path:
     """Write ``run_dir``'s model to ``out`` (``.pt`` TorchScript, or ``.onnx``), with a
     ``.json`` of its metadata beside it. Returns the model's path."""
-    from .api import load_run
-
     if fmt not in ("torchscript", "onnx"):
         raise ConfigError(f"--format must be torchscript or onnx, got {fmt!r}")
     out = Path(out)
@@ -156,16 +119,16 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "torchscript", force
         safefs.refuse_link(path)  # a link, dangling or not, is never written through
         if path.exists() and not force:
             raise RunFolderError(f"{path} already exists; pass --force to replace it")
-    cfg, method, state = load_run(run_dir)
-    model = build(method, cfg, state, trace=fmt == "torchscript")
-    meta = metadata(cfg, state, model, fmt)
+    segmenter = Segmenter.from_run(run_dir, "cpu")
+    model = build(segmenter, trace=fmt == "torchscript")
+    meta = metadata(segmenter.cfg, segmenter.state, model, fmt)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torchscript":
         scripted = torch.jit.script(model)
         with safefs.atomic(out) as handle:
             torch.jit.save(scripted, handle, _extra_files={"superdiffusion.json": json.dumps(meta)})
     else:
-        _onnx(model, state["data"]["channels"], meta, out)
+        _onnx(model, segmenter.channels, meta, out)
     safefs.write_text(info, json.dumps(meta, indent=2) + "\n")
     return out
 

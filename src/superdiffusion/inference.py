@@ -1,10 +1,15 @@
-"""Batched prediction of normalised image tensors, with K noise draws for diffusion methods
-and MONAI sliding windows for volumes; and the prediction files written for new images."""
+"""Prediction: batched probabilities of normalised tensors (K noise draws for diffusion
+methods, MONAI sliding windows for patches and volumes), and the :class:`Segmenter`, the one
+owner of a trained model: its preprocessing, its method's inference input, its threshold and
+class names, and the files a prediction writes."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,10 +17,24 @@ from monai.inferers import sliding_window_inference
 from PIL import Image
 
 from . import safefs
-from .data import normalize, normalize_each
-from .data.folder import read_image, resize_image
-from .errors import ConfigError
-from .methods import Method, Prediction
+from .config import Config, from_dict
+from .data import normalize, normalize_cases
+from .data.dataset import class_names
+from .data.folder import IMAGE_EXTENSIONS, read_image, resize_image
+from .errors import ConfigError, DataError, RunFolderError
+from .methods import Method, Prediction, build_method
+from .runfolder import RunFolder
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (a GPU when there is one), ``cpu``, ``mps`` or ``cuda[:N]``, checked."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise ConfigError(f"device must be auto, cpu, mps or cuda[:N], got {name[:40]!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but no CUDA device is available")
+    return torch.device(name)
 
 
 @torch.inference_mode()
@@ -101,57 +120,253 @@ def _sliding(
     return Prediction(out[:, :c], out[:, c] if out.shape[1] > c else None)
 
 
-def _mask_from(probs: torch.Tensor, num_classes: int, threshold: float) -> np.ndarray:
-    if num_classes == 2:
-        return (probs[1:].sum(0) > threshold).numpy().astype(np.uint8)
-    return probs.argmax(0).numpy().astype(np.uint8)
-
-
-def predict_image_file(
-    method, cfg, data_info, path, output, samples, threshold, device, probabilities: bool = False
-) -> list[Path]:
-    """Segment one 2D image file into ``output/STEM.png`` (at the image's own size), plus
-    ``STEM_uncertainty.png`` with several draws and, with ``probabilities``,
-    ``STEM_probability.png``: the foreground probability as 16 bits (65535 = 1). ``data_info``:
-    the checkpoint's ``data`` record (channels, normalisation statistics)."""
-    stats, channels = data_info["stats"], data_info["channels"]
-    image = read_image(path, channels)
-    size = image.shape[1:]
-    if cfg.data.size is None:  # trained on patches at native resolution: sliding windows over the image
-        x = normalize(normalize_each(torch.from_numpy(image)[None], cfg.data.normalize), stats)
-        window, overlap = tuple(cfg.data.patch_size), cfg.eval.sw_overlap
+def load_run(run_dir: str | Path, which: str = "best.pt") -> tuple[Config, Method, dict[str, Any]]:
+    """Rebuild the method of a run folder: from ``model.pt`` once the run has finished, else
+    from its checkpoint ``which`` (a run in progress). Networks that ``model.pt`` does not
+    hold keep their initial weights; prediction does not use them."""
+    folder = RunFolder(run_dir)
+    if folder.model_path.exists():
+        state = folder.load_model()
+    elif folder.has_checkpoint(which):
+        state = folder.load_checkpoint(which)
     else:
-        x = normalize(normalize_each(resize_image(image, tuple(cfg.data.size))[None], cfg.data.normalize), stats)
-        window, overlap = None, 0.5
-    pred = predict_tensor(
-        method, x, device, cfg.eval.batch_size, samples, window, overlap, cfg.train.seed, cfg.eval.inference_t
-    )
-    probs = torch.nn.functional.interpolate(pred.probs, size=size, mode="bilinear", align_corners=False)[0]
-    mask = _mask_from(probs, method.num_classes, threshold)
-    target = output / f"{path.stem}.png"
-    _save_png(Image.fromarray(mask * 255 if method.num_classes == 2 else mask), target)
-    written = [target]
-    if pred.spread is not None:
-        spread = torch.nn.functional.interpolate(pred.spread[None], size=size, mode="bilinear", align_corners=False)
-        unc = (spread[0, 0].clamp(0, 0.5) * 510).numpy().astype(np.uint8)
-        _save_png(Image.fromarray(unc), output / f"{path.stem}_uncertainty.png")
-        written.append(output / f"{path.stem}_uncertainty.png")
-    if probabilities:
-        fg = (probs[1:].sum(0).clamp(0, 1) * 65535).round().numpy().astype(np.uint16)
-        _save_png(Image.fromarray(fg), output / f"{path.stem}_probability.png")
-        written.append(output / f"{path.stem}_probability.png")
-    return written
+        raise RunFolderError(f"{run_dir}: no model.pt and no checkpoint {which} (has this run finished an epoch?)")
+    cfg = from_dict(state["config"])
+    d = state["data"]
+    method = build_method(cfg, d["channels"], d["num_classes"], d["spatial_dims"])
+    if "segmenter" in state:
+        method.segmenter().load_state_dict(state["segmenter"])
+        if state.get("teacher") is not None:
+            method.teacher_net().load_state_dict(state["teacher"])
+    else:
+        method.load_state_dict(state["model"])
+    return cfg, method, state
 
 
-def output_names(stem: str, spatial_dims: int, samples: int, probabilities: bool) -> list[str]:
-    """The files a prediction of the input ``stem`` writes."""
-    suffix = ".nii.gz" if spatial_dims == 3 else ".png"
-    names = [f"{stem}{suffix}"]
-    if samples > 1:
-        names.append(f"{stem}_uncertainty{suffix}")
-    if probabilities:
-        names.append(f"{stem}_probability{suffix}")
-    return names
+class Segmenter:
+    """A trained model, ready to segment: built once from a run folder (:meth:`from_run`), the
+    idiom of nnU-Net's predictor. It owns what a prediction needs beside the weights, so that
+    no caller re-derives the preprocessing or reads a method's settings:
+
+    - the preprocessing of a raw image, from the run's saved data record (channels,
+      ``data.normalize``, the training set's statistics, the model size);
+    - the method's inference input (a diffusion method's pure-noise mask), through the
+      method's own ``predict`` and ``frozen_network``;
+    - the selected threshold, the class names and the files a prediction writes.
+
+    ``predict``, ``evaluate``, ``suggest``, ``figure``, ``show`` and ``export`` use it.
+    """
+
+    def __init__(self, cfg: Config, method: Method, state: dict[str, Any], device: torch.device | str = "cpu"):
+        self.cfg, self.state = cfg, state
+        self.data_info: dict[str, Any] = state["data"]
+        self.device = torch.device(device)
+        self.method = method.to(self.device)
+        self.best: dict[str, Any] = dict(state.get("best") or {})
+        self.threshold = float(self.best.get("threshold", 0.5))
+        self.class_names = class_names(method.num_classes, self.data_info.get("class_names"))
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "auto", which: str = "best.pt") -> Segmenter:
+        """The selected model of ``run_dir`` on ``device`` (auto: a GPU when there is one)."""
+        cfg, method, state = load_run(run_dir, which)
+        return cls(cfg, method, state, resolve_device(device))
+
+    # --- what the model is ----------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.method.num_classes
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.method.spatial_dims
+
+    @property
+    def channels(self) -> int:
+        return int(self.data_info["channels"])
+
+    @property
+    def stats(self) -> dict[str, list[float]]:
+        return self.data_info["stats"]
+
+    @property
+    def size(self) -> tuple[int, ...] | None:
+        """The size a 2D image is resized to before the network; None: the model segments images
+        at their own size by sliding windows (volumes, 2D trained on native-resolution patches)."""
+        size = self.cfg.data.size
+        return tuple(int(v) for v in size) if size is not None and self.spatial_dims == 2 else None
+
+    @property
+    def window(self) -> tuple[int, ...] | None:
+        """The sliding window (``data.patch_size``), or None when the whole image goes at once."""
+        return None if self.size is not None else tuple(self.cfg.data.patch_size)
+
+    def require_fixed_size(self, what: str) -> tuple[int, ...]:
+        """The model size, or one line saying that ``what`` needs a 2D run at a fixed ``data.size``."""
+        if self.size is None:
+            raise ConfigError(
+                f"{what} needs a 2D run trained at a fixed data.size; this run predicts by sliding windows "
+                "(volumes, or data.size=null): use superdiffusion predict"
+            )
+        return self.size
+
+    # --- preprocessing ----------------------------------------------------------------------
+    def preprocess(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A raw ``(C, H, W)`` image in [0, 1] (as :func:`read_image` gives it) -> the network's
+        normalised ``(1, C, *S)`` input: resized to the model size (if any), then normalised."""
+        image = torch.as_tensor(image)
+        if self.size is not None:
+            image = resize_image(image.numpy(), self.size)
+        return normalize_cases([image], self.stats, self.cfg.data.normalize)[0][None]
+
+    def read(self, path: Path) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """A 2D image file -> the network's input and the image's own ``(H, W)``."""
+        image = read_image(path, self.channels)
+        return self.preprocess(image), tuple(image.shape[1:])
+
+    # --- prediction -------------------------------------------------------------------------
+    def probabilities(self, images: torch.Tensor, samples: int = 1, net: torch.nn.Module | None = None) -> Prediction:
+        """Class probabilities of normalised ``images`` (``(N, C, *S)``, one case at a time when
+        they are predicted by sliding windows), seeded from ``train.seed``; ``net`` replaces the
+        method's segmenter (the paper's teacher)."""
+        e = self.cfg.eval
+        overlap = e.sw_overlap if self.window is not None else 0.5
+        return predict_tensor(
+            self.method, images, self.device, e.batch_size, samples, self.window, overlap,
+            self.cfg.train.seed, e.inference_t, net,
+        )  # fmt: skip
+
+    def mask(self, probs: torch.Tensor) -> np.ndarray:
+        """Class probabilities ``(K, *S)`` -> the uint8 mask: foreground above the threshold
+        (binary tasks), else the most probable class."""
+        if self.num_classes == 2:
+            return (probs[1:].sum(0) > self.threshold).numpy().astype(np.uint8)
+        return probs.argmax(0).numpy().astype(np.uint8)
+
+    def frozen_network(self) -> torch.nn.Module:
+        """The network as one deterministic module, normalised images at the model size ->
+        class probabilities, on the CPU: a diffusion method's noise input is fixed to the draw
+        that :meth:`predict_file` makes for a single image (what ``export`` writes)."""
+        size = self.require_fixed_size("export")
+        draw = torch.Generator().manual_seed(derived_seed(self.cfg.train.seed, 0))
+        return self.method.cpu().eval().frozen_network(size, self.cfg.eval.inference_t, draw)
+
+    # --- files ------------------------------------------------------------------------------
+    def output_names(self, stem: str, samples: int, probabilities: bool) -> list[str]:
+        """The files a prediction of the input ``stem`` writes."""
+        suffix = ".nii.gz" if self.spatial_dims == 3 else ".png"
+        names = [f"{stem}{suffix}"]
+        if samples > 1:
+            names.append(f"{stem}_uncertainty{suffix}")
+        if probabilities:
+            names.append(f"{stem}_probability{suffix}")
+        return names
+
+    def inputs(self, path: Path) -> list[Path | tuple[Path, ...]]:
+        """The cases of a file or folder: each 2D image or volume (volumes of several channels:
+        nnU-Net's ``CASE_0000`` ... files gathered per case)."""
+        from .data.volumes import group_channels, is_volume
+
+        if path.is_file():
+            files = [path]
+        elif not path.is_dir():
+            raise DataError(f"{path}: no such file or folder")
+        else:
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS or is_volume(p))
+        if not files:
+            raise DataError(f"{path}: no image or volume files")
+        return group_channels(files, self.channels) if self.spatial_dims == 3 else files
+
+    def check_outputs(self, cases: list, output: Path, samples: int, probabilities: bool, force: bool) -> None:
+        """Before anything is written: refuse outputs that would overwrite an input (even with
+        ``force``), that two inputs would both write (``case1.png`` and ``case1.jpg``), or that
+        exist already (without ``force``)."""
+        from .data.volumes import case_stem
+
+        groups = [tuple(c) if isinstance(c, list | tuple) else (c,) for c in cases]  # a volume's channel files
+        resolved_inputs = {Path(p).resolve() for group in groups for p in group}
+        by_name: dict[str, list[str]] = {}  # lower-cased: clashes on case-insensitive file systems too
+        names: list[str] = []
+        for group in groups:
+            first = Path(group[0])
+            stem = case_stem(group if len(group) > 1 else first) if self.spatial_dims == 3 else first.stem
+            for name in self.output_names(stem, samples, probabilities):
+                by_name.setdefault(name.lower(), []).append(first.name)
+                names.append(name)
+        clashes = {name: sources for name, sources in by_name.items() if len(sources) > 1}
+        if clashes:
+            shown = "; ".join(f"{name} from {', '.join(src)}" for name, src in sorted(clashes.items())[:5])
+            raise DataError(
+                f"{len(clashes)} output names would be written by more than one input ({shown}): rename the inputs"
+            )
+        for name in names:
+            target = output / name
+            safefs.refuse_link(target)
+            if target.resolve() in resolved_inputs:
+                raise RunFolderError(
+                    f"{target} is one of the input files; predict never overwrites its inputs, even with --force: "
+                    "choose another output folder"
+                )
+            if os.path.lexists(target) and not force:
+                raise RunFolderError(f"{target} already exists; choose another output folder or pass --force")
+
+    def predict(
+        self, inputs: str | Path, output: str | Path, samples: int = 1, force: bool = False, probabilities: bool = False
+    ) -> list[Path]:
+        """Segment every image or volume of ``inputs`` (a file or a folder) into ``output``;
+        returns the files written."""
+        output = Path(output)
+        output.mkdir(parents=True, exist_ok=True)
+        cases = self.inputs(Path(inputs))
+        self.check_outputs(cases, output, samples, probabilities, force)
+        return [path for case in cases for path in self.predict_file(case, output, samples, probabilities)]
+
+    def predict_file(self, path, output: Path, samples: int = 1, probabilities: bool = False) -> list[Path]:
+        """Segment one case. 2D: ``output/STEM.png`` at the image's own size (0/255 for binary
+        tasks, class indices otherwise), ``STEM_uncertainty.png`` with several draws (the spread
+        x 510) and, with ``probabilities``, ``STEM_probability.png`` (16 bits, 65535 = 1). 3D:
+        ``STEM.nii.gz`` with the input's affine, and float uncertainty and probability volumes."""
+        if self.spatial_dims == 3:
+            return self._predict_volume(path, output, samples, probabilities)
+        x, size = self.read(path)
+        pred = self.probabilities(x, samples)
+        probs = torch.nn.functional.interpolate(pred.probs, size=size, mode="bilinear", align_corners=False)[0]
+        mask = self.mask(probs)
+        target = output / f"{path.stem}.png"
+        _save_png(Image.fromarray(mask * 255 if self.num_classes == 2 else mask), target)
+        written = [target]
+        if pred.spread is not None:
+            spread = torch.nn.functional.interpolate(pred.spread[None], size=size, mode="bilinear", align_corners=False)
+            unc = (spread[0, 0].clamp(0, 0.5) * 510).numpy().astype(np.uint8)
+            _save_png(Image.fromarray(unc), output / f"{path.stem}_uncertainty.png")
+            written.append(output / f"{path.stem}_uncertainty.png")
+        if probabilities:
+            fg = (probs[1:].sum(0).clamp(0, 1) * 65535).round().numpy().astype(np.uint16)
+            _save_png(Image.fromarray(fg), output / f"{path.stem}_probability.png")
+            written.append(output / f"{path.stem}_probability.png")
+        return written
+
+    def _predict_volume(self, path, output: Path, samples: int, probabilities: bool) -> list[Path]:
+        import nibabel as nib
+
+        from .data.volumes import VolumePair, case_stem, load_volume_pair
+
+        image, _, geometry = load_volume_pair(VolumePair(case_stem(path), path, None), self.cfg.data, labels=False)
+        pred = self.probabilities(normalize(image[None], self.stats), samples)
+        stem = case_stem(path)
+        target = output / f"{stem}.nii.gz"
+        _save_nifti(nib.Nifti1Image(self.mask(pred.probs[0]), geometry.affine), target)
+        written = [target]
+        if pred.spread is not None:
+            unc = output / f"{stem}_uncertainty.nii.gz"
+            _save_nifti(nib.Nifti1Image(pred.spread[0].numpy().astype(np.float32), geometry.affine), unc)
+            written.append(unc)
+        if probabilities:
+            prob = output / f"{stem}_probability.nii.gz"
+            fg = pred.probs[0, 1:].sum(0).clamp(0, 1).numpy().astype(np.float32)
+            _save_nifti(nib.Nifti1Image(fg, geometry.affine), prob)
+            written.append(prob)
+        return written
 
 
 def _save_png(image: Image.Image, target: Path) -> None:
@@ -166,42 +381,19 @@ def _save_nifti(image, target: Path) -> None:
     safefs.write_bytes(target, gzip.compress(image.to_bytes(), compresslevel=6))
 
 
+def _in_hand(method: Method, cfg: Config, data_info: dict[str, Any], threshold: float, device) -> Segmenter:
+    return Segmenter(cfg, method, {"data": data_info, "best": {"threshold": threshold}}, device)
+
+
+def predict_image_file(
+    method, cfg, data_info, path, output, samples, threshold, device, probabilities: bool = False
+) -> list[Path]:
+    """:meth:`Segmenter.predict_file` for a method in hand (not loaded from a run folder)."""
+    return _in_hand(method, cfg, data_info, threshold, device).predict_file(path, output, samples, probabilities)
+
+
 def predict_volume_file(
     method, cfg, data_info, path, output, samples, threshold, device, probabilities: bool = False
 ) -> list[Path]:
-    """Segment one volume by sliding windows into ``output/STEM.nii.gz`` with the input's
-    affine, plus ``STEM_uncertainty.nii.gz`` (float) with several draws and, with
-    ``probabilities``, ``STEM_probability.nii.gz``: the foreground probability (float32).
-    ``data_info``: the checkpoint's ``data`` record (its training-set statistics)."""
-    import nibabel as nib
-
-    from .data.volumes import VolumePair, case_stem, load_volume_pair
-
-    image, _, geometry = load_volume_pair(VolumePair(case_stem(path), path, None), cfg.data, labels=False)
-    image = normalize(image[None], data_info["stats"])[0]
-    pred = predict_tensor(
-        method,
-        image[None],
-        device,
-        cfg.eval.batch_size,
-        samples,
-        tuple(cfg.data.patch_size),
-        cfg.eval.sw_overlap,
-        cfg.train.seed,
-        cfg.eval.inference_t,
-    )
-    mask = _mask_from(pred.probs[0], method.num_classes, threshold)
-    stem = case_stem(path)
-    target = output / f"{stem}.nii.gz"
-    _save_nifti(nib.Nifti1Image(mask, geometry.affine), target)
-    written = [target]
-    if pred.spread is not None:
-        unc = output / f"{stem}_uncertainty.nii.gz"
-        _save_nifti(nib.Nifti1Image(pred.spread[0].numpy().astype(np.float32), geometry.affine), unc)
-        written.append(unc)
-    if probabilities:
-        prob = output / f"{stem}_probability.nii.gz"
-        fg = pred.probs[0, 1:].sum(0).clamp(0, 1).numpy().astype(np.float32)
-        _save_nifti(nib.Nifti1Image(fg, geometry.affine), prob)
-        written.append(prob)
-    return written
+    """:meth:`Segmenter.predict_file` of a volume for a method in hand."""
+    return _in_hand(method, cfg, data_info, threshold, device).predict_file(path, output, samples, probabilities)

@@ -11,12 +11,27 @@ This module sits below :mod:`superdiffusion.config` and imports nothing of the p
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Ramp = Literal["linear", "sigmoid", "constant"]
 MAX_ROUNDS = 50  # each round is two more network passes per step: a typo like rounds=100000 never ends
+
+
+# every method's settings class by method name, in the order of the paper's tables (the order
+# the classes are declared below): filled by @register, the one list of the package's methods
+SETTINGS: dict[str, type[MethodSettings]] = {}
+S = TypeVar("S", bound="type[MethodSettings]")
+
+
+def register(cls: S) -> S:
+    """Class decorator: list a method's settings class in :data:`SETTINGS` under its ``name``."""
+    name = cls.model_fields["name"].default
+    if name in SETTINGS:
+        raise TypeError(f"two settings classes for method {name!r}")
+    SETTINGS[name] = cls
+    return cls
 
 
 class MethodSettings(BaseModel):
@@ -28,7 +43,7 @@ class MethodSettings(BaseModel):
     # the unsupervised weight lambda reaches lambda_max following ramp: linear,
     # lambda_max * epoch / epochs (the paper); sigmoid, exp(-5 (1 - x)^2) (Laine & Aila)
     lambda_max: float = Field(0.1, ge=0)
-    ramp: Ramp = "sigmoid"
+    ramp: Ramp = "sigmoid"  # linear (the paper), sigmoid (the baselines' references) or constant
     # reference: the method's own lambda_max and ramp (below); paper: Appendix A's linear ramp
     # to 5 for every method
     lambda_schedule: Literal["reference", "paper"] = "reference"
@@ -47,6 +62,7 @@ class MethodSettings(BaseModel):
         return self
 
 
+@register
 class SupervisedSettings(MethodSettings):
     """Labeled images only."""
 
@@ -55,20 +71,32 @@ class SupervisedSettings(MethodSettings):
     ramp: Ramp = "constant"
 
 
+@register
 class EMSettings(MethodSettings):
     """Entropy minimisation; SSL4MIS's sigmoid ramp to 0.1."""
 
     name: Literal["em"] = "em"
 
 
+@register
 class MTSettings(MethodSettings):
     """Mean teacher; SSL4MIS's sigmoid ramp to 0.1."""
 
     name: Literal["mt"] = "mt"
-    ema_decay: float = Field(0.99, ge=0, le=1)
+    ema_decay: float = Field(0.99, ge=0, le=1)  # the teacher is the exponential moving average of the student
     input_noise: float = Field(0.1, ge=0)  # teacher input noise: clamp(N(0, s^2), -2s, 2s)
 
 
+@register
+class CCTSettings(MethodSettings):
+    """Cross-consistency training; SSL4MIS's sigmoid ramp to 0.1."""
+
+    name: Literal["cct"] = "cct"
+    aux_decoders: int = Field(3, ge=1)  # feature noise, dropout, feature dropout (cycled)
+    detach_main: bool = True  # the auxiliary decoders learn from the main decoder's prediction, not it from them
+
+
+@register
 class UAMTSettings(MTSettings):
     """Uncertainty-aware mean teacher; SSL4MIS's sigmoid ramp to 0.1."""
 
@@ -76,35 +104,31 @@ class UAMTSettings(MTSettings):
     mc_passes: int = Field(8, ge=1)  # noisy teacher passes that give the uncertainty (not the target)
 
 
-class CCTSettings(MethodSettings):
-    """Cross-consistency training; SSL4MIS's sigmoid ramp to 0.1."""
-
-    name: Literal["cct"] = "cct"
-    aux_decoders: int = Field(3, ge=1)  # feature noise, dropout, feature dropout (cycled)
-    detach_main: bool = True
-
-
+@register
 class URPCSettings(MethodSettings):
     """Uncertainty rectified pyramid consistency; SSL4MIS's sigmoid ramp to 0.1."""
 
     name: Literal["urpc"] = "urpc"
 
 
+@register
 class CPSSettings(MethodSettings):
     """Cross pseudo supervision; SSL4MIS's sigmoid ramp to 0.1."""
 
     name: Literal["cps"] = "cps"
 
 
+@register
 class DTCSettings(MethodSettings):
     """Dual-task consistency; the DTC authors' sigmoid ramp to 1.0."""
 
     name: Literal["dtc"] = "dtc"
     lambda_max: float = Field(1.0, ge=0)
-    sdf_weight: float = Field(0.3, ge=0)
+    sdf_weight: float = Field(0.3, ge=0)  # weight of the signed-distance regression on labeled images
     sharpness: float = Field(1500.0, gt=0)  # k of sigmoid(-k * sdf)
 
 
+@register
 class SuperDiffusionSettings(MethodSettings):
     """The paper's method (Sec. 3): linear ramp of lambda to 5 (Appendix A); the ``cpu`` and
     ``quick`` profiles lower it to 0.1 (docs/results.md, "Thin structures")."""
@@ -119,7 +143,7 @@ class SuperDiffusionSettings(MethodSettings):
     # noisy: q(i, t', v) (Sec. 3.3's rounds); noise: pure noise, Eq. 6 as printed (profile=paper, with
     # recon_space=image): the image pathway must then draw the image from the mask, so the mask must carry it
     pretrain_image_input: Literal["noisy", "noise"] = "noisy"
-    x0_clip: float = Field(1.0, gt=0)
+    x0_clip: float = Field(1.0, gt=0)  # predicted images are clipped to [-x0_clip, x0_clip] (Eq. 3)
     # --- keeping what pretraining learned (beyond the paper) ---
     # after pretraining, if the teacher's mask matches the labeled images better with its classes swapped
     # (binary tasks: cycle consistency cannot tell a mask from its inverse), swap them; logged
@@ -135,9 +159,10 @@ class SuperDiffusionSettings(MethodSettings):
     mask_noise: Literal["paper", "zero"] = "paper"  # paper: the mask input is q(0, t, v); zero: a zero tensor
     pseudo_loss: Literal["ce", "ce_dice"] = "ce"  # ce (Eq. 9, 13); ce_dice: 0.5 (CE + Dice) for CPS and align
     pseudo_confidence: float = Field(0.0, ge=0, lt=1)  # > 0: pseudo-labelled pixels below it are ignored
-    timesteps: int = Field(1000, ge=2)
+    timesteps: int = Field(1000, ge=2)  # T, the diffusion steps
+    # the linear noise schedule beta_t from beta_start to beta_end (DDPM's, the paper's)
     beta_start: float = Field(1e-4, gt=0, lt=1)
-    beta_end: float = Field(0.02, gt=0, lt=1)
+    beta_end: float = Field(0.02, gt=0, lt=1)  # the last step's beta
 
     @model_validator(mode="after")
     def _consistent(self) -> SuperDiffusionSettings:
@@ -157,30 +182,5 @@ class SuperDiffusionSettings(MethodSettings):
         return self
 
 
-SETTINGS: dict[str, type[MethodSettings]] = {
-    cls.model_fields["name"].default: cls
-    for cls in (
-        SupervisedSettings,
-        EMSettings,
-        MTSettings,
-        CCTSettings,
-        UAMTSettings,
-        URPCSettings,
-        CPSSettings,
-        DTCSettings,
-        SuperDiffusionSettings,
-    )
-}
-
-AnyMethodSettings = Annotated[
-    SupervisedSettings
-    | EMSettings
-    | MTSettings
-    | CCTSettings
-    | UAMTSettings
-    | URPCSettings
-    | CPSSettings
-    | DTCSettings
-    | SuperDiffusionSettings,
-    Field(discriminator="name"),
-]
+# the ``method`` section: validated against the class its ``name`` picks
+AnyMethodSettings = Annotated[Union[tuple(SETTINGS.values())], Field(discriminator="name")]  # noqa: UP007

@@ -20,7 +20,7 @@ import torch
 
 from . import checkpoint
 from .config import Config
-from .data import SegmentationData, Split
+from .data import SegmentationData, Split, build_data
 from .data.dataset import class_names
 from .data.folder import read_mask
 from .data.patches import pad_stack
@@ -41,6 +41,7 @@ from .evaluation import (
 )
 from .inference import derived_seed, generator, predict_tensor
 from .methods import Method
+from .runfolder import RunFolder
 from .uncertainty import binary_entropy, finite, uncertainty_report
 
 PROTOCOLS = {
@@ -53,6 +54,12 @@ def uses_validation(cfg: Config) -> bool:
     """The paper's protocol selects on test: no validation carve-out, and the labeled subset is
     drawn from all training images (``ceil(N p / 100)``), as for Table 1."""
     return cfg.eval.protocol != "paper"
+
+
+def run_data(run_dir: str | Path, cfg: Config) -> SegmentationData:
+    """The data of a trained run, split exactly as it was trained (its ``splits.json``): what
+    evaluate, suggest, figure and show score."""
+    return build_data(cfg.data, cfg.train.seed, uses_validation(cfg), RunFolder(run_dir).read_splits())
 
 
 def protocol_label(checkpoint_split: str, threshold_split: str) -> str:
@@ -158,7 +165,7 @@ def evaluate_method(
     teacher = method.teacher_net()
     if teacher is not None and data.spatial_dims == 2:
         sources["teacher_disagreement"] = (teacher_probability(method, teacher, test, cfg, device) - fg).abs()
-    if has_dropout(method.segmenter()) and not isinstance(test.images, list):
+    if has_dropout(method.segmenter()) and test.size is not None:
         sources["mc_dropout"] = mc_dropout_spread(method, test, cfg, device)
     dice = [row["dice"] for row in results["per_case"]]
     results["uncertainty"] = finite(uncertainty_report(fg, masks, threshold, dice, sources))
@@ -186,7 +193,7 @@ def mc_dropout_spread(method: Method, split: Split, cfg: Config, device: torch.d
         for m in drops:
             m.train()
         for start in range(0, len(split), cfg.eval.batch_size):
-            images = split.images[start : start + cfg.eval.batch_size].to(device)
+            images = split.stack(slice(start, start + cfg.eval.batch_size)).to(device)
             passes = torch.stack(
                 [foreground_probability(method.predict(images).probs.float()) for _ in range(MC_DROPOUT_PASSES)]
             )
@@ -202,7 +209,7 @@ def teacher_probability(method: Method, teacher, split: Split, cfg: Config, devi
     method.eval()
     chunks = []
     for start in range(0, len(split), cfg.eval.batch_size):
-        images = split.images[start : start + cfg.eval.batch_size].to(device)
+        images = split.stack(slice(start, start + cfg.eval.batch_size)).to(device)
         draw = generator(images, derived_seed(cfg.train.seed, start))
         probs = method.predict(images, 1, draw, cfg.eval.inference_t, net=teacher).probs
         chunks.append(foreground_probability(probs.float().cpu()))
@@ -228,7 +235,7 @@ class Selection:
 
     @property
     def variable_size(self) -> bool:
-        return isinstance(self.split.images, list)
+        return self.split.size is None
 
     @property
     def fractions(self) -> dict[str, float]:
@@ -257,10 +264,10 @@ def select_epoch(method: Method, data: SegmentationData, cfg: Config, device: to
 
 def example_predictions(method: Method, split: Split, cfg: Config, device: torch.device, count: int = 4):
     """The first ``count`` images of a split, their class probabilities and their masks."""
-    images = split.images[:count]
+    images = split.stack(slice(0, count))
     e = cfg.eval
     pred = predict_tensor(method, images, device, e.batch_size, 1, seed=cfg.train.seed, step=e.inference_t)
-    return images, pred.probs, split.masks[:count]
+    return images, pred.probs, split.stack_masks(slice(0, count))
 
 
 def selection_scores(method: Method, split: Split, cfg: Config, device: torch.device) -> list[dict[str, float]]:
@@ -275,7 +282,7 @@ def split_probabilities(method: Method, split: Split, cfg: Config, device: torch
     """Class probabilities and masks of a split, stacked; volumes of different sizes are
     zero-padded to the largest (padding adds no true or false positive). ``keep`` receives
     the :class:`Prediction` (for its spread); ``net`` replaces the method's segmenter."""
-    if isinstance(split.images, list):
+    if split.size is None:  # each case at its own size, by sliding windows
         window = tuple(cfg.data.patch_size)
         preds = [
             predict_tensor(
@@ -299,7 +306,7 @@ def split_probabilities(method: Method, split: Split, cfg: Config, device: torch
         return probs, masks
     pred = predict_tensor(
         method,
-        split.images,
+        split.stack(),
         device,
         cfg.eval.batch_size,
         cfg.eval.samples,
@@ -309,7 +316,7 @@ def split_probabilities(method: Method, split: Split, cfg: Config, device: torch
     )
     if keep is not None and pred.spread is not None:
         keep.append(pred.spread)
-    return pred.probs, split.masks
+    return pred.probs, split.stack_masks()
 
 
 def labeled_agreement(method: Method, data: SegmentationData, cfg: Config, device: torch.device):

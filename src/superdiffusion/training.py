@@ -10,7 +10,6 @@ as the uninterrupted run would have.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from .data.augment import flip_rotate
 from .data.dataset import split_record
 from .data.patches import random_patches
 from .errors import ConfigError, DataError, RunFolderError, TrainingDiverged
+from .inference import resolve_device
 from .methods import Batch, Method, Phase, StepContext, build_method
 from .monitor import EpochMeter, Monitor
 from .protocol import Selection, example_predictions, labeled_agreement, run_health, select_epoch
@@ -32,16 +32,6 @@ from .runfolder import RunFolder
 
 def step_seed(seed: int, phase: int, epoch: int, step: int) -> int:
     return (((seed * 1_000_003 + phase) * 10_007 + epoch) * 100_003 + step) % (2**63 - 1)
-
-
-def resolve_device(name: str) -> torch.device:
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
-        raise ConfigError(f"device must be auto, cpu, mps or cuda[:N], got {name[:40]!r}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but no CUDA device is available")
-    return torch.device(name)
 
 
 @dataclass
@@ -109,15 +99,13 @@ def make_batch(
     data: SegmentationData, lab: torch.Tensor, unl: torch.Tensor, generator: torch.Generator, patch=None
 ) -> Batch:
     """Gather, crop (images of their own sizes: one random patch each) and augment one batch."""
-    if isinstance(data.labeled.images, list):
-        vols = [data.labeled.images[i] for i in lab.tolist()] + [data.unlabeled.images[i] for i in unl.tolist()]
-        labs = [data.labeled.masks[i] for i in lab.tolist()]
-        labs += [torch.zeros(data.unlabeled.images[i].shape[1:], dtype=torch.long) for i in unl.tolist()]
-        images, labels = random_patches(vols, labs, tuple(patch), generator)
+    cases = [data.labeled.images[i] for i in lab.tolist()] + [data.unlabeled.images[i] for i in unl.tolist()]
+    labels = [data.labeled.masks[i] for i in lab.tolist()]
+    labels += [torch.zeros(data.unlabeled.images[i].shape[1:], dtype=torch.long) for i in unl.tolist()]
+    if data.labeled.size is None:  # each case at its own size: one random patch of each
+        images, labels = random_patches(cases, labels, tuple(patch), generator)
     else:
-        images = torch.cat([data.labeled.images[lab], data.unlabeled.images[unl]])
-        spatial = images.shape[2:]
-        labels = torch.cat([data.labeled.masks[lab], torch.zeros((len(unl), *spatial), dtype=torch.long)])
+        images, labels = torch.stack(cases), torch.stack(labels)
     labeled = torch.cat([torch.ones(len(lab), dtype=torch.bool), torch.zeros(len(unl), dtype=torch.bool)])
     images, labels = flip_rotate(images, labels, generator)
     return Batch(images, labels, labeled)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from ..config import DataConfig
 from ..errors import DataError
 from .dataset import (
@@ -17,6 +15,7 @@ from .dataset import (
     data_folder,
     dataset_stats,
     normalize,
+    normalize_cases,
     normalize_each,
     resolve_root,
 )
@@ -36,6 +35,7 @@ __all__ = [
     "build_data",
     "data_folder",
     "normalize",
+    "normalize_cases",
     "normalize_each",
     "resolve_root",
     "scan_folder",
@@ -86,31 +86,27 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True, recorded: di
     }
     extra = load_pairs(extra_pairs, size, cfg.num_classes, cfg.mask_mode, channels) if extra_pairs else None
     for item in [*loaded.values(), *([extra] if extra is not None else [])]:
-        item["images"] = normalize_each(item["images"], cfg.normalize)
+        item["images"] = [normalize_each(image[None], cfg.normalize)[0] for image in item["images"]]
     stats = dataset_stats(loaded["train"]["images"], cfg.normalize)
 
-    def make(name: str, keep: list[str] | None = None) -> Split:
-        if name not in loaded and size is None:
-            return Split([], [], [])
+    def make(name: str, keep: set[str] | None = None) -> Split:
         if name not in loaded:  # no validation split (paper protocol)
-            return Split(torch.zeros((0, channels, *size)), torch.zeros((0, *size), dtype=torch.long), [])
+            return Split([], [], [], size=size)
         item, group = loaded[name], by[name]
         idx = [i for i, p in enumerate(group) if keep is None or p.id in keep]
-        pick = (lambda x: [x[i] for i in idx]) if size is None else (lambda x: x[idx])  # noqa: E731
         return Split(
-            normalize(pick(item["images"]), stats),
-            pick(item["masks"]),
+            [normalize(item["images"][i][None], stats)[0] for i in idx],
+            [item["masks"][i] for i in idx],
             [group[i].id for i in idx],
             [group[i] for i in idx],
             [item["sizes"][i] for i in idx],
+            size=size,
         )
 
     unlabeled = make("train", set(unlabeled_ids))
     unlabeled.masks = None
     if extra is not None:
-        more = normalize(extra["images"], stats)
-        unlabeled.images = unlabeled.images + more if size is None else torch.cat([unlabeled.images, more])
-        unlabeled.ids = unlabeled.ids + extra["ids"]
+        unlabeled.extend([normalize(image[None], stats)[0] for image in extra["images"]], extra["ids"])
     return SegmentationData(
         labeled=make("train", set(labeled_ids)),
         unlabeled=unlabeled,

@@ -1,6 +1,6 @@
-"""The data every run gets, whatever its format: splits of normalised images and masks
-(stacked tensors, or lists when images keep their own sizes), the data folder of the presets,
-the normalisation, and the assignment of images to train/val/test."""
+"""The data every run gets, whatever its format: splits of normalised images and masks (one
+tensor per case, and the size they share when they were resized to one), the data folder of
+the presets, the normalisation, and the assignment of images to train/val/test."""
 
 from __future__ import annotations
 
@@ -74,18 +74,53 @@ def class_names(num_classes: int, declared: list[str] | None = None) -> list[str
 
 @dataclass
 class Split:
-    """Images ``(N, C, *S)`` (normalised), masks ``(N, *S)`` or None, and their sources.
-    Volumes of different sizes are lists of ``(C, *S)`` and ``(*S)`` tensors instead."""
+    """The cases of one split, one entry each: ``images``, normalised ``(C, *S)`` tensors;
+    ``masks``, ``(*S)`` class maps (None: unlabeled); their ids and sources.
 
-    images: torch.Tensor
-    masks: torch.Tensor | None
+    ``size``: the spatial shape every image was resized to (``data.size``), so that any batch
+    of them stacks; None when each keeps its own size (volumes, 2D at native resolution): those
+    train on patches and are predicted by sliding windows. A stacked ``(N, C, *S)`` tensor is
+    accepted for ``images`` (and ``(N, *S)`` for ``masks``): it is split into its cases, and
+    its shape gives ``size``."""
+
+    images: list[torch.Tensor]
+    masks: list[torch.Tensor] | None
     ids: list[str]
     pairs: list[Pair] = field(default_factory=list)
     sizes: list[tuple[int, ...]] = field(default_factory=list)
     geometry: list = field(default_factory=list)  # volumes: affine and spacing of each
+    size: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if torch.is_tensor(self.images):
+            self.size = self.size or tuple(self.images.shape[2:])
+            self.images = list(self.images.unbind(0))
+        if torch.is_tensor(self.masks):
+            self.masks = list(self.masks.unbind(0))
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def stack(self, index: slice | list[int] | None = None) -> torch.Tensor:
+        """The images ``index`` (default: all) as one ``(n, C, *S)`` batch; they must share a size."""
+        return torch.stack(_pick(self.images, index))
+
+    def stack_masks(self, index: slice | list[int] | None = None) -> torch.Tensor:
+        """The masks ``index`` (default: all) as one ``(n, *S)`` batch."""
+        if self.masks is None:
+            raise DataError("an unlabeled split has no masks")
+        return torch.stack(_pick(self.masks, index))
+
+    def extend(self, images: list[torch.Tensor], ids: list[str]) -> None:
+        """Add cases without masks or sources (the extra unlabeled folder)."""
+        self.images = self.images + list(images)
+        self.ids = self.ids + list(ids)
+
+
+def _pick(items: list, index: slice | list[int] | None) -> list:
+    if index is None:
+        return list(items)
+    return items[index] if isinstance(index, slice) else [items[i] for i in index]
 
 
 @dataclass
@@ -119,15 +154,18 @@ class SegmentationData:
         return info | {"class_names": self.class_names} if self.class_names else info
 
 
-def normalize(images: torch.Tensor | list[torch.Tensor], stats: dict[str, list[float]]) -> torch.Tensor:
-    """Apply the dataset's normalisation: ``(x - mean) / std`` per channel (a list: each
-    ``(C, *S)`` image of different sizes)."""
-    if isinstance(images, list):
-        return [normalize(image[None], stats)[0] for image in images]
+def normalize(images: torch.Tensor, stats: dict[str, list[float]]) -> torch.Tensor:
+    """Apply the dataset's normalisation to a batch ``(N, C, *S)``: ``(x - mean) / std`` per channel."""
     shape = (1, -1) + (1,) * (images.dim() - 2)
     mean = torch.tensor(stats["mean"], dtype=images.dtype).view(shape)
     std = torch.tensor(stats["std"], dtype=images.dtype).view(shape)
     return (images - mean) / std
+
+
+def normalize_cases(images: list[torch.Tensor], stats: dict[str, list[float]], mode: str) -> list[torch.Tensor]:
+    """Both parts of ``data.normalize`` for each ``(C, *S)`` image: :func:`normalize_each`, then
+    :func:`normalize` with the dataset's statistics."""
+    return [normalize(normalize_each(image[None], mode), stats)[0] for image in images]
 
 
 IDENTITY = "identity"
@@ -137,14 +175,12 @@ PERCENTILES = (0.5, 99.5)  # intensity clipping of each image, as nnU-Net clips 
 
 def normalize_each(images, mode: str):
     """The per-image part of ``data.normalize``, channel by channel of each ``(C, *S)`` image
-    (of a stack ``(N, C, *S)`` or a list): ``percentile`` clips to the image's 0.5 and 99.5
+    of a batch ``(N, C, *S)``: ``percentile`` clips to the image's 0.5 and 99.5
     percentiles, then maps linearly to [-1, 1] (bounded: the range of the diffusion pathways);
     ``per_image`` subtracts the image's own mean and divides by its std (unbounded). Any other
     mode is dataset-wide: the images come back unchanged."""
     if mode not in PER_IMAGE_MODES:
         return images
-    if isinstance(images, list):
-        return [normalize_each(image[None], mode)[0] for image in images]
     out = torch.empty_like(images)
     for n, image in enumerate(images):
         for c, plane in enumerate(image):
@@ -156,15 +192,13 @@ def normalize_each(images, mode: str):
     return out
 
 
-def dataset_stats(images: torch.Tensor | list[torch.Tensor], mode: str) -> dict[str, list[float]]:
+def dataset_stats(images: list[torch.Tensor], mode: str) -> dict[str, list[float]]:
     """The dataset-wide part of ``data.normalize``, which :func:`normalize` applies: zscore,
     the training images' channel mean and std (2D and volumes alike); minmax on 2D images in
     [0, 1], to [-1, 1]; ``identity``, ``percentile`` and ``per_image`` (applied to each image
-    by :func:`normalize_each`; volumes' minmax too, as each volume is read), none. A list holds images of their own sizes."""
-    if isinstance(images, list):
-        channels = images[0].shape[0] if images else 1
-    else:
-        channels = images.shape[1]
+    by :func:`normalize_each`; volumes' minmax too, as each volume is read), none. ``images``:
+    ``(C, *S)`` tensors, before :func:`normalize`."""
+    channels = images[0].shape[0] if images else 1
     if mode == IDENTITY or mode in PER_IMAGE_MODES:
         return {"mean": [0.0] * channels, "std": [1.0] * channels}
     if mode == "minmax":
@@ -173,7 +207,7 @@ def dataset_stats(images: torch.Tensor | list[torch.Tensor], mode: str) -> dict[
         raise DataError(f"data.normalize must be minmax, zscore, percentile or per_image, got {mode!r}")
     # sums in float64, image by image: no copy of every voxel of a large volume dataset
     total, square, count = torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64), 0
-    for image in images if isinstance(images, list) else [images.transpose(0, 1).flatten(1)]:
+    for image in images:
         flat = image.flatten(1).double()
         total, square, count = total + flat.sum(1), square + (flat * flat).sum(1), count + flat.shape[1]
     mean = total / max(count, 1)

@@ -285,11 +285,10 @@ def load_pairs(
     channels: int | None = None,
     mask_threshold: float | None = None,
 ) -> dict:
-    """Decode, check and resize every pair once (``size`` None: keep each one's size, and
-    return lists). Returns stacked tensors and metadata.
+    """Decode, check and resize every pair once (``size`` None: keep each one's size).
 
-    ``images``: float32 ``(N, C, H, W)`` in [0, 1]; ``masks``: int64 ``(N, H, W)`` (or None
-    when the pairs have no masks); ``sizes``: the original ``(H, W)`` of each image.
+    ``images``: float32 ``(C, H, W)`` tensors in [0, 1]; ``masks``: int64 ``(H, W)`` tensors
+    (or None when the pairs have no masks); ``sizes``: the original ``(H, W)`` of each image.
     """
     if not pairs:
         raise DataError("no images to load")
@@ -309,10 +308,9 @@ def load_pairs(
                     f"is {img.shape[2]}x{img.shape[1]}"
                 )
             masks.append(resize_mask(mask, size) if size is not None else torch.from_numpy(mask).long())
-    stack = torch.stack if size is not None else list  # native sizes differ: a list
     return {
-        "images": stack(images),
-        "masks": stack(masks) if masks else None,
+        "images": images,
+        "masks": masks or None,
         "sizes": sizes,
         "ids": [p.id for p in pairs],
         "channels": channels,

@@ -326,7 +326,7 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
     training = splits["labeled"].images + unlabeled.images
     stats = dataset_stats(training, cfg.normalize if cfg.normalize == "zscore" else IDENTITY)
     for split in (*splits.values(), unlabeled) if cfg.normalize == "zscore" else ():
-        split.images = normalize(split.images, stats)
+        split.images = [normalize(image[None], stats)[0] for image in split.images]
     return SegmentationData(
         labeled=splits["labeled"],
         unlabeled=unlabeled,

@@ -11,7 +11,6 @@ import torch
 
 from .. import safefs
 from ..errors import DataError
-from ..runfolder import RunFolder
 
 
 def qualitative_figure(
@@ -27,33 +26,25 @@ def qualitative_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..api import load_run
-    from ..data import build_data
     from ..evaluation import foreground_probability, per_case_scores
-    from ..inference import generator
-    from ..protocol import uses_validation
-    from ..training import resolve_device
+    from ..inference import Segmenter
+    from ..protocol import run_data
 
-    cfg, method, state = load_run(run_dir)
-    if method.spatial_dims != 2 or cfg.data.size is None:
-        raise DataError("the qualitative figure is drawn for 2D runs at a fixed data.size")
-    data = build_data(cfg.data, cfg.train.seed, uses_validation(cfg), RunFolder(run_dir).read_splits())
+    model = Segmenter.from_run(run_dir, device)
+    model.require_fixed_size("the qualitative figure")
+    method, threshold = model.method, model.threshold
+    data = run_data(run_dir, model.cfg)
     test = data.test
     chosen = ids or test.ids[:count]
     missing = [i for i in chosen if i not in test.ids]
     if missing:
-        raise DataError(f"image id {missing[0]!r} is not in the test split of {cfg.data.root}")
+        raise DataError(f"image id {missing[0]!r} is not in the test split of {model.cfg.data.root}")
     index = [test.ids.index(i) for i in chosen]
-    images = test.images[index]
-    device = resolve_device(device)
-    method.to(device).eval()
-    threshold = float(state["best"].get("threshold", 0.5))
-    stochastic = method.stochastic_inference
+    images = test.stack(index)
     with torch.inference_mode():
-        x, step = images.to(device), cfg.eval.inference_t
-        student = method.predict(x, samples if stochastic else 1, generator(x, cfg.train.seed), step)
+        student = model.probabilities(images, samples if method.stochastic_inference else 1)
         net = method.teacher_net()
-        teacher = method.predict(x, 1, generator(x, cfg.train.seed), step, net=net) if net is not None else None
+        teacher = model.probabilities(images, 1, net=net) if net is not None else None
     columns = ["sample"] + (["teacher pseudo-label\n(argmax)"] if teacher is not None else [])
     columns += [f"student prediction\n(threshold {threshold:.2f})", "target"]
     columns += ["uncertainty\n(std over draws)"] if student.spread is not None else []

@@ -83,11 +83,9 @@ def _crop(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
 
 def write_page(run_dir: str | Path, out: str | Path | None = None, samples: int = 4, device: str = "auto") -> Path:
     """Write the page of the run in ``run_dir``; returns the path of its ``report.html``."""
-    from ..api import load_run
-    from ..data import build_data
     from ..evaluation import foreground_probability, per_case_scores
-    from ..protocol import split_probabilities, uses_validation
-    from ..training import resolve_device
+    from ..inference import Segmenter
+    from ..protocol import run_data, split_probabilities
 
     run = RunFolder(run_dir)
     home = Path(out) if out else run.path
@@ -107,12 +105,10 @@ def write_page(run_dir: str | Path, out: str | Path | None = None, samples: int 
                 f"{foreign[0]} was not written by superdiffusion, and show would replace it: move it, or give --out DIR"
             )
     safefs.check_writable(target)
-    cfg, method, state = load_run(run_dir)
-    data = build_data(cfg.data, cfg.train.seed, uses_validation(cfg), run.read_splits())
+    model = Segmenter.from_run(run_dir, device)
+    cfg, method, device, threshold = model.cfg, model.method.eval(), model.device, model.threshold
+    data = run_data(run_dir, cfg)
     test, dims = data.test, data.spatial_dims
-    device = resolve_device(device)
-    method.to(device).eval()
-    threshold = float(state["best"].get("threshold", 0.5))
     binary = data.num_classes == 2
     with torch.inference_mode():
         probs, masks = split_probabilities(method, test, cfg, device)

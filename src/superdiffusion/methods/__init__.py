@@ -1,34 +1,28 @@
-"""Every method, by name. A method turns a batch into named losses; the loop does the rest."""
+"""Every method, by name. A method turns a batch into named losses; the loop does the rest.
+
+A method is registered once: its settings class with ``@register`` in
+:mod:`..method_settings` (which gives the order of the paper's tables), and its class with
+``@register`` in a module of this package, which is imported here by discovery."""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from ..config import Config
 from ..method_settings import SETTINGS
 from ..nn import UNetFactory
-from .base import Batch, Method, Phase, Prediction, StepContext
-from .cct import CrossConsistency
-from .cps import CrossPseudoSupervision
-from .dtc import DualTaskConsistency
-from .em import EntropyMinimization
-from .mean_teacher import MeanTeacher, UncertaintyAwareMeanTeacher
-from .superdiffusion import SuperDiffusion
-from .supervised import Supervised
-from .urpc import URPC
+from .base import REGISTERED, Batch, Method, Phase, Prediction, StepContext
 
-METHODS: dict[str, type[Method]] = {  # in the order of the paper's tables
-    m.name: m
-    for m in (
-        Supervised,
-        EntropyMinimization,
-        MeanTeacher,
-        CrossConsistency,
-        UncertaintyAwareMeanTeacher,
-        URPC,
-        CrossPseudoSupervision,
-        DualTaskConsistency,
-        SuperDiffusion,
+for _module in pkgutil.iter_modules(__path__):  # each method module registers its classes
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+if set(REGISTERED) != set(SETTINGS):
+    raise TypeError(
+        f"methods without settings: {sorted(set(REGISTERED) - set(SETTINGS))}; "
+        f"settings without a method: {sorted(set(SETTINGS) - set(REGISTERED))}"
     )
-}
+METHODS: dict[str, type[Method]] = {name: REGISTERED[name] for name in SETTINGS}  # the paper's tables' order
 
 
 def build_method(cfg: Config, channels: int, num_classes: int, spatial_dims: int) -> Method:
@@ -38,7 +32,5 @@ def build_method(cfg: Config, channels: int, num_classes: int, spatial_dims: int
     unets = UNetFactory(spatial_dims, tuple(m.features), m.norm, m.dropout, m.checkpointing, m.channels_last)
     return METHODS[cfg.method.name](cfg.method, unets, channels, num_classes)
 
-
-assert list(METHODS) == list(SETTINGS), "every method has one settings class, in the same order"
 
 __all__ = ["METHODS", "Batch", "Method", "Phase", "Prediction", "StepContext", "build_method"]

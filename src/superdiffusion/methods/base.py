@@ -64,6 +64,21 @@ class Prediction:
     spread: torch.Tensor | None = None
 
 
+REGISTERED: dict[str, type[Method]] = {}  # filled by @register as the method modules are imported
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: the method ``cls.name``, whose settings class (``cls.Settings``) is
+    registered in :data:`~superdiffusion.method_settings.SETTINGS` under the same name."""
+    name = cls.name
+    if cls.Settings.model_fields["name"].default != name:
+        raise TypeError(f"method {name!r} names the settings of {cls.Settings.model_fields['name'].default!r}")
+    if name in REGISTERED:
+        raise TypeError(f"two methods named {name!r}")
+    REGISTERED[name] = cls
+    return cls
+
+
 class Method(nn.Module):
     """A method owns its networks and turns a batch into named raw losses; the loop weighs its
     ``unsupervised_terms`` by lambda.
@@ -153,6 +168,13 @@ class Method(nn.Module):
         paper's teacher mask pathway), or None."""
         return None
 
+    def frozen_network(self, size: tuple[int, ...], step: int | None, generator: torch.Generator) -> nn.Module:
+        """The prediction as one deterministic module, normalised images ``(B, C, *size)`` ->
+        class probabilities (what an exported model runs). A stochastic method fixes its noise
+        input here, drawn from ``generator`` at diffusion ``step`` as :meth:`predict` draws it
+        for a single image."""
+        return Softmax(self.segmenter())
+
     @torch.no_grad()
     def predict(
         self,
@@ -166,3 +188,14 @@ class Method(nn.Module):
         Stochastic methods draw their noise from ``generator`` at diffusion ``step``; ``net``
         replaces the segmenter (e.g. the teacher)."""
         return Prediction((net if net is not None else self.segmenter())(images).softmax(1))
+
+
+class Softmax(nn.Module):
+    """A segmenter's class probabilities."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).softmax(1)

@@ -13,9 +13,10 @@ one encoder, the main decoder and three auxiliary decoders fed perturbed encoder
 from __future__ import annotations
 
 from ..method_settings import CCTSettings
-from .base import Batch, Method, StepContext
+from .base import Batch, Method, StepContext, register
 
 
+@register
 class CrossConsistency(Method):
     name = "cct"
     description = "cross-consistency training: auxiliary decoders on perturbed features (noise, dropout)"

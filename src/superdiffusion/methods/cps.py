@@ -8,10 +8,11 @@ argmax), weighted by the sigmoid ramp to 0.1."""
 from __future__ import annotations
 
 from ..method_settings import CPSSettings
-from .base import Batch, Method, StepContext
+from .base import Batch, Method, StepContext, register
 from .losses import cps_loss
 
 
+@register
 class CrossPseudoSupervision(Method):
     name = "cps"
     Settings = CPSSettings

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ..method_settings import DTCSettings
-from .base import Batch, Method, StepContext
+from .base import Batch, Method, StepContext, register
 
 
 def signed_distance(mask: np.ndarray) -> np.ndarray:
@@ -48,6 +48,7 @@ def batch_signed_distance(labels: torch.Tensor, num_classes: int) -> torch.Tenso
     return torch.from_numpy(np.asarray(maps)).to(labels.device)
 
 
+@register
 class DualTaskConsistency(Method):
     name = "dtc"
     in_table1 = False  # the paper compares DTC on volumes (Table 2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..method_settings import EMSettings
-from .base import Batch, Method, StepContext
+from .base import Batch, Method, StepContext, register
 
 
 def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -19,6 +19,7 @@ def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
     return entropy.mean() / torch.log(torch.tensor(float(logits.shape[1])))
 
 
+@register
 class EntropyMinimization(Method):
     name = "em"
     Settings = EMSettings

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..method_settings import MTSettings, UAMTSettings
-from .base import Batch, Method, StepContext
+from .base import Batch, Method, StepContext, register
 from .ramps import sigmoid_ramp
 
 REFERENCE_DROPOUT = (0.05, 0.1, 0.2, 0.3, 0.5)  # SSL4MIS UNet, encoder levels 1-5
@@ -39,6 +39,7 @@ def level_dropout(levels: int) -> tuple[float, ...]:
     return tuple(float(v) for v in np.interp(np.linspace(0, 1, levels), x, REFERENCE_DROPOUT))
 
 
+@register
 class MeanTeacher(Method):
     name = "mt"
     in_table1 = False  # MT appears in the paper's text, not in Table 1
@@ -88,6 +89,7 @@ class MeanTeacher(Method):
         return self.student
 
 
+@register
 class UncertaintyAwareMeanTeacher(MeanTeacher):
     name = "uamt"
     in_table1 = True

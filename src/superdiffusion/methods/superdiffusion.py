@@ -11,7 +11,7 @@ from torch import nn
 from ..diffusion import NoiseSchedule
 from ..errors import ConfigError
 from ..method_settings import SuperDiffusionSettings
-from .base import Batch, Method, Phase, Prediction, StepContext
+from .base import Batch, Method, Phase, Prediction, StepContext, register
 from .losses import cps_loss, dice_loss  # cps_loss: Eq. 9
 
 
@@ -20,6 +20,7 @@ def mask_to_input(probs: torch.Tensor) -> torch.Tensor:
     return probs * 2 - 1
 
 
+@register
 class SuperDiffusion(Method):
     name = "superdiffusion"
     unsupervised_terms = ("semi", "align", "recon")
@@ -44,11 +45,19 @@ class SuperDiffusion(Method):
     ) -> torch.Tensor:
         """Eq. 5/8: mask logits from the image and a pure-noise mask ``q(0, t, v_m)``."""
         shape = (images.shape[0], self.num_classes, *images.shape[2:])
-        if self.params.mask_noise == "zero":
-            noisy_mask = images.new_zeros(shape)
-        else:
-            noisy_mask = self.schedule.pure_noise(shape, t, generator).to(images.dtype)
+        noisy_mask = self.noise_mask(shape, t, generator).to(device=images.device, dtype=images.dtype)
         return net(torch.cat([noisy_mask, images], dim=1), t)
+
+    def noise_mask(self, shape: tuple[int, ...], t: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The mask pathway's input beside the image: ``q(0, t, v_m)`` (``mask_noise=paper``) or zeros."""
+        if self.params.mask_noise == "zero":
+            return torch.zeros(shape, device=t.device)
+        return self.schedule.pure_noise(shape, t, generator)
+
+    def frozen_network(self, size: tuple[int, ...], step: int | None, generator: torch.Generator) -> nn.Module:
+        step = self.schedule.timesteps - 1 if step is None else step
+        t = torch.full((1,), step, dtype=torch.long)
+        return FixedNoise(self.student_mask, self.noise_mask((1, self.num_classes, *size), t, generator), step)
 
     def pseudo_labels(self, logits: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
         """Hard pseudo-labels (argmax, no gradient) of ``logits`` (or of class ``probs``); pixels
@@ -230,3 +239,18 @@ class SuperDiffusion(Method):
         draws = torch.stack([self.mask_pathway(net, images, t, generator).softmax(1) for _ in range(samples)])
         spread = draws[:, :, 1:].sum(2).std(0, unbiased=False) if samples > 1 else None
         return Prediction(draws.mean(0), spread)
+
+
+class FixedNoise(nn.Module):
+    """The student's mask pathway with its pure-noise mask input fixed: normalised images ->
+    class probabilities, deterministic (what ``export`` traces)."""
+
+    def __init__(self, net: nn.Module, noisy_mask: torch.Tensor, step: int):
+        super().__init__()
+        self.net = net
+        self.register_buffer("noisy_mask", noisy_mask)
+        self.register_buffer("step", torch.tensor([step], dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        return self.net(torch.cat([self.noisy_mask.expand(b, -1, -1, -1), x], dim=1), self.step.expand(b)).softmax(1)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from ..method_settings import SupervisedSettings
-from .base import Batch, Method, StepContext
+from .base import Batch, Method, StepContext, register
 
 
+@register
 class Supervised(Method):
     """A UNet trained on the labeled items of each batch with the reference's labeled loss,
     ``0.5 (CE + Dice)`` (``method.supervised_loss=ce`` for cross entropy alone)."""

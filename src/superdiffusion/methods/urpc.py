@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..method_settings import URPCSettings
-from .base import Batch, Method, StepContext
+from .base import Batch, Method, StepContext, register
 
 
 def pyramid_consistency(logits: list[torch.Tensor]) -> torch.Tensor:
@@ -33,6 +33,7 @@ def pyramid_consistency(logits: list[torch.Tensor]) -> torch.Tensor:
     return total / len(probs)
 
 
+@register
 class URPC(Method):
     name = "urpc"
     Settings = URPCSettings
