@@ -129,3 +129,18 @@ def test_the_resolved_config_says_which_layer_set_lambda(tmp_path):
                    "train.steps_per_epoch=1", "train.batch_size=4", "train.labeled_batch_size=2"])  # fmt: skip
     api.train(cfg, tmp_path / "run")
     assert "lambda: max 0.1 (default), ramp sigmoid (default), for cps" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_quick_takes_the_method_settings_from_cpu_which_owns_them(tmp_path):
+    from superdiffusion.config import builtin_config, load_yaml
+
+    quick, cpu = resolve(["profile=quick"]).method, resolve(["profile=cpu"]).method
+    assert load_yaml(builtin_config("profiles", "quick"))["extends"] == "cpu"
+    assert set(load_yaml(builtin_config("profiles", "quick"))["methods"]["superdiffusion"]) == {"pretrain_epochs"}
+    assert quick.model_dump(exclude={"pretrain_epochs"}) == cpu.model_dump(exclude={"pretrain_epochs"})
+    assert (quick.pretrain_epochs, cpu.pretrain_epochs) == (3, 4)
+    assert resolve(["profile=quick"]).train.batch_size == 8  # from cpu
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        resolve([f"profile={loop}"])

@@ -264,6 +264,28 @@ def _preset_file(kind: str, value: str) -> Path:
     return Path(value) if value.endswith((".yaml", ".yml")) else builtin_config(kind, value)
 
 
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, mapping by mapping."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_profile(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A profile's settings: its YAML on top of the profile it names in ``extends`` (so that a
+    setting two profiles share has one owner)."""
+    if name in seen:
+        raise ConfigError(f"profile {name}: extends itself ({' -> '.join((*seen, name))})")
+    content = dict(load_yaml(_preset_file("profiles", name)))
+    base = content.pop("extends", None)
+    if base is None:
+        return content
+    if not isinstance(base, str):
+        raise ConfigError(f"profile {name}: extends must name one profile, got {base!r}")
+    return _merged(load_profile(base, (*seen, name)), content)
+
+
 Layer = tuple[str, dict[str, Any]]  # (where the values come from, {section: {key: value}})
 
 
@@ -351,7 +373,7 @@ def resolve(
     user = dict(load_yaml(config_file)) if config_file else {}
     presets = {**{k: user.pop(k) for k in PRESETS if k in user}, **presets}
     profile = presets.get("profile", DEFAULT_PROFILE)
-    profile_yaml = dict(load_yaml(_preset_file("profiles", profile)))
+    profile_yaml = load_profile(profile)
     per_method = profile_yaml.pop("methods", {}) or {}  # a profile's settings for one method
     layers = [_normal_layer(f"profile {profile}", profile_yaml)]
     if "dataset" in presets:
