@@ -138,7 +138,7 @@ def reference() -> str:
     for name, cls in SETTINGS.items():
         out += [f"### method={name}", "", *_table(cls, "method", skip=("name",)), ""]
     out += ["## What each profile and dataset preset sets", "",
-            "The defaults above are the classes'; a profile or preset sets these on top (`methods.NAME`: for that method only).", ""]  # fmt: skip
+            "The defaults above are the classes'; a profile or preset sets these on top (`methods.NAME`: for that method only; `extends: P`: on top of profile P).", ""]  # fmt: skip
     for kind in ("profiles", "datasets"):
         for path in sorted((Path(resources.files("superdiffusion")) / "configs" / kind).glob("*.yaml")):
             rows = [f"| `{k}` | `{json.dumps(v)}` |" for k, v in _flat(load_yaml(path))]
