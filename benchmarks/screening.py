@@ -37,18 +37,42 @@ from superdiffusion.protocol import split_probabilities, uses_validation
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {"ph2-full": SHARED / "PH2", "pupil": SHARED / "InP-Pupil"}
 SEEDS = [0, 1, 2]
-EQ67 = ["method.pretrain_image_input=noise", "method.recon_space=image"]
-KEEP = ["method.teacher_lr_factor=0.1", "method.carry_optimizer=true", "method.ramp=constant"]
-ROUNDS = ["method.pseudo_labels=mean", "method.rounds_t_max=300"]
+# the quick profile's method before this screening (its settings are the profile's now): the
+# class defaults (noisy image, noise-space loss, round-0 targets, CE, a fresh teacher) with
+# lambda ramped linearly to 0.1; written out, so that the rows mean what they meant
+OLD = {
+    "method.pretrain_image_input": "noisy",
+    "method.recon_space": "noise",
+    "method.teacher_lr_factor": "1",
+    "method.carry_optimizer": "false",
+    "method.lambda_max": "0.1",
+    "method.ramp": "linear",
+    "method.pseudo_labels": "round0",
+    "method.rounds_t_max": "0",
+    "method.supervised_loss": "ce",
+}
+EQ67 = {"method.pretrain_image_input": "noise", "method.recon_space": "image"}
+KEEP = {"method.teacher_lr_factor": "0.1", "method.carry_optimizer": "true", "method.ramp": "constant"}
+ROUNDS = {"method.pseudo_labels": "mean", "method.rounds_t_max": "300"}
+CEDICE = {"method.supervised_loss": "ce_dice"}
+
+
+def _settings(*layers: dict[str, str]) -> list[str]:
+    merged: dict[str, str] = {}
+    for layer in layers:
+        merged.update(layer)
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
 # name -> (method, settings); the method's combinations build on each other
 COMBOS: dict[str, tuple[str, list[str]]] = {
     "supervised": ("supervised", []),
     "cps": ("cps", []),
-    "old": ("superdiffusion", []),  # the default before this screening: noisy image, noise-space loss
-    "eq67": ("superdiffusion", EQ67),
-    "eq67-keep": ("superdiffusion", EQ67 + KEEP),
-    "eq67-keep-rounds": ("superdiffusion", EQ67 + KEEP + ROUNDS),
-    "eq67-keep-rounds-cedice": ("superdiffusion", EQ67 + KEEP + ROUNDS + ["method.supervised_loss=ce_dice"]),
+    "old": ("superdiffusion", _settings(OLD)),
+    "eq67": ("superdiffusion", _settings(OLD, EQ67)),
+    "eq67-keep": ("superdiffusion", _settings(OLD, EQ67, KEEP)),
+    "eq67-keep-rounds": ("superdiffusion", _settings(OLD, EQ67, KEEP, ROUNDS)),
+    "eq67-keep-rounds-cedice": ("superdiffusion", _settings(OLD, EQ67, KEEP, ROUNDS, CEDICE)),
 }
 FOLDS = 4  # cross-validation of the threshold inside the validation split
 
