@@ -259,3 +259,19 @@ def test_dataset_presets_read_the_data_folder_and_say_how_to_fill_it(tmp_path, m
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "PH2").mkdir(parents=True)
     assert resolve_root(root) == Path("data") / "PH2"  # the default data folder, relative to the working dir
+
+
+def test_fainter_thin_structures_keep_their_masks_and_lose_contrast(tmp_path):
+    from superdiffusion.cli import main
+
+    args = ["make-dataset", "thin", "--count", "4", "--size", "96", "--seed", "1"]
+    assert main([*args[:2], str(tmp_path / "plain"), *args[2:]]) == 0
+    assert main([*args[:2], str(tmp_path / "faint"), *args[2:], "--contrast", "0.3", "--noise", "0.04"]) == 0
+    gaps = {}
+    for kind in ("plain", "faint"):
+        mask = np.asarray(Image.open(tmp_path / kind / "masks" / "thin000.png")) > 0
+        image = np.asarray(Image.open(tmp_path / kind / "images" / "thin000.png")).astype(float)
+        gaps[kind] = (image[~mask].mean() - image[mask].mean(), mask)
+    assert np.array_equal(gaps["plain"][1], gaps["faint"][1])  # the same structures
+    assert 0 < gaps["faint"][0] < 0.5 * gaps["plain"][0]
+    assert main([*args[:2], str(tmp_path / "bad"), *args[2:], "--contrast", "0"]) != 0

@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=_positive, default=256, help="side in pixels (default 256)")
     p.add_argument("--test-count", type=_positive, help="images in the test split (default: half)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--contrast", type=float, default=1.0, help="vessel contrast, below 1 fainter (default 1)")
+    p.add_argument("--noise", type=float, default=0.02, help="noise standard deviation, intensities in [0, 1]")
 
     p = sub.add_parser("figure", help="qualitative figure: sample / teacher / student / target / uncertainty")
     p.add_argument("run", help="run folder")
@@ -340,7 +342,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "make-dataset":
         from .data.synthetic import write_thin_structures
 
-        counts = write_thin_structures(args.dest, args.count, args.size, args.seed, args.test_count)
+        counts = write_thin_structures(
+            args.dest, args.count, args.size, args.seed, args.test_count, contrast=args.contrast, noise=args.noise
+        )
         print(f"{args.kind}: {counts['train']} train, {counts['test']} test -> {args.dest}")
         return 0
     if args.command == "figure":

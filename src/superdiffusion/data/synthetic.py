@@ -68,10 +68,14 @@ def thin_structure_mask(size: int, fraction: float, rng: np.random.Generator) ->
     return mask
 
 
-def thin_structure_image(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def thin_structure_image(
+    mask: np.ndarray, rng: np.random.Generator, contrast: float = 1.0, noise: float = 0.02
+) -> np.ndarray:
     """An 8-bit grey image: textured background with dark blob distractors, uneven
     illumination, darker vessels whose contrast is faint for the thinnest and varies along
-    them, blur and Gaussian noise (a thresholded black top-hat reaches a Dice of 0.5-0.6)."""
+    them, blur and Gaussian noise (a thresholded black top-hat reaches a Dice of 0.5-0.6).
+    ``contrast`` scales the vessels' darkening (below 1: fainter vessels) and ``noise`` is the
+    standard deviation of the Gaussian noise (intensities in [0, 1])."""
     size = mask.shape[0]
     texture = sum(
         ndimage.gaussian_filter(rng.normal(0, 1, mask.shape), sigma) * weight
@@ -87,9 +91,9 @@ def thin_structure_image(mask: np.ndarray, rng: np.random.Generator) -> np.ndarr
         base -= rng.uniform(0.03, 0.08) * np.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / (2 * radius**2))
     thickness = ndimage.distance_transform_edt(mask)  # 1 on 1-px vessels, up to ~2 on 3-px ones
     along = 0.5 + ndimage.gaussian_filter(rng.random(mask.shape), size / 20) / 0.5 * 0.5
-    contrast = 0.1 * thickness * along
-    vessels = ndimage.gaussian_filter(contrast, 0.8)
-    image = base - vessels * light + rng.normal(0, 0.02, mask.shape)
+    darkening = 0.1 * contrast * thickness * along
+    vessels = ndimage.gaussian_filter(darkening, 0.8)
+    image = base - vessels * light + rng.normal(0, noise, mask.shape)
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
@@ -101,6 +105,8 @@ def write_thin_structures(
     test_count: int | None = None,
     min_fraction: float = 0.05,
     max_fraction: float = 0.15,
+    contrast: float = 1.0,
+    noise: float = 0.02,
 ) -> dict[str, int]:
     """Write ``count`` image/mask pairs (``thin000.png`` ...) and a ``split.csv`` whose last
     ``test_count`` images (default: half) are the test split. Returns the split counts.
@@ -111,6 +117,8 @@ def write_thin_structures(
     require_empty(dest)
     if count < 4:
         raise DataError(f"count must be at least 4, got {count}")
+    if not (0 < contrast <= 10 and 0 <= noise <= 1):
+        raise DataError(f"contrast must be in (0, 10] and noise in [0, 1], got {contrast} and {noise}")
     test_count = count // 2 if test_count is None else test_count
     (dest / "images").mkdir(parents=True, exist_ok=True)
     (dest / "masks").mkdir(parents=True, exist_ok=True)
@@ -119,7 +127,7 @@ def write_thin_structures(
     for i in range(count):
         mask = thin_structure_mask(size, rng.uniform(min_fraction, max_fraction), rng)
         name = f"thin{i:03d}"
-        save_image(dest / "images" / f"{name}.png", Image.fromarray(thin_structure_image(mask, rng)))
+        save_image(dest / "images" / f"{name}.png", Image.fromarray(thin_structure_image(mask, rng, contrast, noise)))
         save_image(dest / "masks" / f"{name}.png", Image.fromarray(mask.astype(np.uint8) * 255))
         rows.append(f"{name},{'test' if i >= count - test_count else 'train'}")
     write_text(dest / "split.csv", "\n".join(rows) + "\n")
@@ -127,6 +135,6 @@ def write_thin_structures(
         dest / "PROVENANCE.md",
         f"Synthetic thin structures written by superdiffusion.data.synthetic.write_thin_structures("
         f"count={count}, size={size}, seed={seed}, test_count={test_count}, fractions "
-        f"{min_fraction}-{max_fraction}).\n",
+        f"{min_fraction}-{max_fraction}, contrast={contrast}, noise={noise}).\n",
     )
     return {"train": count - test_count, "test": test_count}
