@@ -4,6 +4,7 @@ for a split, one registration of a method, and one owner of a trained model."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -11,17 +12,19 @@ import torch
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "superdiffusion"
 
-# docs/architecture.md, "Layers": a module imports from its own layer or below
-LAYERS = {
-    1: ["errors", "safefs", "checkpoint"],
-    2: ["config", "method_settings"],
-    3: ["data", "nn", "diffusion"],
-    4: ["methods"],
-    5: ["evaluation", "uncertainty", "runfolder", "monitor"],
-    6: ["training", "protocol", "inference", "plan"],
-    7: ["api", "export", "experiments"],
-    8: ["cli", "__main__"],
-}
+ARCHITECTURE = PACKAGE.parents[1] / "docs" / "architecture.md"
+
+
+def _layers() -> dict[int, list[str]]:
+    """docs/architecture.md's numbered list under "Layers": a module imports from its own layer
+    or below (the page is the one owner of the rule; this reads it)."""
+    text = ARCHITECTURE.read_text().split("## Layers", 1)[1].split("\n## ", 1)[0]
+    items = re.findall(r"^(\d+)\. (.*?)(?=^\d+\. |^\s*$)", text, flags=re.M | re.S)
+    return {int(n): [name.removesuffix(".py").rstrip("/") for name in re.findall(r"`([\w.]+/?)`", body.split(":")[0])]
+            for n, body in items}  # fmt: skip
+
+
+LAYERS = _layers()
 LAYER = {name: level for level, names in LAYERS.items() for name in names}
 
 
@@ -69,6 +72,7 @@ def _upward(modules: dict[str, set[str]]) -> list[str]:
 
 
 def test_no_module_imports_from_a_layer_above_its_own():
+    assert sorted(LAYERS) == list(range(1, len(LAYERS) + 1)) and all(LAYERS.values()) and len(LAYERS) >= 8
     modules = _modules()
     unknown = sorted({_room(m) for m in modules} - set(LAYER) - {"", "__init__"})
     assert not unknown, f"rooms missing from the layer table: {unknown}"
