@@ -98,10 +98,12 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("runs/thin-hard"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report-only", action="store_true", help="tabulate the finished runs; train nothing")
     args = parser.parse_args()
     start = time.perf_counter()
     todo = specs(args.root, args.threads)
-    run_sweep([s for s in todo if not s.finished], jobs=1)
+    if not args.report_only:
+        run_sweep([s for s in todo if not s.finished], jobs=1)
     runs = [record(s) for s in todo if s.finished]
     table = ["| data (contrast, noise) | method | pseudo-label fg, last epoch | labeled masks' fg | flags | val Dice | test Dice |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip

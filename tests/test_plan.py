@@ -150,3 +150,24 @@ def test_plan_writes_a_config_that_train_accepts(tmp_path, capsys):
     cfg = resolve(["data.plan=false"], out)  # the file alone gives every planned setting
     assert cfg.data.root == str(root) and cfg.data.name == "mydata" and cfg.data.size == [128, 128]
     assert cli.main(["plan", str(root), "--out", str(out)]) != 0  # never replaced without --force
+
+
+def test_a_16_bit_png_decoded_as_32_bit_is_planned_as_16_bit(tmp_path, monkeypatch):
+    # Pillow before 10.1 decodes a 16-bit PNG as mode "I" (int32): the reader scales it by 65535,
+    # and the planner must read the same range (it read 2^31 and called 2,000 levels "under 25 %")
+    from superdiffusion import plan as planning
+    from superdiffusion.data.folder import read_image
+
+    root = _blobs(tmp_path / "b16", size=(200, 240), mode="I;16", dtype=np.uint16, low=1000, high=3000)
+    decoded = planning._raw
+
+    def as_old_pillow(path):
+        arr, mode = decoded(path)
+        return (arr.astype(np.int32), "I") if mode.startswith("I") else (arr, mode)
+
+    monkeypatch.setattr(planning, "_raw", as_old_pillow)
+    plan = plan_for(root)
+    assert plan.fingerprint["type_range"] == 65535.0 and "65535" in plan.reasons["data.normalize"]
+    image = read_image(root / "images" / "case0.png", 1)
+    raw = np.asarray(Image.open(root / "images" / "case0.png")).astype(np.float64)
+    assert np.allclose(image[0], raw / 65535, atol=1e-6)  # the reader's range is the same

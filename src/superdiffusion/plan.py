@@ -29,7 +29,7 @@ from PIL import Image
 
 from . import safefs
 from .data.dataset import resolve_root
-from .data.folder import channels_of, scan_folder
+from .data.folder import channels_of, scan_folder, type_range
 from .data.layouts import read_dataset_json
 from .data.splits import group_column
 from .errors import DataError
@@ -112,22 +112,14 @@ def _sample(items: list, count: int = SAMPLE) -> list:
     return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
 
 
-def _raw(path: Path) -> np.ndarray:
+def _raw(path: Path) -> tuple[np.ndarray, str]:
     try:
         with Image.open(path) as img:
             if img.mode == "P":
                 img = img.convert("RGB")
-            return np.asarray(img)
+            return np.asarray(img), img.mode
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot read image ({str(err)[:200]})") from None
-
-
-def _type_range(arr: np.ndarray) -> float | None:
-    if arr.dtype == np.bool_:
-        return 1.0
-    if arr.dtype.kind in "ui":
-        return float(np.iinfo(arr.dtype).max) if arr.dtype.itemsize > 1 else 255.0
-    return None  # floating point: no type range
 
 
 def local_width(mask: np.ndarray) -> np.ndarray:
@@ -205,8 +197,8 @@ def fingerprint_2d(root: Path) -> dict[str, Any]:
     heights, widths = np.array([s[0] for s in sizes]), np.array([s[1] for s in sizes])
     low, high, ranges, depth = [], [], [], set()
     for pair in _sample(pairs):
-        raw = _raw(pair.image)  # decoded once: its type gives the range, its values the percentiles
-        raw_range, arr = _type_range(raw), raw.astype(np.float64)
+        raw, mode = _raw(pair.image)  # decoded once: its type gives the range, its values the percentiles
+        raw_range, arr = type_range(raw, mode), raw.astype(np.float64)
         depth.add("float" if raw_range is None else "16" if raw_range > 255 else "8")
         finite = arr[np.isfinite(arr)]
         if finite.size:
@@ -217,7 +209,7 @@ def fingerprint_2d(root: Path) -> dict[str, Any]:
     colour_masks = False
     masks = []
     for pair in _sample(labeled):
-        arr = _raw(pair.mask)
+        arr, _ = _raw(pair.mask)
         if arr.ndim == 3:
             colour_masks = colour_masks or not np.all(arr[..., :3] == arr[..., :1])
             arr = arr[..., 0]

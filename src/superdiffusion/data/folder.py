@@ -163,6 +163,19 @@ def dataset_channels(pairs: list[Pair]) -> tuple[int, str | None]:
     return 3, note
 
 
+def type_range(arr: np.ndarray, mode: str) -> float | None:
+    """The top of a decoded image's intensity range: 255 for 8 bits, 65535 for 16 bits (Pillow
+    decodes a 16-bit PNG as ``I;16`` or, before Pillow 10.1, as 32-bit ``I``); None for floating
+    point or a type the reader does not take. The reader divides by it; the planner reads it."""
+    if arr.dtype == np.bool_:
+        return 1.0
+    if arr.dtype == np.uint8:
+        return 255.0
+    if arr.dtype in (np.uint16, np.int32, np.int16) or mode.startswith("I"):
+        return 65535.0
+    return None
+
+
 def read_image(path: Path | tuple[Path, ...], channels: int | None = None) -> np.ndarray:
     """Image as float32 ``(C, H, W)`` in [0, 1]; 8- and 16-bit, grey, RGB(A) and palette. A
     tuple of paths is one image with one grey file per channel."""
@@ -185,14 +198,11 @@ def read_image(path: Path | tuple[Path, ...], channels: int | None = None) -> np
     arr = np.asarray(img)
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
-    if arr.dtype == np.uint8:
-        scale = 255.0
-    elif arr.dtype in (np.uint16, np.int32, np.int16) or img.mode.startswith("I"):
-        scale = 65535.0
-    elif arr.dtype.kind == "f":
+    scale = type_range(arr, img.mode)
+    if scale is None and arr.dtype.kind == "f":
         check_finite(arr, path)
         scale = max(1.0, float(arr.max()))
-    else:
+    elif scale is None:
         raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
     arr = arr.astype(np.float32) / scale
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
