@@ -381,19 +381,13 @@ def _save_nifti(image, target: Path) -> None:
     safefs.write_bytes(target, gzip.compress(image.to_bytes(), compresslevel=6))
 
 
-def _in_hand(method: Method, cfg: Config, data_info: dict[str, Any], threshold: float, device) -> Segmenter:
-    return Segmenter(cfg, method, {"data": data_info, "best": {"threshold": threshold}}, device)
-
-
 def predict_image_file(
     method, cfg, data_info, path, output, samples, threshold, device, probabilities: bool = False
 ) -> list[Path]:
-    """:meth:`Segmenter.predict_file` for a method in hand (not loaded from a run folder)."""
-    return _in_hand(method, cfg, data_info, threshold, device).predict_file(path, output, samples, probabilities)
+    """:meth:`Segmenter.predict_file` for a method in hand (not loaded from a run folder): a 2D
+    image or a volume, whichever the method segments."""
+    model = Segmenter(cfg, method, {"data": data_info, "best": {"threshold": threshold}}, device)
+    return model.predict_file(path, output, samples, probabilities)
 
 
-def predict_volume_file(
-    method, cfg, data_info, path, output, samples, threshold, device, probabilities: bool = False
-) -> list[Path]:
-    """:meth:`Segmenter.predict_file` of a volume for a method in hand."""
-    return _in_hand(method, cfg, data_info, threshold, device).predict_file(path, output, samples, probabilities)
+predict_volume_file = predict_image_file  # one path for both: the Segmenter tells them apart
