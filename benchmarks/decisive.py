@@ -134,6 +134,30 @@ def reuse_check(records: list[dict[str, Any]], reused: list[dict[str, Any]]) -> 
     return {"run": list(REUSE_CHECK), "retrained_dice": a, "evidence_dice": b, "difference_points": 100 * (a - b)}
 
 
+def teacher_markdown(teachers: list[dict[str, Any]]) -> str:
+    """The teacher's zero-label Dice and AUROC after pretraining, one row per dataset, labels and
+    variant, its seeds in order: does pretraining learn a mask before any label is used?"""
+    groups: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
+    for t in sorted(teachers, key=lambda t: (t["dataset"], t["labeled_percent"], t["method"], t["seed"])):
+        groups.setdefault((t["dataset"], t["labeled_percent"], t["method"]), []).append(t)
+    lines = [
+        "The teacher after pretraining, before any label is used: its argmax Dice and its AUROC against the "
+        "labeled training images (results.json `pretrain`), per seed; * marks a run whose channels were swapped.",
+        "",
+        "| dataset | labels | method | seeds | zero-label Dice (per seed) | mean Dice | AUROC (per seed) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (dataset, percent, method), rows in groups.items():
+        dice = [100 * r["dice"] for r in rows]
+        per_seed = ", ".join(f"{d:.1f}{'*' if r.get('swapped') else ''}" for d, r in zip(dice, rows))
+        auroc = ", ".join(f"{r['auroc']:.3f}" for r in rows)
+        seeds = ",".join(str(r["seed"]) for r in rows)
+        lines.append(
+            f"| {dataset} | {percent:g} % | {method} | {seeds} | {per_seed} | {sum(dice) / len(dice):.1f} | {auroc} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def key(record: dict[str, Any]) -> tuple[str, str, float, int, str]:
     return (
         record["dataset"],
@@ -225,7 +249,7 @@ def main() -> None:
         "paired": diffs,
         "paired_per_seed": evidence.paired(records),
         "runs": records,
-        "markdown": evidence.markdown(rows, diffs, args.size),
+        "markdown": evidence.markdown(rows, diffs, args.size) + "\n" + teacher_markdown(teachers),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

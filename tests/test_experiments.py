@@ -315,3 +315,24 @@ def test_any_list_valued_setting_is_a_value_or_an_axis(tmp_path):
     settings = sorted((tuple(resolve(s.overrides).train.betas), resolve(s.overrides).data.size is None) for s in specs)
     assert settings == [((0.9, 0.99), False), ((0.9, 0.99), True), ((0.9, 0.999), False), ((0.9, 0.999), True)]
     assert len({s.folder for s in specs}) == 4 and all(" " not in s.folder.name for s in specs)
+
+
+def test_decisive_tabulates_the_teachers_zero_label_score_per_seed(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import decisive
+
+    def teacher(seed, dice, auroc, swapped=False, dataset="ph2-full"):
+        return {"dataset": dataset, "labeled_percent": 5.0, "method": "superdiffusion", "seed": seed} | {
+            "dice": dice,
+            "auroc": auroc,
+            "swapped": swapped,
+        }
+
+    table = decisive.teacher_markdown(
+        [teacher(1, 0.60, 0.9), teacher(0, 0.50, 0.8, True), teacher(0, 0.1, 0.7, dataset="pupil")]
+    )
+    rows = [line for line in table.splitlines() if line.startswith("| ph2") or line.startswith("| pupil")]
+    assert rows == [
+        "| ph2-full | 5 % | superdiffusion | 0,1 | 50.0*, 60.0 | 55.0 | 0.800, 0.900 |",
+        "| pupil | 5 % | superdiffusion | 0 | 10.0 | 10.0 | 0.700 |",
+    ]
