@@ -12,6 +12,7 @@ from conftest import tiny_config
 from PIL import Image
 
 from superdiffusion import api, checkpoint
+from superdiffusion.data import build_data
 from superdiffusion.errors import RunFolderError, TrainingDiverged
 from superdiffusion.training import Trainer
 
@@ -182,3 +183,17 @@ def test_the_loop_applies_lambda_once_to_the_unsupervised_terms_only():
         source = inspect.getsource(inspect.getmodule(cls))
         assert "ctx.weight" not in source, f"method {name} weighs its own terms"
         assert isinstance(cls.unsupervised_terms, tuple)
+
+
+def test_training_on_a_cpu_flushes_subnormal_floats(tmp_path):
+    # a teacher's decayed deep blocks filled with subnormals made CPU epochs 8x slower mid-run
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormal floats")
+    torch.set_flush_denormal(False)
+    assert float(torch.tensor([1e-40]) * 1) != 0
+    cfg = tiny_config("train.device=cpu")
+    try:
+        Trainer(cfg, build_data(cfg.data, cfg.train.seed), tmp_path / "run")
+        assert float(torch.tensor([1e-40]) * 1) == 0
+    finally:
+        torch.set_flush_denormal(False)

@@ -23,7 +23,7 @@ from .data.augment import flip_rotate
 from .data.dataset import split_record
 from .data.patches import random_patches
 from .errors import ConfigError, DataError, RunFolderError, TrainingDiverged
-from .inference import resolve_device
+from .inference import set_up_device
 from .methods import Batch, Method, Phase, StepContext, build_method
 from .monitor import EpochMeter, Monitor
 from .protocol import Selection, example_predictions, labeled_agreement, run_health, select_epoch
@@ -237,7 +237,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, data: SegmentationData, run_dir: Path, rank: int = 0, world: int = 1):
         self.cfg, self.data, self.folder, self.rank = cfg, data, RunFolder(run_dir), rank
-        self.device = resolve_device(cfg.train.device)
+        self.device = set_up_device(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
