@@ -196,6 +196,17 @@ def test_sixteen_bit_and_palette_files(tmp_path):
     assert read_mask(tmp_path / "pal.png", 3, "index").tolist() == [[0, 1], [2, 1]]
     with pytest.raises(DataError, match="outside the classes"):
         read_mask(tmp_path / "pal.png", 2, "index")
+    # the same palette file as a binary mask: black and two colours are classes, not one foreground
+    with pytest.raises(DataError, match=r"pal.png: colour mask with 3 colours"):
+        read_mask(tmp_path / "pal.png", 2, "binary")
+    assert read_mask(tmp_path / "pal.png", 2, "threshold").tolist() == [[0, 1], [1, 1]]
+
+
+def test_a_folder_with_both_masks_and_labels_names_them(tmp_path):
+    root = write_pair_folder(tmp_path / "data")
+    (root / "labels").mkdir()
+    with pytest.raises(DataError, match="holds both masks/ and labels/"):
+        scan_folder(root)
 
 
 def test_thin_structure_generator_is_seeded_thin_and_in_range(tmp_path):

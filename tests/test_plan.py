@@ -13,6 +13,7 @@ from PIL import Image
 
 from superdiffusion import cli
 from superdiffusion.config import resolve
+from superdiffusion.data import build_data
 from superdiffusion.plan import VOXELS_PER_PATCH, Planner, local_width, plan_for
 
 
@@ -171,3 +172,56 @@ def test_a_16_bit_png_decoded_as_32_bit_is_planned_as_16_bit(tmp_path, monkeypat
     image = read_image(root / "images" / "case0.png", 1)
     raw = np.asarray(Image.open(root / "images" / "case0.png")).astype(np.float64)
     assert np.allclose(image[0], raw / 65535, atol=1e-6)  # the reader's range is the same
+
+
+def _drawn_masks(root: Path, save_mask, mask_dir: str = "masks", n: int = 6) -> dict[str, np.ndarray]:
+    """128x128 images with a bright disc each, and their masks written by ``save_mask(mask,
+    path_without_suffix)``: the masks as drawn, by id."""
+    (root / "images").mkdir(parents=True)
+    (root / mask_dir).mkdir()
+    yy, xx = np.mgrid[:128, :128]
+    rng = np.random.default_rng(0)
+    truth = {}
+    for i in range(n):
+        mask = (yy - 50 - 4 * i) ** 2 + (xx - 60 + 3 * i) ** 2 <= (18 + 2 * i) ** 2
+        image = rng.uniform(0, 90, (128, 128, 3))
+        image[mask] += 140
+        Image.fromarray(image.astype(np.uint8)).save(root / "images" / f"case{i}.png")
+        save_mask(mask, root / mask_dir / f"case{i}")
+        truth[f"case{i}"] = mask
+    return truth
+
+
+def _red(mask: np.ndarray) -> Image.Image:
+    rgb = np.zeros((*mask.shape, 3), np.uint8)
+    rgb[mask] = (255, 0, 0)  # a red annotation on black, as drawn in an image editor
+    return Image.fromarray(rgb)
+
+
+MASK_FORMATS = {
+    "red-png": lambda m, p: _red(m).save(p.with_suffix(".png")),
+    "red-jpeg": lambda m, p: _red(m).save(p.with_suffix(".jpg"), quality=70),
+    "gif": lambda m, p: Image.fromarray(m.astype(np.uint8) * 255).save(p.with_suffix(".gif")),
+    "labels-folder": lambda m, p: Image.fromarray(m.astype(np.uint8) * 255).save(p.with_suffix(".png")),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(MASK_FORMATS))
+def test_a_users_masks_are_planned_and_read_as_drawn(tmp_path, fmt):
+    """Red masks (PNG and JPEG), GIF masks (DRIVE's) and a labels/ folder: the plan picks a mask
+    mode that reads every mask as drawn, and the loaded masks are the drawn ones."""
+    root = tmp_path / fmt
+    truth = _drawn_masks(root, MASK_FORMATS[fmt], "labels" if fmt == "labels-folder" else "masks")
+    plan = plan_for(root, cache=False)
+    assert plan.fingerprint["foreground_fraction"]["1"] == pytest.approx(
+        np.mean([m.mean() for m in truth.values()]), rel=0.05
+    )
+    settings = [f"{k}={json.dumps(v) if isinstance(v, list) or v is None else v}" for k, v in plan.settings.items()]
+    data = build_data(resolve([f"data.root={root}", "data.plan=false", *settings]).data, seed=0)
+    read = 0
+    for split in (data.labeled, data.val, data.test):
+        for case, mask in zip(split.ids, split.masks or []):
+            agree = np.mean(mask.numpy() == truth[case])
+            assert agree > 0.99, f"{case}: {agree:.3f} of the pixels read as drawn"
+            read += 1
+    assert read > 0

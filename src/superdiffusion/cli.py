@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "planned data settings with their reasons, and writes them as a --config file. train applies the "
         "same plan to a data.root folder unless told otherwise (data.plan=false).",
     )
-    p.add_argument("data", help="dataset folder (images/ + masks/, or volumes)")
+    p.add_argument("data", help="dataset folder (images/ + masks/ or labels/, or volumes)")
     p.add_argument("--out", help="the plan as a --config YAML (default: print only)")
     p.add_argument("--batch-size", type=_positive, default=8, help="train.batch_size the patch budget is for")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")

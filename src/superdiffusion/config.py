@@ -31,7 +31,7 @@ class Section(BaseModel):
 class DataConfig(Section):
     # names the default run folder runs/NAME/...: letters, digits, '.', '_' and '-', not first '.'
     name: str = "ph2"
-    root: str = "builtin:ph2_128"  # folder with images/ + masks/ (+ split.csv), or builtin:NAME
+    root: str = "builtin:ph2_128"  # folder with images/ + masks/ or labels/ (+ split.csv), or builtin:NAME
     spatial_dims: Literal[2, 3] = 2  # 2: images; 3: volumes (NIfTI, NRRD, HDF5)
     # 2D: resize every image to (H, W), as the paper does; null: keep each image's own size and
     # train on random patch_size patches, predicted by sliding windows (large images, thin structures)

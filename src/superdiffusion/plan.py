@@ -29,12 +29,21 @@ from PIL import Image
 
 from . import safefs
 from .data.dataset import resolve_root
-from .data.folder import channels_of, scan_folder, type_range
+from .data.folder import (
+    channels_of,
+    colour_count,
+    default_mask_threshold,
+    mask_folder,
+    mask_plane,
+    open_image,
+    scan_folder,
+    type_range,
+)
 from .data.layouts import read_dataset_json
 from .data.splits import group_column
 from .errors import DataError
 
-FORMAT = 1
+FORMAT = 2  # 2: colour and palette masks read as drawn (mask_colours); older cached fingerprints are redone
 SAMPLE = 48  # images and masks decoded for the intensity and mask statistics
 FIXED_SIZE = 128  # the paper's resize for 2D images
 MIN_WIDTH = 3.0  # pixels of width the thinnest structures must keep at the fixed size
@@ -113,13 +122,9 @@ def _sample(items: list, count: int = SAMPLE) -> list:
 
 
 def _raw(path: Path) -> tuple[np.ndarray, str]:
-    try:
-        with Image.open(path) as img:
-            if img.mode == "P":
-                img = img.convert("RGB")
-            return np.asarray(img), img.mode
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path}: cannot read image ({str(err)[:200]})") from None
+    img = open_image(path)
+    mode = img.mode
+    return np.asarray(img.convert("RGB") if mode == "P" else img), mode
 
 
 def local_width(mask: np.ndarray) -> np.ndarray:
@@ -145,10 +150,12 @@ def local_width(mask: np.ndarray) -> np.ndarray:
     return 2 * thickness[mask] - 1
 
 
-def _mask_kind(values: np.ndarray, colour: bool) -> str:
-    """binary (0 and one other value), index (few small integers) or lossy (anything else)."""
-    if colour:
-        return "lossy"
+def _mask_kind(values: np.ndarray, colours: int | None = None) -> str:
+    """binary (0 and one other value), index (few small integers) or lossy (anything else);
+    ``colours``: the most colours one colour mask holds (None: grey masks), whose values are
+    then their brightest channel (:func:`~superdiffusion.data.folder.mask_plane`)."""
+    if colours is not None:
+        return "binary" if colours <= 2 and len(values) <= 2 and values.min() == 0 else "lossy"
     if len(values) <= 2 and values.min() == 0:
         return "binary"
     integral = np.all(np.equal(np.mod(values, 1), 0))
@@ -182,10 +189,10 @@ def _subjects(pairs: list) -> tuple[str | None, int | None]:
 
 
 def fingerprint_2d(root: Path) -> dict[str, Any]:
-    pairs = scan_folder(root, require_masks=(root / "masks").is_dir())
+    pairs = scan_folder(root, require_masks=mask_folder(root) is not None)
     labeled = [p for p in pairs if p.mask is not None]
     if not labeled:
-        raise DataError(f"{root}: no image has a mask in masks/: nothing to plan from")
+        raise DataError(f"{root}: no image has a mask in masks/ (or labels/): nothing to plan from")
     sizes, modes = [], []
     for pair in pairs:
         try:
@@ -206,25 +213,33 @@ def fingerprint_2d(root: Path) -> dict[str, Any]:
             high.append(float(np.percentile(finite, 99.5)))
             ranges.append(raw_range)
     values: set[float] = set()
-    colour_masks = False
-    masks = []
+    indices: set[float] = set()  # palette masks' indices: classes when there are more than two
+    colours: int | None = None  # the most colours in one colour mask (None: grey masks)
+    masks, palette = [], []
     for pair in _sample(labeled):
-        arr, _ = _raw(pair.mask)
-        if arr.ndim == 3:
-            colour_masks = colour_masks or not np.all(arr[..., :3] == arr[..., :1])
-            arr = arr[..., 0]
-        masks.append(arr)
+        img = open_image(pair.mask)
+        count = colour_count(img)
+        if count is not None:
+            colours = max(colours or 0, count)
+        if img.mode in ("P", "PA"):
+            palette.append(mask_plane(img, "index", pair.mask))
+            indices |= set(np.unique(palette[-1]).tolist())
+        masks.append(mask_plane(img, "threshold", pair.mask))  # the colour reading every mode but index shares
         if len(values) <= 256:
-            values |= set(np.unique(arr).tolist())
-    found = np.array(sorted(values), dtype=np.float64)
-    kind = _mask_kind(found, colour_masks)
+            values |= set(np.unique(masks[-1]).tolist())
+    by_index = np.array(sorted(indices), dtype=np.float64)
+    if len(palette) == len(masks) and len(by_index) > 2 and _mask_kind(by_index) == "index":
+        masks, found, kind, colours = palette, by_index, "index", None  # palette class masks (VOC-style)
+    else:
+        found = np.array(sorted(values), dtype=np.float64)
+        kind = _mask_kind(found, colours)
     if kind == "index":
         classes = int(found.max()) + 1
         per_class = {str(c): float(np.mean([np.mean(m == c) for m in masks])) for c in range(1, classes)}
         binary = [m > 0 for m in masks]
     else:
-        cut = (found.max() + found.min()) / 2 if kind == "lossy" else 0
-        binary = [m > cut for m in masks]
+        cut = default_mask_threshold(found) if kind == "lossy" else 0
+        binary = [m >= cut if kind == "lossy" else m > 0 for m in masks]
         per_class = {"1": float(np.mean([np.mean(b) for b in binary]))}
     widths_px, widths_fixed = [], []  # each mask's thinnest 5 % of foreground pixels
     for b in binary:
@@ -252,6 +267,7 @@ def fingerprint_2d(root: Path) -> dict[str, Any]:
         "type_range": max((r for r in ranges if r is not None), default=None),
         "mask_values": found[:16].tolist(),
         "mask_kind": kind,
+        "mask_colours": colours,
         "foreground_fraction": per_class,
         # the median over the masks of each one's 5th percentile of local width
         "thinnest_width_px": float(np.median(widths_px)) if widths_px else None,
@@ -293,7 +309,7 @@ def fingerprint_3d(root: Path) -> dict[str, Any]:
         "intensity_p0.5": float(np.median(low)),
         "intensity_p99.5": float(np.median(high)),
         "mask_values": found[:16].tolist(),
-        "mask_kind": _mask_kind(found, False) if len(found) else "binary",
+        "mask_kind": _mask_kind(found) if len(found) else "binary",
         "foreground_fraction": {"1": float(np.mean(fractions)) if fractions else None},
         "sampled": len(shapes),
     }
@@ -345,8 +361,13 @@ def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
         _plan_volumes(plan, fp)
     else:
         _plan_images(plan, fp, batch_size)
-    kind = fp["mask_kind"]
-    if kind == "lossy":
+    kind, colours = fp["mask_kind"], fp.get("mask_colours")
+    if kind == "lossy" and colours:
+        plan.set("data.mask_mode", "threshold", f"colour masks with up to {colours} colours (lossy edges, or classes "
+                 "drawn in colours): foreground where the brightest channel is at least half the range")  # fmt: skip
+        plan.set("data.num_classes", 2, "colour masks are read as one foreground class (for classes, save one class "
+                 "index per pixel)")  # fmt: skip
+    elif kind == "lossy":
         plan.set("data.mask_mode", "threshold", f"the masks hold {len(fp['mask_values'])}+ values (lossy or resampled): "
                  "foreground where a value is at least half the range")  # fmt: skip
         plan.set("data.num_classes", 2, "lossy masks are read as one foreground class")
@@ -354,6 +375,9 @@ def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
         classes = int(max(fp["mask_values"])) + 1
         plan.set("data.mask_mode", "index", f"the masks hold the class indices {fp['mask_values'][:8]}")
         plan.set("data.num_classes", classes, f"the largest mask value is {classes - 1}")
+    elif colours:
+        plan.set("data.mask_mode", "binary", "the masks are black and one colour: that colour is foreground")
+        plan.set("data.num_classes", 2, "background and one foreground class")
     else:
         plan.set("data.mask_mode", "binary", f"the masks hold two values {fp['mask_values'][:2]}")
         plan.set("data.num_classes", 2, "background and one foreground class")

@@ -1,4 +1,4 @@
-"""2D datasets laid out as ``images/`` + ``masks/`` (+ optional ``split.csv``).
+"""2D datasets laid out as ``images/`` + ``masks/`` (or ``labels/``) (+ optional ``split.csv``).
 
 A mask pairs with the image of the same stem (``IMD002.png`` <-> ``IMD002.png``), or with
 the stem plus one of :data:`MASK_SUFFIXES` (``case1_mask.bmp``). ``split.csv`` has at least
@@ -20,7 +20,8 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
+MASK_FOLDERS = ("masks", "labels")  # beside images/, for 2D images and volumes alike
 MASK_SUFFIXES = ("", "_mask", "_anno", "_label", "_segmentation", "_Segmentation", "m")
 SPLITS = ("train", "val", "test")
 
@@ -52,18 +53,30 @@ def _files(folder: Path) -> dict[str, Path]:
     return files
 
 
+def mask_folder(root: Path) -> Path | None:
+    """The folder of masks beside ``images/``: ``masks/`` or ``labels/`` (None when neither is
+    there); a folder holding both stops with one line, since either could be the right one."""
+    found = [root / name for name in MASK_FOLDERS if (root / name).is_dir()]
+    if len(found) > 1:
+        raise DataError(f"{root}: holds both {found[0].name}/ and {found[1].name}/; keep the one with the masks")
+    return found[0] if found else None
+
+
 def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
     """List the image/mask pairs of a dataset folder and their split."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
     images = _files(root / "images")
-    masks = _files(root / "masks") if require_masks else {}
+    folder = mask_folder(root)
+    if folder is None and require_masks:
+        raise DataError(f"{root}: no masks/ (or labels/) folder beside images/")
+    masks = _files(folder) if require_masks else {}
     pairs, used = [], set()
     for stem, image in images.items():
         mask = next((masks[stem + s] for s in MASK_SUFFIXES if stem + s in masks), None)
         if mask is None and require_masks:
-            raise DataError(f"{image}: no mask for this image in {root / 'masks'}")
+            raise DataError(f"{image}: no mask for this image in {folder}")
         if mask is not None:
             used.add(mask.stem)
         pairs.append(Pair(stem, image, mask))
@@ -114,7 +127,7 @@ def _apply_split(pairs: list, split_file: Path) -> None:
 MAX_IMAGE_PIXELS = 50_000_000  # per 2D image: a 9400x9400 PNG of 86 KB decodes to 2.6 GB
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
     try:
         img = Image.open(path)
         width, height = img.size  # read from the header, before any pixel is decoded
@@ -188,7 +201,7 @@ def read_image(path: Path | tuple[Path, ...], channels: int | None = None) -> np
         if channels is not None and channels != len(planes):
             raise DataError(f"{path[0]}: {len(planes)} channel files, expected {channels}")
         return np.ascontiguousarray(np.concatenate(planes))
-    img = _open(path)
+    img = open_image(path)
     if img.mode == "P":
         img = img.convert("RGB")
     if img.mode in ("RGBA", "LA", "CMYK", "YCbCr"):
@@ -230,27 +243,57 @@ def default_mask_threshold(arr: np.ndarray) -> float:
     return 32768.0 if arr.max() > 255 else 128.0
 
 
+COLOUR_MASK_MODES = ("P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")
+
+
+def colour_count(img: Image.Image) -> int | None:
+    """How many distinct colours a colour mask holds (None for a grey one: all channels equal)."""
+    if img.mode not in COLOUR_MASK_MODES:
+        return None
+    rgb = np.asarray(img.convert("RGB")).astype(np.uint32)
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return None
+    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    return len(np.unique(packed))
+
+
+def mask_plane(img: Image.Image, mode: str, path: Path) -> np.ndarray:
+    """A mask file's pixels as one 2D array, the one reading that training, evaluation and the
+    plan share. ``index`` reads a palette image's indices; every other reading takes colours
+    as drawn: a colour mask (an annotation drawn in red on black, a palette GIF) becomes its
+    brightest channel, so any colour on black is foreground. ``binary`` takes a colour mask of
+    black and one colour only: more colours are classes or lossy edges, and one line says so."""
+    if mode == "index" and img.mode in ("P", "PA"):
+        return np.asarray(img.convert("P") if img.mode == "PA" else img)
+    if img.mode in ("LA", "La"):
+        img = img.convert("L")
+    if img.mode not in COLOUR_MASK_MODES:
+        return np.asarray(img)
+    rgb = np.asarray(img.convert("RGB"))
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return rgb[..., 0]
+    if mode == "index":
+        raise DataError(f"{path}: colour mask; class masks hold one class index per pixel (a grey or palette image)")
+    if mode == "binary":
+        colours = colour_count(img)
+        if colours is not None and (colours > 2 or not (rgb == 0).all(-1).any()):
+            raise DataError(
+                f"{path}: colour mask with {colours} colours; a binary mask is black and one colour. Lossy (JPEG) "
+                "masks: set data.mask_mode=threshold; classes: save one class index per pixel (data.mask_mode=index)"
+            )
+    return rgb.max(axis=-1)
+
+
 def read_mask(path: Path, num_classes: int, mode: str, threshold: float | None = None) -> np.ndarray:
     """Mask as int64 ``(H, W)`` of class indices, checked against the declared classes.
 
     ``binary``: 0 is background and exactly one other value foreground; ``threshold``:
     foreground where the grey value is >= ``threshold`` (default :func:`default_mask_threshold`),
-    for JPEG or resampled masks (colour ones are averaged over channels); ``index``: values
-    are class indices (palette PNGs give their indices)."""
-    img = _open(path)
-    if img.mode in ("RGB", "RGBA"):
-        rgb = np.asarray(img)[..., :3]
-        if mode == "threshold":
-            arr = rgb.astype(np.float64).mean(-1)
-        elif not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-            raise DataError(
-                f"{path}: colour mask; save masks as single-channel class indices or 0/255 "
-                "(or set data.mask_mode=threshold for lossy masks)"
-            )
-        else:
-            arr = rgb[..., 0]
-    else:
-        arr = np.asarray(img)  # palette images give their indices
+    for JPEG or resampled masks; ``index``: values are class indices (palette PNGs give their
+    indices). Colour masks are read by :func:`mask_plane`."""
+    if mode not in ("binary", "threshold", "index"):
+        raise DataError(f"data.mask_mode must be binary, threshold or index, got {mode!r}")
+    arr = mask_plane(open_image(path), mode, path)
     if mode == "threshold":
         arr = np.asarray(arr, dtype=np.float64)
         cut = default_mask_threshold(arr) if threshold is None else threshold
@@ -266,11 +309,9 @@ def read_mask(path: Path, num_classes: int, mode: str, threshold: float | None =
                 "(foreground >= data.mask_threshold, default half the range); classes: data.mask_mode=index"
             )
         return (arr > 0).astype(np.int64)
-    if mode == "index":
-        if values.min() < 0 or values.max() >= num_classes:
-            raise DataError(f"{path}: mask values {values.tolist()[:8]} outside the classes 0..{num_classes - 1}")
-        return arr
-    raise DataError(f"data.mask_mode must be binary, threshold or index, got {mode!r}")
+    if values.min() < 0 or values.max() >= num_classes:
+        raise DataError(f"{path}: mask values {values.tolist()[:8]} outside the classes 0..{num_classes - 1}")
+    return arr
 
 
 def resize_image(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:

@@ -34,7 +34,7 @@ from .dataset import (
     normalize_each,
     resolve_root,
 )
-from .folder import check_finite, read_split
+from .folder import check_finite, mask_folder, read_split
 from .splits import choose_labeled
 
 LOG = logging.getLogger("superdiffusion")
@@ -195,7 +195,7 @@ def scan_volumes(root: str | Path) -> list[VolumePair]:
     if images_dir.is_dir() and any(
         is_volume(p) and not p.name.endswith((".h5", ".hdf5")) for p in images_dir.iterdir()
     ):
-        labels_dir = next((root / d for d in ("labels", "masks") if (root / d).is_dir()), None)
+        labels_dir = mask_folder(root)
         if labels_dir is None:
             raise DataError(f"{root}: no labels/ (or masks/) folder beside images/")
         labels = {volume_stem(p): p for p in labels_dir.iterdir() if is_volume(p)}
