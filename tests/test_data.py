@@ -286,3 +286,21 @@ def test_fainter_thin_structures_keep_their_masks_and_lose_contrast(tmp_path):
     assert np.array_equal(gaps["plain"][1], gaps["faint"][1])  # the same structures
     assert 0 < gaps["faint"][0] < 0.5 * gaps["plain"][0]
     assert main([*args[:2], str(tmp_path / "bad"), *args[2:], "--contrast", "0"]) != 0
+
+
+def test_a_stack_or_animation_is_not_read_as_its_first_frame(tmp_path):
+    """A multi-page TIFF (a microscopy stack) read as 2D would silently be its first slice."""
+    frames = [Image.fromarray(np.full((16, 16), 40 * i, np.uint8)) for i in range(3)]
+    frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    for name in ("stack.tif", "anim.gif"):
+        with pytest.raises(DataError, match=rf"{name}: holds 3 frames of 16x16"):
+            read_image(tmp_path / name)
+
+
+def test_a_dicom_folder_is_named_as_such(tmp_path):
+    root = write_pair_folder(tmp_path / "data")
+    for path in (root / "images").iterdir():
+        path.rename(path.with_suffix(".dcm"))
+    with pytest.raises(DataError, match=r"images: no image files .* 6 \.dcm files: DICOM is not read"):
+        scan_folder(root)

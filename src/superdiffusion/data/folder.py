@@ -49,8 +49,27 @@ def _files(folder: Path) -> dict[str, Path]:
                 raise DataError(f"{path}: two files share the id {path.stem!r} ({files[path.stem].name})")
             files[path.stem] = path
     if not files:
-        raise DataError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        raise DataError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}){_what_is_there(folder)}")
     return files
+
+
+def _what_is_there(folder: Path) -> str:
+    """What a folder without readable images holds instead, for the error line: a DICOM series
+    is the usual case, and converting it is the way on."""
+    suffixes: dict[str, int] = {}
+    for path in folder.iterdir():
+        if path.is_file() and not path.name.startswith("."):
+            suffix = "".join(path.suffixes[-2:]).lower() if path.name.lower().endswith(".gz") else path.suffix.lower()
+            suffixes[suffix or "(no suffix)"] = suffixes.get(suffix or "(no suffix)", 0) + 1
+    if not suffixes:
+        return "; the folder is empty"
+    common = max(suffixes, key=suffixes.get)
+    hint = {
+        ".dcm": ": DICOM is not read; convert the series to NIfTI (dcm2niix) or the slices to PNG",
+        ".nii": ": volumes go in images/ + labels/ with data.spatial_dims=3",
+        ".nii.gz": ": volumes go in images/ + labels/ with data.spatial_dims=3",
+    }.get(common, "")
+    return f"; it holds {suffixes[common]} {common} files{hint}"
 
 
 def mask_folder(root: Path) -> Path | None:
@@ -137,6 +156,16 @@ def open_image(path: Path) -> Image.Image:
                 "per 2D image; downsample it first"
             )
         img.load()
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1 and img.format in ("TIFF", "GIF", "PNG"):
+            img.seek(1)
+            second = img.size
+            img.seek(0)
+            if second == (width, height):  # a stack or an animation; a TIFF's smaller preview pages are not
+                raise DataError(
+                    f"{path}: holds {frames} frames of {width}x{height} (a stack or an animation); a 2D image is one "
+                    "frame: save each slice as its own file, or a 3D stack as NIfTI (data.spatial_dims=3)"
+                )
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot read image ({str(err)[:200]})") from None
     return img
