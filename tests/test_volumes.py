@@ -215,3 +215,41 @@ def test_a_format_1_volume_run_with_zscore_reads_as_per_image(tmp_path):
     state["format"] = 2
     checkpoint.save_atomic(state, folder.checkpoint_path("last"))
     assert folder.load_checkpoint()["config"]["data"]["normalize"] == "zscore"
+
+
+def test_2d_images_kept_as_nifti_train_as_2d_and_predict_back_to_nifti(tmp_path):
+    """A 2D dataset stored as NIfTI slices ((H, W, 1) images, (H, W) labels, as medical 2D sets
+    often are) is planned as 2D, trains, and predicts NIfTI in the input's shape and affine."""
+    from superdiffusion.config import resolve
+    from superdiffusion.plan import Planner, plan_for
+
+    root = tmp_path / "slices"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    affine = np.diag([0.8, 0.8, 6.0, 1.0])
+    for i in range(10):
+        label = np.zeros((40, 36), np.uint8)
+        label[10 : 24 + i % 3, 8:22] = 1
+        image = (rng.normal(300, 40, (40, 36)) + 500.0 * label).astype(np.int16)  # an MR slice's integer values
+        nib.save(nib.Nifti1Image(image[..., None], affine), str(root / "images" / f"s{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(label, affine), str(root / "labels" / f"s{i}.nii.gz"))
+    plan = plan_for(root, cache=False)
+    assert plan.settings["data.spatial_dims"] == 2 and plan.settings["data.mask_mode"] == "binary"
+    assert plan.fingerprint["size_median"] == [40, 36]
+    cfg = resolve(
+        [f"data.root={root}", "data.size=[32, 32]", "model.features=[8, 16, 32]", "method=supervised",
+         "train.epochs=3", "train.steps_per_epoch=4", "train.batch_size=4", "train.labeled_batch_size=4",
+         "data.labeled_percent=100", "train.lr=0.01"],
+        planner=Planner(cache=False),
+    )  # fmt: skip
+    results = api.train(cfg, tmp_path / "run")
+    assert results["test"]["resized"]["dice_per_image"] > 0.5, results["test"]
+    written = api.predict(tmp_path / "run", root / "images", tmp_path / "pred", probabilities=True)
+    assert sorted(p.name for p in written)[:2] == ["s0.nii.gz", "s0_probability.nii.gz"]
+    out = nib.load(str(tmp_path / "pred" / "s0.nii.gz"))
+    assert out.shape == (40, 36, 1) and np.allclose(out.affine, affine)
+    assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1}
+    truth = np.asarray(nib.load(str(root / "labels" / "s0.nii.gz")).dataobj)
+    predicted = np.asarray(out.dataobj)[..., 0]
+    assert 2 * (predicted * truth).sum() / (predicted.sum() + truth.sum()) > 0.5  # found in place, not transposed

@@ -20,7 +20,8 @@ from . import safefs
 from .config import Config, from_dict
 from .data import normalize, normalize_cases
 from .data.dataset import class_names
-from .data.folder import IMAGE_EXTENSIONS, read_image, resize_image
+from .data.folder import IMAGE_EXTENSIONS, image_stem, read_image, resize_image
+from .data.volumes import is_plane_file
 from .errors import ConfigError, DataError, RunFolderError
 from .methods import Method, Prediction, build_method
 from .runfolder import RunFolder
@@ -263,9 +264,10 @@ class Segmenter:
         return self.method.cpu().eval().frozen_network(size, self.cfg.eval.inference_t, draw)
 
     # --- files ------------------------------------------------------------------------------
-    def output_names(self, stem: str, samples: int, probabilities: bool) -> list[str]:
-        """The files a prediction of the input ``stem`` writes."""
-        suffix = ".nii.gz" if self.spatial_dims == 3 else ".png"
+    def output_names(self, stem: str, samples: int, probabilities: bool, nifti: bool = False) -> list[str]:
+        """The files a prediction of the input ``stem`` writes (NIfTI for volumes and for 2D
+        images kept as NIfTI or NRRD, PNG for the others)."""
+        suffix = ".nii.gz" if self.spatial_dims == 3 or nifti else ".png"
         names = [f"{stem}{suffix}"]
         if samples > 1:
             names.append(f"{stem}_uncertainty{suffix}")
@@ -292,7 +294,7 @@ class Segmenter:
         """Before anything is written: refuse outputs that would overwrite an input (even with
         ``force``), that two inputs would both write (``case1.png`` and ``case1.jpg``), or that
         exist already (without ``force``)."""
-        from .data.volumes import case_stem
+        from .data.volumes import case_stem, is_plane_file
 
         groups = [tuple(c) if isinstance(c, list | tuple) else (c,) for c in cases]  # a volume's channel files
         resolved_inputs = {Path(p).resolve() for group in groups for p in group}
@@ -300,8 +302,8 @@ class Segmenter:
         names: list[str] = []
         for group in groups:
             first = Path(group[0])
-            stem = case_stem(group if len(group) > 1 else first) if self.spatial_dims == 3 else first.stem
-            for name in self.output_names(stem, samples, probabilities):
+            stem = case_stem(group if len(group) > 1 else first) if self.spatial_dims == 3 else image_stem(first)
+            for name in self.output_names(stem, samples, probabilities, is_plane_file(first)):
                 by_name.setdefault(name.lower(), []).append(first.name)
                 names.append(name)
         clashes = {name: sources for name, sources in by_name.items() if len(sources) > 1}
@@ -342,19 +344,43 @@ class Segmenter:
         x, size = self.read(path)
         pred = self.probabilities(x, samples)
         probs = torch.nn.functional.interpolate(pred.probs, size=size, mode="bilinear", align_corners=False)[0]
-        mask = self.mask(probs)
-        target = output / f"{path.stem}.png"
-        _save_png(Image.fromarray(mask * 255 if self.num_classes == 2 else mask), target)
-        written = [target]
+        mask, stem = self.mask(probs), image_stem(path)
+        spread = None
         if pred.spread is not None:
             spread = torch.nn.functional.interpolate(pred.spread[None], size=size, mode="bilinear", align_corners=False)
-            unc = (spread[0, 0].clamp(0, 0.5) * 510).numpy().astype(np.uint8)
-            _save_png(Image.fromarray(unc), output / f"{path.stem}_uncertainty.png")
-            written.append(output / f"{path.stem}_uncertainty.png")
-        if probabilities:
-            fg = (probs[1:].sum(0).clamp(0, 1) * 65535).round().numpy().astype(np.uint16)
-            _save_png(Image.fromarray(fg), output / f"{path.stem}_probability.png")
-            written.append(output / f"{path.stem}_probability.png")
+            spread = spread[0, 0].clamp(0, 1)
+        fg = probs[1:].sum(0).clamp(0, 1) if probabilities else None
+        if is_plane_file(path):  # a 2D image kept as NIfTI or NRRD: NIfTI back, in its shape and geometry
+            return self._write_plane(path, output, stem, mask, spread, fg)
+        target = output / f"{stem}.png"
+        _save_png(Image.fromarray(mask * 255 if self.num_classes == 2 else mask), target)
+        written = [target]
+        if spread is not None:
+            unc = (spread.clamp(0, 0.5) * 510).numpy().astype(np.uint8)
+            _save_png(Image.fromarray(unc), output / f"{stem}_uncertainty.png")
+            written.append(output / f"{stem}_uncertainty.png")
+        if fg is not None:
+            _save_png(
+                Image.fromarray((fg * 65535).round().numpy().astype(np.uint16)), output / f"{stem}_probability.png"
+            )
+            written.append(output / f"{stem}_probability.png")
+        return written
+
+    def _write_plane(self, path: Path, output: Path, stem: str, mask, spread, fg) -> list[Path]:
+        """A 2D prediction of a NIfTI or NRRD input as ``.nii.gz`` files with the input's stored
+        shape and affine, as :meth:`_predict_volume` writes volumes: class indices, and float
+        spread and probability."""
+        import nibabel as nib
+
+        from .data.volumes import read_plane
+
+        _, affine, shape = read_plane(path)
+        written = []
+        for suffix, arr in (("", mask), ("_uncertainty", spread), ("_probability", fg)):
+            if arr is not None:
+                arr = np.asarray(arr, dtype=np.uint8 if suffix == "" else np.float32).reshape(shape)
+                _save_nifti(nib.Nifti1Image(arr, affine), output / f"{stem}{suffix}.nii.gz")
+                written.append(output / f"{stem}{suffix}.nii.gz")
         return written
 
     def _predict_volume(self, path, output: Path, samples: int, probabilities: bool) -> list[Path]:

@@ -32,6 +32,7 @@ from .data.dataset import resolve_root
 from .data.folder import (
     channels_of,
     colour_count,
+    decode,
     default_mask_threshold,
     mask_folder,
     mask_plane,
@@ -41,6 +42,7 @@ from .data.folder import (
 )
 from .data.layouts import read_dataset_json
 from .data.splits import group_column
+from .data.volumes import is_plane_file
 from .errors import DataError
 
 FORMAT = 2  # 2: colour and palette masks read as drawn (mask_colours); older cached fingerprints are redone
@@ -122,9 +124,23 @@ def _sample(items: list, count: int = SAMPLE) -> list:
 
 
 def _raw(path: Path) -> tuple[np.ndarray, str]:
+    if is_plane_file(path):
+        return decode(path)
     img = open_image(path)
     mode = img.mode
     return np.asarray(img.convert("RGB") if mode == "P" else img), mode
+
+
+def _size_and_mode(path: Path) -> tuple[tuple[int, int], str]:
+    """A 2D image's ``(H, W)`` and mode, from the header where the format has one."""
+    if is_plane_file(path):
+        arr, mode = decode(path)
+        return arr.shape[:2], mode
+    try:
+        with Image.open(path) as img:
+            return img.size[::-1], img.mode
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: cannot read image ({str(err)[:200]})") from None
 
 
 def local_width(mask: np.ndarray) -> np.ndarray:
@@ -195,12 +211,9 @@ def fingerprint_2d(root: Path) -> dict[str, Any]:
         raise DataError(f"{root}: no image has a mask in masks/ (or labels/): nothing to plan from")
     sizes, modes = [], []
     for pair in pairs:
-        try:
-            with Image.open(pair.image) as img:
-                sizes.append(img.size[::-1])  # (H, W)
-                modes.append(img.mode)
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise DataError(f"{pair.image}: cannot read image ({str(err)[:200]})") from None
+        size, mode = _size_and_mode(pair.image)
+        sizes.append(size)
+        modes.append(mode)
     heights, widths = np.array([s[0] for s in sizes]), np.array([s[1] for s in sizes])
     low, high, ranges, depth = [], [], [], set()
     for pair in _sample(pairs):
@@ -217,6 +230,10 @@ def fingerprint_2d(root: Path) -> dict[str, Any]:
     colours: int | None = None  # the most colours in one colour mask (None: grey masks)
     masks, palette = [], []
     for pair in _sample(labeled):
+        if is_plane_file(pair.mask):  # a label image kept as NIfTI or NRRD: its values as stored
+            masks.append(decode(pair.mask)[0])
+            values |= set(np.unique(masks[-1]).tolist()[:257])
+            continue
         img = open_image(pair.mask)
         count = colour_count(img)
         if count is not None:
@@ -316,11 +333,12 @@ def fingerprint_3d(root: Path) -> dict[str, Any]:
 
 
 def _is_volume_folder(root: Path) -> bool:
-    from .data.volumes import is_volume
+    from .data.volumes import is_plane_folder, is_volume
 
     images = root / "images"
     if images.is_dir():
-        return any(is_volume(p) for p in images.iterdir())
+        files = list(images.iterdir())
+        return any(is_volume(p) for p in files) and not is_plane_folder(files)
     return any(p.is_dir() and any(is_volume(f) for f in p.iterdir()) for p in root.iterdir())
 
 

@@ -44,13 +44,29 @@ def _files(folder: Path) -> dict[str, Path]:
         raise DataError(f"{folder}: folder not found")
     files = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
-            if path.stem in files:
-                raise DataError(f"{path}: two files share the id {path.stem!r} ({files[path.stem].name})")
-            files[path.stem] = path
+        if is_image_file(path) and not path.name.startswith("."):
+            stem = image_stem(path)
+            if stem in files:
+                raise DataError(f"{path}: two files share the id {stem!r} ({files[stem].name})")
+            files[stem] = path
     if not files:
         raise DataError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}){_what_is_there(folder)}")
     return files
+
+
+def is_image_file(path: Path) -> bool:
+    """A file a 2D dataset reads: a picture (:data:`IMAGE_EXTENSIONS`), or a 2D image kept as a
+    NIfTI or NRRD file of one slice, as medical 2D datasets often are."""
+    from .volumes import is_plane_file
+
+    return path.suffix.lower() in IMAGE_EXTENSIONS or is_plane_file(path)
+
+
+def image_stem(path: Path) -> str:
+    """A 2D image file's id: its name without the suffix (``.nii.gz`` counted whole)."""
+    from .volumes import is_plane_file, volume_stem
+
+    return volume_stem(path) if is_plane_file(path) else path.stem
 
 
 def _what_is_there(folder: Path) -> str:
@@ -97,7 +113,7 @@ def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
         if mask is None and require_masks:
             raise DataError(f"{image}: no mask for this image in {folder}")
         if mask is not None:
-            used.add(mask.stem)
+            used.add(image_stem(mask))
         pairs.append(Pair(stem, image, mask))
     orphans = sorted(set(masks) - used)
     if orphans:
@@ -179,6 +195,8 @@ def channels_of(path: Path | tuple[Path, ...]) -> int:
     (and palette) images, 1 for grey ones; one per file for a tuple. Reads the header only."""
     if isinstance(path, tuple):
         return len(path)
+    if _is_plane(path):
+        return 1
     try:
         with Image.open(path) as img:
             return 3 if img.mode in COLOUR_MODES else 1
@@ -230,17 +248,10 @@ def read_image(path: Path | tuple[Path, ...], channels: int | None = None) -> np
         if channels is not None and channels != len(planes):
             raise DataError(f"{path[0]}: {len(planes)} channel files, expected {channels}")
         return np.ascontiguousarray(np.concatenate(planes))
-    img = open_image(path)
-    if img.mode == "P":
-        img = img.convert("RGB")
-    if img.mode in ("RGBA", "LA", "CMYK", "YCbCr"):
-        img = img.convert("RGB" if img.mode != "LA" else "L")
-    if channels == 3 and img.mode not in ("RGB",):
-        img = img.convert("RGB") if img.mode in ("L", "1") else img
-    arr = np.asarray(img)
+    arr, mode = decode(path, channels)
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
-    scale = type_range(arr, img.mode)
+    scale = type_range(arr, mode)
     if scale is None and arr.dtype.kind == "f":
         check_finite(arr, path)
         scale = max(1.0, float(arr.max()))
@@ -253,6 +264,31 @@ def read_image(path: Path | tuple[Path, ...], channels: int | None = None) -> np
     if channels == 3 and arr.shape[0] == 1:
         arr = np.repeat(arr, 3, axis=0)
     return np.ascontiguousarray(arr)
+
+
+def _is_plane(path: Path) -> bool:
+    from .volumes import is_plane_file
+
+    return is_plane_file(path)
+
+
+def decode(path: Path, channels: int | None = None) -> tuple[np.ndarray, str]:
+    """A 2D image file's pixels as stored (``(H, W)`` or ``(H, W, 3)``) and its Pillow mode (a
+    NIfTI or NRRD slice: ``F`` for floats, ``I`` for integers): what the reader scales and the
+    plan measures. Palette and alpha images give RGB, ``channels=3`` makes grey ones RGB."""
+    if _is_plane(path):
+        from .volumes import read_plane
+
+        plane = read_plane(path)[0]
+        return plane, "F" if plane.dtype.kind == "f" else "I"
+    img = open_image(path)
+    if img.mode == "P":
+        img = img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "CMYK", "YCbCr"):
+        img = img.convert("RGB" if img.mode != "LA" else "L")
+    if channels == 3 and img.mode not in ("RGB",):
+        img = img.convert("RGB") if img.mode in ("L", "1") else img
+    return np.asarray(img), img.mode
 
 
 def check_finite(arr: np.ndarray, path) -> None:
@@ -322,7 +358,16 @@ def read_mask(path: Path, num_classes: int, mode: str, threshold: float | None =
     indices). Colour masks are read by :func:`mask_plane`."""
     if mode not in ("binary", "threshold", "index"):
         raise DataError(f"data.mask_mode must be binary, threshold or index, got {mode!r}")
-    arr = mask_plane(open_image(path), mode, path)
+    if _is_plane(path):
+        from .volumes import read_plane
+
+        arr = read_plane(path)[0]
+        if arr.dtype.kind == "f" and mode != "threshold":
+            if not np.array_equal(arr, np.round(arr)):
+                raise DataError(f"{path}: label image holds fractional values; set data.mask_mode=threshold")
+            arr = arr.astype(np.int64)
+    else:
+        arr = mask_plane(open_image(path), mode, path)
     if mode == "threshold":
         arr = np.asarray(arr, dtype=np.float64)
         cut = default_mask_threshold(arr) if threshold is None else threshold

@@ -40,6 +40,7 @@ from .splits import choose_labeled
 LOG = logging.getLogger("superdiffusion")
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".h5", ".hdf5")
+PLANE_SUFFIXES = (".nii.gz", ".nii", ".nrrd")  # the volume formats a 2D dataset may use for its images
 
 
 def volume_stem(path: Path) -> str:
@@ -108,8 +109,9 @@ def _nifti_spacing_missing(path: Path) -> bool:
     return bool(np.any(np.asarray(header["pixdim"][1:4]) <= 0))
 
 
-def read_volume(path: Path, dataset: str = "image") -> Volume:
-    """Read one volume; ``dataset`` names the HDF5 dataset (``image`` or ``label``)."""
+def _read_array(path: Path, dataset: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], bool]:
+    """A volume file's voxels as stored, its affine, spacing and whether the spacing is missing;
+    any reader failure is one line naming the file."""
     try:
         if path.name.endswith((".nii", ".nii.gz", ".nrrd")):
             arr, affine = _load_with_monai(path)
@@ -133,10 +135,60 @@ def read_volume(path: Path, dataset: str = "image") -> Volume:
         raise DataError(
             f"{path}: cannot read volume ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
         ) from None
-    arr = np.squeeze(np.asarray(arr))
+    return np.asarray(arr), affine, spacing, missing
+
+
+def read_volume(path: Path, dataset: str = "image") -> Volume:
+    """Read one volume; ``dataset`` names the HDF5 dataset (``image`` or ``label``)."""
+    arr, affine, spacing, missing = _read_array(path, dataset)
+    arr = np.squeeze(arr)
+    if arr.ndim == 2:
+        raise DataError(f"{path}: a 2D image of {arr.shape[0]}x{arr.shape[1]} stored as a volume; a folder of "
+                        "these is a 2D dataset (data.spatial_dims=2)")  # fmt: skip
     if arr.ndim != 3:
         raise DataError(f"{path}: expected a 3D volume, got shape {arr.shape}")
     return Volume(arr, affine, spacing, missing)
+
+
+def is_plane_file(path: Path) -> bool:
+    """A NIfTI or NRRD file, which may hold a 2D image (one slice) as well as a volume."""
+    return path.name.lower().endswith(PLANE_SUFFIXES)
+
+
+def read_plane(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """A 2D image stored as a NIfTI or NRRD file (``(H, W)`` or ``(H, W, 1)``, as 2D datasets
+    are often kept in medical imaging): its ``(H, W)`` array in the file's index order, its
+    affine, and the stored shape (a prediction is written back in that shape and geometry)."""
+    arr, affine, _, _ = _read_array(path, "image")
+    if arr.ndim == 3 and arr.shape[2] > 1:
+        raise DataError(f"{path}: a volume of {'x'.join(map(str, arr.shape))} in a 2D dataset; a folder of volumes "
+                        "trains with data.spatial_dims=3")  # fmt: skip
+    plane = np.squeeze(arr)
+    if plane.ndim != 2:
+        raise DataError(f"{path}: expected a 2D image, got shape {arr.shape}")
+    return plane, affine, tuple(arr.shape)
+
+
+def is_plane_folder(files: list[Path]) -> bool:
+    """Whether a folder's NIfTI or NRRD files are 2D images: its first such file holds one slice."""
+    first = next((p for p in sorted(files) if is_plane_file(p)), None)
+    if first is None:
+        return False
+    try:  # the header only: a CT volume need not be decoded to learn that it is one
+        if first.name.lower().endswith(".nrrd"):
+            import nrrd
+
+            shape = tuple(int(v) for v in nrrd.read_header(str(first))["sizes"])
+        else:
+            import nibabel as nib
+
+            shape = tuple(nib.load(str(first)).shape)
+    except Exception as err:  # noqa: BLE001 - an unreadable header is an unreadable file for the user
+        raise DataError(
+            f"{first}: cannot read volume ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+        ) from None
+    spatial = [n for n in shape if n > 1]
+    return len(spatial) <= 2 and (len(shape) < 3 or shape[2] == 1)
 
 
 def _load_with_monai(path: Path) -> tuple[np.ndarray, np.ndarray]:
