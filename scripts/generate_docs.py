@@ -50,6 +50,7 @@ def _type(annotation) -> str:
     text = str(annotation) if typing.get_origin(annotation) else getattr(annotation, "__name__", str(annotation))
     text = text.replace("typing.", "").replace("NoneType", "None")
     text = re.sub(r"Annotated\[(\w+), Gt\(gt=0\)\]", r"\1 > 0", text)
+    text = re.sub(r"Annotated\[(\w+), Ge\(ge=0\)\]", r"\1 >= 0", text)
     return text.replace("|", "\\|")  # a table cell
 
 

@@ -144,3 +144,14 @@ def test_quick_takes_the_method_settings_from_cpu_which_owns_them(tmp_path):
     loop.write_text(f"extends: {loop}\n")
     with pytest.raises(ConfigError, match="extends itself"):
         resolve([f"profile={loop}"])
+
+
+def test_mask_values_name_one_grey_value_per_class():
+    cfg = resolve(["data.mask_mode=index", "data.num_classes=3", "data.mask_values=[0, 128, 255]"])
+    assert cfg.data.mask_values == [0, 128, 255]
+    with pytest.raises(
+        ConfigError, match="data.mask_values names the value of each class: it needs data.mask_mode=index"
+    ):
+        resolve(["data.num_classes=3", "data.mask_values=[0, 128, 255]"])
+    with pytest.raises(ConfigError, match=r"needs 3 distinct values, one per class .*got \[0, 128, 128\]"):
+        resolve(["data.mask_mode=index", "data.num_classes=3", "data.mask_values=[0, 128, 128]"])

@@ -225,3 +225,60 @@ def test_a_users_masks_are_planned_and_read_as_drawn(tmp_path, fmt):
             assert agree > 0.99, f"{case}: {agree:.3f} of the pixels read as drawn"
             read += 1
     assert read > 0
+
+
+def test_grey_coded_class_masks_are_planned_as_classes_and_predicted_in_their_greys(tmp_path):
+    """Masks that draw three classes as the visible greys 0, 128 and 255 (as many exports do):
+    the plan reads them as classes 0-2 (thresholding would drop class 1 into the background),
+    training loads the classes as drawn, and predict writes the same greys back."""
+    from superdiffusion import api
+    from superdiffusion.config import resolve as resolve_config
+    from superdiffusion.plan import Planner
+
+    root = tmp_path / "greys"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = np.mgrid[:48, :48]
+    rng = np.random.default_rng(0)
+    truth = {}
+    for i in range(8):
+        classes = np.zeros((48, 48), np.uint8)
+        classes[(yy - 24) ** 2 + (xx - 22 - i % 3) ** 2 <= 15**2] = 1  # a disc of class 1
+        classes[(yy - 24) ** 2 + (xx - 22 - i % 3) ** 2 <= 6**2] = 2  # its core, class 2
+        image = rng.uniform(0, 40, (48, 48)) + 100 * classes
+        Image.fromarray(image.astype(np.uint8)).save(root / "images" / f"case{i}.png")
+        Image.fromarray(np.array([0, 128, 255], np.uint8)[classes]).save(root / "masks" / f"case{i}.png")
+        truth[f"case{i}"] = classes
+    plan = plan_for(root, cache=False)
+    assert plan.settings["data.mask_mode"] == "index" and plan.settings["data.num_classes"] == 3
+    assert plan.settings["data.mask_values"] == [0, 128, 255]
+    cfg = resolve_config(
+        [f"data.root={root}", "data.size=[32, 32]", "model.features=[8, 16]", "method=supervised",
+         "train.epochs=1", "train.steps_per_epoch=1", "data.labeled_percent=100"],
+        planner=Planner(cache=False),
+    )  # fmt: skip
+    data = build_data(cfg.data, seed=0)
+    for split in (data.labeled, data.test):
+        for case, mask in zip(split.ids, split.masks):
+            assert set(np.unique(mask.numpy())) == {0, 1, 2}
+            for c in (1, 2):  # each class's share of the image, as drawn (the masks are resized to 32x32)
+                assert np.mean(mask.numpy() == c) == pytest.approx(np.mean(truth[case] == c), abs=0.03)
+    api.train(cfg, tmp_path / "run")
+    written = api.predict(tmp_path / "run", root / "images" / "case0.png", tmp_path / "pred")
+    assert set(np.unique(np.asarray(Image.open(written[0])))) <= {0, 128, 255}
+
+
+def test_a_binary_masks_resampled_edges_are_not_classes():
+    """Upsampling a 0/255 square gives a few grey values along its edges: they are a line of
+    pixels each, not areas, so the plan keeps the mask binary (thresholded), not 4 classes."""
+    from superdiffusion.plan import _grey_levels
+
+    square = np.zeros((24, 24), np.uint8)
+    square[6:18, 6:18] = 255
+    masks = [np.asarray(Image.fromarray(square).resize((48, 48), Image.BILINEAR))]
+    found = np.unique(masks[0]).astype(float)
+    assert 5 <= len(found) <= 16  # few enough values to be classes
+    assert not _grey_levels(found, masks)
+    classes = np.zeros((48, 48), np.uint8)
+    classes[8:40, 8:40], classes[18:30, 18:30] = 128, 255
+    assert _grey_levels(np.array([0.0, 128.0, 255.0]), [classes])

@@ -255,6 +255,14 @@ class Segmenter:
             return (probs[1:].sum(0) > self.threshold).numpy().astype(np.uint8)
         return probs.argmax(0).numpy().astype(np.uint8)
 
+    def drawn(self, mask: np.ndarray) -> np.ndarray:
+        """Class indices -> the values the training masks drew them with (``data.mask_values``),
+        so that a prediction reads like the user's own masks; unchanged without them."""
+        values = self.cfg.data.mask_values
+        if values is None:
+            return mask
+        return np.asarray(values, dtype=np.uint8 if max(values) <= 255 else np.uint16)[mask]
+
     def frozen_network(self) -> torch.nn.Module:
         """The network as one deterministic module, normalised images at the model size ->
         class probabilities, on the CPU: a diffusion method's noise input is fixed to the draw
@@ -336,7 +344,7 @@ class Segmenter:
 
     def predict_file(self, path, output: Path, samples: int = 1, probabilities: bool = False) -> list[Path]:
         """Segment one case. 2D: ``output/STEM.png`` at the image's own size (0/255 for binary
-        tasks, class indices otherwise), ``STEM_uncertainty.png`` with several draws (the spread
+        tasks, class indices otherwise, or the training masks' grey values: :meth:`drawn`), ``STEM_uncertainty.png`` with several draws (the spread
         x 510) and, with ``probabilities``, ``STEM_probability.png`` (16 bits, 65535 = 1). 3D:
         ``STEM.nii.gz`` with the input's affine, and float uncertainty and probability volumes."""
         if self.spatial_dims == 3:
@@ -353,7 +361,7 @@ class Segmenter:
         if is_plane_file(path):  # a 2D image kept as NIfTI or NRRD: NIfTI back, in its shape and geometry
             return self._write_plane(path, output, stem, mask, spread, fg)
         target = output / f"{stem}.png"
-        _save_png(Image.fromarray(mask * 255 if self.num_classes == 2 else mask), target)
+        _save_png(Image.fromarray(mask * 255 if self.num_classes == 2 else self.drawn(mask)), target)
         written = [target]
         if spread is not None:
             unc = (spread.clamp(0, 0.5) * 510).numpy().astype(np.uint8)
@@ -376,9 +384,9 @@ class Segmenter:
 
         _, affine, shape = read_plane(path)
         written = []
-        for suffix, arr in (("", mask), ("_uncertainty", spread), ("_probability", fg)):
+        for suffix, arr in (("", self.drawn(mask)), ("_uncertainty", spread), ("_probability", fg)):
             if arr is not None:
-                arr = np.asarray(arr, dtype=np.uint8 if suffix == "" else np.float32).reshape(shape)
+                arr = (np.asarray(arr) if suffix == "" else np.asarray(arr, dtype=np.float32)).reshape(shape)
                 _save_nifti(nib.Nifti1Image(arr, affine), output / f"{stem}{suffix}.nii.gz")
                 written.append(output / f"{stem}{suffix}.nii.gz")
         return written
@@ -392,7 +400,7 @@ class Segmenter:
         pred = self.probabilities(normalize(image[None], self.stats), samples)
         stem = case_stem(path)
         target = output / f"{stem}.nii.gz"
-        _save_nifti(nib.Nifti1Image(self.mask(pred.probs[0]), geometry.affine), target)
+        _save_nifti(nib.Nifti1Image(self.drawn(self.mask(pred.probs[0])), geometry.affine), target)
         written = [target]
         if pred.spread is not None:
             unc = output / f"{stem}_uncertainty.nii.gz"

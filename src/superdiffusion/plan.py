@@ -45,7 +45,7 @@ from .data.splits import group_column
 from .data.volumes import is_plane_file
 from .errors import DataError
 
-FORMAT = 2  # 2: colour and palette masks read as drawn (mask_colours); older cached fingerprints are redone
+FORMAT = 3  # 2: colour and palette masks read as drawn (mask_colours); 3: grey-coded classes ("levels")
 SAMPLE = 48  # images and masks decoded for the intensity and mask statistics
 FIXED_SIZE = 128  # the paper's resize for 2D images
 MIN_WIDTH = 3.0  # pixels of width the thinnest structures must keep at the fixed size
@@ -180,6 +180,29 @@ def _mask_kind(values: np.ndarray, colours: int | None = None) -> str:
     return "lossy"
 
 
+MAX_LEVELS = 16  # grey-coded class masks: at most this many values
+AREA_SHARE = 0.1  # ... each drawn as areas: this share of its pixels inside a 3x3 block of its own
+
+
+def _grey_levels(found: np.ndarray, masks: list[np.ndarray]) -> bool:
+    """Whether masks of a few grey values (0, 128, 255, say) draw classes, rather than a binary
+    mask's resampled or anti-aliased edges: few integer values, and each drawn as areas (a
+    resampled edge is a line of pixels, none of which keeps its value under a 3x3 erosion)."""
+    from scipy import ndimage
+
+    if not (3 <= len(found) <= MAX_LEVELS and np.all(np.equal(np.mod(found, 1), 0))):
+        return False
+    for value in found[1:]:
+        pixels = inside = 0
+        for m in masks:
+            level = m == value
+            pixels += int(level.sum())
+            inside += int(ndimage.binary_erosion(level, np.ones((3, 3), bool)).sum())
+        if pixels == 0 or inside < AREA_SHARE * pixels:
+            return False
+    return True
+
+
 def _folder_digest(root: Path, files: list[Path]) -> str:
     digest = hashlib.sha256(str(root.resolve()).encode())
     for path in sorted(files):
@@ -250,7 +273,12 @@ def fingerprint_2d(root: Path) -> dict[str, Any]:
     else:
         found = np.array(sorted(values), dtype=np.float64)
         kind = _mask_kind(found, colours)
-    if kind == "index":
+        if kind == "lossy" and colours is None and _grey_levels(found, masks):
+            kind = "levels"
+    if kind == "levels":
+        per_class = {str(k): float(np.mean([np.mean(m == v) for m in masks])) for k, v in enumerate(found) if k}
+        binary = [m != found[0] for m in masks]
+    elif kind == "index":
         classes = int(found.max()) + 1
         per_class = {str(c): float(np.mean([np.mean(m == c) for m in masks])) for c in range(1, classes)}
         binary = [m > 0 for m in masks]
@@ -389,6 +417,12 @@ def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
         plan.set("data.mask_mode", "threshold", f"the masks hold {len(fp['mask_values'])}+ values (lossy or resampled): "
                  "foreground where a value is at least half the range")  # fmt: skip
         plan.set("data.num_classes", 2, "lossy masks are read as one foreground class")
+    elif kind == "levels":
+        levels = [int(v) for v in fp["mask_values"]]
+        plan.set("data.mask_mode", "index", f"the masks draw {len(levels)} classes as the grey values {levels}, each "
+                 "as areas (not resampled edges): class k is the k-th value")  # fmt: skip
+        plan.set("data.num_classes", len(levels), f"{len(levels)} grey values")
+        plan.set("data.mask_values", levels, "the grey value of each class, class 0 first; predict writes them back")
     elif kind == "index" and max(fp["mask_values"]) > 1:
         classes = int(max(fp["mask_values"])) + 1
         plan.set("data.mask_mode", "index", f"the masks hold the class indices {fp['mask_values'][:8]}")

@@ -151,7 +151,7 @@ def evaluate_method(
     results["per_case"] = per_case_scores(fg, masks, threshold, list(test.ids))  # written as test_per_case.csv
     if data.spatial_dims == 2 and test.pairs and cfg.data.size is not None:  # else scored at native size already
         d = cfg.data
-        originals = [read_mask(p.mask, d.num_classes, d.mask_mode, d.mask_threshold) for p in test.pairs]
+        originals = [read_mask(p.mask, d.num_classes, d.mask_mode, d.mask_threshold, d.mask_values) for p in test.pairs]
         results["test"]["original"] = per_image_at_size(fg, originals, threshold)
     if data.spatial_dims == 3:
         results["test"]["surface"] = surface_distances(fg, test, threshold)

@@ -80,7 +80,7 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True, recorded: di
     if mixed:
         LOG.info("data: %s", mixed)
     loaded = {
-        name: load_pairs(group, size, cfg.num_classes, cfg.mask_mode, channels, cfg.mask_threshold)
+        name: load_pairs(group, size, cfg.num_classes, cfg.mask_mode, channels, cfg.mask_threshold, cfg.mask_values)
         for name, group in by.items()
         if group
     }

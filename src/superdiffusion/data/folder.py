@@ -349,13 +349,29 @@ def mask_plane(img: Image.Image, mode: str, path: Path) -> np.ndarray:
     return rgb.max(axis=-1)
 
 
-def read_mask(path: Path, num_classes: int, mode: str, threshold: float | None = None) -> np.ndarray:
+def classes_of(arr: np.ndarray, values: list[int], path) -> np.ndarray:
+    """The class index of each pixel of a mask that draws class ``k`` as the value ``values[k]``
+    (``data.mask_values``); a value that is none of them stops with one line naming the file."""
+    order = np.argsort(values)
+    ranked = np.asarray(values)[order]
+    index = np.clip(np.searchsorted(ranked, arr), 0, len(ranked) - 1)
+    stray = arr != ranked[index]
+    if stray.any():
+        shown = np.unique(arr[stray]).tolist()[:8]
+        raise DataError(f"{path}: mask values {shown} are none of data.mask_values {list(values)}")
+    return order[index].astype(np.int64)
+
+
+def read_mask(
+    path: Path, num_classes: int, mode: str, threshold: float | None = None, values: list[int] | None = None
+) -> np.ndarray:
     """Mask as int64 ``(H, W)`` of class indices, checked against the declared classes.
 
     ``binary``: 0 is background and exactly one other value foreground; ``threshold``:
     foreground where the grey value is >= ``threshold`` (default :func:`default_mask_threshold`),
     for JPEG or resampled masks; ``index``: values are class indices (palette PNGs give their
-    indices). Colour masks are read by :func:`mask_plane`."""
+    indices), or the grey value of each class in ``values`` (``data.mask_values``). Colour masks
+    are read by :func:`mask_plane`."""
     if mode not in ("binary", "threshold", "index"):
         raise DataError(f"data.mask_mode must be binary, threshold or index, got {mode!r}")
     if _is_plane(path):
@@ -373,18 +389,20 @@ def read_mask(path: Path, num_classes: int, mode: str, threshold: float | None =
         cut = default_mask_threshold(arr) if threshold is None else threshold
         return (arr >= cut).astype(np.int64)
     arr = arr.astype(np.int64)
-    values = np.unique(arr)
+    if mode == "index" and values is not None:
+        arr = classes_of(arr, values, path)
+    found = np.unique(arr)
     if mode == "binary":
-        if len(values) > 2:
-            shown = ", ".join(map(str, values[:6].tolist())) + (", ..." if len(values) > 6 else "")
+        if len(found) > 2:
+            shown = ", ".join(map(str, found[:6].tolist())) + (", ..." if len(found) > 6 else "")
             raise DataError(
-                f"{path}: mask has {len(values)} distinct values [{shown}]; a binary mask holds 0 and one "
+                f"{path}: mask has {len(found)} distinct values [{shown}]; a binary mask holds 0 and one "
                 "foreground value. Lossy (JPEG) or resampled masks: set data.mask_mode=threshold "
                 "(foreground >= data.mask_threshold, default half the range); classes: data.mask_mode=index"
             )
         return (arr > 0).astype(np.int64)
-    if values.min() < 0 or values.max() >= num_classes:
-        raise DataError(f"{path}: mask values {values.tolist()[:8]} outside the classes 0..{num_classes - 1}")
+    if found.min() < 0 or found.max() >= num_classes:
+        raise DataError(f"{path}: mask values {found.tolist()[:8]} outside the classes 0..{num_classes - 1}")
     return arr
 
 
@@ -409,6 +427,7 @@ def load_pairs(
     mask_mode: str,
     channels: int | None = None,
     mask_threshold: float | None = None,
+    mask_values: list[int] | None = None,
 ) -> dict:
     """Decode, check and resize every pair once (``size`` None: keep each one's size).
 
@@ -426,7 +445,7 @@ def load_pairs(
         sizes.append(tuple(img.shape[1:]))
         images.append(resize_image(img, size) if size is not None else torch.from_numpy(img))
         if pair.mask is not None:
-            mask = read_mask(pair.mask, num_classes, mask_mode, mask_threshold)
+            mask = read_mask(pair.mask, num_classes, mask_mode, mask_threshold, mask_values)
             if mask.shape != img.shape[1:]:
                 raise DataError(
                     f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {pair.name} "

@@ -34,7 +34,7 @@ from .dataset import (
     normalize_each,
     resolve_root,
 )
-from .folder import check_finite, mask_folder, read_split
+from .folder import check_finite, classes_of, mask_folder, read_split
 from .splits import choose_labeled
 
 LOG = logging.getLogger("superdiffusion")
@@ -309,6 +309,8 @@ def load_volume_pair(
                 f"{pair.label}: label volume has non-integer values (resampled labels: data.mask_mode=threshold)"
             )
     lab = lab.astype(np.int64)
+    if cfg.mask_mode == "index" and cfg.mask_values is not None:
+        lab = classes_of(lab, cfg.mask_values, pair.label)
     values = np.unique(lab)
     if cfg.mask_mode == "binary":
         lab = (lab > 0).astype(np.int64)
