@@ -130,3 +130,51 @@ def test_multichannel_volumes_train_and_predict_per_case(tmp_path):
     (inputs / "c0_0001.nii.gz").unlink()
     with pytest.raises(DataError, match=r"c0: channel files \[0\] found, the model needs 2"):
         api.predict(tmp_path / "run", inputs, tmp_path / "pred2")
+
+
+def write_msd_4d(root, n=6, modalities=2):
+    """MSD's multi-modal layout (Prostate, BrainTumour): one 4D file per case, modality last."""
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True)
+    training = []
+    for i in range(n):
+        image, label = _volume(i)
+        stack = np.stack([image * (c + 1) for c in range(modalities)], axis=-1)
+        nib.save(nib.Nifti1Image(stack, np.diag([0.6, 0.6, 3.0, 1.0])), str(root / "imagesTr" / f"pro_{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(label, np.diag([0.6, 0.6, 3.0, 1.0])), str(root / "labelsTr" / f"pro_{i}.nii.gz"))
+        training.append({"image": f"./imagesTr/pro_{i}.nii.gz", "label": f"./labelsTr/pro_{i}.nii.gz"})
+    modality = {str(c): f"mod{c}" for c in range(modalities)}
+    (root / "dataset.json").write_text(
+        json.dumps({"modality": modality, "labels": {"0": "background", "1": "gland"}, "training": training})
+    )
+    return root
+
+
+def test_msd_multimodal_4d_volumes_train_and_predict(tmp_path):
+    root = write_msd_4d(tmp_path / "Task05_Toy")
+    data = build_data(DataConfig(root=str(root), patch_size=[16, 16, 16]), seed=0)
+    assert data.channels == 2 and data.labeled.images[0].shape == (2, 20, 20, 20)
+    cfg = tiny_config(f"data.root={root}", "method=supervised", "data.patch_size=[16, 16, 16]", "train.epochs=1")
+    api.train(cfg, tmp_path / "run")
+    written = api.predict(tmp_path / "run", root / "imagesTr" / "pro_0.nii.gz", tmp_path / "pred")
+    assert [p.name for p in written] == ["pro_0.nii.gz"]
+    assert nib.load(str(written[0])).shape == (20, 20, 20)
+
+
+def test_dataset_json_folders_are_planned_and_keep_their_declared_classes(tmp_path):
+    """An MSD or nnU-Net folder gets a plan like any folder (patch size, normalisation, name),
+    while dataset.json keeps the classes, the channels and the dimensionality."""
+    from superdiffusion.config import resolve
+    from superdiffusion.plan import Planner, plan_for
+
+    for root in (write_msd_3d(tmp_path / "Task04_Toy"), write_msd_4d(tmp_path / "Task05_Toy")):
+        plan = plan_for(root, cache=False)
+        assert plan.settings["data.patch_size"] == [16, 16, 16]  # within a 20^3 volume, in multiples of 16
+        assert plan.settings["data.name"] == root.name
+        assert (
+            not {"data.mask_mode", "data.num_classes"} & set(plan.settings) and plan.settings["data.spatial_dims"] == 3
+        )
+        cfg = resolve([f"data.root={root}"], planner=Planner(cache=False))
+        assert cfg.data.patch_size == [16, 16, 16] and cfg.data.name == root.name
+    plan = plan_for(write_nnunet_2d(tmp_path / "Dataset001_Toy"), cache=False)
+    assert plan.settings["data.size"] == [128, 128] and "data.mask_mode" not in plan.settings

@@ -34,6 +34,7 @@ from .data.folder import (
     colour_count,
     decode,
     default_mask_threshold,
+    layout_pairs,
     mask_folder,
     mask_plane,
     open_image,
@@ -42,7 +43,7 @@ from .data.folder import (
 )
 from .data.layouts import read_dataset_json
 from .data.splits import group_column
-from .data.volumes import is_plane_file
+from .data.volumes import is_plane_file, layout_volumes
 from .errors import DataError
 
 FORMAT = 3  # 2: colour and palette masks read as drawn (mask_colours); 3: grey-coded classes ("levels")
@@ -121,6 +122,14 @@ def _sample(items: list, count: int = SAMPLE) -> list:
     if len(items) <= count:
         return list(items)
     return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
+
+
+LAYOUT_OWNED = ("data.mask_mode", "data.num_classes", "data.mask_values")  # its dimensionality agrees
+
+
+def _first(image: Path | tuple[Path, ...]) -> Path:
+    """A case's first image file (nnU-Net keeps one file a channel)."""
+    return image[0] if isinstance(image, tuple) else image
 
 
 def _raw(path: Path) -> tuple[np.ndarray, str]:
@@ -227,20 +236,23 @@ def _subjects(pairs: list) -> tuple[str | None, int | None]:
     return column, len({p.columns.get(column) for p in pairs})
 
 
-def fingerprint_2d(root: Path) -> dict[str, Any]:
-    pairs = scan_folder(root, require_masks=mask_folder(root) is not None)
+def fingerprint_2d(root: Path, pairs: list | None = None) -> dict[str, Any]:
+    """A 2D folder's fingerprint; ``pairs``: the cases of a dataset.json layout, else the
+    folder's images/ and masks/."""
+    if pairs is None:
+        pairs = scan_folder(root, require_masks=mask_folder(root) is not None)
     labeled = [p for p in pairs if p.mask is not None]
     if not labeled:
         raise DataError(f"{root}: no image has a mask in masks/ (or labels/): nothing to plan from")
     sizes, modes = [], []
     for pair in pairs:
-        size, mode = _size_and_mode(pair.image)
+        size, mode = _size_and_mode(_first(pair.image))
         sizes.append(size)
         modes.append(mode)
     heights, widths = np.array([s[0] for s in sizes]), np.array([s[1] for s in sizes])
     low, high, ranges, depth = [], [], [], set()
     for pair in _sample(pairs):
-        raw, mode = _raw(pair.image)  # decoded once: its type gives the range, its values the percentiles
+        raw, mode = _raw(_first(pair.image))  # decoded once: its type gives the range, its values the percentiles
         raw_range, arr = type_range(raw, mode), raw.astype(np.float64)
         depth.add("float" if raw_range is None else "16" if raw_range > 255 else "8")
         finite = arr[np.isfinite(arr)]
@@ -321,14 +333,14 @@ def fingerprint_2d(root: Path) -> dict[str, Any]:
     }
 
 
-def fingerprint_3d(root: Path) -> dict[str, Any]:
-    from .data.volumes import read_volume, scan_volumes
+def fingerprint_3d(root: Path, pairs: list | None = None) -> dict[str, Any]:
+    from .data.volumes import read_channels, read_volume, scan_volumes
 
-    pairs = scan_volumes(root)
+    pairs = scan_volumes(root) if pairs is None else pairs
     shapes, spacings, values, fractions, low, high = [], [], set(), [], [], []
     for pair in _sample(pairs, 16):
         image = pair.image[0] if isinstance(pair.image, tuple) else pair.image
-        vol = read_volume(image, "image")
+        vol = read_channels(image)[0]  # the first modality of a 4D file
         shapes.append(vol.array.shape)
         spacings.append(vol.spacing)
         finite = vol.array[np.isfinite(vol.array)]
@@ -385,7 +397,15 @@ def fingerprint(root: str | Path, cache: bool = True) -> dict[str, Any]:
                 return found["fingerprint"]
         except (OSError, ValueError):
             pass  # a damaged cache entry is computed again
-    found = fingerprint_3d(folder) if _is_volume_folder(folder) else fingerprint_2d(folder)
+    layout = read_dataset_json(folder)
+    if layout is not None:  # nnU-Net or MSD: the cases dataset.json lists
+        if layout.spatial_dims == 3:
+            found = fingerprint_3d(folder, layout_volumes(layout, folder))
+        else:
+            found = fingerprint_2d(folder, layout_pairs(layout, folder))
+        found["layout"] = layout.kind
+    else:
+        found = fingerprint_3d(folder) if _is_volume_folder(folder) else fingerprint_2d(folder)
     if cache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -438,6 +458,10 @@ def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
     if fp.get("subject_column"):
         plan.set("data.group_column", fp["subject_column"], f"split.csv names {fp['subjects']} subjects in column "
                  f"'{fp['subject_column']}': carved splits hold out whole subjects")  # fmt: skip
+    if fp.get("layout"):  # dataset.json declares the classes and the label reading
+        for key in LAYOUT_OWNED:
+            plan.settings.pop(key, None)
+            plan.reasons.pop(key, None)
     return plan
 
 
@@ -521,8 +545,8 @@ class Planner:
 
     def __call__(self, root: str, given: set[str], batch_size: int):
         folder = resolve_root(root)
-        if read_dataset_json(folder) is not None if folder.is_dir() else True:
-            return None  # dataset.json (nnU-Net, MSD) declares the data; a missing folder fails in training
+        if not folder.is_dir():
+            return None  # a missing folder fails in training, with its own line
         try:
             self.plan, self.given = plan_for(root, batch_size, self.cache), set(given)
         except DataError as err:  # the training's own reading names the problem; the defaults apply

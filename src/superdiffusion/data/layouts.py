@@ -147,12 +147,7 @@ def _msd(root: Path, path: Path, content: dict[str, Any]) -> DatasetJson:
         name = image.name
         ending = next((e for e in VOLUME_ENDINGS if name.lower().endswith(e)), image.suffix)
         cases.append(Case(name[: -len(ending)] if ending else image.stem, [image], label))
-    dims = _dims(cases[0].images[0].name, path)
-    if dims == 3 and len(channels) > 1:
-        raise DataError(
-            f"{path}: {len(channels)} modalities in one 4D file per case; multi-channel volumes are not "
-            "supported yet (train on one modality: split the files and keep one)"
-        )
+    dims = _dims(cases[0].images[0].name, path)  # several modalities: one 4D file a case, read as channels
     return DatasetJson("msd", root, channels, labels, dims, cases)
 
 

@@ -63,6 +63,8 @@ def group_channels(files: list[Path], channels: int) -> list[Path | tuple[Path, 
     ``CASE_0000``, ``CASE_0001``, ... gathered per case in channel order."""
     if channels == 1:
         return list(files)
+    if files and all(p.name.endswith(PLANE_SUFFIXES) and stored_shape(p)[3:] == (channels,) for p in files):
+        return list(files)  # one 4D file a case, its modalities on the last axis (MSD)
     cases: dict[str, dict[int, Path]] = {}
     for path in files:
         case, _, index = volume_stem(path).rpartition("_")
@@ -150,6 +152,32 @@ def read_volume(path: Path, dataset: str = "image") -> Volume:
     return Volume(arr, affine, spacing, missing)
 
 
+def read_channels(path: Path) -> list[Volume]:
+    """An image file's channels as volumes: one for a 3D file, one per modality for a 4D file
+    that keeps them on its last axis (the Medical Segmentation Decathlon's multi-modal images)."""
+    arr, affine, spacing, missing = _read_array(path, "image")
+    arr = np.squeeze(arr)
+    if arr.ndim == 4:
+        return [Volume(np.ascontiguousarray(arr[..., c]), affine, spacing, missing) for c in range(arr.shape[3])]
+    return [read_volume(path, "image")]
+
+
+def stored_shape(path: Path) -> tuple[int, ...]:
+    """A NIfTI or NRRD file's array shape, from its header alone (a CT volume need not be decoded)."""
+    try:
+        if path.name.lower().endswith(".nrrd"):
+            import nrrd
+
+            return tuple(int(v) for v in nrrd.read_header(str(path))["sizes"])
+        import nibabel as nib
+
+        return tuple(nib.load(str(path)).shape)
+    except Exception as err:  # noqa: BLE001 - an unreadable header is an unreadable file for the user
+        raise DataError(
+            f"{path}: cannot read volume ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+        ) from None
+
+
 def is_plane_file(path: Path) -> bool:
     """A NIfTI or NRRD file, which may hold a 2D image (one slice) as well as a volume."""
     return path.name.lower().endswith(PLANE_SUFFIXES)
@@ -174,19 +202,7 @@ def is_plane_folder(files: list[Path]) -> bool:
     first = next((p for p in sorted(files) if is_plane_file(p)), None)
     if first is None:
         return False
-    try:  # the header only: a CT volume need not be decoded to learn that it is one
-        if first.name.lower().endswith(".nrrd"):
-            import nrrd
-
-            shape = tuple(int(v) for v in nrrd.read_header(str(first))["sizes"])
-        else:
-            import nibabel as nib
-
-            shape = tuple(nib.load(str(first)).shape)
-    except Exception as err:  # noqa: BLE001 - an unreadable header is an unreadable file for the user
-        raise DataError(
-            f"{first}: cannot read volume ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
-        ) from None
+    shape = stored_shape(first)
     spatial = [n for n in shape if n > 1]
     return len(spatial) <= 2 and (len(shape) < 3 or shape[2] == 1)
 
@@ -277,7 +293,8 @@ def load_volume_pair(
     whose training-set statistics :func:`~superdiffusion.data.normalize` applies after), and labels
     ``(H, W, D)`` int64 checked against the declared classes (None when ``labels`` is False)."""
     files = pair.image if isinstance(pair.image, tuple) else (pair.image,)
-    channels = [read_volume(path, "image") for path in files]
+    read = [(path, channel) for path in files for channel in read_channels(path)]  # a 4D file: its modalities
+    files, channels = tuple(path for path, _ in read), [channel for _, channel in read]
     for path, channel in zip(files, channels):
         if channel.array.dtype.kind == "f":
             check_finite(channel.array, path)
