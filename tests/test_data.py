@@ -304,3 +304,16 @@ def test_a_dicom_folder_is_named_as_such(tmp_path):
         path.rename(path.with_suffix(".dcm"))
     with pytest.raises(DataError, match=r"images: no image files .* 6 \.dcm files: DICOM is not read"):
         scan_folder(root)
+
+
+def test_a_dataset_that_would_not_fit_in_memory_stops_before_reading(tmp_path, monkeypatch):
+    """Training holds every case in memory; running out of it would end the process without a
+    word. Six 24x20 RGB images at native resolution take 6 x 480 x (3 x 4 + 8) = 57,600 bytes."""
+    from superdiffusion.data import dataset
+
+    root = write_pair_folder(tmp_path / "data")
+    monkeypatch.setattr(dataset, "available_memory", lambda: 57_599)
+    with pytest.raises(DataError, match=r"data: its 6 images take about 0 MB in memory .* more than the 0 MB"):
+        build_data(DataConfig(root=str(root), size=None, patch_size=[16, 16]), seed=0)
+    monkeypatch.setattr(dataset, "available_memory", lambda: 57_600)
+    assert len(build_data(DataConfig(root=str(root), size=None, patch_size=[16, 16]), seed=0).test) == 2

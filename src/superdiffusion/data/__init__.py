@@ -12,6 +12,7 @@ from .dataset import (
     SegmentationData,
     Split,
     assign_splits,
+    check_memory,
     data_folder,
     dataset_stats,
     normalize,
@@ -19,7 +20,7 @@ from .dataset import (
     normalize_each,
     resolve_root,
 )
-from .folder import Pair, dataset_channels, layout_pairs, load_pairs, scan_folder
+from .folder import Pair, dataset_channels, image_pixels, layout_pairs, load_pairs, scan_folder
 from .layouts import apply_dataset_json, read_dataset_json
 from .splits import choose_labeled
 from .volumes import build_volume_data
@@ -79,6 +80,12 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True, recorded: di
     channels, mixed = dataset_channels([p for group in by.values() for p in group] + extra_pairs)
     if mixed:
         LOG.info("data: %s", mixed)
+    every = [p for group in by.values() for p in group] + extra_pairs
+    per_pixel = 4 * channels + 8  # float32 channels, an int64 mask
+    needed = per_pixel * (
+        len(every) * size[0] * size[1] if size is not None else sum(image_pixels(p.image) for p in every)
+    )
+    check_memory(root, len(every), needed, "images")
     loaded = {
         name: load_pairs(group, size, cfg.num_classes, cfg.mask_mode, channels, cfg.mask_threshold, cfg.mask_values)
         for name, group in by.items()

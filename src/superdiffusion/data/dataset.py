@@ -61,6 +61,37 @@ def resolve_root(root: str) -> Path:
     return Path(root).expanduser()
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this machine has free for a new allocation (Linux's ``MemAvailable``);
+    None where the system does not say."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _amount(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+
+def check_memory(root, cases: int, needed: float, kind: str) -> None:
+    """Stop with one line, before anything is read, when holding a dataset's ``cases`` in memory
+    (``needed`` bytes: float32 images, int64 masks) would not fit in the memory the machine has
+    free: training keeps every case in memory, and running out of it ends the process without a
+    word."""
+    free = available_memory()
+    if free is not None and needed > free:
+        raise DataError(
+            f"{root}: its {cases} {kind} take about {_amount(needed)} in memory (float32 images, int64 masks), "
+            f"more than the {_amount(free)} this machine has free; training holds every case in memory: use a "
+            f"machine with more, or fewer or downsampled {kind}"
+        )
+
+
 def class_names(num_classes: int, declared: list[str] | None = None) -> list[str]:
     """``declared`` (from dataset.json), or background + foreground (binary) / class k."""
     if declared:

@@ -204,6 +204,20 @@ def channels_of(path: Path | tuple[Path, ...]) -> int:
         raise DataError(f"{path}: cannot read image ({str(err)[:200]})") from None
 
 
+def image_pixels(path: Path | tuple[Path, ...]) -> int:
+    """An image's pixel count, from its header (a case's first channel file)."""
+    path = path[0] if isinstance(path, tuple) else path
+    if _is_plane(path):
+        from .volumes import stored_shape
+
+        return int(np.prod(stored_shape(path)[:2]))
+    try:
+        with Image.open(path) as img:
+            return img.size[0] * img.size[1]
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: cannot read image ({str(err)[:200]})") from None
+
+
 def dataset_channels(pairs: list[Pair]) -> tuple[int, str | None]:
     """The channel count of a whole dataset, whatever order its files come in: colour when any
     image is colour (its grey images are then repeated to 3 channels), grey otherwise; and a line

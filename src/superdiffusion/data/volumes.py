@@ -29,6 +29,7 @@ from .dataset import (
     SegmentationData,
     Split,
     assign_splits,
+    check_memory,
     dataset_stats,
     normalize,
     normalize_each,
@@ -163,12 +164,18 @@ def read_channels(path: Path) -> list[Volume]:
 
 
 def stored_shape(path: Path) -> tuple[int, ...]:
-    """A NIfTI or NRRD file's array shape, from its header alone (a CT volume need not be decoded)."""
+    """A NIfTI, NRRD or HDF5 (``image``) file's array shape, from its header alone (a CT
+    volume need not be decoded)."""
     try:
         if path.name.lower().endswith(".nrrd"):
             import nrrd
 
             return tuple(int(v) for v in nrrd.read_header(str(path))["sizes"])
+        if path.name.lower().endswith((".h5", ".hdf5")):
+            import h5py
+
+            with h5py.File(path, "r") as handle:
+                return tuple(handle["image"].shape) if "image" in handle else ()
         import nibabel as nib
 
         return tuple(nib.load(str(path)).shape)
@@ -353,12 +360,23 @@ def _normalize(img: torch.Tensor, mode: str) -> torch.Tensor:
     raise DataError(f"data.normalize must be percentile, minmax, per_image or zscore for volumes, got {mode!r}")
 
 
+def _bytes_held(pair: VolumePair) -> int:
+    """The memory a case takes once loaded: float32 channels and int64 labels, from the headers."""
+    files = pair.image if isinstance(pair.image, tuple) else (pair.image,)
+    shapes = [stored_shape(path) for path in files]
+    voxels = int(np.prod(shapes[0][:3])) if shapes and len(shapes[0]) >= 3 else 0
+    channels = sum(int(np.prod(shape[3:])) if len(shape) > 3 else 1 for shape in shapes)
+    return voxels * (4 * channels + 8)
+
+
 def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layout=None, recorded=None):
 
     root = resolve_root(cfg.root)
     pairs = layout_volumes(layout, root) if layout is not None else scan_volumes(root)
     by, grouped_by = assign_splits(pairs, cfg, seed, validation, recorded)
     labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed, recorded)
+    used = [p for group in by.values() for p in group]
+    check_memory(root, len(used), sum(_bytes_held(p) for p in used), "volumes")
 
     def make(name: str, keep: set[str] | None = None) -> Split:
         group = [p for p in by[name] if keep is None or p.id in keep]
