@@ -317,3 +317,25 @@ def test_a_dataset_that_would_not_fit_in_memory_stops_before_reading(tmp_path, m
         build_data(DataConfig(root=str(root), size=None, patch_size=[16, 16]), seed=0)
     monkeypatch.setattr(dataset, "available_memory", lambda: 57_600)
     assert len(build_data(DataConfig(root=str(root), size=None, patch_size=[16, 16]), seed=0).test) == 2
+
+
+def test_a_photo_is_read_the_way_it_is_displayed(tmp_path):
+    """A camera JPEG stores its pixels sideways with an EXIF orientation; viewers, annotation
+    tools and OpenCV show it turned, and its mask is drawn on what they show."""
+    root = tmp_path / "photos"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(5):
+        shown = np.zeros((40, 30, 3), np.uint8)  # as displayed: 40 rows, 30 columns
+        shown[5:15, 3 + i : 12 + i] = 250  # a bright patch near the top
+        mask = (shown[..., 0] > 0).astype(np.uint8) * 255
+        stored = Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90)  # stored turned a quarter
+        exif = Image.Exif()
+        exif[0x0112] = 6  # display: rotate 90 degrees clockwise
+        stored.save(root / "images" / f"p{i}.jpg", exif=exif, quality=95)
+        Image.fromarray(mask).save(root / "masks" / f"p{i}.png")
+    assert read_image(root / "images" / "p0.jpg").shape == (3, 40, 30)
+    data = build_data(DataConfig(root=str(root), size=None, patch_size=[16, 16], labeled_percent=100), seed=0)
+    for image, mask in zip(data.test.images, data.test.masks):
+        bright = image.mean(0) > image.mean()
+        assert (bright == mask.bool()).float().mean() > 0.97

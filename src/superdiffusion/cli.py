@@ -295,7 +295,7 @@ def _run(args: argparse.Namespace) -> int:
         written = api.predict(
             args.run, args.inputs, args.output, args.samples, args.force, args.device, args.save_probabilities
         )
-        print(f"wrote {len(written)} files to {Path(args.output)}")
+        print(f"wrote {len(written)} file{'' if len(written) == 1 else 's'} to {Path(args.output)}")
         return 0
     if args.command == "export":
         from .export import export

@@ -34,6 +34,7 @@ from .data.folder import (
     colour_count,
     decode,
     default_mask_threshold,
+    exif_orientation,
     layout_pairs,
     mask_folder,
     mask_plane,
@@ -147,7 +148,8 @@ def _size_and_mode(path: Path) -> tuple[tuple[int, int], str]:
         return arr.shape[:2], mode
     try:
         with Image.open(path) as img:
-            return img.size[::-1], img.mode
+            turned = exif_orientation(img) >= 5  # read turned a quarter, as the reader does
+            return (img.size if turned else img.size[::-1]), img.mode
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot read image ({str(err)[:200]})") from None
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
@@ -182,9 +182,21 @@ def open_image(path: Path) -> Image.Image:
                     f"{path}: holds {frames} frames of {width}x{height} (a stack or an animation); a 2D image is one "
                     "frame: save each slice as its own file, or a 3D stack as NIfTI (data.spatial_dims=3)"
                 )
+        if exif_orientation(img) > 1:  # a photo stored sideways: read it as viewers show it
+            img = ImageOps.exif_transpose(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot read image ({str(err)[:200]})") from None
     return img
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """A photo's EXIF orientation (1: stored as shown; 5-8: turned a quarter). Camera JPEGs and
+    TIFFs store their pixels as the sensor read them and say how to turn them; viewers,
+    annotation tools and OpenCV show them turned, so masks are drawn on the turned image."""
+    try:
+        return int(img.getexif().get(0x0112, 1) or 1)
+    except (ValueError, TypeError, OSError, SyntaxError):
+        return 1
 
 
 COLOUR_MODES = ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")  # read as 3 channels
