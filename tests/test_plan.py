@@ -282,3 +282,23 @@ def test_a_binary_masks_resampled_edges_are_not_classes():
     classes = np.zeros((48, 48), np.uint8)
     classes[8:40, 8:40], classes[18:30, 18:30] = 128, 255
     assert _grey_levels(np.array([0.0, 128.0, 255.0]), [classes])
+
+
+def test_a_setting_the_user_gives_is_used_or_refused_never_dropped(tmp_path, caplog):
+    """data.mask_threshold means thresholded masks, data.patch_size means patches at native
+    resolution: the plan follows them; beside a setting that makes them unused, they stop."""
+    from superdiffusion.errors import ConfigError
+    from superdiffusion.plan import Planner
+
+    root = write_pair_folder(tmp_path / "data")
+    cfg = resolve([f"data.root={root}", "data.mask_threshold=100"], planner=Planner(cache=False))
+    assert cfg.data.mask_mode == "threshold" and cfg.data.mask_threshold == 100
+    cfg = resolve([f"data.root={root}", "data.patch_size=[16, 16]"], planner=Planner(cache=False))
+    assert cfg.data.size is None and cfg.data.patch_size == [16, 16]
+    with pytest.raises(ConfigError, match="data.mask_threshold applies to data.mask_mode=threshold"):
+        resolve([f"data.root={root}", "data.mask_threshold=100", "data.mask_mode=binary"], planner=Planner(cache=False))
+    with caplog.at_level("WARNING", logger="superdiffusion"):  # said, not refused: a sweep over data.size may mean it
+        resolve([f"data.root={root}", "data.patch_size=[16, 16]", "data.size=[32, 32]"], planner=Planner(cache=False))
+    assert "data.patch_size=[16, 16] is not used" in caplog.text
+    with pytest.raises(ConfigError, match="data.mask_threshold applies to data.mask_mode=threshold"):
+        resolve([f"data.root={root}", "data.mask_threshold=100", "data.plan=false"])

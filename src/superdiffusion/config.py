@@ -10,6 +10,7 @@ the value. Every run writes the resolved result to ``config.yaml`` in its folder
 
 from __future__ import annotations
 
+import logging
 import re
 import typing
 from collections.abc import Callable
@@ -419,7 +420,29 @@ def resolve(
         planned = planner(cfg.data.root, given, cfg.train.batch_size)
         if planned is not None:
             cfg = build([*layers, _normal_layer(*planned), *later])
+    _refuse_unused(
+        cfg, {f"{section}.{key}" for _, layer in later for section, values in layer.items() for key in values}
+    )
     return _apply_lambda_schedule(cfg, explicit)
+
+
+def _refuse_unused(cfg: Config, given: set[str]) -> None:
+    """A setting the user gave that the others leave without effect stops with one line, rather
+    than being dropped in silence."""
+    d = cfg.data
+    if "data.mask_threshold" in given and d.mask_mode != "threshold":
+        raise ConfigError(
+            f"data.mask_threshold applies to data.mask_mode=threshold; the masks are read as {d.mask_mode} "
+            "(set data.mask_mode=threshold, or drop data.mask_threshold)"
+        )
+    if "data.patch_size" in given and d.spatial_dims == 2 and d.size is not None and len(d.patch_size) == 2:
+        # said, not refused: a sweep over data.size=[null, [128, 128]] gives its fixed-size runs the patch too
+        logging.getLogger("superdiffusion").warning(
+            "data.patch_size=%s is not used: it applies to data.size=null (2D images at native resolution, on "
+            "patches), and at data.size=%s whole resized images train",
+            d.patch_size,
+            d.size,
+        )
 
 
 PAPER_LAMBDA = {"lambda_max": 5.0, "ramp": "linear"}  # Appendix A's reading for every method

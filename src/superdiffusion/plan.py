@@ -82,6 +82,12 @@ class Plan:
             if key not in skip:
                 section, name = key.split(".", 1)
                 out.setdefault(section, {})[name] = value
+        # what a given setting means for the ones the user left to the plan
+        if "data.mask_threshold" in given and "data.mask_mode" not in given:
+            out.setdefault("data", {}).update(mask_mode="threshold", num_classes=2)
+            out["data"].pop("mask_values", None)
+        if "data.patch_size" in given and "data.size" not in given and self.settings.get("data.spatial_dims") == 2:
+            out.setdefault("data", {})["size"] = None  # patches: native resolution
         return out
 
     def record(self, given: set[str] | None = None) -> dict[str, Any]:
