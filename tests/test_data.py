@@ -1,4 +1,5 @@
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,9 @@ def _corrupt(root, case):
         text = (root / "split.csv").read_text().replace("case0,train", "case0,training")
         (root / "split.csv").write_text(text)
         return "training", "not one of"
+    if case == "images without masks":
+        shutil.rmtree(root / "masks")
+        return "data.unlabeled_root=", "no masks/ (or labels/) folder"
     if case == "empty images folder":
         for p in (root / "images").iterdir():
             p.unlink()
@@ -168,6 +172,7 @@ CASES = [
     "split names a missing file",
     "split with unknown split",
     "empty images folder",
+    "images without masks",
 ]
 
 

@@ -105,7 +105,10 @@ def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
     images = _files(root / "images")
     folder = mask_folder(root)
     if folder is None and require_masks:
-        raise DataError(f"{root}: no masks/ (or labels/) folder beside images/")
+        raise DataError(
+            f"{root}: no masks/ (or labels/) folder beside images/; images without masks join a labeled "
+            f"folder's training as data.unlabeled_root={root}"
+        )
     masks = _files(folder) if require_masks else {}
     pairs, used = [], set()
     for stem, image in images.items():
