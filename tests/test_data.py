@@ -344,3 +344,16 @@ def test_a_photo_is_read_the_way_it_is_displayed(tmp_path):
     for image, mask in zip(data.test.images, data.test.masks):
         bright = image.mean(0) > image.mean()
         assert (bright == mask.bool()).float().mean() > 0.97
+
+
+def test_a_split_csv_as_spreadsheets_write_it_is_read(tmp_path):
+    """Excel's UTF-8 CSV starts with a byte-order mark, people write file names for ids and
+    capitalise or pad the split: all of it means what it says."""
+    root = write_pair_folder(tmp_path / "data", split=False)
+    rows = ["id,split"] + [f"case{i}.png, {'Test' if i >= 4 else 'TRAIN'} " for i in range(6)]
+    (root / "split.csv").write_bytes(("\r\n".join(rows) + "\r\n").encode("utf-8-sig"))
+    pairs = scan_folder(root)
+    assert [p.split for p in pairs] == ["train"] * 4 + ["test"] * 2
+    # a row with more values than the header has columns: the extra value is not a column
+    (root / "split.csv").write_text("id,split\n" + "".join(f"case{i},train,extra\n" for i in range(6)))
+    assert {p.split for p in scan_folder(root)} == {"train"}

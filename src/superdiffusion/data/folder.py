@@ -142,14 +142,18 @@ def read_split(pairs: list, split_file: Path) -> None:
 
 
 def _apply_split(pairs: list, split_file: Path) -> None:
-    try:
-        with split_file.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+    try:  # utf-8-sig: a spreadsheet's CSV starts with a byte-order mark
+        with split_file.open(newline="", encoding="utf-8-sig") as handle:
+            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(handle)]
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{split_file}: not a CSV text file ({type(err).__name__})") from None
     if not rows or "id" not in rows[0] or "split" not in rows[0]:
         raise DataError(f"{split_file}: needs the columns 'id' and 'split'")
     by_id = {p.id: p for p in pairs}
+    names = {_case_file_name(p): p.id for p in pairs}  # ids written as file names (case1.png)
+    for row in rows:
+        row["id"] = row["id"] if row["id"] in by_id else names.get(row["id"], row["id"])
+        row["split"] = row["split"].lower()
     for line, row in enumerate(rows, start=2):
         if row["id"] not in by_id:
             raise DataError(f"{split_file}:{line}: id {row['id']!r} has no image (or volume) in {split_file.parent}")
@@ -160,6 +164,12 @@ def _apply_split(pairs: list, split_file: Path) -> None:
     missing = sorted(set(by_id) - {r["id"] for r in rows})
     if missing:
         raise DataError(f"{split_file}: no row for image {missing[0]!r} ({len(missing)} images missing)")
+
+
+def _case_file_name(pair) -> str:
+    """The file name a case's id may be written as in split.csv: its (first) image's name."""
+    image = pair.image[0] if isinstance(pair.image, tuple) else pair.image
+    return Path(image).name
 
 
 MAX_IMAGE_PIXELS = 50_000_000  # per 2D image: a 9400x9400 PNG of 86 KB decodes to 2.6 GB
