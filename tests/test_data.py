@@ -357,3 +357,29 @@ def test_a_split_csv_as_spreadsheets_write_it_is_read(tmp_path):
     # a row with more values than the header has columns: the extra value is not a column
     (root / "split.csv").write_text("id,split\n" + "".join(f"case{i},train,extra\n" for i in range(6)))
     assert {p.split for p in scan_folder(root)} == {"train"}
+
+
+def test_masks_named_after_their_image_with_any_suffix_are_paired(tmp_path):
+    """Retinal and other public sets name a mask after its image plus a tag of their own
+    (STARE's im0001.ah.ppm, CHASE_DB1's Image_01L_1stHO.png, x_gt.png); a mask that two could
+    claim, or two masks for one image (BUSI's x_mask.png and x_mask_1.png), stop with one line."""
+    root = tmp_path / "retina"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    grey = Image.fromarray(np.full((8, 8), 90, np.uint8))
+    binary = Image.fromarray((np.arange(64).reshape(8, 8) % 2 * 255).astype(np.uint8))
+    for image, mask in [("im0001.ppm", "im0001.ah.ppm"), ("Image_01L.jpg", "Image_01L_1stHO.png"),
+                        ("Image_01L_2.jpg", "Image_01L_2_1stHO.png"), ("x.png", "x_gt.png"), ("y.png", "y.png")]:  # fmt: skip
+        grey.save(root / "images" / image)
+        binary.save(root / "masks" / mask)
+    pairs = {p.id: p.mask.name for p in scan_folder(root)}
+    assert pairs == {
+        "im0001": "im0001.ah.ppm",
+        "Image_01L": "Image_01L_1stHO.png",
+        "Image_01L_2": "Image_01L_2_1stHO.png",
+        "x": "x_gt.png",
+        "y": "y.png",
+    }
+    binary.save(root / "masks" / "x_gt_2.png")
+    with pytest.raises(DataError, match=r"x.png: two masks name this image: x_gt.png, x_gt_2.png"):
+        scan_folder(root)

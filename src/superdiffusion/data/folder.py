@@ -20,7 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".webp")
 MASK_FOLDERS = ("masks", "labels")  # beside images/, for 2D images and volumes alike
 MASK_SUFFIXES = ("", "_mask", "_anno", "_label", "_segmentation", "_Segmentation", "m")
 SPLITS = ("train", "val", "test")
@@ -97,6 +97,23 @@ def mask_folder(root: Path) -> Path | None:
     return found[0] if found else None
 
 
+TAG_SEPARATORS = "_-. "  # between an image's stem and a mask's own tag (x_gt, im0001.ah, Image_01L_1stHO)
+
+
+def _tagged_masks(images: dict[str, Path], masks: dict[str, Path], taken: set[str]) -> dict[str, list[Path]]:
+    """The masks not named by :data:`MASK_SUFFIXES`, each given to the image whose stem is the
+    longest start of the mask's stem followed by a separator: the tags public sets add to their
+    masks' names. Returns the masks so claimed, per image stem."""
+    claimed: dict[str, list[Path]] = {}
+    for mask_stem, mask in masks.items():
+        if mask_stem in taken:
+            continue
+        cuts = [k for k, ch in enumerate(mask_stem) if ch in TAG_SEPARATORS and mask_stem[:k] in images]
+        if cuts:  # the longest image stem the mask's name starts with, before a separator
+            claimed.setdefault(mask_stem[: max(cuts)], []).append(mask)
+    return claimed
+
+
 def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
     """List the image/mask pairs of a dataset folder and their split."""
     root = Path(root)
@@ -110,9 +127,16 @@ def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
             f"folder's training as data.unlabeled_root={root}"
         )
     masks = _files(folder) if require_masks else {}
+    found = {stem: next((masks[stem + s] for s in MASK_SUFFIXES if stem + s in masks), None) for stem in images}
+    tagged = _tagged_masks(images, masks, {image_stem(m) for m in found.values() if m is not None})
     pairs, used = [], set()
     for stem, image in images.items():
-        mask = next((masks[stem + s] for s in MASK_SUFFIXES if stem + s in masks), None)
+        mask = found[stem]
+        if mask is None and len(tagged.get(stem, [])) > 1:
+            names = ", ".join(sorted(m.name for m in tagged[stem]))
+            raise DataError(f"{image}: two masks name this image: {names}; keep one")
+        if mask is None and tagged.get(stem):
+            mask = tagged[stem][0]
         if mask is None and require_masks:
             raise DataError(f"{image}: no mask for this image in {folder}")
         if mask is not None:
