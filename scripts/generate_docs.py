@@ -51,6 +51,7 @@ def _type(annotation) -> str:
     text = text.replace("typing.", "").replace("NoneType", "None")
     text = re.sub(r"Annotated\[(\w+), Gt\(gt=0\)\]", r"\1 > 0", text)
     text = re.sub(r"Annotated\[(\w+), Ge\(ge=0\)\]", r"\1 >= 0", text)
+    text = re.sub(r"Annotated\[str, StringConstraints\([^)]*\)\]", "'#rrggbb'", text)  # the colours' pattern
     return text.replace("|", "\\|")  # a table cell
 
 

@@ -302,3 +302,43 @@ def test_a_setting_the_user_gives_is_used_or_refused_never_dropped(tmp_path, cap
     assert "data.patch_size=[16, 16] is not used" in caplog.text
     with pytest.raises(ConfigError, match="data.mask_threshold applies to data.mask_mode=threshold"):
         resolve([f"data.root={root}", "data.mask_threshold=100", "data.plan=false"])
+
+
+def test_classes_drawn_in_colours_are_planned_as_classes_and_predicted_in_their_colours(tmp_path):
+    """Masks that paint each class a colour on black (red and green, as annotation tools
+    export them) are classes 0-2, not one thresholded foreground; predict paints them back."""
+    from superdiffusion import api
+    from superdiffusion.plan import Planner
+
+    root = tmp_path / "painted"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = np.mgrid[:48, :48]
+    rng = np.random.default_rng(0)
+    palette = np.array([[0, 0, 0], [255, 0, 0], [0, 200, 0]], np.uint8)
+    truth = {}
+    for i in range(8):
+        classes = np.zeros((48, 48), np.uint8)
+        classes[(yy - 24) ** 2 + (xx - 22 - i % 3) ** 2 <= 15**2] = 1
+        classes[(yy - 24) ** 2 + (xx - 22 - i % 3) ** 2 <= 6**2] = 2
+        Image.fromarray((rng.uniform(0, 40, (48, 48)) + 100 * classes).astype(np.uint8)).save(
+            root / "images" / f"c{i}.png"
+        )
+        Image.fromarray(palette[classes]).save(root / "masks" / f"c{i}.png")
+        truth[f"c{i}"] = classes
+    plan = plan_for(root, cache=False)
+    assert plan.settings["data.mask_mode"] == "index" and plan.settings["data.num_classes"] == 3
+    assert plan.settings["data.mask_values"] == ["#000000", "#00c800", "#ff0000"]
+    cfg = resolve(
+        [f"data.root={root}", "data.size=[32, 32]", "model.features=[8, 16]", "method=supervised",
+         "train.epochs=1", "train.steps_per_epoch=1", "data.labeled_percent=100"],
+        planner=Planner(cache=False),
+    )  # fmt: skip
+    data = build_data(cfg.data, seed=0)
+    for case, mask in zip(data.test.ids, data.test.masks):
+        assert np.mean(mask.numpy() == 2) == pytest.approx(np.mean(truth[case] == 1), abs=0.03)  # red: class 2
+        assert np.mean(mask.numpy() == 1) == pytest.approx(np.mean(truth[case] == 2), abs=0.03)  # green: class 1
+    api.train(cfg, tmp_path / "run")
+    written = api.predict(tmp_path / "run", root / "images" / "c0.png", tmp_path / "pred")
+    out = np.asarray(Image.open(written[0]).convert("RGB")).reshape(-1, 3)
+    assert {tuple(c) for c in np.unique(out, axis=0)} <= {(0, 0, 0), (255, 0, 0), (0, 200, 0)}

@@ -16,7 +16,7 @@ import typing
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -26,6 +26,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveInt,
     PrivateAttr,
+    StringConstraints,
     ValidationError,
     model_validator,
 )
@@ -55,9 +56,11 @@ class DataConfig(Section):
     # where value >= mask_threshold (JPEG or resampled masks); index: values are classes
     mask_mode: Literal["binary", "threshold", "index"] = "binary"
     mask_threshold: float | None = None  # threshold mode; None: half the range (128 for 8-bit masks)
-    # index masks that draw each class as a grey value (0, 128, 255, say): the value of each
-    # class, class 0 first; null: the values are the class indices
-    mask_values: list[NonNegativeInt] | None = None
+    # index masks that draw each class as a grey value (0, 128, 255, say) or a colour ("#ff0000"):
+    # the value of each class, class 0 first; null: the values are the class indices
+    mask_values: list[NonNegativeInt] | list[Annotated[str, StringConstraints(pattern=r"^#[0-9a-fA-F]{6}$")]] | None = (
+        None
+    )
     # one vocabulary for 2D images and volumes. zscore: the training images' channel mean and
     # std (2D and volumes alike; unbounded). minmax: the intensity range to [-1, 1] (2D: the file
     # type's range, 0..255 for 8 bits; volumes: each volume's min..max). Each image on its own:
@@ -104,7 +107,9 @@ class DataConfig(Section):
             if self.mask_mode != "index":
                 raise ValueError(f"data.mask_values names the value of each class: it needs data.mask_mode=index "
                                  f"(got {self.mask_mode})")  # fmt: skip
-            if len(self.mask_values) != self.num_classes or len(set(self.mask_values)) != len(self.mask_values):
+            if len(self.mask_values) != self.num_classes or len({str(v).lower() for v in self.mask_values}) != len(
+                self.mask_values
+            ):
                 raise ValueError(f"data.mask_values needs {self.num_classes} distinct values, one per class "
                                  f"(data.num_classes), got {self.mask_values}")  # fmt: skip
         return self

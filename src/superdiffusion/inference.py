@@ -255,12 +255,17 @@ class Segmenter:
             return (probs[1:].sum(0) > self.threshold).numpy().astype(np.uint8)
         return probs.argmax(0).numpy().astype(np.uint8)
 
-    def drawn(self, mask: np.ndarray) -> np.ndarray:
-        """Class indices -> the values the training masks drew them with (``data.mask_values``),
-        so that a prediction reads like the user's own masks; unchanged without them."""
+    def drawn(self, mask: np.ndarray, colour: bool = True) -> np.ndarray:
+        """Class indices -> the values the training masks drew them with (``data.mask_values``:
+        grey values, or colours as an RGB mask where ``colour``), so that a prediction reads
+        like the user's own masks; unchanged without them."""
         values = self.cfg.data.mask_values
         if values is None:
             return mask
+        if isinstance(values[0], str):  # painted classes: an RGB mask (NIfTI keeps the class indices)
+            if not colour:
+                return mask
+            return np.array([[int(v[k : k + 2], 16) for k in (1, 3, 5)] for v in values], np.uint8)[mask]
         return np.asarray(values, dtype=np.uint8 if max(values) <= 255 else np.uint16)[mask]
 
     def frozen_network(self) -> torch.nn.Module:
@@ -384,7 +389,7 @@ class Segmenter:
 
         _, affine, shape = read_plane(path)
         written = []
-        for suffix, arr in (("", self.drawn(mask)), ("_uncertainty", spread), ("_probability", fg)):
+        for suffix, arr in (("", self.drawn(mask, colour=False)), ("_uncertainty", spread), ("_probability", fg)):
             if arr is not None:
                 arr = (np.asarray(arr) if suffix == "" else np.asarray(arr, dtype=np.float32)).reshape(shape)
                 _save_nifti(nib.Nifti1Image(arr, affine), output / f"{stem}{suffix}.nii.gz")
@@ -400,7 +405,7 @@ class Segmenter:
         pred = self.probabilities(normalize(image[None], self.stats), samples)
         stem = case_stem(path)
         target = output / f"{stem}.nii.gz"
-        _save_nifti(nib.Nifti1Image(self.drawn(self.mask(pred.probs[0])), geometry.affine), target)
+        _save_nifti(nib.Nifti1Image(self.drawn(self.mask(pred.probs[0]), colour=False), geometry.affine), target)
         written = [target]
         if pred.spread is not None:
             unc = output / f"{stem}_uncertainty.nii.gz"

@@ -39,6 +39,7 @@ from .data.folder import (
     mask_folder,
     mask_plane,
     open_image,
+    packed_colours,
     scan_folder,
     type_range,
 )
@@ -47,7 +48,7 @@ from .data.splits import group_column
 from .data.volumes import is_plane_file, layout_volumes
 from .errors import DataError
 
-FORMAT = 3  # 2: colour and palette masks read as drawn (mask_colours); 3: grey-coded classes ("levels")
+FORMAT = 4  # 2: colour and palette masks read as drawn; 3: grey-coded classes ("levels"); 4: painted ("colours")
 SAMPLE = 48  # images and masks decoded for the intensity and mask statistics
 FIXED_SIZE = 128  # the paper's resize for 2D images
 MIN_WIDTH = 3.0  # pixels of width the thinnest structures must keep at the fixed size
@@ -271,7 +272,7 @@ def fingerprint_2d(root: Path, pairs: list | None = None) -> dict[str, Any]:
     values: set[float] = set()
     indices: set[float] = set()  # palette masks' indices: classes when there are more than two
     colours: int | None = None  # the most colours in one colour mask (None: grey masks)
-    masks, palette = [], []
+    masks, palette, painted = [], [], []
     for pair in _sample(labeled):
         if is_plane_file(pair.mask):  # a label image kept as NIfTI or NRRD: its values as stored
             masks.append(decode(pair.mask)[0])
@@ -281,6 +282,7 @@ def fingerprint_2d(root: Path, pairs: list | None = None) -> dict[str, Any]:
         count = colour_count(img)
         if count is not None:
             colours = max(colours or 0, count)
+        painted.append(packed_colours(img))  # classes painted in colours, if any mask has colours
         if img.mode in ("P", "PA"):
             palette.append(mask_plane(img, "index", pair.mask))
             indices |= set(np.unique(palette[-1]).tolist())
@@ -295,7 +297,11 @@ def fingerprint_2d(root: Path, pairs: list | None = None) -> dict[str, Any]:
         kind = _mask_kind(found, colours)
         if kind == "lossy" and colours is None and _grey_levels(found, masks):
             kind = "levels"
-    if kind == "levels":
+        elif kind == "lossy" and colours is not None and len(painted) == len(masks):
+            keys = np.unique(np.concatenate([np.unique(m) for m in painted]))
+            if len(keys) <= MAX_LEVELS and keys[0] == 0 and _grey_levels(keys.astype(np.float64), painted):
+                masks, found, kind = painted, keys.astype(np.float64), "colours"  # black first: background
+    if kind in ("levels", "colours"):
         per_class = {str(k): float(np.mean([np.mean(m == v) for m in masks])) for k, v in enumerate(found) if k}
         binary = [m != found[0] for m in masks]
     elif kind == "index":
@@ -330,7 +336,7 @@ def fingerprint_2d(root: Path, pairs: list | None = None) -> dict[str, Any]:
         "intensity_p0.5": float(np.median(low)) if low else None,
         "intensity_p99.5": float(np.median(high)) if high else None,
         "type_range": max((r for r in ranges if r is not None), default=None),
-        "mask_values": found[:16].tolist(),
+        "mask_values": [f"#{int(v):06x}" for v in found] if kind == "colours" else found[:16].tolist(),
         "mask_kind": kind,
         "mask_colours": colours,
         "foreground_fraction": per_class,
@@ -451,6 +457,12 @@ def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
                  "as areas (not resampled edges): class k is the k-th value")  # fmt: skip
         plan.set("data.num_classes", len(levels), f"{len(levels)} grey values")
         plan.set("data.mask_values", levels, "the grey value of each class, class 0 first; predict writes them back")
+    elif kind == "colours":
+        painted = list(fp["mask_values"])
+        plan.set("data.mask_mode", "index", f"the masks paint {len(painted)} classes in the colours {painted}, each "
+                 "as areas: class k is the k-th colour (black, the background, first)")  # fmt: skip
+        plan.set("data.num_classes", len(painted), f"{len(painted)} colours")
+        plan.set("data.mask_values", painted, "the colour of each class, class 0 first; predict paints them back")
     elif kind == "index" and max(fp["mask_values"]) > 1:
         classes = int(max(fp["mask_values"])) + 1
         plan.set("data.mask_mode", "index", f"the masks hold the class indices {fp['mask_values'][:8]}")

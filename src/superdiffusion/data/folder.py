@@ -412,15 +412,31 @@ def mask_plane(img: Image.Image, mode: str, path: Path) -> np.ndarray:
     return rgb.max(axis=-1)
 
 
-def classes_of(arr: np.ndarray, values: list[int], path) -> np.ndarray:
+def colour_key(colour: str) -> int:
+    """``"#ff0000"`` -> the packed 24-bit value :func:`packed_colours` gives that colour."""
+    return int(colour[1:], 16)
+
+
+def packed_colours(img: Image.Image) -> np.ndarray:
+    """A mask's colours as one 24-bit value a pixel (red << 16 | green << 8 | blue)."""
+    rgb = np.asarray(img.convert("RGB")).astype(np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def classes_of(arr: np.ndarray, values: list, path) -> np.ndarray:
     """The class index of each pixel of a mask that draws class ``k`` as the value ``values[k]``
-    (``data.mask_values``); a value that is none of them stops with one line naming the file."""
-    order = np.argsort(values)
-    ranked = np.asarray(values)[order]
+    (``data.mask_values``: grey values, or ``"#rrggbb"`` colours read from ``arr`` as
+    :func:`packed_colours` gives them); a value that is none of them stops with one line naming
+    the file."""
+    colours = bool(values) and isinstance(values[0], str)
+    keys = [colour_key(v) for v in values] if colours else list(values)
+    order = np.argsort(keys)
+    ranked = np.asarray(keys)[order]
     index = np.clip(np.searchsorted(ranked, arr), 0, len(ranked) - 1)
     stray = arr != ranked[index]
     if stray.any():
         shown = np.unique(arr[stray]).tolist()[:8]
+        shown = [f"#{v:06x}" for v in shown] if colours else shown
         raise DataError(f"{path}: mask values {shown} are none of data.mask_values {list(values)}")
     return order[index].astype(np.int64)
 
@@ -437,6 +453,8 @@ def read_mask(
     are read by :func:`mask_plane`."""
     if mode not in ("binary", "threshold", "index"):
         raise DataError(f"data.mask_mode must be binary, threshold or index, got {mode!r}")
+    if mode == "index" and values and isinstance(values[0], str):  # classes painted in colours
+        return classes_of(packed_colours(open_image(path)), values, path)
     if _is_plane(path):
         from .volumes import read_plane
 
