@@ -155,3 +155,11 @@ def test_mask_values_name_one_grey_value_per_class():
         resolve(["data.num_classes=3", "data.mask_values=[0, 128, 255]"])
     with pytest.raises(ConfigError, match=r"needs 3 distinct values, one per class .*got \[0, 128, 128\]"):
         resolve(["data.mask_mode=index", "data.num_classes=3", "data.mask_values=[0, 128, 128]"])
+
+
+def test_runs_of_a_users_folder_are_named_after_it_planned_or_not():
+    """With the plan off (or a dataset.json folder before it was planned) runs went to
+    runs/ph2/..., the built-in data's name, mixing a user's runs with the quick start's."""
+    assert resolve(["data.root=/data/My Lungs (v2)", "data.plan=false"]).data.name == "My-Lungs-v2-"
+    assert resolve(["data.root=/data/lungs", "data.plan=false", "data.name=mine"]).data.name == "mine"
+    assert resolve([]).data.name == "ph2" and resolve(["dataset=pupil"]).data.name == "pupil"

@@ -428,7 +428,16 @@ def resolve(
     _refuse_unused(
         cfg, {f"{section}.{key}" for _, layer in later for section, values in layer.items() for key in values}
     )
+    if "data.name" not in cfg._origins and not cfg.data.root.startswith("builtin:"):
+        cfg.data.name = folder_name(cfg.data.root)  # runs of a user's folder are named after it, planned or not
+        cfg._origins["data.name"] = "the data folder's name"
     return _apply_lambda_schedule(cfg, explicit)
+
+
+def folder_name(root: str) -> str:
+    """A data folder's name as a run name (``data.name``): its letters, digits, '.', '_' and
+    '-', the rest as '-'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(root).name).lstrip(".-")[:100] or "data"
 
 
 def _refuse_unused(cfg: Config, given: set[str]) -> None:

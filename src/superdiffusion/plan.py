@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from . import safefs
+from .config import folder_name
 from .data.dataset import resolve_root
 from .data.folder import (
     channels_of,
@@ -473,7 +473,7 @@ def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
     else:
         plan.set("data.mask_mode", "binary", f"the masks hold two values {fp['mask_values'][:2]}")
         plan.set("data.num_classes", 2, "background and one foreground class")
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(fp["root"]).name).lstrip(".-")[:100] or "data"
+    name = folder_name(fp["root"])
     plan.set("data.name", name, f"the folder's name: runs go to runs/{name}/METHOD/...")
     if fp.get("subject_column"):
         plan.set("data.group_column", fp["subject_column"], f"split.csv names {fp['subjects']} subjects in column "
