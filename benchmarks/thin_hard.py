@@ -93,6 +93,11 @@ def record(spec: RunSpec) -> dict:
     }
 
 
+def key(spec: RunSpec) -> tuple[str, str]:
+    data = Path(next(o.split("=", 1)[1] for o in spec.overrides if o.startswith("data.root=")))
+    return data.name, spec.folder.name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("runs/thin-hard"))
@@ -102,31 +107,47 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     todo = specs(args.root, args.threads)
+    # runs a previous invocation finished are carried over from the result file (run folders
+    # live under an ignored runs/ and do not survive a fresh checkout); the file is rewritten
+    # after every run, so a session that ends mid-grid keeps what it finished
+    previous = json.loads(args.out.read_text())["runs"] if args.out.exists() else []
+    carried = {(r["data"], r["method"]): r for r in previous}
+
+    def finished() -> list[dict]:
+        return [record(s) if s.finished else carried[key(s)] for s in todo if s.finished or key(s) in carried]
+
+    def write() -> None:
+        runs = finished()
+        table = ["| data (contrast, noise) | method | pseudo-label fg, last epoch | labeled masks' fg | flags | val Dice | test Dice |",
+                 "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in runs:
+            pseudo = f"{100 * r['pseudo_fg_last']:.1f} %" if r["pseudo_fg_last"] is not None else "-"
+            table.append(
+                f"| {r['data']} | {r['method']} | {pseudo} | {100 * r['labeled_fg']:.1f} % | "
+                f"{', '.join(r['flags']) or '-'} | {100 * r['val_dice']:.2f} | {100 * r['test_dice']:.2f} |"
+            )
+        result = {
+            "command": f"python benchmarks/thin_hard.py --root {args.root} --out {args.out} --threads {args.threads}",
+            "machine": f"{platform.machine()}, {platform.system()}, torch threads per run {args.threads}",
+            "matmul_gflops_fp32": gflops,
+            "size": SIZE,
+            "steps": STEPS,
+            "planned_runs": len(todo),
+            "finished_runs": len(runs),
+            "wall_seconds_this_invocation": round(time.perf_counter() - start, 1),
+            "runs": runs,
+            "markdown": "\n".join(table),
+        }
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(result["markdown"])
+
+    gflops = matmul_gflops()
     if not args.report_only:
-        run_sweep([s for s in todo if not s.finished], jobs=1)
-    runs = [record(s) for s in todo if s.finished]
-    table = ["| data (contrast, noise) | method | pseudo-label fg, last epoch | labeled masks' fg | flags | val Dice | test Dice |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in runs:
-        pseudo = f"{100 * r['pseudo_fg_last']:.1f} %" if r["pseudo_fg_last"] is not None else "-"
-        table.append(
-            f"| {r['data']} | {r['method']} | {pseudo} | {100 * r['labeled_fg']:.1f} % | {', '.join(r['flags']) or '-'} "
-            f"| {100 * r['val_dice']:.2f} | {100 * r['test_dice']:.2f} |"
-        )
-    result = {
-        "command": f"python benchmarks/thin_hard.py --root {args.root} --out {args.out} --threads {args.threads}",
-        "machine": f"{platform.machine()}, {platform.system()}, torch threads per run {args.threads}",
-        "matmul_gflops_fp32": matmul_gflops(),
-        "size": SIZE,
-        "steps": STEPS,
-        "planned_runs": len(todo),
-        "finished_runs": len(runs),
-        "wall_seconds_this_invocation": round(time.perf_counter() - start, 1),
-        "runs": runs,
-        "markdown": "\n".join(table),
-    }
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(result["markdown"])
+        for spec in todo:
+            if not spec.finished and key(spec) not in carried:
+                run_sweep([spec], jobs=1)
+                write()
+    write()
 
 
 if __name__ == "__main__":
