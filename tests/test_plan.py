@@ -227,13 +227,22 @@ def test_a_users_masks_are_planned_and_read_as_drawn(tmp_path, fmt):
     assert read > 0
 
 
+def _one_planned_update(root: Path):
+    """The planned settings of ``root`` for one supervised update on 32x32 images, all labeled."""
+    from superdiffusion.plan import Planner
+
+    return resolve(
+        [f"data.root={root}", "data.size=[32, 32]", "model.features=[8, 16]", "method=supervised",
+         "train.epochs=1", "train.steps_per_epoch=1", "data.labeled_percent=100"],
+        planner=Planner(cache=False),
+    )  # fmt: skip
+
+
 def test_grey_coded_class_masks_are_planned_as_classes_and_predicted_in_their_greys(tmp_path):
     """Masks that draw three classes as the visible greys 0, 128 and 255 (as many exports do):
     the plan reads them as classes 0-2 (thresholding would drop class 1 into the background),
     training loads the classes as drawn, and predict writes the same greys back."""
     from superdiffusion import api
-    from superdiffusion.config import resolve as resolve_config
-    from superdiffusion.plan import Planner
 
     root = tmp_path / "greys"
     (root / "images").mkdir(parents=True)
@@ -252,11 +261,7 @@ def test_grey_coded_class_masks_are_planned_as_classes_and_predicted_in_their_gr
     plan = plan_for(root, cache=False)
     assert plan.settings["data.mask_mode"] == "index" and plan.settings["data.num_classes"] == 3
     assert plan.settings["data.mask_values"] == [0, 128, 255]
-    cfg = resolve_config(
-        [f"data.root={root}", "data.size=[32, 32]", "model.features=[8, 16]", "method=supervised",
-         "train.epochs=1", "train.steps_per_epoch=1", "data.labeled_percent=100"],
-        planner=Planner(cache=False),
-    )  # fmt: skip
+    cfg = _one_planned_update(root)
     data = build_data(cfg.data, seed=0)
     for split in (data.labeled, data.test):
         for case, mask in zip(split.ids, split.masks):
@@ -308,7 +313,6 @@ def test_classes_drawn_in_colours_are_planned_as_classes_and_predicted_in_their_
     """Masks that paint each class a colour on black (red and green, as annotation tools
     export them) are classes 0-2, not one thresholded foreground; predict paints them back."""
     from superdiffusion import api
-    from superdiffusion.plan import Planner
 
     root = tmp_path / "painted"
     (root / "images").mkdir(parents=True)
@@ -329,11 +333,7 @@ def test_classes_drawn_in_colours_are_planned_as_classes_and_predicted_in_their_
     plan = plan_for(root, cache=False)
     assert plan.settings["data.mask_mode"] == "index" and plan.settings["data.num_classes"] == 3
     assert plan.settings["data.mask_values"] == ["#000000", "#00c800", "#ff0000"]
-    cfg = resolve(
-        [f"data.root={root}", "data.size=[32, 32]", "model.features=[8, 16]", "method=supervised",
-         "train.epochs=1", "train.steps_per_epoch=1", "data.labeled_percent=100"],
-        planner=Planner(cache=False),
-    )  # fmt: skip
+    cfg = _one_planned_update(root)
     data = build_data(cfg.data, seed=0)
     for case, mask in zip(data.test.ids, data.test.masks):
         assert np.mean(mask.numpy() == 2) == pytest.approx(np.mean(truth[case] == 1), abs=0.03)  # red: class 2
