@@ -35,6 +35,7 @@ from .data.folder import (
     decode,
     default_mask_threshold,
     exif_orientation,
+    first_file,
     layout_pairs,
     mask_folder,
     mask_plane,
@@ -45,7 +46,7 @@ from .data.folder import (
 )
 from .data.layouts import read_dataset_json
 from .data.splits import group_column
-from .data.volumes import is_plane_file, layout_volumes
+from .data.volumes import is_plane_file, layout_volumes, stored_shape
 from .errors import DataError
 
 FORMAT = 4  # 2: colour and palette masks read as drawn; 3: grey-coded classes ("levels"); 4: painted ("colours")
@@ -135,11 +136,6 @@ def _sample(items: list, count: int = SAMPLE) -> list:
 LAYOUT_OWNED = ("data.mask_mode", "data.num_classes", "data.mask_values")  # its dimensionality agrees
 
 
-def _first(image: Path | tuple[Path, ...]) -> Path:
-    """A case's first image file (nnU-Net keeps one file a channel)."""
-    return image[0] if isinstance(image, tuple) else image
-
-
 def _raw(path: Path) -> tuple[np.ndarray, str]:
     if is_plane_file(path):
         return decode(path)
@@ -150,9 +146,8 @@ def _raw(path: Path) -> tuple[np.ndarray, str]:
 
 def _size_and_mode(path: Path) -> tuple[tuple[int, int], str]:
     """A 2D image's ``(H, W)`` and mode, from the header where the format has one."""
-    if is_plane_file(path):
-        arr, mode = decode(path)
-        return arr.shape[:2], mode
+    if is_plane_file(path):  # its header, as for pictures: (H, W) of a one-slice volume
+        return stored_shape(path)[:2], "slice"
     try:
         with Image.open(path) as img:
             turned = exif_orientation(img) >= 5  # read turned a quarter, as the reader does
@@ -255,13 +250,13 @@ def fingerprint_2d(root: Path, pairs: list | None = None) -> dict[str, Any]:
         raise DataError(f"{root}: no image has a mask in masks/ (or labels/): nothing to plan from")
     sizes, modes = [], []
     for pair in pairs:
-        size, mode = _size_and_mode(_first(pair.image))
+        size, mode = _size_and_mode(first_file(pair.image))
         sizes.append(size)
         modes.append(mode)
     heights, widths = np.array([s[0] for s in sizes]), np.array([s[1] for s in sizes])
     low, high, ranges, depth = [], [], [], set()
     for pair in _sample(pairs):
-        raw, mode = _raw(_first(pair.image))  # decoded once: its type gives the range, its values the percentiles
+        raw, mode = _raw(first_file(pair.image))  # decoded once: its type gives the range, its values the percentiles
         raw_range, arr = type_range(raw, mode), raw.astype(np.float64)
         depth.add("float" if raw_range is None else "16" if raw_range > 255 else "8")
         finite = arr[np.isfinite(arr)]
@@ -353,7 +348,7 @@ def fingerprint_3d(root: Path, pairs: list | None = None) -> dict[str, Any]:
     pairs = scan_volumes(root) if pairs is None else pairs
     shapes, spacings, values, fractions, low, high = [], [], set(), [], [], []
     for pair in _sample(pairs, 16):
-        image = pair.image[0] if isinstance(pair.image, tuple) else pair.image
+        image = first_file(pair.image)
         vol = read_channels(image)[0]  # the first modality of a 4D file
         shapes.append(vol.array.shape)
         spacings.append(vol.spacing)

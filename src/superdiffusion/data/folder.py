@@ -174,7 +174,7 @@ def _apply_split(pairs: list, split_file: Path) -> None:
     if not rows or "id" not in rows[0] or "split" not in rows[0]:
         raise DataError(f"{split_file}: needs the columns 'id' and 'split'")
     by_id = {p.id: p for p in pairs}
-    names = {_case_file_name(p): p.id for p in pairs}  # ids written as file names (case1.png)
+    names = {first_file(p.image).name: p.id for p in pairs}  # ids written as file names (case1.png)
     for row in rows:
         row["id"] = row["id"] if row["id"] in by_id else names.get(row["id"], row["id"])
         row["split"] = row["split"].lower()
@@ -190,10 +190,9 @@ def _apply_split(pairs: list, split_file: Path) -> None:
         raise DataError(f"{split_file}: no row for image {missing[0]!r} ({len(missing)} images missing)")
 
 
-def _case_file_name(pair) -> str:
-    """The file name a case's id may be written as in split.csv: its (first) image's name."""
-    image = pair.image[0] if isinstance(pair.image, tuple) else pair.image
-    return Path(image).name
+def first_file(image: Path | tuple[Path, ...]) -> Path:
+    """A case's (first) image file: nnU-Net keeps one file a channel."""
+    return Path(image[0] if isinstance(image, tuple) else image)
 
 
 MAX_IMAGE_PIXELS = 50_000_000  # per 2D image: a 9400x9400 PNG of 86 KB decodes to 2.6 GB
@@ -255,7 +254,7 @@ def channels_of(path: Path | tuple[Path, ...]) -> int:
 
 def image_pixels(path: Path | tuple[Path, ...]) -> int:
     """An image's pixel count, from its header (a case's first channel file)."""
-    path = path[0] if isinstance(path, tuple) else path
+    path = first_file(path)
     if _is_plane(path):
         from .volumes import stored_shape
 
