@@ -313,14 +313,15 @@ def test_a_dicom_folder_is_named_as_such(tmp_path):
 
 def test_a_dataset_that_would_not_fit_in_memory_stops_before_reading(tmp_path, monkeypatch):
     """Training holds every case in memory; running out of it would end the process without a
-    word. Six 24x20 RGB images at native resolution take 6 x 480 x (3 x 4 + 8) = 57,600 bytes."""
+    word. Six 24x20 RGB images at native resolution take 6 x 480 x (3 x 4 + 1) = 37,440 bytes
+    (float32 channels, a one-byte mask)."""
     from superdiffusion.data import dataset
 
     root = write_pair_folder(tmp_path / "data")
-    monkeypatch.setattr(dataset, "available_memory", lambda: 57_599)
+    monkeypatch.setattr(dataset, "available_memory", lambda: 37_439)
     with pytest.raises(DataError, match=r"data: its 6 images take about 0 MB in memory .* more than the 0 MB"):
         build_data(DataConfig(root=str(root), size=None, patch_size=[16, 16]), seed=0)
-    monkeypatch.setattr(dataset, "available_memory", lambda: 57_600)
+    monkeypatch.setattr(dataset, "available_memory", lambda: 37_440)
     assert len(build_data(DataConfig(root=str(root), size=None, patch_size=[16, 16]), seed=0).test) == 2
 
 
@@ -383,3 +384,18 @@ def test_masks_named_after_their_image_with_any_suffix_are_paired(tmp_path):
     binary.save(root / "masks" / "x_gt_2.png")
     with pytest.raises(DataError, match=r"x.png: two masks name this image: x_gt.png, x_gt_2.png"):
         scan_folder(root)
+
+
+def test_masks_are_held_in_one_byte_a_pixel_and_batched_as_class_indices():
+    """Training holds every mask in memory: a class map needs one byte a pixel, not the eight of
+    int64 (for 3D sets, most of the memory). Batches and scoring still get int64 class indices."""
+    from superdiffusion.data.folder import compact_mask
+
+    data = build_data(DataConfig(labeled_percent=5), seed=0)
+    for split in (data.labeled, data.val, data.test):
+        assert {m.dtype for m in split.masks} == {torch.uint8}
+    assert data.labeled.stack_masks().dtype == torch.long
+    assert set(data.labeled.stack_masks().unique().tolist()) == {0, 1}
+    wide = compact_mask(np.array([[0, 255], [256, 300]]))  # more classes than a byte holds keep their values
+    assert wide.tolist() == [[0, 255], [256, 300]] and wide.element_size() <= 4
+    assert compact_mask(np.array([[0, 3]])).dtype == torch.uint8

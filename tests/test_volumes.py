@@ -256,14 +256,16 @@ def test_2d_images_kept_as_nifti_train_as_2d_and_predict_back_to_nifti(tmp_path)
 
 
 def test_volumes_that_would_not_fit_in_memory_stop_before_reading(tmp_path, monkeypatch):
-    """Eight 32x32x24 volumes: 8 x 24,576 voxels x (4 + 8) bytes = 2,359,296 bytes."""
+    """Eight 32x32x24 volumes: 8 x 24,576 voxels x (4 + 1) bytes = 983,040 bytes (a float32
+    channel, one-byte labels)."""
     from superdiffusion.config import DataConfig
     from superdiffusion.data import build_data, dataset
 
     root = write_volumes(tmp_path / "vols")
     cfg = DataConfig(root=str(root), spatial_dims=3, patch_size=[16, 16, 16])
-    monkeypatch.setattr(dataset, "available_memory", lambda: 2_359_295)
-    with pytest.raises(DataError, match=r"vols: its 8 volumes take about 2 MB in memory"):
+    monkeypatch.setattr(dataset, "available_memory", lambda: 983_039)
+    with pytest.raises(DataError, match=r"vols: its 8 volumes take about 1 MB in memory"):
         build_data(cfg, seed=0)
-    monkeypatch.setattr(dataset, "available_memory", lambda: 2_359_296)
-    assert build_data(cfg, seed=0).channels == 1
+    monkeypatch.setattr(dataset, "available_memory", lambda: 983_040)
+    data = build_data(cfg, seed=0)
+    assert data.channels == 1 and {m.dtype for m in data.labeled.masks + data.test.masks} == {torch.uint8}

@@ -300,7 +300,7 @@ def split_probabilities(method: Method, split: Split, cfg: Config, device: torch
             for img in split.images
         ]
         probs = pad_stack([p.probs[0] for p in preds])
-        masks = pad_stack(list(split.masks))
+        masks = pad_stack(list(split.masks)).long()
         if keep is not None and preds[0].spread is not None:
             keep.append(pad_stack([p.spread[0] for p in preds]))
         return probs, masks

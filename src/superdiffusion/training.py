@@ -100,7 +100,7 @@ def make_batch(
 ) -> Batch:
     """Gather, crop (images of their own sizes: one random patch each) and augment one batch."""
     cases = [data.labeled.images[i] for i in lab.tolist()] + [data.unlabeled.images[i] for i in unl.tolist()]
-    labels = [data.labeled.masks[i] for i in lab.tolist()]
+    labels = [data.labeled.masks[i].long() for i in lab.tolist()]  # held in one byte: widened per batch
     labels += [torch.zeros(data.unlabeled.images[i].shape[1:], dtype=torch.long) for i in unl.tolist()]
     if data.labeled.size is None:  # each case at its own size: one random patch of each
         images, labels = random_patches(cases, labels, tuple(patch), generator)

@@ -81,7 +81,7 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True, recorded: di
     if mixed:
         LOG.info("data: %s", mixed)
     every = [p for group in by.values() for p in group] + extra_pairs
-    per_pixel = 4 * channels + 8  # float32 channels, an int64 mask
+    per_pixel = 4 * channels + 1  # float32 channels, a one-byte mask (folder.compact_mask)
     needed = per_pixel * (
         len(every) * size[0] * size[1] if size is not None else sum(image_pixels(p.image) for p in every)
     )

@@ -16,7 +16,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import DataError
-from .folder import Pair
+from .folder import Pair, compact_mask
 from .splits import carve, group_column, groups_of
 
 TEST_SPLIT_SEED = 0  # the test set of a folder without split.csv is the same for every run
@@ -80,13 +80,13 @@ def _amount(n: float) -> str:
 
 def check_memory(root, cases: int, needed: float, kind: str) -> None:
     """Stop with one line, before anything is read, when holding a dataset's ``cases`` in memory
-    (``needed`` bytes: float32 images, int64 masks) would not fit in the memory the machine has
+    (``needed`` bytes: float32 images, one-byte masks) would not fit in the memory the machine has
     free: training keeps every case in memory, and running out of it ends the process without a
     word."""
     free = available_memory()
     if free is not None and needed > free:
         raise DataError(
-            f"{root}: its {cases} {kind} take about {_amount(needed)} in memory (float32 images, int64 masks), "
+            f"{root}: its {cases} {kind} take about {_amount(needed)} in memory (float32 images, one-byte masks), "
             f"more than the {_amount(free)} this machine has free; training holds every case in memory: use a "
             f"machine with more, or fewer or downsampled {kind}"
         )
@@ -106,7 +106,8 @@ def class_names(num_classes: int, declared: list[str] | None = None) -> list[str
 @dataclass
 class Split:
     """The cases of one split, one entry each: ``images``, normalised ``(C, *S)`` tensors;
-    ``masks``, ``(*S)`` class maps (None: unlabeled); their ids and sources.
+    ``masks``, ``(*S)`` class maps held in one byte a pixel (None: unlabeled; :meth:`stack_masks`
+    gives int64); their ids and sources.
 
     ``size``: the spatial shape every image was resized to (``data.size``), so that any batch
     of them stacks; None when each keeps its own size (volumes, 2D at native resolution): those
@@ -128,6 +129,8 @@ class Split:
             self.images = list(self.images.unbind(0))
         if torch.is_tensor(self.masks):
             self.masks = list(self.masks.unbind(0))
+        if self.masks is not None:
+            self.masks = [compact_mask(mask) for mask in self.masks]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -137,10 +140,10 @@ class Split:
         return torch.stack(_pick(self.images, index))
 
     def stack_masks(self, index: slice | list[int] | None = None) -> torch.Tensor:
-        """The masks ``index`` (default: all) as one ``(n, *S)`` batch."""
+        """The masks ``index`` (default: all) as one ``(n, *S)`` int64 batch of class indices."""
         if self.masks is None:
             raise DataError("an unlabeled split has no masks")
-        return torch.stack(_pick(self.masks, index))
+        return torch.stack(_pick(self.masks, index)).long()
 
     def extend(self, images: list[torch.Tensor], ids: list[str]) -> None:
         """Add cases without masks or sources (the extra unlabeled folder)."""

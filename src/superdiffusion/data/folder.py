@@ -500,6 +500,16 @@ def resize_mask(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     return x[0, 0].long()
 
 
+def compact_mask(mask: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A class map in the fewest bytes that hold its values, as every loaded mask is kept:
+    one byte a pixel for up to 256 classes (int64 would take eight), int32 beyond. Batches and
+    scoring widen them to int64 class indices (:meth:`~superdiffusion.data.dataset.Split.stack_masks`)."""
+    mask = torch.as_tensor(mask)
+    if mask.numel() == 0 or (int(mask.min()) >= 0 and int(mask.max()) < 256):
+        return mask.to(torch.uint8)
+    return mask.to(torch.int32)
+
+
 def load_pairs(
     pairs: list[Pair],
     size: tuple[int, int] | None,
@@ -511,8 +521,9 @@ def load_pairs(
 ) -> dict:
     """Decode, check and resize every pair once (``size`` None: keep each one's size).
 
-    ``images``: float32 ``(C, H, W)`` tensors in [0, 1]; ``masks``: int64 ``(H, W)`` tensors
-    (or None when the pairs have no masks); ``sizes``: the original ``(H, W)`` of each image.
+    ``images``: float32 ``(C, H, W)`` tensors in [0, 1]; ``masks``: ``(H, W)`` class maps held by
+    :func:`compact_mask` (None when the pairs have no masks); ``sizes``: the original ``(H, W)``
+    of each image.
     """
     if not pairs:
         raise DataError("no images to load")
@@ -531,7 +542,7 @@ def load_pairs(
                     f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {pair.name} "
                     f"is {img.shape[2]}x{img.shape[1]}"
                 )
-            masks.append(resize_mask(mask, size) if size is not None else torch.from_numpy(mask).long())
+            masks.append(compact_mask(resize_mask(mask, size) if size is not None else mask))
     return {
         "images": images,
         "masks": masks or None,

@@ -35,7 +35,7 @@ from .dataset import (
     normalize_each,
     resolve_root,
 )
-from .folder import check_finite, classes_of, mask_folder, read_split
+from .folder import check_finite, classes_of, compact_mask, mask_folder, read_split
 from .splits import choose_labeled
 
 LOG = logging.getLogger("superdiffusion")
@@ -298,7 +298,8 @@ def load_volume_pair(
 ) -> tuple[torch.Tensor, torch.Tensor | None, Volume]:
     """Image ``(C, H, W, D)`` float32, each channel normalised per volume (but under ``zscore``,
     whose training-set statistics :func:`~superdiffusion.data.normalize` applies after), and labels
-    ``(H, W, D)`` int64 checked against the declared classes (None when ``labels`` is False)."""
+    ``(H, W, D)`` class indices checked against the declared classes, held by :func:`compact_mask` (None
+    when ``labels`` is False)."""
     files = pair.image if isinstance(pair.image, tuple) else (pair.image,)
     read = [(path, channel) for path in files for channel in read_channels(path)]  # a 4D file: its modalities
     files, channels = tuple(path for path, _ in read), [channel for _, channel in read]
@@ -342,7 +343,7 @@ def load_volume_pair(
         raise DataError(
             f"{pair.label}: label values {values.tolist()[:8]} outside the classes 0..{cfg.num_classes - 1}"
         )
-    return img, torch.from_numpy(lab), image
+    return img, compact_mask(lab), image
 
 
 def _normalize(img: torch.Tensor, mode: str) -> torch.Tensor:
@@ -361,12 +362,12 @@ def _normalize(img: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def _bytes_held(pair: VolumePair) -> int:
-    """The memory a case takes once loaded: float32 channels and int64 labels, from the headers."""
+    """The memory a case takes once loaded: float32 channels and one-byte labels, from the headers."""
     files = pair.image if isinstance(pair.image, tuple) else (pair.image,)
     shapes = [stored_shape(path) for path in files]
     voxels = int(np.prod(shapes[0][:3])) if shapes and len(shapes[0]) >= 3 else 0
     channels = sum(int(np.prod(shape[3:])) if len(shape) > 3 else 1 for shape in shapes)
-    return voxels * (4 * channels + 8)
+    return voxels * (4 * channels + 1)
 
 
 def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layout=None, recorded=None):
