@@ -61,6 +61,21 @@ def test_every_setting_is_described_by_the_comment_beside_its_code():
     assert generator._comments(Probe) == {"first": "the first line the second line inline"}
 
 
+def test_no_setting_s_description_runs_on_into_the_next():
+    """A comment line under a setting's trailing comment is read as the next setting's
+    description: a trailing comment cut off mid-sentence gave its end to the next setting."""
+    from pydantic import BaseModel
+
+    from superdiffusion import config, method_settings
+
+    generator = _generator()
+    for module in (config, method_settings):
+        for cls in vars(module).values():
+            if isinstance(cls, type) and issubclass(cls, BaseModel) and cls.__module__ == module.__name__:
+                for name, text in generator._comments(cls).items():
+                    assert not text.endswith((";", ",", ":")), f"{cls.__name__}.{name}: {text!r} is cut off"
+
+
 @pytest.mark.skipif(
     shutil.which("mkdocs", path=str(Path(sys.executable).parent)) is None, reason="mkdocs is not installed"
 )

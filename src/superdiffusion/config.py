@@ -121,8 +121,9 @@ class ModelConfig(Section):
     )  # UNet channels per level
     norm: Literal["batch", "instance", "group"] = "batch"  # the UNet's normalisation layers
     dropout: float = Field(0.0, ge=0, lt=1)  # UNet dropout (> 0 also gives MC-dropout uncertainty)
-    checkpointing: bool = False  # recompute activations in backward: less memory (3D), ~1/3 more time;
-    # with batch norm the running statistics then see each batch twice
+    # recompute activations in backward: less memory (3D), ~1/3 more time; with batch norm the
+    # running statistics then see each batch twice
+    checkpointing: bool = False
     channels_last: bool = True  # 2D only: NHWC memory format, faster convolutions on CPU and GPU
 
 
