@@ -52,6 +52,31 @@ def test_a_second_process_cannot_train_into_a_locked_folder(tmp_path):
     assert not RunFolder(run).busy  # the system released the lock of the killed process
 
 
+def test_two_sweeps_side_by_side_leave_each_other_s_runs_alone(tmp_path):
+    """A sweep plans its runs when it starts; a second sweep over the same grid (another
+    terminal, a cluster job) may finish or take one of them before its turn comes. At its turn
+    the run is checked again: not re-scored once finished, not launched while another process
+    trains it."""
+    from conftest import FAST
+
+    from superdiffusion.experiments.sweep import run_one
+
+    done = RunSpec(["method=supervised", *FAST], tmp_path / "done")
+    api.train(tiny_config("method=supervised", *FAST), done.folder)  # finished by the other sweep
+    stamp = (done.folder / "results.json").stat().st_mtime_ns
+    assert run_one(done) == "skipped"
+    assert (done.folder / "results.json").stat().st_mtime_ns == stamp and not (done.folder / "console.log").exists()
+
+    taken = RunSpec(["method=supervised", *FAST], tmp_path / "taken")
+    holder = RunFolder(taken.folder)
+    holder.lock()  # the other sweep trains it now
+    try:
+        assert run_one(taken) == "busy" and not (taken.folder / "console.log").exists()
+    finally:
+        holder.unlock()
+    assert run_one(taken) == "finished" and taken.finished
+
+
 def test_a_run_writes_its_log_and_history(tmp_path):
     cfg = tiny_config("method=supervised", "train.epochs=3", "train.lr_step=2")
     results = api.train(cfg, tmp_path / "run")

@@ -141,20 +141,28 @@ def command(spec: RunSpec, threads: int) -> list[str]:
     return cmd
 
 
-def run_one(spec: RunSpec, threads: int = 0) -> int:
-    """Train one grid point in a child process. The run keeps its log in ``folder/train.log``;
-    the child's console (progress, errors before training starts) goes to ``folder/console.log``."""
+def run_one(spec: RunSpec, threads: int = 0) -> str:
+    """Train one grid point in a child process: ``finished`` or ``failed``; ``skipped`` or
+    ``busy`` when, by its turn, another sweep over the same folders has finished it or is training
+    it (two sweeps side by side, or jobs on a cluster, share their grid's runs this way). The run
+    keeps its log in ``folder/train.log``; the child's console (progress, errors before training
+    starts) goes to ``folder/console.log``."""
     folder = RunFolder(spec.folder)
+    if folder.finished:
+        return "skipped"
+    if folder.busy:
+        return "busy"
     try:
         folder.take()  # a folder of someone else's files is refused before anything is written in it
         folder.claim(folder.path / "console.log")
     except RunFolderError as err:
         print(f"superdiffusion: error: {err}", file=sys.stderr)
-        return 2
+        return "failed"
     with safefs.append(spec.folder / "console.log") as log:
-        return subprocess.run(
-            command(spec, threads), stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
-        ).returncode
+        code = subprocess.run(command(spec, threads), stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    if code.returncode != 0 and folder.busy:  # another sweep took it between the check and the child's lock
+        return "busy"
+    return "finished" if code.returncode == 0 else "failed"
 
 
 def slurm_parameters(items: list[str]) -> dict[str, Any]:
@@ -200,6 +208,6 @@ def run_sweep(
         codes = [j.result() for j in jobs_]
     else:
         raise ConfigError(f"sweep executor must be local, slurm or submitit-local, got {executor!r}")
-    for code in codes:
-        counts["finished" if code == 0 else "failed"] += 1
+    for outcome in codes:
+        counts[outcome] += 1
     return counts
