@@ -10,6 +10,9 @@ resume from their checkpoint, the tables are written from whatever has finished)
 
     python benchmarks/decisive.py --root runs/decisive --out benchmarks/results/decisive.json --threads 1
     python benchmarks/decisive.py --root runs/decisive --out benchmarks/results/decisive.json --report-only
+    python scripts/generate_docs.py   # README.md's and docs/results.md's figures, from the JSON
+
+Two of these commands may run side by side on one ``--root`` (each run is taken by one of them).
 
 Nothing changed for the baselines since the evidence grid, so their runs of seeds 0-2 (and the
 previous default of the method, as ``superdiffusion (previous-default)``) are read from

@@ -1,10 +1,12 @@
-"""Write the documentation pages that have another owner, so that they cannot drift:
-docs/configuration.md's settings reference from the pydantic models and the shipped profiles,
-and docs/index.md (the site's home page) from README.md, its links made relative to docs/.
-tests/test_docs.py checks that both files are what this script writes.
+"""Write the documentation that has another owner, so that it cannot drift:
+docs/configuration.md's settings reference from the pydantic models and the shipped profiles;
+the decisive comparison's figures in README.md and docs/results.md (between their
+``<!-- decisive:NAME -->`` markers) from benchmarks/results/decisive.json; and docs/index.md
+(the site's home page) from README.md, its links made relative to docs/. tests/test_docs.py
+checks that every file is what this script writes.
 
-    python scripts/generate_docs.py            # rewrite both
-    python scripts/generate_docs.py --check    # exit 1 if either is out of date
+    python scripts/generate_docs.py            # rewrite them
+    python scripts/generate_docs.py --check    # exit 1 if one is out of date
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ from superdiffusion.method_settings import SETTINGS
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "docs" / "configuration.md"
 INDEX = ROOT / "docs" / "index.md"
+README = ROOT / "README.md"
+RESULTS = ROOT / "docs" / "results.md"
+DECISIVE = ROOT / "benchmarks" / "results" / "decisive.json"
+DECISIVE_COMMAND = (
+    "python benchmarks/decisive.py --root runs/decisive --out benchmarks/results/decisive.json --threads 1"
+)
+DATASET_NAMES = {"ph2-full": "PH2", "pupil": "InP-Pupil"}
+METHOD_NAMES = {"superdiffusion": "the new default", "cps": "CPS", "uamt": "UAMT", "supervised": "supervised"}
 INTRO = """# Configuration
 
 Settings are `section.key=value` overrides on the command line (or a `--config` YAML file with
@@ -148,15 +158,143 @@ def reference() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def home_page() -> str:
+def _points(values: list[float]) -> str:
+    """Dice points with their sign, the minus sign typeset: ``+1.97, −5.52``."""
+    return ", ".join(f"{v:+.2f}".replace("-", "\u2212") for v in values)
+
+
+def _seeds(seeds: list[int]) -> str:
+    """``0-4`` for consecutive seeds, ``0, 2, 5`` otherwise."""
+    consecutive = len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1))
+    return f"{seeds[0]}-{seeds[-1]}" if consecutive else ", ".join(map(str, seeds))
+
+
+def _paired_cell(row: dict | None) -> str:
+    if row is None:
+        return "not yet"
+    mean, half = row["honest_dice"]
+    return f"{_points(row['per_seed_honest'])} (mean {_points([mean])} ± {half:.2f})"
+
+
+def _compared(grid: dict) -> list[tuple[str, str, list[int], dict]]:
+    """(dataset, method, seeds, {reference: paired row}) at 5 % labels, for the new default and
+    the variants the grid adds beside it (the evidence grid's previous default left out)."""
+    out: dict[tuple[str, str], dict] = {}
+    for row in grid["paired"]:
+        if row["labeled_percent"] == 5 and "previous-default" not in row["method"]:
+            out.setdefault((row["dataset"], row["method"]), {})[row["reference"]] = row
+    order = sorted(out, key=lambda k: (list(DATASET_NAMES).index(k[0]) if k[0] in DATASET_NAMES else 9, k))
+    return [(d, m, max((r["seeds"] for r in out[d, m].values()), key=len), out[d, m]) for d, m in order]
+
+
+def _method_label(method: str) -> str:
+    """``superdiffusion (paper-literal)`` -> ``the method, paper-literal``; the default is the new default."""
+    name, _, variant = method.partition(" (")
+    return f"the method, {variant.rstrip(')')}" if variant else METHOD_NAMES.get(name, name)
+
+
+def decisive_status(grid: dict) -> str:
+    """The README's lines on the decisive comparison: how far it is, and its paired table."""
+    done = sum(not r.get("reused") for r in grid["runs"])
+    lines = [
+        f"- Its 6-seed comparison at 5 % labels is running; {done} of its {grid['planned_runs'] - 1} runs have",
+        f"  finished (`{DECISIVE_COMMAND}`).",
+        "  Paired honest test Dice, each row's method minus each reference, per seed:",
+        "",
+        "  | dataset, method | minus CPS | minus supervised | minus UAMT |",
+        "  |---|---|---|---|",
+    ]
+    wins = []
+    for dataset, method, seeds, rows in _compared(grid):
+        cells = " | ".join(_paired_cell(rows.get(ref)) for ref in ("cps", "supervised", "uamt"))
+        lines.append(
+            f"  | {DATASET_NAMES.get(dataset, dataset)} 5 %, {_method_label(method)} (seeds {_seeds(seeds)}) | {cells} |"
+        )
+        if method == "superdiffusion":
+            counts = [
+                f"{METHOD_NAMES[ref]} in {sum(v > 0 for v in rows[ref]['per_seed_honest'])} of {len(rows[ref]['seeds'])}"
+                for ref in ("cps", "supervised") if ref in rows
+            ]  # fmt: skip
+            wins.append(f"on {DATASET_NAMES.get(dataset, dataset)} it beats " + " and ".join(counts) + " seeds")
+    lines += ["", f"  The new default: {'; '.join(wins)}."]
+    return "\n".join(lines) + "\n"
+
+
+def decisive_results(grid: dict) -> str:
+    """docs/results.md's paragraph on the decisive comparison: which runs have finished, the
+    paired table, the teacher's zero-label score and the grid's cost."""
+    done = [r for r in grid["runs"] if not r.get("reused")]
+    finished: dict[tuple[str, str], list[int]] = {}
+    for r in sorted(done, key=lambda r: (r["dataset"] != "ph2-full", r["labeled_percent"], r["variant"], r["seed"])):
+        name = r["method"] + (f" ({r['variant']})" if r["variant"] else "")
+        name = f"{_method_label(name)} at {r['labeled_percent']:g} %"
+        finished.setdefault((DATASET_NAMES.get(r["dataset"], r["dataset"]), name), []).append(r["seed"])
+    which = "; ".join(f"{d}, {name}: seeds {_seeds(seeds)}" for (d, name), seeds in finished.items())
+    lines = [
+        f"**{len(done)} of its {grid['planned_runs'] - 1} runs have finished** ({which}). Paired differences of",
+        "honest test Dice per image, in points (mean ± 90 % interval over the seeds), each row's method",
+        "minus each reference on the same split and labeled subset (`benchmarks/results/decisive.md` has",
+        "every table, the paper-threshold scores included):",
+        "",
+        "| dataset, method | minus CPS (per seed) | minus supervised | minus UAMT (UAMT's new seeds come last) |",
+        "|---|---|---|---|",
+    ]
+    for dataset, method, seeds, rows in _compared(grid):
+        cells = " | ".join(_paired_cell(rows.get(ref)) for ref in ("cps", "supervised", "uamt"))
+        lines.append(
+            f"| {DATASET_NAMES.get(dataset, dataset)} 5 %, {_method_label(method)} (seeds {_seeds(seeds)}) | {cells} |"
+        )
+    teachers: dict[tuple[str, str], list[str]] = {}
+    for t in sorted(grid["teacher_zero_label"], key=lambda t: (t["method"], t["dataset"], t["seed"])):
+        if t["labeled_percent"] == 5:
+            mark = "*" if t.get("swapped") else ""
+            teachers.setdefault((t["method"], DATASET_NAMES.get(t["dataset"], t["dataset"])), []).append(
+                f"{100 * t['dice']:.1f}{mark} / {t['auroc']:.3f}"
+            )
+    updates = sorted({r["updates"] for r in done})
+    pretrain = sorted({r["pretrain_updates"] for r in done if r.get("pretrain_updates")})
+    lines += [
+        "",
+        "The teacher's zero-label Dice / AUROC after pretraining (labeled training images, before any",
+        "label is used; * channels swapped), per seed: "
+        + "; ".join(f"{_method_label(m)}, {d}: {', '.join(v)}" for (m, d), v in teachers.items())
+        + ".",
+        f"Every run trains {' or '.join(f'{u:,}' for u in updates)} updates"
+        + (f" (the method adds {' or '.join(f'{p:,}' for p in pretrain)} pretraining updates)" if pretrain else "")
+        + f"; the grid's own runs have taken {grid['summed_train_minutes_trained_here']:,.0f} train-minutes of one",
+        "thread so far (`summed_train_minutes_trained_here`), beside other work.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def fill(text: str, name: str, block: str, path: Path) -> str:
+    """``text`` with what stands between ``<!-- decisive:NAME -->`` and ``<!-- /decisive:NAME -->``
+    replaced by ``block``."""
+    begin, end = f"<!-- decisive:{name} (written by scripts/generate_docs.py) -->\n", f"<!-- /decisive:{name} -->"
+    head, found, rest = text.partition(begin)
+    if not found or end not in rest:
+        raise SystemExit(f"{path}: the markers of decisive:{name} are missing")
+    return head + begin + block + rest[rest.index(end) :]
+
+
+def decisive_pages() -> dict[Path, str]:
+    grid = json.loads(DECISIVE.read_text())
+    return {
+        README: fill(README.read_text(), "status", decisive_status(grid), README),
+        RESULTS: fill(RESULTS.read_text(), "results", decisive_results(grid), RESULTS),
+    }
+
+
+def home_page(readme: str) -> str:
     """README.md as the site's home page: links into docs/ become relative to it, and links to
     files outside docs/ (which the site does not hold) become their paths."""
-    text = (ROOT / "README.md").read_text().replace("](docs/", "](")
+    text = readme.replace("](docs/", "](")
     return re.sub(r"\[([^\]]+)\]\(((?!https?:|#)[^)]*/[^)]+|[^)/]+\.(?:json|py|csv))\)", r"\1 (`\2`)", text)
 
 
 def pages() -> dict[Path, str]:
-    return {TARGET: reference(), INDEX: home_page()}
+    filled = decisive_pages()
+    return {TARGET: reference(), **filled, INDEX: home_page(filled[README])}
 
 
 def main() -> int:

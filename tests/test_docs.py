@@ -61,6 +61,36 @@ def test_every_setting_is_described_by_the_comment_beside_its_code():
     assert generator._comments(Probe) == {"first": "the first line the second line inline"}
 
 
+def test_the_decisive_figures_are_written_from_their_json(tmp_path):
+    """README.md and docs/results.md quote the decisive grid; their figures are written from its
+    JSON (test_generated_pages_are_what_their_owners_say keeps them so), here on a grid small
+    enough to check by hand."""
+    generator = _generator()
+    run = {"dataset": "ph2-full", "method": "superdiffusion", "variant": "", "labeled_percent": 5, "updates": 1000}
+    grid = {
+        "planned_runs": 5,  # the reuse check included
+        "runs": [{**run, "seed": 0, "pretrain_updates": 200}, {**run, "seed": 1, "pretrain_updates": 200},
+                 {**run, "method": "cps", "seed": 0, "reused": "evidence grid"}],
+        "paired": [{"dataset": "ph2-full", "labeled_percent": 5, "method": "superdiffusion", "reference": "cps",
+                    "seeds": [0, 1], "per_seed_honest": [1.5, -2.0], "honest_dice": [-0.25, 11.05]}],
+        "teacher_zero_label": [{"dataset": "ph2-full", "labeled_percent": 5, "method": "superdiffusion", "seed": 0,
+                                "dice": 0.547, "auroc": 0.862, "swapped": True}],
+        "summed_train_minutes_trained_here": 70.4,
+    }  # fmt: skip
+    status = generator.decisive_status(grid)
+    assert "2 of its 4 runs have" in status
+    row = "| PH2 5 %, the new default (seeds 0, 1) | +1.50, \u22122.00 (mean \u22120.25 ± 11.05) | not yet | not yet |"
+    assert row in status and "on PH2 it beats CPS in 1 of 2 seeds" in status
+    results = generator.decisive_results(grid)
+    assert "**2 of its 4 runs have finished** (PH2, the new default at 5 %: seeds 0, 1)" in results
+    assert "the new default, PH2: 54.7* / 0.862" in results and "1,000 updates (the method adds 200" in results
+    assert "70 train-minutes" in results
+    page = "a\n<!-- decisive:status (written by scripts/generate_docs.py) -->\nold\n<!-- /decisive:status -->\nb\n"
+    assert generator.fill(page, "status", "new\n", tmp_path) == page.replace("old\n", "new\n")
+    with pytest.raises(SystemExit, match="markers of decisive:results are missing"):
+        generator.fill(page, "results", "new\n", tmp_path)
+
+
 def test_no_setting_s_description_runs_on_into_the_next():
     """A comment line under a setting's trailing comment is read as the next setting's
     description: a trailing comment cut off mid-sentence gave its end to the next setting."""
