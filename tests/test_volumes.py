@@ -1,4 +1,7 @@
 import csv
+import importlib.util
+import re
+import sys
 from pathlib import Path
 
 import h5py
@@ -254,6 +257,19 @@ def test_2d_images_kept_as_nifti_train_as_2d_and_predict_back_to_nifti(tmp_path)
     predicted = np.asarray(out.dataobj)[..., 0]
     assert 2 * (predicted * truth).sum() / (predicted.sum() + truth.sum()) > 0.5  # found in place, not transposed
 
+    if importlib.util.find_spec("itk") is None:
+        return
+    import itk  # the same slice as a 2D MetaImage (ITK's arrays run y, x; its space is LPS)
+
+    slice_ = itk.image_from_array(
+        np.ascontiguousarray(np.asarray(nib.load(root / "images" / "s0.nii.gz").dataobj)[..., 0].T)
+    )
+    slice_.SetSpacing([0.8, 0.8])
+    itk.imwrite(slice_, str(tmp_path / "s0.mha"))
+    out = nib.load(str(api.predict(tmp_path / "run", tmp_path / "s0.mha", tmp_path / "pred_mha")[0]))
+    assert out.shape == (40, 36) and np.allclose(out.affine, np.diag([-0.8, -0.8, 1.0, 1.0]))
+    assert np.array_equal(np.asarray(out.dataobj), predicted)
+
 
 def test_volumes_that_would_not_fit_in_memory_stop_before_reading(tmp_path, monkeypatch):
     """Eight 32x32x24 volumes: 8 x 24,576 voxels x (4 + 1) bytes = 983,040 bytes (a float32
@@ -269,3 +285,69 @@ def test_volumes_that_would_not_fit_in_memory_stop_before_reading(tmp_path, monk
     monkeypatch.setattr(dataset, "available_memory", lambda: 983_040)
     data = build_data(cfg, seed=0)
     assert data.channels == 1 and {m.dtype for m in data.labeled.masks + data.test.masks} == {torch.uint8}
+
+
+def _as_metaimage(nifti: Path, target: Path, suffix: str) -> None:
+    """``nifti`` written again as a MetaImage file ``target`` (ITK's arrays run z, y, x)."""
+    import itk
+
+    image = nib.load(str(nifti))
+    out = itk.image_from_array(np.ascontiguousarray(np.asarray(image.dataobj).transpose(2, 1, 0)))
+    out.SetSpacing([float(v) for v in image.header.get_zooms()[:3]])
+    itk.imwrite(out, str(target.with_name(target.name + suffix)))
+
+
+def test_metaimage_volumes_read_as_their_nifti_twins(tmp_path):
+    """Grand-challenge and nnU-Net sets often come as MetaImage: images as .mha, labels as
+    .mhd headers beside their .raw voxels. They read voxel for voxel as the same volumes in
+    NIfTI, with their spacing."""
+    pytest.importorskip("itk")
+    from superdiffusion.config import DataConfig
+    from superdiffusion.data import build_data
+    from superdiffusion.data.volumes import stored_shape
+
+    nifti = write_volumes(tmp_path / "nii", n=5)
+    meta = tmp_path / "mha"
+    for sub, suffix in (("images", ".mha"), ("labels", ".mhd")):
+        (meta / sub).mkdir(parents=True)
+        for path in sorted((nifti / sub).iterdir()):
+            _as_metaimage(path, meta / sub / path.name.removesuffix(".nii.gz"), suffix)
+    assert stored_shape(meta / "images" / "v0.mha") == (32, 32, 24) and (meta / "labels" / "v0.raw").is_file()
+    a, b = (build_data(DataConfig(root=str(r), spatial_dims=3, patch_size=[16, 16, 16]), 0) for r in (nifti, meta))
+    for name in ("labeled", "unlabeled", "val", "test"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.ids == y.ids and all(torch.equal(i, j) for i, j in zip(x.images, y.images))
+        assert all(torch.equal(i, j) for i, j in zip(x.masks or [], y.masks or []))
+        assert [v.spacing for v in y.geometry] == [(1.5, 1.0, 2.0)] * len(y)
+
+
+def test_a_detached_header_is_read_only_with_its_voxels_beside_it(tmp_path, monkeypatch):
+    """An .mhd or .nhdr header names the file holding its voxels, which could be anywhere: no
+    input outside the data folder is read."""
+    import nrrd
+
+    from superdiffusion.data.volumes import read_volume
+
+    secret = tmp_path / "elsewhere" / "secret.raw"
+    secret.parent.mkdir()
+    secret.write_bytes(np.zeros(8 * 8 * 4, np.uint8).tobytes())
+    folder = tmp_path / "data" / "images"
+    folder.mkdir(parents=True)
+    (folder / "a.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 8 8 4\nElementType = MET_UCHAR\n"
+        "ElementDataFile = ../../elsewhere/secret.raw\n"
+    )
+    with pytest.raises(DataError, match=r"a.mhd: its voxels are in '../../elsewhere/secret.raw', outside the header"):
+        read_volume(folder / "a.mhd")
+    nrrd.write(str(folder / "b.nhdr"), np.zeros((8, 8, 4), np.uint8), detached_header=True)
+    header = re.sub(r"data file: .*", f"data file: {secret}", (folder / "b.nhdr").read_text())
+    (folder / "b.nhdr").write_text(header.replace("encoding: gzip", "encoding: raw"))
+    with pytest.raises(DataError, match=r"b.nhdr: its voxels are in '/.*secret.raw', outside the header"):
+        read_volume(folder / "b.nhdr")
+    (folder / "c.mhd").write_text("NDims = 3\nDimSize = 8 8 4\nElementDataFile = LIST\nx.raw\n")
+    with pytest.raises(DataError, match=r"c.mhd: its voxels are named as 'LIST'"):
+        read_volume(folder / "c.mhd")
+    monkeypatch.setitem(sys.modules, "itk", None)  # ITK not installed: one line saying how to get it
+    (folder / "d.mha").write_text("NDims = 3\nDimSize = 8 8 4\nElementType = MET_UCHAR\nElementDataFile = LOCAL\n")
+    with pytest.raises(DataError, match=r"d.mha: MetaImage .* pip install 'superdiffusion\[itk\]'"):
+        read_volume(folder / "d.mha")

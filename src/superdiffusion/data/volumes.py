@@ -1,6 +1,8 @@
-"""3D volumes: NIfTI (``.nii``, ``.nii.gz``) and NRRD (``.nrrd``) through MONAI's readers, with
-their affine in RAS; HDF5 (``image`` and ``label`` datasets, the usual LA layout
-``CASE/mri_norm2.h5``) through h5py.
+"""3D volumes: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) and MetaImage
+(``.mha``, ``.mhd``; with the ``itk`` extra) through MONAI's readers, with their affine in RAS;
+HDF5 (``image`` and ``label`` datasets, the usual LA layout ``CASE/mri_norm2.h5``) through h5py.
+A detached header (``.nhdr``, ``.mhd``) is read only when the voxel file it names sits in its
+own folder: no input outside the data folder is read.
 
 Folder layouts:
 - ``images/`` + ``labels/`` (or ``masks/``) with the same file names (+ optional ``split.csv``);
@@ -40,8 +42,11 @@ from .splits import choose_labeled
 
 LOG = logging.getLogger("superdiffusion")
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".h5", ".hdf5")
-PLANE_SUFFIXES = (".nii.gz", ".nii", ".nrrd")  # the volume formats a 2D dataset may use for its images
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".h5", ".hdf5")
+# the volume formats a 2D dataset may use for its images
+PLANE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+METAIMAGE_SUFFIXES = (".mha", ".mhd")
 
 
 def volume_stem(path: Path) -> str:
@@ -112,14 +117,60 @@ def _nifti_spacing_missing(path: Path) -> bool:
     return bool(np.any(np.asarray(header["pixdim"][1:4]) <= 0))
 
 
+def _metaimage_header(path: Path) -> dict[str, str]:
+    """A MetaImage file's header: its ``Key = value`` lines, up to ``ElementDataFile`` (the last
+    one; an ``.mha``'s voxels follow it)."""
+    fields: dict[str, str] = {}
+    with open(path, "rb") as handle:
+        for raw in iter(lambda: handle.readline(4096), b""):
+            key, sep, value = raw.decode("latin-1").partition("=")
+            if not sep:
+                raise DataError(f"{path}: not a MetaImage header (line {raw[:40]!r})")
+            fields[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile" or len(fields) > 100:
+                break
+    return fields
+
+
+def check_detached(path: Path) -> None:
+    """A detached header (``.mhd``, ``.nhdr``) names the file that holds its voxels: read it only
+    when that file sits in the header's own folder; a list or a pattern of files is refused."""
+    if path.name.lower().endswith(".mhd"):
+        named = _metaimage_header(path).get("ElementDataFile", "")
+    elif path.name.lower().endswith(".nhdr"):
+        import nrrd
+
+        header = nrrd.read_header(str(path))
+        named = str(header.get("data file", header.get("datafile", "")))
+    else:
+        return
+    if named.upper() == "LOCAL":
+        return
+    if not named or named.upper().startswith("LIST") or "%" in named or " " in named.strip():
+        raise DataError(
+            f"{path}: its voxels are named as {named[:60]!r}; one voxel file beside the header is read, or "
+            "convert the volume to NIfTI"
+        )
+    folder = path.parent.resolve()
+    if not (folder / named).resolve().is_relative_to(folder):
+        raise DataError(
+            f"{path}: its voxels are in {named[:200]!r}, outside the header's folder; superdiffusion reads only "
+            "files inside the data folder"
+        )
+
+
 def _read_array(path: Path, dataset: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], bool]:
     """A volume file's voxels as stored, its affine, spacing and whether the spacing is missing;
     any reader failure is one line naming the file."""
     try:
-        if path.name.endswith((".nii", ".nii.gz", ".nrrd")):
+        if path.name.lower().endswith(PLANE_SUFFIXES):
+            check_detached(path)
             arr, affine = _load_with_monai(path)
             spacing = tuple(float(np.linalg.norm(affine[:3, k])) for k in range(3))
             missing = min(spacing) <= 0 or (path.name.endswith((".nii", ".nii.gz")) and _nifti_spacing_missing(path))
+            if path.name.lower().endswith(METAIMAGE_SUFFIXES):  # ITK reads a header without it as 1 mm
+                header = _metaimage_header(path)
+                missing = missing or not ({"ElementSpacing", "ElementSize"} & set(header))
             if min(spacing) <= 0:
                 affine, spacing = np.eye(4), (1.0, 1.0, 1.0)
         elif path.name.endswith((".h5", ".hdf5")):
@@ -164,13 +215,17 @@ def read_channels(path: Path) -> list[Volume]:
 
 
 def stored_shape(path: Path) -> tuple[int, ...]:
-    """A NIfTI, NRRD or HDF5 (``image``) file's array shape, from its header alone (a CT
-    volume need not be decoded)."""
+    """A NIfTI, NRRD, MetaImage or HDF5 (``image``) file's array shape, from its header alone
+    (a CT volume need not be decoded)."""
     try:
-        if path.name.lower().endswith(".nrrd"):
+        if path.name.lower().endswith(NRRD_SUFFIXES):
             import nrrd
 
             return tuple(int(v) for v in nrrd.read_header(str(path))["sizes"])
+        if path.name.lower().endswith(METAIMAGE_SUFFIXES):
+            header = _metaimage_header(path)
+            channels = int(header.get("ElementNumberOfChannels", 1))
+            return tuple(int(v) for v in header["DimSize"].split()) + ((channels,) if channels > 1 else ())
         if path.name.lower().endswith((".h5", ".hdf5")):
             import h5py
 
@@ -179,6 +234,8 @@ def stored_shape(path: Path) -> tuple[int, ...]:
         import nibabel as nib
 
         return tuple(nib.load(str(path)).shape)
+    except DataError:
+        raise
     except Exception as err:  # noqa: BLE001 - an unreadable header is an unreadable file for the user
         raise DataError(
             f"{path}: cannot read volume ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
@@ -186,7 +243,7 @@ def stored_shape(path: Path) -> tuple[int, ...]:
 
 
 def is_plane_file(path: Path) -> bool:
-    """A NIfTI or NRRD file, which may hold a 2D image (one slice) as well as a volume."""
+    """A NIfTI, NRRD or MetaImage file, which may hold a 2D image (one slice) as well as a volume."""
     return path.name.lower().endswith(PLANE_SUFFIXES)
 
 
@@ -220,15 +277,33 @@ def _load_with_monai(path: Path) -> tuple[np.ndarray, np.ndarray]:
     prediction written as NIfTI overlays the input in any viewer."""
     from monai.transforms import LoadImage
 
-    if path.name.endswith(".nrrd"):
+    name = path.name.lower()
+    if name.endswith(NRRD_SUFFIXES):
         import nrrd
 
         header = nrrd.read_header(str(path))
         if "space origin" not in header or "space directions" not in header:
             return _nrrd_without_geometry(path, header)
-    reader = "NrrdReader" if path.name.endswith(".nrrd") else "NibabelReader"
+    if name.endswith(METAIMAGE_SUFFIXES):
+        try:
+            import itk  # noqa: F401 - MONAI's ITKReader needs it
+        except ImportError:
+            raise DataError(
+                f"{path}: MetaImage (.mha, .mhd) is read by ITK, which is not installed: pip install "
+                "'superdiffusion[itk]' (or convert the files to NIfTI)"
+            ) from None
+    reader = (
+        "NrrdReader"
+        if name.endswith(NRRD_SUFFIXES)
+        else "ITKReader"
+        if name.endswith(METAIMAGE_SUFFIXES)
+        else "NibabelReader"
+    )
     image, meta = LoadImage(image_only=False, reader=reader, dtype=None)(str(path))
-    return np.asarray(image), np.asarray(meta["affine"], dtype=np.float64)
+    affine = np.asarray(meta["affine"], dtype=np.float64)
+    if affine.shape == (3, 3):  # a 2D file (MetaImage): its plane in a 3D affine, one unit thick
+        affine = np.block([[affine[:2, :2], np.zeros((2, 1)), affine[:2, 2:]], [np.zeros((2, 2)), np.eye(2)]])
+    return np.asarray(image), affine
 
 
 def _nrrd_without_geometry(path: Path, header: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -288,7 +363,7 @@ def scan_volumes(root: str | Path) -> list[VolumePair]:
             case = volume_stem(path) if path.parent == root or path.parent.name == "images" else path.parent.name
             pairs.append(VolumePair(case, path, path))
     if not pairs:
-        raise DataError(f"{root}: no volumes (images/ + labels/ of NIfTI/NRRD, or HDF5 files)")
+        raise DataError(f"{root}: no volumes (images/ + labels/ of NIfTI, NRRD or MetaImage files, or HDF5 files)")
     read_split(pairs, root / "split.csv")
     return pairs
 
