@@ -60,6 +60,12 @@ def environment(end: str, where: Path) -> Path:
     return python
 
 
+def commit() -> str:
+    """The commit the suite ran at, ``-dirty`` when the working tree had changes."""
+    described = run(["git", "describe", "--always", "--dirty"], cwd=ROOT)
+    return described.stdout.strip() or "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "install-ends.json")
@@ -84,6 +90,7 @@ def main() -> None:
             "returncode": tests.returncode,
             "minutes": round((time.perf_counter() - start) / 60, 1),
             "python": platform.python_version(),
+            "code": commit(),
             "machine": f"{platform.machine()}, {platform.system()}",
         }
         print(end, results[end]["tests"], flush=True)
