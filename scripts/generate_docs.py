@@ -193,23 +193,31 @@ def _method_label(method: str) -> str:
     return f"the method, {variant.rstrip(')')}" if variant else METHOD_NAMES.get(name, name)
 
 
+def _paired_rows(grid: dict) -> list[str]:
+    """One table row per dataset and method: its paired honest differences to CPS, supervised, UAMT."""
+    rows = []
+    for dataset, method, seeds, paired in _compared(grid):
+        cells = " | ".join(_paired_cell(paired.get(ref)) for ref in ("cps", "supervised", "uamt"))
+        name = f"{DATASET_NAMES.get(dataset, dataset)} 5 %, {_method_label(method)} (seeds {_seeds(seeds)})"
+        rows.append(f"| {name} | {cells} |")
+    return rows
+
+
 def decisive_status(grid: dict) -> str:
     """The README's lines on the decisive comparison: how far it is, and its paired table."""
-    done = sum(not r.get("reused") for r in grid["runs"])
+    done, planned = sum(not r.get("reused") for r in grid["runs"]), grid["planned_runs"] - 1
+    state = "has finished" if done == planned else f"is running; {done} of its {planned} runs have finished"
     lines = [
-        f"- Its 6-seed comparison at 5 % labels is running; {done} of its {grid['planned_runs'] - 1} runs have",
-        f"  finished (`{DECISIVE_COMMAND}`).",
+        f"- Its 6-seed comparison at 5 % labels {state}",
+        f"  (`{DECISIVE_COMMAND}`).",
         "  Paired honest test Dice, each row's method minus each reference, per seed:",
         "",
         "  | dataset, method | minus CPS | minus supervised | minus UAMT |",
         "  |---|---|---|---|",
+        *("  " + row for row in _paired_rows(grid)),
     ]
     wins = []
-    for dataset, method, seeds, rows in _compared(grid):
-        cells = " | ".join(_paired_cell(rows.get(ref)) for ref in ("cps", "supervised", "uamt"))
-        lines.append(
-            f"  | {DATASET_NAMES.get(dataset, dataset)} 5 %, {_method_label(method)} (seeds {_seeds(seeds)}) | {cells} |"
-        )
+    for dataset, method, _, rows in _compared(grid):
         if method == "superdiffusion":
             counts = [
                 f"{METHOD_NAMES[ref]} in {sum(v > 0 for v in rows[ref]['per_seed_honest'])} of {len(rows[ref]['seeds'])}"
@@ -238,12 +246,8 @@ def decisive_results(grid: dict) -> str:
         "",
         "| dataset, method | minus CPS (per seed) | minus supervised | minus UAMT (UAMT's new seeds come last) |",
         "|---|---|---|---|",
+        *_paired_rows(grid),
     ]
-    for dataset, method, seeds, rows in _compared(grid):
-        cells = " | ".join(_paired_cell(rows.get(ref)) for ref in ("cps", "supervised", "uamt"))
-        lines.append(
-            f"| {DATASET_NAMES.get(dataset, dataset)} 5 %, {_method_label(method)} (seeds {_seeds(seeds)}) | {cells} |"
-        )
     teachers: dict[tuple[str, str], list[str]] = {}
     for t in sorted(grid["teacher_zero_label"], key=lambda t: (t["method"], t["dataset"], t["seed"])):
         if t["labeled_percent"] == 5:

@@ -78,7 +78,7 @@ def test_the_decisive_figures_are_written_from_their_json(tmp_path):
         "summed_train_minutes_trained_here": 70.4,
     }  # fmt: skip
     status = generator.decisive_status(grid)
-    assert "2 of its 4 runs have" in status
+    assert "is running; 2 of its 4 runs have finished" in status
     row = "| PH2 5 %, the new default (seeds 0, 1) | +1.50, \u22122.00 (mean \u22120.25 ± 11.05) | not yet | not yet |"
     assert row in status and "on PH2 it beats CPS in 1 of 2 seeds" in status
     results = generator.decisive_results(grid)
