@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["torch", "monai", "numpy", "scipy", "pillow", "pyyaml", "pydantic", "nibabel", "h5py", "matplotlib"]
-PACKAGES += ["tensorboard", "tqdm", "submitit", "pynrrd", "onnx", "onnxscript", "onnxruntime"]
+PACKAGES += ["tensorboard", "tqdm", "submitit", "pynrrd", "onnx", "onnxscript", "onnxruntime", "itk-io", "itk-core"]
 PACKAGES += ["mkdocs", "mkdocs-material", "mkdocstrings-python"]
 
 
