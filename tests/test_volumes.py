@@ -1,5 +1,4 @@
 import csv
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -257,8 +256,6 @@ def test_2d_images_kept_as_nifti_train_as_2d_and_predict_back_to_nifti(tmp_path)
     predicted = np.asarray(out.dataobj)[..., 0]
     assert 2 * (predicted * truth).sum() / (predicted.sum() + truth.sum()) > 0.5  # found in place, not transposed
 
-    if importlib.util.find_spec("itk") is None:
-        return
     import itk  # the same slice as a 2D MetaImage (ITK's arrays run y, x; its space is LPS)
 
     slice_ = itk.image_from_array(
@@ -301,7 +298,6 @@ def test_metaimage_volumes_read_as_their_nifti_twins(tmp_path):
     """Grand-challenge and nnU-Net sets often come as MetaImage: images as .mha, labels as
     .mhd headers beside their .raw voxels. They read voxel for voxel as the same volumes in
     NIfTI, with their spacing."""
-    pytest.importorskip("itk")
     from superdiffusion.config import DataConfig
     from superdiffusion.data import build_data
     from superdiffusion.data.volumes import stored_shape
@@ -349,5 +345,14 @@ def test_a_detached_header_is_read_only_with_its_voxels_beside_it(tmp_path, monk
         read_volume(folder / "c.mhd")
     monkeypatch.setitem(sys.modules, "itk", None)  # ITK not installed: one line saying how to get it
     (folder / "d.mha").write_text("NDims = 3\nDimSize = 8 8 4\nElementType = MET_UCHAR\nElementDataFile = LOCAL\n")
-    with pytest.raises(DataError, match=r"d.mha: MetaImage .* pip install 'superdiffusion\[itk\]'"):
+    with pytest.raises(DataError, match=r"d.mha: MetaImage .* not installed: pip install 'superdiffusion\[itk\]'"):
+        read_volume(folder / "d.mha")
+    broken = tmp_path / "broken"  # an ITK that fails to import (5.3 needs setuptools' pkg_resources)
+    broken.mkdir()
+    (broken / "itk.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'pkg_resources'\", name='pkg_resources')\n"
+    )
+    monkeypatch.delitem(sys.modules, "itk")
+    monkeypatch.syspath_prepend(str(broken))
+    with pytest.raises(DataError, match=r"d.mha: .* installed but fails to import \(No module named 'pkg_resources'\)"):
         read_volume(folder / "d.mha")

@@ -287,10 +287,15 @@ def _load_with_monai(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if name.endswith(METAIMAGE_SUFFIXES):
         try:
             import itk  # noqa: F401 - MONAI's ITKReader needs it
-        except ImportError:
+        except ImportError as err:
+            if err.name == "itk":
+                raise DataError(
+                    f"{path}: MetaImage (.mha, .mhd) is read by ITK, which is not installed: pip install "
+                    "'superdiffusion[itk]' (or convert the files to NIfTI)"
+                ) from None
             raise DataError(
-                f"{path}: MetaImage (.mha, .mhd) is read by ITK, which is not installed: pip install "
-                "'superdiffusion[itk]' (or convert the files to NIfTI)"
+                f"{path}: MetaImage (.mha, .mhd) is read by ITK, which is installed but fails to import ({err}); "
+                "pip install 'superdiffusion[itk]' installs a version that works"
             ) from None
     reader = (
         "NrrdReader"
