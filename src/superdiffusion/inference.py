@@ -290,9 +290,16 @@ class Segmenter:
 
     def inputs(self, path: Path) -> list[Path | tuple[Path, ...]]:
         """The cases of a file or folder: each 2D image or volume (volumes of several channels:
-        nnU-Net's ``CASE_0000`` ... files gathered per case)."""
-        from .data.volumes import group_channels, is_volume
+        nnU-Net's ``CASE_0000`` ... files gathered per case); a case folder's images (its label
+        left out), or those of each case folder below ``path``."""
+        from .data.volumes import case_folder, case_folders, group_channels, is_label_name, is_volume
 
+        if self.spatial_dims == 3 and path.is_dir():
+            files = [p for p in path.iterdir() if is_volume(p)]
+            folders = [path] if any(is_label_name(p) for p in files) else [] if files else case_folders(path)
+            cases = [case_folder(folder)[0] for folder in folders]
+            if cases:
+                return [images if len(images) > 1 else images[0] for images in cases]
         if path.is_file():
             files = [path]
         elif not path.is_dir():
