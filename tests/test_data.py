@@ -399,3 +399,59 @@ def test_masks_are_held_in_one_byte_a_pixel_and_batched_as_class_indices():
     wide = compact_mask(np.array([[0, 255], [256, 300]]))  # more classes than a byte holds keep their values
     assert wide.tolist() == [[0, 255], [256, 300]] and wide.element_size() <= 4
     assert compact_mask(np.array([[0, 3]])).dtype == torch.uint8
+
+
+def _in_subfolders(root, per_folder=3):
+    """write_pair_folder's cases moved into one subfolder per patient, each patient's slices
+    named alike (images/p0/s0.png, images/p1/s0.png ...), as slices exported per patient are."""
+    for sub in ("images", "masks"):
+        for k, path in enumerate(sorted((root / sub).iterdir(), key=lambda p: int(p.stem[4:]))):
+            target = root / sub / f"p{k // per_folder}" / f"s{k % per_folder}.png"
+            target.parent.mkdir(exist_ok=True)
+            path.rename(target)
+    return root
+
+
+def test_images_in_subfolders_are_cases_of_their_subfolder(tmp_path):
+    """Slices kept one folder per patient (images/p0/s0.png, masks/p0/s0.png): every subfolder is
+    read, ids keep their subfolder, and carved splits hold out whole subfolders, so no patient's
+    slices sit on both sides of a split."""
+    root = _in_subfolders(write_pair_folder(tmp_path / "data", n=24, split=False))
+    pairs = scan_folder(root)
+    assert [p.id for p in pairs[:4]] == ["p0/s0", "p0/s1", "p0/s2", "p1/s0"]
+    assert pairs[4].columns == {"folder": "p1"} and pairs[4].mask == root / "masks" / "p1" / "s1.png"
+    data = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50, val_fraction=0.25), seed=0)
+    patients = [{i.split("/")[0] for i in s.ids} for s in (data.labeled, data.unlabeled, data.val, data.test)]
+    train, val, test = patients[0] | patients[1], patients[2], patients[3]
+    assert not (train & val or train & test or val & test), patients
+    assert len(train | val | test) == 8 and data.grouped_by == "folder"
+    (root / "split.csv").write_text("id,split,patient\n" + "".join(
+        f"{p.id},{'test' if p.id.startswith('p7') else 'train'},P{p.id[1]}\n" for p in pairs))  # fmt: skip
+    assert build_data(DataConfig(root=str(root), size=[16, 16]), seed=0).grouped_by == "patient"  # split.csv's wins
+    (root / "split.csv").unlink()
+    from superdiffusion.plan import plan_for
+
+    assert plan_for(root, cache=False).settings["data.group_column"] == "folder"
+
+
+def test_predict_keeps_an_input_folder_s_subfolders(tmp_path):
+    """Predicting a folder of per-patient subfolders writes each mask into the same subfolder
+    (two patients' s0.png would otherwise be one output), never through a linked subfolder."""
+    from conftest import tiny_config
+
+    from superdiffusion import api
+    from superdiffusion.errors import RunFolderError
+
+    root = _in_subfolders(write_pair_folder(tmp_path / "data", n=12, split=False))
+    api.train(tiny_config("method=supervised", f"data.root={root}", "data.val_fraction=0.25"), tmp_path / "run")
+    written = api.predict(tmp_path / "run", root / "images", tmp_path / "pred")
+    assert sorted(p.relative_to(tmp_path / "pred").as_posix() for p in written)[:4] == [
+        "p0/s0.png", "p0/s1.png", "p0/s2.png", "p1/s0.png"
+    ]  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "pred2").mkdir()
+    (tmp_path / "pred2" / "p1").symlink_to(elsewhere)
+    with pytest.raises(RunFolderError, match=r"pred2/p1 is a symbolic link"):
+        api.predict(tmp_path / "run", root / "images", tmp_path / "pred2")
+    assert not list(elsewhere.iterdir()) and not (tmp_path / "pred2" / "p0").exists()

@@ -356,3 +356,60 @@ def test_a_detached_header_is_read_only_with_its_voxels_beside_it(tmp_path, monk
     monkeypatch.syspath_prepend(str(broken))
     with pytest.raises(DataError, match=r"d.mha: .* installed but fails to import \(No module named 'pkg_resources'\)"):
         read_volume(folder / "d.mha")
+
+
+def _case_folders(flat: Path, root: Path, names: tuple[str, ...], label: str) -> Path:
+    """write_volumes' cases as one folder per case (KiTS: case/imaging + case/segmentation;
+    BraTS: case/case_flair, case_t1 ... + case/case_seg): each image file once per name."""
+    for path in sorted((flat / "images").iterdir()):
+        case = path.name.removesuffix(".nii.gz")
+        folder = root / f"case_{case}"
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / name.format(case=folder.name)).write_bytes(path.read_bytes())
+        (folder / label.format(case=folder.name)).write_bytes((flat / "labels" / path.name).read_bytes())
+    return root
+
+
+def test_one_folder_per_case_is_a_volume_dataset(tmp_path):
+    """KiTS keeps case_00000/imaging.nii.gz beside segmentation.nii.gz, BraTS each case's
+    modalities beside its _seg file: one folder per case, the label told by its name. They read
+    as the same volumes as images/ + labels/, the modalities as channels in name order, and
+    predict takes a case folder, or a folder of them."""
+    from superdiffusion.config import DataConfig
+    from superdiffusion.data import build_data
+
+    flat = write_volumes(tmp_path / "flat", n=5)
+    kits = _case_folders(flat, tmp_path / "kits", ("imaging.nii.gz",), "segmentation.nii.gz")
+    brats = _case_folders(flat, tmp_path / "brats", ("{case}_t2.nii.gz", "{case}_flair.nii.gz"), "{case}_seg.nii.gz")
+    pairs = scan_volumes(brats)
+    assert pairs[0].id == "case_v0" and [p.name for p in pairs[0].image] == [
+        "case_v0_flair.nii.gz",
+        "case_v0_t2.nii.gz",
+    ]
+    assert pairs[0].label.name == "case_v0_seg.nii.gz"
+    cfg = {"spatial_dims": 3, "patch_size": [16, 16, 16]}
+    a, b = build_data(DataConfig(root=str(flat), **cfg), 0), build_data(DataConfig(root=str(kits), **cfg), 0)
+    assert [f"case_{i}" for i in a.test.ids] == b.test.ids and torch.equal(a.test.images[0], b.test.images[0])
+    assert torch.equal(a.test.masks[0], b.test.masks[0])
+    two = build_data(DataConfig(root=str(brats), **cfg), 0)
+    assert two.channels == 2 and torch.equal(two.test.images[0][1], b.test.images[0][0])
+
+    (brats / "case_v1" / "case_v1_t2.nii.gz").rename(brats / "case_v1" / "case_v1_t1.nii.gz")
+    with pytest.raises(
+        DataError, match=r"case_v1: holds the images \['flair', 't1'\]; the first case \['flair', 't2'\]"
+    ):
+        scan_volumes(brats)
+    (brats / "case_v1" / "case_v1_t1.nii.gz").rename(brats / "case_v1" / "case_v1_t2.nii.gz")
+    (brats / "case_v2" / "case_v2_seg.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"case_v2: no label volume"):
+        scan_volumes(brats)
+
+    run = tmp_path / "run"
+    api.train(tiny_config(*BASELINE3D, "method=supervised", f"data.root={kits}", "train.epochs=1"), run)
+    written = api.predict(run, kits, tmp_path / "pred")  # a folder of case folders: outputs keep them
+    assert sorted(p.relative_to(tmp_path / "pred").as_posix() for p in written)[:2] == [
+        "case_v0/imaging.nii.gz", "case_v1/imaging.nii.gz"
+    ]  # fmt: skip
+    alone = api.predict(run, kits / "case_v3", tmp_path / "pred_one")  # one case folder: its label is not an input
+    assert [p.name for p in alone] == ["imaging.nii.gz"]

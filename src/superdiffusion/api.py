@@ -12,7 +12,7 @@ import torch
 from . import safefs
 from .config import Config
 from .data import Split, build_data, with_dataset_json
-from .data.folder import image_stem, is_image_file
+from .data.folder import case_id, image_stem, is_image_file
 from .errors import ConfigError, DataError, RunFolderError, ScoringError
 from .inference import Segmenter, load_run
 from .methods import Method
@@ -225,8 +225,10 @@ def suggest(
         if not pool.ids:
             raise DataError(f"{run_dir}: the run has no unlabeled training images to rank")
     else:
-        files = [p for p in model.inputs(Path(inputs)) if is_image_file(p)]
-        pool = Split([model.read(p)[0][0] for p in files], None, [image_stem(p) for p in files], size=model.size)
+        root = Path(inputs)
+        files = [p for p in model.inputs(root) if is_image_file(p)]
+        ids = [case_id(p, root) if root.is_dir() else image_stem(p) for p in files]  # p7/s012 in subfolders
+        pool = Split([model.read(p)[0][0] for p in files], None, ids, size=model.size)
         labeled = None
     ids = list(pool.ids)
     pred = model.probabilities(pool.stack(), samples if by == "spread" else 1)

@@ -20,7 +20,7 @@ from . import safefs
 from .config import Config, from_dict
 from .data import normalize, normalize_cases
 from .data.dataset import class_names
-from .data.folder import IMAGE_EXTENSIONS, image_stem, read_image, resize_image
+from .data.folder import IMAGE_EXTENSIONS, image_files, image_stem, read_image, resize_image
 from .data.volumes import is_plane_file
 from .errors import ConfigError, DataError, RunFolderError
 from .methods import Method, Prediction, build_method
@@ -290,23 +290,34 @@ class Segmenter:
 
     def inputs(self, path: Path) -> list[Path | tuple[Path, ...]]:
         """The cases of a file or folder: each 2D image or volume (volumes of several channels:
-        nnU-Net's ``CASE_0000`` ... files gathered per case)."""
-        from .data.volumes import group_channels, is_volume
+        nnU-Net's ``CASE_0000`` ... files gathered per case); a case folder's images (its label
+        left out), or those of each case folder below ``path``."""
+        from .data.volumes import case_folder, case_folders, group_channels, is_label_name, is_volume
 
+        if self.spatial_dims == 3 and path.is_dir():
+            files = [p for p in path.iterdir() if is_volume(p)]
+            folders = [path] if any(is_label_name(p) for p in files) else [] if files else case_folders(path)
+            cases = [case_folder(folder)[0] for folder in folders]
+            if cases:
+                return [images if len(images) > 1 else images[0] for images in cases]
         if path.is_file():
             files = [path]
         elif not path.is_dir():
             raise DataError(f"{path}: no such file or folder")
+        elif self.spatial_dims == 2:  # its subfolders too (one per patient, say): the outputs keep them
+            files = image_files(path)
         else:
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS or is_volume(p))
         if not files:
             raise DataError(f"{path}: no image or volume files")
         return group_channels(files, self.channels) if self.spatial_dims == 3 else files
 
-    def check_outputs(self, cases: list, output: Path, samples: int, probabilities: bool, force: bool) -> None:
+    def check_outputs(
+        self, cases: list, output: Path, samples: int, probabilities: bool, force: bool, inputs: Path | None = None
+    ) -> None:
         """Before anything is written: refuse outputs that would overwrite an input (even with
-        ``force``), that two inputs would both write (``case1.png`` and ``case1.jpg``), or that
-        exist already (without ``force``)."""
+        ``force``), that two inputs would both write (``case1.png`` and ``case1.jpg``), that exist
+        already (without ``force``), or that a linked subfolder would send elsewhere."""
         from .data.volumes import case_stem, is_plane_file
 
         groups = [tuple(c) if isinstance(c, list | tuple) else (c,) for c in cases]  # a volume's channel files
@@ -314,11 +325,13 @@ class Segmenter:
         by_name: dict[str, list[str]] = {}  # lower-cased: clashes on case-insensitive file systems too
         names: list[str] = []
         for group in groups:
-            first = Path(group[0])
+            first, sub = Path(group[0]), subfolder(group, inputs)
             stem = case_stem(group if len(group) > 1 else first) if self.spatial_dims == 3 else image_stem(first)
+            for part in range(1, len(sub.parts) + 1):
+                safefs.refuse_link(output.joinpath(*sub.parts[:part]))
             for name in self.output_names(stem, samples, probabilities, is_plane_file(first)):
-                by_name.setdefault(name.lower(), []).append(first.name)
-                names.append(name)
+                by_name.setdefault((sub / name).as_posix().lower(), []).append(first.name)
+                names.append((sub / name).as_posix())
         clashes = {name: sources for name, sources in by_name.items() if len(sources) > 1}
         if clashes:
             shown = "; ".join(f"{name} from {', '.join(src)}" for name, src in sorted(clashes.items())[:5])
@@ -341,11 +354,16 @@ class Segmenter:
     ) -> list[Path]:
         """Segment every image or volume of ``inputs`` (a file or a folder) into ``output``;
         returns the files written."""
-        output = Path(output)
+        output, inputs = Path(output), Path(inputs)
         output.mkdir(parents=True, exist_ok=True)
-        cases = self.inputs(Path(inputs))
-        self.check_outputs(cases, output, samples, probabilities, force)
-        return [path for case in cases for path in self.predict_file(case, output, samples, probabilities)]
+        cases = self.inputs(inputs)
+        self.check_outputs(cases, output, samples, probabilities, force, inputs)
+        written = []
+        for case in cases:
+            folder = output / subfolder(case, inputs)  # an input folder's subfolders, kept
+            folder.mkdir(parents=True, exist_ok=True)
+            written += self.predict_file(case, folder, samples, probabilities)
+        return written
 
     def predict_file(self, path, output: Path, samples: int = 1, probabilities: bool = False) -> list[Path]:
         """Segment one case. 2D: ``output/STEM.png`` at the image's own size (0/255 for binary
@@ -429,6 +447,15 @@ def _save_nifti(image, target: Path) -> None:
     import gzip
 
     safefs.write_bytes(target, gzip.compress(image.to_bytes(), compresslevel=6))
+
+
+def subfolder(case, inputs: Path | None) -> Path:
+    """The subfolder a case sits in below the input folder ``inputs`` (``Path()`` for a file
+    given alone, or one at the folder's top): its outputs go to the same subfolder."""
+    first = Path(case[0] if isinstance(case, list | tuple) else case)
+    if inputs is None or not inputs.is_dir():
+        return Path()
+    return first.parent.relative_to(inputs)
 
 
 def predict_image_file(

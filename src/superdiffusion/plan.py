@@ -49,7 +49,9 @@ from .data.splits import group_column
 from .data.volumes import is_plane_file, layout_volumes, stored_shape
 from .errors import DataError
 
-FORMAT = 4  # 2: colour and palette masks read as drawn; 3: grey-coded classes ("levels"); 4: painted ("colours")
+# 2: colour and palette masks read as drawn; 3: grey-coded classes ("levels"); 4: painted ("colours");
+# 5: images in subfolders, grouped by them
+FORMAT = 5
 SAMPLE = 48  # images and masks decoded for the intensity and mask statistics
 FIXED_SIZE = 128  # the paper's resize for 2D images
 MIN_WIDTH = 3.0  # pixels of width the thinnest structures must keep at the fixed size
@@ -470,7 +472,10 @@ def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
         plan.set("data.num_classes", 2, "background and one foreground class")
     name = folder_name(fp["root"])
     plan.set("data.name", name, f"the folder's name: runs go to runs/{name}/METHOD/...")
-    if fp.get("subject_column"):
+    if fp.get("subject_column") == "folder":
+        plan.set("data.group_column", "folder", f"the images sit in {fp['subjects']} subfolders: carved splits hold "
+                 "out whole subfolders (a patient's slices on one side)")  # fmt: skip
+    elif fp.get("subject_column"):
         plan.set("data.group_column", fp["subject_column"], f"split.csv names {fp['subjects']} subjects in column "
                  f"'{fp['subject_column']}': carved splits hold out whole subjects")  # fmt: skip
     if fp.get("layout"):  # dataset.json declares the classes and the label reading

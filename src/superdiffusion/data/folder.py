@@ -2,7 +2,9 @@
 
 A mask pairs with the image of the same stem (``IMD002.png`` <-> ``IMD002.png``), or with
 the stem plus one of :data:`MASK_SUFFIXES` (``case1_mask.bmp``). ``split.csv`` has at least
-the columns ``id`` (the stem) and ``split`` (``train``, ``val`` or ``test``).
+the columns ``id`` (the stem) and ``split`` (``train``, ``val`` or ``test``). Images may sit in
+subfolders, one per patient or case (``images/p7/s012.png`` with ``masks/p7/s012.png``): their
+ids keep the subfolder (``p7/s012``), which groups them when splits are carved.
 Every file is checked before training starts; a problem is a :class:`DataError` naming
 the file.
 """
@@ -10,6 +12,7 @@ the file.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,23 +35,41 @@ class Pair:
     image: Path | tuple[Path, ...]  # a tuple: one grey file per channel (nnU-Net's CASE_0000.png, ...)
     mask: Path | None
     split: str = "train"
-    columns: dict[str, str] = field(default_factory=dict)  # split.csv's other columns (subject, ...)
+    # split.csv's other columns (subject, ...), and ``folder`` for an image kept in a subfolder
+    columns: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.image[0].name if isinstance(self.image, tuple) else self.image.name
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The 2D image files of ``folder`` and of its subfolders (slices kept one folder per patient
+    or case, say), in order. Hidden files and folders are left out, and a linked folder is not
+    entered: nothing outside the data folder is read."""
+    found = []
+    for top, dirs, names in os.walk(folder):  # followlinks=False
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(top) / n for n in sorted(names) if not n.startswith(".") and is_image_file(Path(top) / n)]
+    return found
+
+
+def case_id(path: Path, folder: Path) -> str:
+    """A 2D image's id: its name without the suffix, after the subfolders it sits in below
+    ``folder`` (``case1``, or ``patient7/slice012``)."""
+    parent = path.parent.relative_to(folder).as_posix()
+    return image_stem(path) if parent == "." else f"{parent}/{image_stem(path)}"
+
+
 def _files(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found")
-    files = {}
-    for path in sorted(folder.iterdir()):
-        if is_image_file(path) and not path.name.startswith("."):
-            stem = image_stem(path)
-            if stem in files:
-                raise DataError(f"{path}: two files share the id {stem!r} ({files[stem].name})")
-            files[stem] = path
+    files: dict[str, Path] = {}
+    for path in image_files(folder):
+        key = case_id(path, folder)
+        if key in files:
+            raise DataError(f"{path}: two files share the id {key!r} ({files[key].name})")
+        files[key] = path
     if not files:
         raise DataError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}){_what_is_there(folder)}")
     return files
@@ -127,8 +148,9 @@ def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
             f"folder's training as data.unlabeled_root={root}"
         )
     masks = _files(folder) if require_masks else {}
+    mask_ids = {path: key for key, path in masks.items()}
     found = {stem: next((masks[stem + s] for s in MASK_SUFFIXES if stem + s in masks), None) for stem in images}
-    tagged = _tagged_masks(images, masks, {image_stem(m) for m in found.values() if m is not None})
+    tagged = _tagged_masks(images, masks, {mask_ids[m] for m in found.values() if m is not None})
     pairs, used = [], set()
     for stem, image in images.items():
         mask = found[stem]
@@ -140,8 +162,9 @@ def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
         if mask is None and require_masks:
             raise DataError(f"{image}: no mask for this image in {folder}")
         if mask is not None:
-            used.add(image_stem(mask))
-        pairs.append(Pair(stem, image, mask))
+            used.add(mask_ids[mask])
+        folder_of = stem.rpartition("/")[0]  # images kept in subfolders: the subfolder is their group
+        pairs.append(Pair(stem, image, mask, columns={"folder": folder_of} if folder_of else {}))
     orphans = sorted(set(masks) - used)
     if orphans:
         raise DataError(f"{masks[orphans[0]]}: mask without an image ({len(orphans)} such masks)")
@@ -184,7 +207,9 @@ def _apply_split(pairs: list, split_file: Path) -> None:
         if row["split"] not in SPLITS:
             raise DataError(f"{split_file}:{line}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
         by_id[row["id"]].split = row["split"]
-        by_id[row["id"]].columns = {k: (v or "").strip() for k, v in row.items() if k not in ("id", "split") and k}
+        by_id[row["id"]].columns.update(
+            {k: (v or "").strip() for k, v in row.items() if k not in ("id", "split") and k}
+        )
     missing = sorted(set(by_id) - {r["id"] for r in rows})
     if missing:
         raise DataError(f"{split_file}: no row for image {missing[0]!r} ({len(missing)} images missing)")

@@ -104,7 +104,8 @@ def carve(
 
 
 # data.group_column=auto: the first of these that split.csv has ("case": e.g. 2D slices of one volume)
-GROUP_COLUMNS = ("group", "subject", "subject_id", "patient", "patient_id", "case")
+# split.csv's columns naming an image's subject, then the subfolder an image sits in (folder.scan_folder)
+GROUP_COLUMNS = ("group", "subject", "subject_id", "patient", "patient_id", "case", "folder")
 
 
 def group_column(pairs: list, column: str | None, split_file: Path) -> str | None:

@@ -6,6 +6,9 @@ own folder: no input outside the data folder is read.
 
 Folder layouts:
 - ``images/`` + ``labels/`` (or ``masks/``) with the same file names (+ optional ``split.csv``);
+- one folder per case holding its images (one a channel) and its label, told by its name
+  (KiTS' ``CASE/imaging.nii.gz`` + ``CASE/segmentation.nii.gz``, BraTS' ``CASE/CASE_flair.nii.gz``
+  ... + ``CASE/CASE_seg.nii.gz``);
 - HDF5 files holding both, anywhere one or two levels below the root.
 
 Volumes keep their own sizes: they are held as lists, cropped into random patches for
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -341,13 +345,74 @@ def layout_volumes(layout, root: Path) -> list[VolumePair]:
     return pairs
 
 
+LABEL_WORDS = {"seg", "segmentation", "label", "labels", "mask", "gt", "groundtruth"}  # a case folder's label
+
+
+def _volume_files(folder: Path) -> list[Path]:
+    """A folder's volume files other than HDF5 (which holds image and label together), in order."""
+    return sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and is_volume(p) and not p.name.endswith((".h5", ".hdf5"))
+    )  # fmt: skip
+
+
+def is_label_name(path: Path) -> bool:
+    """Whether a file in a case folder is its label: a word of its name is ``seg``, ``label``,
+    ``mask``, ``gt`` ... (KiTS' ``segmentation.nii.gz``, BraTS' ``CASE_seg.nii.gz``)."""
+    return bool(LABEL_WORDS & set(re.split(r"[_\-. ]+", volume_stem(path).lower())))
+
+
+def case_folder(folder: Path) -> tuple[tuple[Path, ...], Path | None]:
+    """A folder holding one case: its image files (one a channel, in name order) and its label
+    file (None when it has none)."""
+    files = _volume_files(folder)
+    labels = [p for p in files if is_label_name(p)]
+    if len(labels) > 1:
+        raise DataError(f"{folder}: holds {len(labels)} label volumes ({', '.join(p.name for p in labels)}); keep one")
+    images = tuple(p for p in files if p not in labels)
+    if not images:
+        raise DataError(f"{folder}: no image volume beside {labels[0].name}")
+    return images, labels[0] if labels else None
+
+
+def case_folders(root: Path) -> list[Path]:
+    """The subfolders of ``root`` that hold volume files: one folder per case."""
+    return [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".") and _volume_files(d)]
+
+
+def _roles(images: tuple[Path, ...], case: str) -> list[str]:
+    """What each image of a case folder is, its name less the case's: ``flair``, ``t1``, ``imaging``."""
+    return [volume_stem(p).removeprefix(case).strip("_-. ") or volume_stem(p) for p in images]
+
+
+def _scan_case_folders(root: Path, folders: list[Path]) -> list[VolumePair]:
+    pairs, first = [], None
+    for folder in folders:
+        images, label = case_folder(folder)
+        if label is None:
+            raise DataError(
+                f"{folder}: no label volume (a file named like segmentation, CASE_seg, label or mask) beside "
+                f"{images[0].name}"
+            )
+        roles = _roles(images, folder.name)
+        if first is None:
+            first = roles
+        elif roles != first:
+            raise DataError(f"{folder}: holds the images {roles}; the first case {first}")
+        pairs.append(VolumePair(folder.name, images if len(images) > 1 else images[0], label))
+    return pairs
+
+
 def scan_volumes(root: str | Path) -> list[VolumePair]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
     pairs: list[VolumePair] = []
     images_dir = root / "images"
-    if images_dir.is_dir() and any(
+    by_case = case_folders(root) if not images_dir.is_dir() else []
+    if by_case:  # one folder per case (KiTS, BraTS): images and label side by side
+        pairs = _scan_case_folders(root, by_case)
+    elif images_dir.is_dir() and any(
         is_volume(p) and not p.name.endswith((".h5", ".hdf5")) for p in images_dir.iterdir()
     ):
         labels_dir = mask_folder(root)
@@ -368,7 +433,10 @@ def scan_volumes(root: str | Path) -> list[VolumePair]:
             case = volume_stem(path) if path.parent == root or path.parent.name == "images" else path.parent.name
             pairs.append(VolumePair(case, path, path))
     if not pairs:
-        raise DataError(f"{root}: no volumes (images/ + labels/ of NIfTI, NRRD or MetaImage files, or HDF5 files)")
+        raise DataError(
+            f"{root}: no volumes (images/ + labels/ of NIfTI, NRRD or MetaImage files, one folder per case, or HDF5 "
+            "files)"
+        )
     read_split(pairs, root / "split.csv")
     return pairs
 
