@@ -296,7 +296,12 @@ class Segmenter:
 
         if self.spatial_dims == 3 and path.is_dir():
             files = [p for p in path.iterdir() if is_volume(p)]
-            folders = [path] if any(is_label_name(p) for p in files) else [] if files else case_folders(path)
+            one_case = any(is_label_name(p) for p in files) or (  # a labeled case, or a case's modalities
+                self.channels > 1
+                and len(files) == self.channels
+                and not all(NNUNET_CHANNEL.search(p.name) for p in files)
+            )
+            folders = [path] if one_case else [] if files else case_folders(path)
             cases = [case_folder(folder)[0] for folder in folders]
             if cases:
                 return [images if len(images) > 1 else images[0] for images in cases]
@@ -447,6 +452,9 @@ def _save_nifti(image, target: Path) -> None:
     import gzip
 
     safefs.write_bytes(target, gzip.compress(image.to_bytes(), compresslevel=6))
+
+
+NNUNET_CHANNEL = re.compile(r"_\d{4}\.")  # nnU-Net's CASE_0000.nii.gz: one file a channel
 
 
 def subfolder(case, inputs: Path | None) -> Path:
