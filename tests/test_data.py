@@ -448,6 +448,9 @@ def test_predict_keeps_an_input_folder_s_subfolders(tmp_path):
     assert sorted(p.relative_to(tmp_path / "pred").as_posix() for p in written)[:4] == [
         "p0/s0.png", "p0/s1.png", "p0/s2.png", "p1/s0.png"
     ]  # fmt: skip
+    inside = api.predict(tmp_path / "run", root / "images", root / "images" / "pred")  # the output inside the inputs
+    again = api.predict(tmp_path / "run", root / "images", root / "images" / "pred", force=True)
+    assert len(inside) == len(again) == 12  # its masks are not predicted in turn
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (tmp_path / "pred2").mkdir()

@@ -20,7 +20,7 @@ from . import safefs
 from .config import Config, from_dict
 from .data import normalize, normalize_cases
 from .data.dataset import class_names
-from .data.folder import IMAGE_EXTENSIONS, image_files, image_stem, read_image, resize_image
+from .data.folder import IMAGE_EXTENSIONS, first_file, image_files, image_stem, read_image, resize_image
 from .data.volumes import is_plane_file
 from .errors import ConfigError, DataError, RunFolderError
 from .methods import Method, Prediction, build_method
@@ -361,7 +361,10 @@ class Segmenter:
         returns the files written."""
         output, inputs = Path(output), Path(inputs)
         output.mkdir(parents=True, exist_ok=True)
-        cases = self.inputs(inputs)
+        out = output.resolve()  # an output folder inside the input folder: its masks are not inputs
+        cases = [c for c in self.inputs(inputs) if not first_file(c).resolve().is_relative_to(out)]
+        if not cases:
+            raise DataError(f"{inputs}: no image or volume files outside the output folder {output}")
         self.check_outputs(cases, output, samples, probabilities, force, inputs)
         written = []
         for case in cases:
@@ -460,10 +463,9 @@ NNUNET_CHANNEL = re.compile(r"_\d{4}\.")  # nnU-Net's CASE_0000.nii.gz: one file
 def subfolder(case, inputs: Path | None) -> Path:
     """The subfolder a case sits in below the input folder ``inputs`` (``Path()`` for a file
     given alone, or one at the folder's top): its outputs go to the same subfolder."""
-    first = Path(case[0] if isinstance(case, list | tuple) else case)
     if inputs is None or not inputs.is_dir():
         return Path()
-    return first.parent.relative_to(inputs)
+    return first_file(case).parent.relative_to(inputs)
 
 
 def predict_image_file(
