@@ -451,6 +451,8 @@ def test_predict_keeps_an_input_folder_s_subfolders(tmp_path):
     inside = api.predict(tmp_path / "run", root / "images", root / "images" / "pred")  # the output inside the inputs
     again = api.predict(tmp_path / "run", root / "images", root / "images" / "pred", force=True)
     assert len(inside) == len(again) == 12  # its masks are not predicted in turn
+    with pytest.raises(DataError, match=r"p0: every input lies in the output folder .*p0; write the masks to another"):
+        api.predict(tmp_path / "run", root / "images" / "p0", root / "images" / "p0")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (tmp_path / "pred2").mkdir()

@@ -364,7 +364,9 @@ class Segmenter:
         out = output.resolve()  # an output folder inside the input folder: its masks are not inputs
         cases = [c for c in self.inputs(inputs) if not first_file(c).resolve().is_relative_to(out)]
         if not cases:
-            raise DataError(f"{inputs}: no image or volume files outside the output folder {output}")
+            raise DataError(
+                f"{inputs}: every input lies in the output folder {output}; write the masks to another folder"
+            )
         self.check_outputs(cases, output, samples, probabilities, force, inputs)
         written = []
         for case in cases:
