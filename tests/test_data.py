@@ -417,8 +417,10 @@ def test_images_in_subfolders_are_cases_of_their_subfolder(tmp_path):
     read, ids keep their subfolder, and carved splits hold out whole subfolders, so no patient's
     slices sit on both sides of a split."""
     root = _in_subfolders(write_pair_folder(tmp_path / "data", n=24, split=False))
+    outside = write_pair_folder(tmp_path / "outside", n=2, split=False)
+    (root / "images" / "linked").symlink_to(outside / "images")  # a linked folder is not entered
     pairs = scan_folder(root)
-    assert [p.id for p in pairs[:4]] == ["p0/s0", "p0/s1", "p0/s2", "p1/s0"]
+    assert [p.id for p in pairs[:4]] == ["p0/s0", "p0/s1", "p0/s2", "p1/s0"] and len(pairs) == 24
     assert pairs[4].columns == {"folder": "p1"} and pairs[4].mask == root / "masks" / "p1" / "s1.png"
     data = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50, val_fraction=0.25), seed=0)
     patients = [{i.split("/")[0] for i in s.ids} for s in (data.labeled, data.unlabeled, data.val, data.test)]
