@@ -453,8 +453,6 @@ def test_predict_keeps_an_input_folder_s_subfolders(tmp_path):
     inside = api.predict(tmp_path / "run", root / "images", root / "images" / "pred")  # the output inside the inputs
     again = api.predict(tmp_path / "run", root / "images", root / "images" / "pred", force=True)
     assert len(inside) == len(again) == 12  # its masks are not predicted in turn
-    with pytest.raises(DataError, match=r"p0: every input lies in the output folder .*p0; write the masks to another"):
-        api.predict(tmp_path / "run", root / "images" / "p0", root / "images" / "p0")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (tmp_path / "pred2").mkdir()
@@ -462,3 +460,37 @@ def test_predict_keeps_an_input_folder_s_subfolders(tmp_path):
     with pytest.raises(RunFolderError, match=r"pred2/p1 is a symbolic link"):
         api.predict(tmp_path / "run", root / "images", tmp_path / "pred2")
     assert not list(elsewhere.iterdir()) and not (tmp_path / "pred2" / "p0").exists()
+
+
+def test_masks_kept_beside_their_images(tmp_path):
+    """Kaggle-style sets keep each mask beside its image, named after it (LGG's
+    TCGA_A/TCGA_A_1.tif + TCGA_A_1_mask.tif, BUSI's 'benign (1).png' + 'benign (1)_mask.png'),
+    often one folder per patient: read as pairs, grouped by their folder; predict on such a
+    folder leaves the masks out."""
+    flat = write_pair_folder(tmp_path / "flat", n=12, split=False)
+    root = tmp_path / "lgg"
+    for k in range(12):
+        patient = root / f"TCGA_{k // 3}"
+        patient.mkdir(parents=True, exist_ok=True)
+        shutil.copy(flat / "images" / f"case{k}.png", patient / f"TCGA_{k // 3}_{k % 3}.png")
+        shutil.copy(flat / "masks" / f"case{k}.png", patient / f"TCGA_{k // 3}_{k % 3}_mask.png")
+    pairs = scan_folder(root)
+    assert [p.id for p in pairs[:2]] == ["TCGA_0/TCGA_0_0", "TCGA_0/TCGA_0_1"] and len(pairs) == 12
+    assert pairs[1].mask.name == "TCGA_0_1_mask.png" and pairs[1].columns == {"folder": "TCGA_0"}
+    data = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50, val_fraction=0.25), seed=0)
+    assert data.grouped_by == "folder" and sum(map(len, (data.labeled, data.unlabeled, data.val, data.test))) == 12
+    assert {m.max().item() for m in data.labeled.masks} == {1}  # the masks read as masks, not as images
+    shutil.copy(flat / "masks" / "case0.png", root / "TCGA_0" / "TCGA_0_0_mask_1.png")  # BUSI: a second lesion
+    with pytest.raises(DataError, match=r"TCGA_0_0.png: 2 masks name this image \(TCGA_0_0_mask.png, TCGA_0_0_mask_1"):
+        scan_folder(root)
+    (root / "TCGA_0" / "TCGA_0_0_mask_1.png").unlink()
+    from conftest import tiny_config
+
+    from superdiffusion import api
+
+    api.train(tiny_config("method=supervised", f"data.root={root}", "data.val_fraction=0.25"), tmp_path / "run")
+    written = api.predict(tmp_path / "run", root, tmp_path / "pred")  # the images, not their masks
+    assert len(written) == 12 and (tmp_path / "pred" / "TCGA_3" / "TCGA_3_2.png").is_file()
+    (root / "TCGA_1" / "TCGA_1_2_mask.png").unlink()
+    with pytest.raises(DataError, match=r"TCGA_1_2.png: no mask beside this image"):
+        scan_folder(root)

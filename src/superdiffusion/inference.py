@@ -20,7 +20,16 @@ from . import safefs
 from .config import Config, from_dict
 from .data import normalize, normalize_cases
 from .data.dataset import class_names
-from .data.folder import IMAGE_EXTENSIONS, first_file, image_files, image_stem, read_image, resize_image
+from .data.folder import (
+    IMAGE_EXTENSIONS,
+    case_id,
+    first_file,
+    image_files,
+    image_stem,
+    masks_beside,
+    read_image,
+    resize_image,
+)
 from .data.volumes import is_plane_file
 from .errors import ConfigError, DataError, RunFolderError
 from .methods import Method, Prediction, build_method
@@ -311,6 +320,8 @@ class Segmenter:
             raise DataError(f"{path}: no such file or folder")
         elif self.spatial_dims == 2:  # its subfolders too (one per patient, say): the outputs keep them
             files = image_files(path)
+            masks = masks_beside({case_id(p, path): p for p in files})  # a folder keeping masks beside images
+            files = [p for p in files if all(p not in group for group in masks.values())]
         else:
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS or is_volume(p))
         if not files:
@@ -361,12 +372,12 @@ class Segmenter:
         returns the files written."""
         output, inputs = Path(output), Path(inputs)
         output.mkdir(parents=True, exist_ok=True)
-        out = output.resolve()  # an output folder inside the input folder: its masks are not inputs
-        cases = [c for c in self.inputs(inputs) if not first_file(c).resolve().is_relative_to(out)]
-        if not cases:
-            raise DataError(
-                f"{inputs}: every input lies in the output folder {output}; write the masks to another folder"
-            )
+        cases = self.inputs(inputs)
+        out, top = output.resolve(), inputs.resolve()
+        if out != top and out.is_relative_to(top):  # an output folder inside the input folder: not more input
+            cases = [c for c in cases if not first_file(c).resolve().is_relative_to(out)]
+            if not cases:
+                raise DataError(f"{inputs}: no image or volume files outside the output folder {output}")
         self.check_outputs(cases, output, samples, probabilities, force, inputs)
         written = []
         for case in cases:
