@@ -416,6 +416,8 @@ def test_images_in_subfolders_are_cases_of_their_subfolder(tmp_path):
     """Slices kept one folder per patient (images/p0/s0.png, masks/p0/s0.png): every subfolder is
     read, ids keep their subfolder, and carved splits hold out whole subfolders, so no patient's
     slices sit on both sides of a split."""
+    from superdiffusion.plan import plan_for
+
     root = _in_subfolders(write_pair_folder(tmp_path / "data", n=30, split=False))
     outside = write_pair_folder(tmp_path / "outside", n=2, split=False)
     (root / "images" / "linked").symlink_to(outside / "images")  # a linked folder is not entered
@@ -429,12 +431,12 @@ def test_images_in_subfolders_are_cases_of_their_subfolder(tmp_path):
     assert len(train | val | test) == 10 and data.grouped_by == "folder"
     classes = _in_subfolders(write_pair_folder(tmp_path / "classes", n=30, split=False), per_folder=10)
     assert build_data(DataConfig(root=str(classes), size=[16, 16]), seed=0).grouped_by is None  # benign/, malignant/
+    plan = plan_for(classes, cache=False)
+    assert plan.settings["data.group_column"] is None and "3 subfolders" in plan.reasons["data.group_column"]
     (root / "split.csv").write_text("id,split,patient\n" + "".join(
         f"{p.id},{'test' if p.id.startswith('p7') else 'train'},P{p.id[1]}\n" for p in pairs))  # fmt: skip
     assert build_data(DataConfig(root=str(root), size=[16, 16]), seed=0).grouped_by == "patient"  # split.csv's wins
     (root / "split.csv").unlink()
-    from superdiffusion.plan import plan_for
-
     assert plan_for(root, cache=False).settings["data.group_column"] == "folder"
 
 
