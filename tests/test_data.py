@@ -416,21 +416,27 @@ def test_images_in_subfolders_are_cases_of_their_subfolder(tmp_path):
     """Slices kept one folder per patient (images/p0/s0.png, masks/p0/s0.png): every subfolder is
     read, ids keep their subfolder, and carved splits hold out whole subfolders, so no patient's
     slices sit on both sides of a split."""
-    root = _in_subfolders(write_pair_folder(tmp_path / "data", n=24, split=False))
+    from superdiffusion.plan import plan_for
+
+    root = _in_subfolders(write_pair_folder(tmp_path / "data", n=30, split=False))
+    outside = write_pair_folder(tmp_path / "outside", n=2, split=False)
+    (root / "images" / "linked").symlink_to(outside / "images")  # a linked folder is not entered
     pairs = scan_folder(root)
-    assert [p.id for p in pairs[:4]] == ["p0/s0", "p0/s1", "p0/s2", "p1/s0"]
+    assert [p.id for p in pairs[:4]] == ["p0/s0", "p0/s1", "p0/s2", "p1/s0"] and len(pairs) == 30
     assert pairs[4].columns == {"folder": "p1"} and pairs[4].mask == root / "masks" / "p1" / "s1.png"
     data = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50, val_fraction=0.25), seed=0)
     patients = [{i.split("/")[0] for i in s.ids} for s in (data.labeled, data.unlabeled, data.val, data.test)]
     train, val, test = patients[0] | patients[1], patients[2], patients[3]
     assert not (train & val or train & test or val & test), patients
-    assert len(train | val | test) == 8 and data.grouped_by == "folder"
+    assert len(train | val | test) == 10 and data.grouped_by == "folder"
+    classes = _in_subfolders(write_pair_folder(tmp_path / "classes", n=30, split=False), per_folder=10)
+    assert build_data(DataConfig(root=str(classes), size=[16, 16]), seed=0).grouped_by is None  # benign/, malignant/
+    plan = plan_for(classes, cache=False)
+    assert plan.settings["data.group_column"] is None and "3 subfolders" in plan.reasons["data.group_column"]
     (root / "split.csv").write_text("id,split,patient\n" + "".join(
         f"{p.id},{'test' if p.id.startswith('p7') else 'train'},P{p.id[1]}\n" for p in pairs))  # fmt: skip
     assert build_data(DataConfig(root=str(root), size=[16, 16]), seed=0).grouped_by == "patient"  # split.csv's wins
     (root / "split.csv").unlink()
-    from superdiffusion.plan import plan_for
-
     assert plan_for(root, cache=False).settings["data.group_column"] == "folder"
 
 
@@ -448,6 +454,9 @@ def test_predict_keeps_an_input_folder_s_subfolders(tmp_path):
     assert sorted(p.relative_to(tmp_path / "pred").as_posix() for p in written)[:4] == [
         "p0/s0.png", "p0/s1.png", "p0/s2.png", "p1/s0.png"
     ]  # fmt: skip
+    inside = api.predict(tmp_path / "run", root / "images", root / "images" / "pred")  # the output inside the inputs
+    again = api.predict(tmp_path / "run", root / "images", root / "images" / "pred", force=True)
+    assert len(inside) == len(again) == 12  # its masks are not predicted in turn
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (tmp_path / "pred2").mkdir()
@@ -455,3 +464,37 @@ def test_predict_keeps_an_input_folder_s_subfolders(tmp_path):
     with pytest.raises(RunFolderError, match=r"pred2/p1 is a symbolic link"):
         api.predict(tmp_path / "run", root / "images", tmp_path / "pred2")
     assert not list(elsewhere.iterdir()) and not (tmp_path / "pred2" / "p0").exists()
+
+
+def test_masks_kept_beside_their_images(tmp_path):
+    """Kaggle-style sets keep each mask beside its image, named after it (LGG's
+    TCGA_A/TCGA_A_1.tif + TCGA_A_1_mask.tif, BUSI's 'benign (1).png' + 'benign (1)_mask.png'),
+    often one folder per patient: read as pairs, grouped by their folder; predict on such a
+    folder leaves the masks out."""
+    flat = write_pair_folder(tmp_path / "flat", n=30, split=False)
+    root = tmp_path / "lgg"
+    for k in range(30):
+        patient = root / f"TCGA_{k // 3}"
+        patient.mkdir(parents=True, exist_ok=True)
+        shutil.copy(flat / "images" / f"case{k}.png", patient / f"TCGA_{k // 3}_{k % 3}.png")
+        shutil.copy(flat / "masks" / f"case{k}.png", patient / f"TCGA_{k // 3}_{k % 3}_mask.png")
+    pairs = scan_folder(root)
+    assert [p.id for p in pairs[:2]] == ["TCGA_0/TCGA_0_0", "TCGA_0/TCGA_0_1"] and len(pairs) == 30
+    assert pairs[1].mask.name == "TCGA_0_1_mask.png" and pairs[1].columns == {"folder": "TCGA_0"}
+    data = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50, val_fraction=0.25), seed=0)
+    assert data.grouped_by == "folder" and sum(map(len, (data.labeled, data.unlabeled, data.val, data.test))) == 30
+    assert {m.max().item() for m in data.labeled.masks} == {1}  # the masks read as masks, not as images
+    shutil.copy(flat / "masks" / "case0.png", root / "TCGA_0" / "TCGA_0_0_mask_1.png")  # BUSI: a second lesion
+    with pytest.raises(DataError, match=r"TCGA_0_0.png: 2 masks name this image \(TCGA_0_0_mask.png, TCGA_0_0_mask_1"):
+        scan_folder(root)
+    (root / "TCGA_0" / "TCGA_0_0_mask_1.png").unlink()
+    from conftest import tiny_config
+
+    from superdiffusion import api
+
+    api.train(tiny_config("method=supervised", f"data.root={root}", "data.val_fraction=0.25"), tmp_path / "run")
+    written = api.predict(tmp_path / "run", root, tmp_path / "pred")  # the images, not their masks
+    assert len(written) == 30 and (tmp_path / "pred" / "TCGA_3" / "TCGA_3_2.png").is_file()
+    (root / "TCGA_1" / "TCGA_1_2_mask.png").unlink()
+    with pytest.raises(DataError, match=r"TCGA_1_2.png: no mask beside this image"):
+        scan_folder(root)

@@ -413,3 +413,8 @@ def test_one_folder_per_case_is_a_volume_dataset(tmp_path):
     ]  # fmt: skip
     alone = api.predict(run, kits / "case_v3", tmp_path / "pred_one")  # one case folder: its label is not an input
     assert [p.name for p in alone] == ["imaging.nii.gz"]
+    (brats / "case_v2" / "case_v2_seg.nii.gz").write_bytes((kits / "case_v2" / "segmentation.nii.gz").read_bytes())
+    api.train(tiny_config(*BASELINE3D, "method=supervised", f"data.root={brats}", "train.epochs=1"), tmp_path / "run2")
+    (brats / "case_v4" / "case_v4_seg.nii.gz").unlink()  # a case to segment: its modalities only
+    written = api.predict(tmp_path / "run2", brats / "case_v4", tmp_path / "pred_two")
+    assert [p.name for p in written] == ["case_v4.nii.gz"]

@@ -20,7 +20,16 @@ from . import safefs
 from .config import Config, from_dict
 from .data import normalize, normalize_cases
 from .data.dataset import class_names
-from .data.folder import IMAGE_EXTENSIONS, image_files, image_stem, read_image, resize_image
+from .data.folder import (
+    IMAGE_EXTENSIONS,
+    case_id,
+    first_file,
+    image_files,
+    image_stem,
+    masks_beside,
+    read_image,
+    resize_image,
+)
 from .data.volumes import is_plane_file
 from .errors import ConfigError, DataError, RunFolderError
 from .methods import Method, Prediction, build_method
@@ -296,7 +305,12 @@ class Segmenter:
 
         if self.spatial_dims == 3 and path.is_dir():
             files = [p for p in path.iterdir() if is_volume(p)]
-            folders = [path] if any(is_label_name(p) for p in files) else [] if files else case_folders(path)
+            one_case = any(is_label_name(p) for p in files) or (  # a labeled case, or a case's modalities
+                self.channels > 1
+                and len(files) == self.channels
+                and not all(NNUNET_CHANNEL.search(p.name) for p in files)
+            )
+            folders = [path] if one_case else [] if files else case_folders(path)
             cases = [case_folder(folder)[0] for folder in folders]
             if cases:
                 return [images if len(images) > 1 else images[0] for images in cases]
@@ -306,6 +320,8 @@ class Segmenter:
             raise DataError(f"{path}: no such file or folder")
         elif self.spatial_dims == 2:  # its subfolders too (one per patient, say): the outputs keep them
             files = image_files(path)
+            masks = masks_beside({case_id(p, path): p for p in files})  # a folder keeping masks beside images
+            files = [p for p in files if all(p not in group for group in masks.values())]
         else:
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS or is_volume(p))
         if not files:
@@ -357,6 +373,11 @@ class Segmenter:
         output, inputs = Path(output), Path(inputs)
         output.mkdir(parents=True, exist_ok=True)
         cases = self.inputs(inputs)
+        out, top = output.resolve(), inputs.resolve()
+        if out != top and out.is_relative_to(top):  # an output folder inside the input folder: not more input
+            cases = [c for c in cases if not first_file(c).resolve().is_relative_to(out)]
+            if not cases:
+                raise DataError(f"{inputs}: no image or volume files outside the output folder {output}")
         self.check_outputs(cases, output, samples, probabilities, force, inputs)
         written = []
         for case in cases:
@@ -449,13 +470,15 @@ def _save_nifti(image, target: Path) -> None:
     safefs.write_bytes(target, gzip.compress(image.to_bytes(), compresslevel=6))
 
 
+NNUNET_CHANNEL = re.compile(r"_\d{4}\.")  # nnU-Net's CASE_0000.nii.gz: one file a channel
+
+
 def subfolder(case, inputs: Path | None) -> Path:
     """The subfolder a case sits in below the input folder ``inputs`` (``Path()`` for a file
     given alone, or one at the folder's top): its outputs go to the same subfolder."""
-    first = Path(case[0] if isinstance(case, list | tuple) else case)
     if inputs is None or not inputs.is_dir():
         return Path()
-    return first.parent.relative_to(inputs)
+    return first_file(case).parent.relative_to(inputs)
 
 
 def predict_image_file(

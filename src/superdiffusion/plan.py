@@ -324,6 +324,7 @@ def fingerprint_2d(root: Path, pairs: list | None = None) -> dict[str, Any]:
         "labeled_images": len(labeled),
         "subjects": subjects,
         "subject_column": column,
+        "subfolders": len({p.columns.get("folder") for p in pairs if p.columns.get("folder")}),
         "size_median": [int(np.median(heights)), int(np.median(widths))],
         "size_min": [int(heights.min()), int(widths.min())],
         "size_max": [int(heights.max()), int(widths.max())],
@@ -478,6 +479,9 @@ def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
     elif fp.get("subject_column"):
         plan.set("data.group_column", fp["subject_column"], f"split.csv names {fp['subjects']} subjects in column "
                  f"'{fp['subject_column']}': carved splits hold out whole subjects")  # fmt: skip
+    elif fp.get("subfolders"):
+        plan.set("data.group_column", None, f"the images sit in {fp['subfolders']} subfolders, more likely classes "
+                 "than patients: images are split one by one (data.group_column=folder if they are subjects)")  # fmt: skip
     if fp.get("layout"):  # dataset.json declares the classes and the label reading
         for key in LAYOUT_OWNED:
             plan.settings.pop(key, None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,11 +136,59 @@ def _tagged_masks(images: dict[str, Path], masks: dict[str, Path], taken: set[st
     return claimed
 
 
+# a mask kept beside its image, named after it: IMAGE_mask.png, IMAGE_seg.png, 'benign (1)_mask_1.png' ...
+BESIDE = re.compile(r"^(?P<image>.+?)[_\-. ](?:mask|masks|seg|segmentation|label|labels|gt|anno|annotation)"
+                    r"(?:[_\-. ]?\d+)?$", re.IGNORECASE)  # fmt: skip
+
+
+def masks_beside(files: dict[str, Path]) -> dict[str, list[Path]]:
+    """The files that are masks of another file of ``files`` (named after it plus a mask word),
+    per image id."""
+    found: dict[str, list[Path]] = {}
+    for key, path in files.items():
+        folder, _, name = key.rpartition("/")
+        match = BESIDE.match(name)
+        image = f"{folder}/{match['image']}" if match and folder else match["image"] if match else None
+        if image in files:
+            found.setdefault(image, []).append(path)
+    return found
+
+
+def _scan_side_by_side(root: Path) -> list[Pair]:
+    """A folder (often one subfolder per patient) keeping each mask beside its image, named after
+    it (Kaggle's LGG: ``TCGA_A/TCGA_A_1.tif`` + ``TCGA_A_1_mask.tif``)."""
+    files = _files(root)
+    masks = masks_beside(files)
+    if not masks:
+        raise DataError(
+            f"{root}: no images/ folder, and no image with its mask beside it (NAME.png + NAME_mask.png); a 2D "
+            "dataset is images/ + masks/"
+        )
+    taken = {p for group in masks.values() for p in group}
+    pairs = []
+    for key, image in files.items():
+        if image in taken:
+            continue
+        found = masks.get(key, [])
+        if len(found) > 1:
+            names = ", ".join(sorted(p.name for p in found))
+            raise DataError(f"{image}: {len(found)} masks name this image ({names}); merge them into one")
+        if not found:
+            raise DataError(f"{image}: no mask beside this image (named like {image.stem}_mask{image.suffix})")
+        folder_of = key.rpartition("/")[0]
+        pairs.append(Pair(key, image, found[0], columns={"folder": folder_of} if folder_of else {}))
+    read_split(pairs, root / "split.csv")
+    return pairs
+
+
 def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
-    """List the image/mask pairs of a dataset folder and their split."""
+    """List the image/mask pairs of a dataset folder and their split: ``images/`` + ``masks/``,
+    or each mask beside its image (:func:`_scan_side_by_side`)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
+    if require_masks and not (root / "images").is_dir() and mask_folder(root) is None:
+        return _scan_side_by_side(root)
     images = _files(root / "images")
     folder = mask_folder(root)
     if folder is None and require_masks:

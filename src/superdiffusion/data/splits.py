@@ -104,6 +104,7 @@ def carve(
 
 
 # data.group_column=auto: the first of these that split.csv has ("case": e.g. 2D slices of one volume)
+MIN_FOLDER_GROUPS = 10  # subfolders group images (as patients) by default from this many on
 # split.csv's columns naming an image's subject, then the subfolder an image sits in (folder.scan_folder)
 GROUP_COLUMNS = ("group", "subject", "subject_id", "patient", "patient_id", "case", "folder")
 
@@ -115,7 +116,10 @@ def group_column(pairs: list, column: str | None, split_file: Path) -> str | Non
         return None
     present = next((p.columns for p in pairs if p.columns), {})
     if column == "auto":
-        return next((c for c in GROUP_COLUMNS if c in present), None)
+        found = next((c for c in GROUP_COLUMNS if c in present), None)
+        if found == "folder" and len({p.columns.get("folder") for p in pairs}) < MIN_FOLDER_GROUPS:
+            return None  # a few subfolders are more likely classes (benign/, malignant/) than patients
+        return found
     if column not in present:
         others = ", ".join(present) if present else "none besides id and split"
         where = split_file if split_file.is_file() else f"{split_file} (not found)"
