@@ -483,6 +483,10 @@ def test_masks_kept_beside_their_images(tmp_path):
     assert pairs[1].mask.name == "TCGA_0_1_mask.png" and pairs[1].columns == {"folder": "TCGA_0"}
     data = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50, val_fraction=0.25), seed=0)
     assert data.grouped_by == "folder" and sum(map(len, (data.labeled, data.unlabeled, data.val, data.test))) == 30
+    from superdiffusion.plan import plan_for
+
+    plan = plan_for(root, cache=False)
+    assert plan.settings["data.group_column"] == "folder" and plan.fingerprint["images"] == 30
     assert {m.max().item() for m in data.labeled.masks} == {1}  # the masks read as masks, not as images
     shutil.copy(flat / "masks" / "case0.png", root / "TCGA_0" / "TCGA_0_0_mask_1.png")  # BUSI: a second lesion
     with pytest.raises(DataError, match=r"TCGA_0_0.png: 2 masks name this image \(TCGA_0_0_mask.png, TCGA_0_0_mask_1"):

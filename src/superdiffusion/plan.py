@@ -245,8 +245,8 @@ def _subjects(pairs: list) -> tuple[str | None, int | None]:
 def fingerprint_2d(root: Path, pairs: list | None = None) -> dict[str, Any]:
     """A 2D folder's fingerprint; ``pairs``: the cases of a dataset.json layout, else the
     folder's images/ and masks/."""
-    if pairs is None:
-        pairs = scan_folder(root, require_masks=mask_folder(root) is not None)
+    if pairs is None:  # images/ alone plans from its masked images; no images/: masks beside their images
+        pairs = scan_folder(root, require_masks=mask_folder(root) is not None or not (root / "images").is_dir())
     labeled = [p for p in pairs if p.mask is not None]
     if not labeled:
         raise DataError(f"{root}: no image has a mask in masks/ (or labels/): nothing to plan from")
