@@ -164,15 +164,19 @@ def _points(values: list[float]) -> str:
 
 
 def _seeds(seeds: list[int]) -> str:
-    """``0-4`` for consecutive seeds, ``0, 2, 5`` otherwise."""
+    """``seeds 0-4`` for consecutive seeds, ``seeds 0, 2, 5`` otherwise, ``seed 3`` for one."""
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
     consecutive = len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1))
-    return f"{seeds[0]}-{seeds[-1]}" if consecutive else ", ".join(map(str, seeds))
+    return "seeds " + (f"{seeds[0]}-{seeds[-1]}" if consecutive else ", ".join(map(str, seeds)))
 
 
 def _paired_cell(row: dict | None) -> str:
     if row is None:
         return "not yet"
     mean, half = row["honest_dice"]
+    if len(row["per_seed_honest"]) == 1:  # one seed: no mean, no interval
+        return _points(row["per_seed_honest"])
     return f"{_points(row['per_seed_honest'])} (mean {_points([mean])} ± {half:.2f})"
 
 
@@ -198,7 +202,7 @@ def _paired_rows(grid: dict) -> list[str]:
     rows = []
     for dataset, method, seeds, paired in _compared(grid):
         cells = " | ".join(_paired_cell(paired.get(ref)) for ref in ("cps", "supervised", "uamt"))
-        name = f"{DATASET_NAMES.get(dataset, dataset)} 5 %, {_method_label(method)} (seeds {_seeds(seeds)})"
+        name = f"{DATASET_NAMES.get(dataset, dataset)} 5 %, {_method_label(method)} ({_seeds(seeds)})"
         rows.append(f"| {name} | {cells} |")
     return rows
 
@@ -208,7 +212,7 @@ def decisive_status(grid: dict) -> str:
     done, planned = sum(not r.get("reused") for r in grid["runs"]), grid["planned_runs"] - 1
     state = "has finished" if done == planned else f"is running; {done} of its {planned} runs have finished"
     lines = [
-        f"- Its 6-seed comparison at 5 % labels {state}",
+        f"- The decisive grid (5 % labels, 6 seeds; the paper-literal row, ablations and 20 % beside) {state}",
         f"  (`{DECISIVE_COMMAND}`).",
         "  Paired honest test Dice, each row's method minus each reference, per seed:",
         "",
@@ -237,7 +241,7 @@ def decisive_results(grid: dict) -> str:
         name = r["method"] + (f" ({r['variant']})" if r["variant"] else "")
         name = f"{_method_label(name)} at {r['labeled_percent']:g} %"
         finished.setdefault((DATASET_NAMES.get(r["dataset"], r["dataset"]), name), []).append(r["seed"])
-    which = "; ".join(f"{d}, {name}: seeds {_seeds(seeds)}" for (d, name), seeds in finished.items())
+    which = "; ".join(f"{d}, {name}: {_seeds(seeds)}" for (d, name), seeds in finished.items())
     lines = [
         f"**{len(done)} of its {grid['planned_runs'] - 1} runs have finished** ({which}). Paired differences of",
         "honest test Dice per image, in points (mean ± 90 % interval over the seeds), each row's method",

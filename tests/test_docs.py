@@ -85,6 +85,8 @@ def test_the_decisive_figures_are_written_from_their_json(tmp_path):
     assert "**2 of its 4 runs have finished** (PH2, the new default at 5 %: seeds 0, 1)" in results
     assert "the new default, PH2: 54.7* / 0.862" in results and "1,000 updates (the method adds 200" in results
     assert "70 train-minutes" in results
+    one = {"per_seed_honest": [1.01], "honest_dice": [1.01, 0.0]}  # one seed: no mean, no interval
+    assert generator._paired_cell(one) == "+1.01" and generator._seeds([3]) == "seed 3"
     page = "a\n<!-- decisive:status (written by scripts/generate_docs.py) -->\nold\n<!-- /decisive:status -->\nb\n"
     assert generator.fill(page, "status", "new\n", tmp_path) == page.replace("old\n", "new\n")
     with pytest.raises(SystemExit, match="markers of decisive:results are missing"):
