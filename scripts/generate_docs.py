@@ -212,7 +212,7 @@ def decisive_status(grid: dict) -> str:
     done, planned = sum(not r.get("reused") for r in grid["runs"]), grid["planned_runs"] - 1
     state = "has finished" if done == planned else f"is running; {done} of its {planned} runs have finished"
     lines = [
-        f"- The decisive grid (5 % labels, 6 seeds; the paper-literal row, ablations and 20 % beside) {state}",
+        f"- The decisive grid (5 % labels, 6 seeds, with the paper-literal row, the ablations and 20 % labels) {state}",
         f"  (`{DECISIVE_COMMAND}`).",
         "  Paired honest test Dice, each row's method minus each reference, per seed:",
         "",
