@@ -502,3 +502,19 @@ def test_masks_kept_beside_their_images(tmp_path):
     (root / "TCGA_1" / "TCGA_1_2_mask.png").unlink()
     with pytest.raises(DataError, match=r"TCGA_1_2.png: no mask beside this image"):
         scan_folder(root)
+
+
+def test_a_folder_split_into_train_val_test_folders(tmp_path):
+    """Many public sets come as train/, val/ and test/ folders (Training/, Testing/ ...), each of
+    images/ + masks/: the folders give the splits, and ids keep their folder."""
+    root = tmp_path / "data"
+    write_pair_folder(root / "Training", n=8, split=False)
+    write_pair_folder(root / "val", n=3, split=False)
+    write_pair_folder(root / "Testing", n=3, split=False)
+    pairs = scan_folder(root)
+    assert {p.id: p.split for p in pairs}["Testing/case2"] == "test" and len(pairs) == 14
+    data = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50), seed=0)
+    assert len(data.test) == 3 and len(data.val) == 3 and all(i.startswith("val/") for i in data.val.ids)
+    (root / "split.csv").write_text("id,split\n")
+    with pytest.raises(DataError, match=r"split.csv: the Testing/, Training/ and val/ folders already give"):
+        scan_folder(root)

@@ -181,14 +181,47 @@ def _scan_side_by_side(root: Path) -> list[Pair]:
     return pairs
 
 
+SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "test": "test", "testing": "test"}  # fmt: skip
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """``root``'s ``train/``, ``val/`` and ``test/`` folders (``Training/``, ``validation/`` ...),
+    each a dataset folder of its own, per split."""
+    found: dict[str, Path] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in SPLIT_FOLDERS):
+        split = SPLIT_FOLDERS[folder.name.lower()]
+        if split in found:
+            raise DataError(f"{folder}: a second folder for the {split} split, beside {found[split].name}/")
+        found[split] = folder
+    return found
+
+
+def _scan_split_folders(root: Path, folders: dict[str, Path], require_masks: bool) -> list[Pair]:
+    if (root / "split.csv").is_file():
+        names = ", ".join(f"{f.name}/" for f in folders.values())
+        names = " and ".join(names.rsplit(", ", 1))
+        raise DataError(f"{root / 'split.csv'}: the {names} folders already give each image's split; remove one")
+    return [
+        Pair(f"{folder.name}/{p.id}", p.image, p.mask, split, p.columns)
+        for split, folder in folders.items()
+        for p in scan_folder(folder, require_masks)
+    ]
+
+
 def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
     """List the image/mask pairs of a dataset folder and their split: ``images/`` + ``masks/``,
-    or each mask beside its image (:func:`_scan_side_by_side`)."""
+    each mask beside its image (:func:`_scan_side_by_side`), or ``train/``, ``val/`` and
+    ``test/`` folders of either."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
-    if require_masks and not (root / "images").is_dir() and mask_folder(root) is None:
-        return _scan_side_by_side(root)
+    if not (root / "images").is_dir() and mask_folder(root) is None:
+        folders = _split_folders(root)
+        if folders:
+            return _scan_split_folders(root, folders, require_masks)
+        if require_masks:
+            return _scan_side_by_side(root)
     images = _files(root / "images")
     folder = mask_folder(root)
     if folder is None and require_masks:
