@@ -154,6 +154,12 @@ def masks_beside(files: dict[str, Path]) -> dict[str, list[Path]]:
     return found
 
 
+def _folder_column(key: str) -> dict[str, str]:
+    """An image kept in a subfolder (id ``p7/s012``): its subfolder, which groups it (``folder``)."""
+    folder = key.rpartition("/")[0]
+    return {"folder": folder} if folder else {}
+
+
 def _scan_side_by_side(root: Path) -> list[Pair]:
     """A folder (often one subfolder per patient) keeping each mask beside its image, named after
     it (Kaggle's LGG: ``TCGA_A/TCGA_A_1.tif`` + ``TCGA_A_1_mask.tif``)."""
@@ -175,8 +181,7 @@ def _scan_side_by_side(root: Path) -> list[Pair]:
             raise DataError(f"{image}: {len(found)} masks name this image ({names}); merge them into one")
         if not found:
             raise DataError(f"{image}: no mask beside this image (named like {image.stem}_mask{image.suffix})")
-        folder_of = key.rpartition("/")[0]
-        pairs.append(Pair(key, image, found[0], columns={"folder": folder_of} if folder_of else {}))
+        pairs.append(Pair(key, image, found[0], columns=_folder_column(key)))
     read_split(pairs, root / "split.csv")
     return pairs
 
@@ -245,8 +250,7 @@ def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
             raise DataError(f"{image}: no mask for this image in {folder}")
         if mask is not None:
             used.add(mask_ids[mask])
-        folder_of = stem.rpartition("/")[0]  # images kept in subfolders: the subfolder is their group
-        pairs.append(Pair(stem, image, mask, columns={"folder": folder_of} if folder_of else {}))
+        pairs.append(Pair(stem, image, mask, columns=_folder_column(stem)))
     orphans = sorted(set(masks) - used)
     if orphans:
         raise DataError(f"{masks[orphans[0]]}: mask without an image ({len(orphans)} such masks)")

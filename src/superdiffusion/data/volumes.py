@@ -136,20 +136,24 @@ def _metaimage_header(path: Path) -> dict[str, str]:
     return fields
 
 
-def check_detached(path: Path) -> None:
+def check_detached(path: Path) -> dict[str, str]:
     """A detached header (``.mhd``, ``.nhdr``) names the file that holds its voxels: read it only
-    when that file sits in the header's own folder; a list or a pattern of files is refused."""
+    when that file sits in the header's own folder; a list or a pattern of files is refused. Returns a
+    MetaImage's header (read once here, for the caller too), else an empty one."""
+    header: dict[str, str] = {}
+    if path.name.lower().endswith((".mha", ".mhd")):
+        header = _metaimage_header(path)
     if path.name.lower().endswith(".mhd"):
-        named = _metaimage_header(path).get("ElementDataFile", "")
+        named = header.get("ElementDataFile", "")
     elif path.name.lower().endswith(".nhdr"):
         import nrrd
 
         header = nrrd.read_header(str(path))
         named = str(header.get("data file", header.get("datafile", "")))
     else:
-        return
+        return header  # an .mha holds its voxels; its header is returned for the caller
     if named.upper() == "LOCAL":
-        return
+        return header
     if not named or named.upper().startswith("LIST") or "%" in named or " " in named.strip():
         raise DataError(
             f"{path}: its voxels are named as {named[:60]!r}; one voxel file beside the header is read, or "
@@ -161,6 +165,7 @@ def check_detached(path: Path) -> None:
             f"{path}: its voxels are in {named[:200]!r}, outside the header's folder; superdiffusion reads only "
             "files inside the data folder"
         )
+    return header
 
 
 def _read_array(path: Path, dataset: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], bool]:
@@ -168,12 +173,11 @@ def _read_array(path: Path, dataset: str) -> tuple[np.ndarray, np.ndarray, tuple
     any reader failure is one line naming the file."""
     try:
         if path.name.lower().endswith(PLANE_SUFFIXES):
-            check_detached(path)
+            header = check_detached(path)  # MetaImage: its header, read once
             arr, affine = _load_with_monai(path)
             spacing = tuple(float(np.linalg.norm(affine[:3, k])) for k in range(3))
             missing = min(spacing) <= 0 or (path.name.endswith((".nii", ".nii.gz")) and _nifti_spacing_missing(path))
             if path.name.lower().endswith(METAIMAGE_SUFFIXES):  # ITK reads a header without it as 1 mm
-                header = _metaimage_header(path)
                 missing = missing or not ({"ElementSpacing", "ElementSize"} & set(header))
             if min(spacing) <= 0:
                 affine, spacing = np.eye(4), (1.0, 1.0, 1.0)
