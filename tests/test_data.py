@@ -466,6 +466,26 @@ def test_predict_keeps_an_input_folder_s_subfolders(tmp_path):
     assert not list(elsewhere.iterdir()) and not (tmp_path / "pred2" / "p0").exists()
 
 
+def test_predict_on_a_dataset_folder_segments_its_images_not_its_masks(tmp_path):
+    """Pointed at a dataset's own folder (images/ + masks/, or train/ and test/ folders of them),
+    predict segments the images, not the masks or labels beside them."""
+    from conftest import tiny_config
+
+    from superdiffusion import api
+
+    root = write_pair_folder(tmp_path / "data", n=8, split=False)
+    api.train(tiny_config("method=supervised", f"data.root={root}", "data.val_fraction=0.25"), tmp_path / "run")
+    written = api.predict(tmp_path / "run", root, tmp_path / "pred")
+    assert sorted({p.parent.name for p in written}) == ["images"] and len(written) == 8
+    split = tmp_path / "split"
+    write_pair_folder(split / "Training", n=4, split=False)
+    (write_pair_folder(split / "test", n=2, split=False) / "masks").rename(split / "test" / "labels")
+    written = api.predict(tmp_path / "run", split, tmp_path / "pred-split")
+    assert sorted(p.relative_to(tmp_path / "pred-split").parent.as_posix() for p in written) == (
+        ["Training/images"] * 4 + ["test/images"] * 2
+    )
+
+
 def test_masks_kept_beside_their_images(tmp_path):
     """Kaggle-style sets keep each mask beside its image, named after it (LGG's
     TCGA_A/TCGA_A_1.tif + TCGA_A_1_mask.tif, BUSI's 'benign (1).png' + 'benign (1)_mask.png'),

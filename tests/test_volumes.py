@@ -64,6 +64,10 @@ def test_volumes_train_predict_and_surface_metrics(tmp_path):
     out = nib.load(str(written[0]))
     assert out.shape == (32, 32, 24) and np.allclose(out.affine, np.diag([1.5, 1.0, 2.0, 1.0]))
     assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1} and len(written) == 2
+    written = api.predict(tmp_path / "run", root, tmp_path / "pred_root")  # the dataset's folder: not its labels
+    assert sorted(p.relative_to(tmp_path / "pred_root").as_posix() for p in written) == [
+        f"images/v{i}.nii.gz" for i in range(8)
+    ]
 
     # the same volume as NRRD in LPS space (x and y axes pointing the other way, an origin):
     # the predicted NIfTI (RAS) must overlay it in world coordinates, voxel for voxel

@@ -26,6 +26,7 @@ from .data.folder import (
     first_file,
     image_files,
     image_stem,
+    in_mask_folder,
     masks_beside,
     read_image,
     resize_image,
@@ -301,14 +302,15 @@ class Segmenter:
         """The cases of a file or folder: each 2D image or volume (volumes of several channels:
         nnU-Net's ``CASE_0000`` ... files gathered per case); a case folder's images (its label
         left out), or those of each case folder below ``path``."""
-        from .data.volumes import case_folder, case_folders, group_channels, is_label_name, is_volume
+        from .data.volumes import case_folder, case_folders, group_channels, is_label_name, is_volume, nnunet_channel
 
         if self.spatial_dims == 3 and path.is_dir():
+            folders = [path / name for name in DATASET_IMAGE_FOLDERS if (path / name).is_dir()]
+            if folders:  # a dataset's own folder: the volumes of its image folders, not its labels
+                return [case for folder in folders for case in self.inputs(folder)]
             files = [p for p in path.iterdir() if is_volume(p)]
             one_case = any(is_label_name(p) for p in files) or (  # a labeled case, or a case's modalities
-                self.channels > 1
-                and len(files) == self.channels
-                and not all(NNUNET_CHANNEL.search(p.name) for p in files)
+                self.channels > 1 and len(files) == self.channels and not all(nnunet_channel(p) for p in files)
             )
             folders = [path] if one_case else [] if files else case_folders(path)
             cases = [case_folder(folder)[0] for folder in folders]
@@ -322,6 +324,7 @@ class Segmenter:
             files = image_files(path)
             masks = masks_beside({case_id(p, path): p for p in files})  # a folder keeping masks beside images
             files = [p for p in files if all(p not in group for group in masks.values())]
+            files = [p for p in files if not in_mask_folder(p, path)]  # a dataset folder: its images only
         else:
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS or is_volume(p))
         if not files:
@@ -470,7 +473,7 @@ def _save_nifti(image, target: Path) -> None:
     safefs.write_bytes(target, gzip.compress(image.to_bytes(), compresslevel=6))
 
 
-NNUNET_CHANNEL = re.compile(r"_\d{4}\.")  # nnU-Net's CASE_0000.nii.gz: one file a channel
+DATASET_IMAGE_FOLDERS = ("images", "imagesTr", "imagesTs")  # beside labels/ (labelsTr/): a dataset's own folder
 
 
 def subfolder(case, inputs: Path | None) -> Path:

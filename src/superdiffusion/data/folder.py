@@ -119,6 +119,17 @@ def mask_folder(root: Path) -> Path | None:
     return found[0] if found else None
 
 
+def in_mask_folder(path: Path, top: Path) -> bool:
+    """Whether ``path`` lies, below ``top``, in a ``masks/`` or ``labels/`` folder kept beside an
+    ``images/`` folder: a dataset's masks, not more images to segment."""
+    folder = path.parent
+    while folder != top and top in folder.parents:
+        if folder.name in MASK_FOLDERS and (folder.parent / "images").is_dir():
+            return True
+        folder = folder.parent
+    return False
+
+
 TAG_SEPARATORS = "_-. "  # between an image's stem and a mask's own tag (x_gt, im0001.ah, Image_01L_1stHO)
 
 

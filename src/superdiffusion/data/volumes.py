@@ -68,6 +68,13 @@ def case_stem(image: Path | tuple[Path, ...]) -> str:
     return volume_stem(image)
 
 
+def nnunet_channel(path: Path) -> tuple[str, int] | None:
+    """The case and channel of a file named as nnU-Net names one channel of a case
+    (``CASE_0001.nii.gz``: ``("CASE", 1)``); None for another name."""
+    case, _, index = volume_stem(path).rpartition("_")
+    return (case, int(index)) if case and index.isdigit() and len(index) == 4 else None
+
+
 def group_channels(files: list[Path], channels: int) -> list[Path | tuple[Path, ...]]:
     """Volume files as cases: with one channel, each file; with more, nnU-Net's naming
     ``CASE_0000``, ``CASE_0001``, ... gathered per case in channel order."""
@@ -77,10 +84,10 @@ def group_channels(files: list[Path], channels: int) -> list[Path | tuple[Path, 
         return list(files)  # one 4D file a case, its modalities on the last axis (MSD)
     cases: dict[str, dict[int, Path]] = {}
     for path in files:
-        case, _, index = volume_stem(path).rpartition("_")
-        if not case or not index.isdigit() or len(index) != 4:
+        split = nnunet_channel(path)
+        if split is None:
             raise DataError(f"{path}: a {channels}-channel model reads CASE_0000 ... CASE_{channels - 1:04d} files")
-        cases.setdefault(case, {})[int(index)] = path
+        cases.setdefault(split[0], {})[split[1]] = path
     out = []
     for case, found in sorted(cases.items()):
         if sorted(found) != list(range(channels)):
