@@ -484,6 +484,11 @@ def test_predict_on_a_dataset_folder_segments_its_images_not_its_masks(tmp_path)
     assert sorted(p.relative_to(tmp_path / "pred-split").parent.as_posix() for p in written) == (
         ["Training/images"] * 4 + ["test/images"] * 2
     )
+    cvc = _renamed(write_pair_folder(tmp_path / "flat", n=3, split=False), tmp_path / "cvc", "Original", "Ground Truth")
+    written = api.predict(tmp_path / "run", cvc, tmp_path / "pred-cvc")
+    assert sorted(p.relative_to(tmp_path / "pred-cvc").as_posix() for p in written) == [
+        f"Original/{k}.png" for k in range(3)
+    ]
 
 
 def test_masks_kept_beside_their_images(tmp_path):
@@ -538,3 +543,77 @@ def test_a_folder_split_into_train_val_test_folders(tmp_path):
     (root / "split.csv").write_text("id,split\n")
     with pytest.raises(DataError, match=r"split.csv: the Testing/, Training/ and val/ folders already give"):
         scan_folder(root)
+
+
+def _renamed(flat, root, images, masks, image_name="{}", mask_name="{}", mask_suffix=None):
+    """``flat``'s pairs under folders and names of a public set's own choosing."""
+    for k in range(len(list((flat / "images").iterdir()))):
+        for source, folder, name in ((flat / "images", images, image_name), (flat / "masks", masks, mask_name)):
+            target = (
+                root / folder / (name.format(k) + (mask_suffix if mask_suffix and source.name == "masks" else ".png"))
+            )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / f"case{k}.png", target)
+    return root
+
+
+def test_image_and_mask_folders_found_by_pairing_their_names(tmp_path):
+    """Public sets name their two folders as they like (ISIC's ..._Training_Input/ and
+    ..._GroundTruth/ with ISIC_0000000_segmentation.png, CVC-ClinicDB's Original/ and
+    'Ground Truth/' with equal names, Shenzhen's CXR_png/ and mask/): the folder whose files pair
+    with the other's by name, and read as masks, holds the masks; each is read as such."""
+    flat = write_pair_folder(tmp_path / "flat", n=12, split=False)
+    isic = _renamed(flat, tmp_path / "isic", "ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth",
+                    "ISIC_{:07d}", "ISIC_{:07d}_segmentation")  # fmt: skip
+    (isic / "ISIC2018_Task1-2_Training_Input" / "LICENSE.txt").write_text("a licence\n")
+    cvc = _renamed(flat, tmp_path / "cvc", "Original", "Ground Truth", "{}", "{}")
+    shenzhen = _renamed(flat, tmp_path / "shenzhen", "CXR_png", "mask", "CHNCXR_{:04d}_0", "CHNCXR_{:04d}_0_mask")
+    plain = _renamed(flat, tmp_path / "plain", "A", "B", "{}", "{}")  # no word says which: the files do
+    for root, images in (
+        (isic, "ISIC2018_Task1-2_Training_Input"),
+        (cvc, "Original"),
+        (shenzhen, "CXR_png"),
+        (plain, "A"),
+    ):
+        pairs = scan_folder(root)
+        assert len(pairs) == 12 and all(p.image.parent.name == images for p in pairs), root
+        assert all(p.mask.parent.name != images for p in pairs)
+        data = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50), seed=0)
+        assert {m.max().item() for m in data.labeled.masks} == {1}  # the masks read as masks
+    from superdiffusion.plan import plan_for
+
+    assert plan_for(cvc, cache=False).fingerprint["images"] == 12
+
+
+def test_ambiguous_mask_folders_are_named_not_guessed(tmp_path):
+    """DRIVE keeps beside images/ both the vessel masks (1st_manual/21_manual1.gif) and the field
+    of view (mask/21_training_mask.gif): either could be read as the masks, so neither is guessed;
+    the line names both."""
+    flat = write_pair_folder(tmp_path / "flat", n=6, split=False)
+    drive = _renamed(flat, tmp_path / "drive" / "training", "images", "1st_manual", "{}_training", "{}_manual1")
+    _renamed(flat, drive, "images", "mask", "{}_training", "{}_training_mask")
+    with pytest.raises(DataError, match=r"training: images/ sits beside 2 folders .*1st_manual/, mask/"):
+        scan_folder(tmp_path / "drive")
+
+
+def test_a_mask_folder_named_otherwise_beside_images_is_planned_and_read(tmp_path):
+    """images/ beside GroundTruth/ (a name the reader does not know): the plan and the reader
+    both take GroundTruth/ as the masks, since its files pair with the images."""
+    from superdiffusion.plan import plan_for
+
+    flat = write_pair_folder(tmp_path / "flat", n=12, split=False)
+    root = _renamed(flat, tmp_path / "data", "images", "GroundTruth", "{}", "{}_GT")
+    assert plan_for(root, cache=False).fingerprint["images"] == 12
+    assert all(p.mask.parent.name == "GroundTruth" for p in scan_folder(root))
+
+
+def test_patient_folders_of_like_named_slices_are_not_taken_for_image_and_mask_folders(tmp_path):
+    """Patient folders keeping 1.png + 1_mask.png each pair with one another by name; they are
+    patients, not a folder of images and a folder of masks."""
+    flat = write_pair_folder(tmp_path / "flat", n=9, split=False)
+    root = tmp_path / "data"
+    for k in range(9):
+        (root / f"p{k // 3}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(flat / "images" / f"case{k}.png", root / f"p{k // 3}" / f"{k % 3}.png")
+        shutil.copy(flat / "masks" / f"case{k}.png", root / f"p{k // 3}" / f"{k % 3}_mask.png")
+    assert [p.id for p in scan_folder(root)][:4] == ["p0/0", "p0/1", "p0/2", "p1/0"]

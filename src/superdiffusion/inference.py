@@ -26,7 +26,7 @@ from .data.folder import (
     first_file,
     image_files,
     image_stem,
-    in_mask_folder,
+    mask_folders_below,
     masks_beside,
     read_image,
     resize_image,
@@ -324,7 +324,8 @@ class Segmenter:
             files = image_files(path)
             masks = masks_beside({case_id(p, path): p for p in files})  # a folder keeping masks beside images
             files = [p for p in files if all(p not in group for group in masks.values())]
-            files = [p for p in files if not in_mask_folder(p, path)]  # a dataset folder: its images only
+            masks = mask_folders_below(path, files)  # a dataset folder: its images, not its masks
+            files = [p for p in files if not masks & set(p.parents)]
         else:
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS or is_volume(p))
         if not files:

@@ -32,12 +32,12 @@ from .data.dataset import resolve_root
 from .data.folder import (
     channels_of,
     colour_count,
+    dataset_folders,
     decode,
     default_mask_threshold,
     exif_orientation,
     first_file,
     layout_pairs,
-    mask_folder,
     mask_plane,
     open_image,
     packed_colours,
@@ -246,7 +246,8 @@ def fingerprint_2d(root: Path, pairs: list | None = None) -> dict[str, Any]:
     """A 2D folder's fingerprint; ``pairs``: the cases of a dataset.json layout, else the
     folder's images/ and masks/."""
     if pairs is None:  # images/ alone plans from its masked images; no images/: masks beside their images
-        pairs = scan_folder(root, require_masks=mask_folder(root) is not None or not (root / "images").is_dir())
+        image_folder, masks = dataset_folders(root)
+        pairs = scan_folder(root, require_masks=masks is not None or image_folder is None)
     labeled = [p for p in pairs if p.mask is not None]
     if not labeled:
         raise DataError(f"{root}: no image has a mask in masks/ (or labels/): nothing to plan from")

@@ -119,15 +119,18 @@ def mask_folder(root: Path) -> Path | None:
     return found[0] if found else None
 
 
-def in_mask_folder(path: Path, top: Path) -> bool:
-    """Whether ``path`` lies, below ``top``, in a ``masks/`` or ``labels/`` folder kept beside an
-    ``images/`` folder: a dataset's masks, not more images to segment."""
-    folder = path.parent
-    while folder != top and top in folder.parents:
-        if folder.name in MASK_FOLDERS and (folder.parent / "images").is_dir():
-            return True
-        folder = folder.parent
-    return False
+def mask_folders_below(top: Path, files: list[Path]) -> set[Path]:
+    """The folders of masks (:func:`dataset_folders`) of the dataset folders at or below ``top``
+    that ``files`` sit in: a dataset's masks, not more images to segment."""
+    found = set()
+    for folder in {a for f in files for a in f.parents if a == top or top in a.parents}:
+        try:
+            masks = dataset_folders(folder)[1]
+        except DataError:  # a folder of two candidate mask folders: neither is segmented
+            masks = None
+        if masks is not None:
+            found.add(masks)
+    return found
 
 
 TAG_SEPARATORS = "_-. "  # between an image's stem and a mask's own tag (x_gt, im0001.ah, Image_01L_1stHO)
@@ -145,6 +148,109 @@ def _tagged_masks(images: dict[str, Path], masks: dict[str, Path], taken: set[st
         if cuts:  # the longest image stem the mask's name starts with, before a separator
             claimed.setdefault(mask_stem[: max(cuts)], []).append(mask)
     return claimed
+
+
+LEADING_NUMBER = re.compile(r"^(\d+)(?:\D|$)")
+
+
+def _numbered(stems) -> dict[int, str] | None:
+    """Each stem by the number it starts with (``21_training``: 21); None unless every stem
+    starts with a number of its own."""
+    numbers = {}
+    for stem in stems:
+        match = LEADING_NUMBER.match(stem.rpartition("/")[2])
+        if match is None or int(match[1]) in numbers:
+            return None
+        numbers[int(match[1])] = stem
+    return numbers
+
+
+def match_masks(images: dict[str, Path], masks: dict[str, Path]) -> dict[str, list[Path]]:
+    """The masks of each image stem: the mask of the same stem, or of the stem plus one of
+    :data:`MASK_SUFFIXES`; else the masks tagged after it (:func:`_tagged_masks`). When no mask
+    pairs by name, every image and every mask start with a number of their own and each mask's is
+    an image's (DRIVE's ``21_training.tif`` and ``21_manual1.gif``), they pair by that number."""
+    found = {stem: next((masks[stem + s] for s in MASK_SUFFIXES if stem + s in masks), None) for stem in images}
+    mask_ids = {path: key for key, path in masks.items()}
+    tagged = _tagged_masks(images, masks, {mask_ids[m] for m in found.values() if m is not None})
+    matched = {stem: [mask] if mask is not None else tagged.get(stem, []) for stem, mask in found.items()}
+    if masks and not any(matched.values()):
+        by_image, by_mask = _numbered(images), _numbered(masks)
+        if by_image and by_mask and set(by_mask) <= set(by_image):
+            return {by_image[n]: [masks[stem]] for n, stem in by_mask.items()}
+    return {stem: found for stem, found in matched.items() if found}
+
+
+MASK_WORDS = re.compile(r"mask|label|truth|gt\b|manual|annot|seg", re.IGNORECASE)  # a folder of masks' names
+
+
+def _image_ids(folder: Path) -> dict[str, Path]:
+    try:
+        return _files(folder)
+    except DataError:
+        return {}
+
+
+MASK_VALUES = 16  # at most this many values in a mask (a class each); an image holds more
+
+
+def _distinct_values(files: dict[str, Path]) -> int:
+    """How many values the first file of ``files`` holds: few in a mask, many in an image."""
+    try:
+        return len(np.unique(np.asarray(Image.open(next(iter(files.values()))))))
+    except (OSError, UnidentifiedImageError, ValueError):
+        return 0
+
+
+def dataset_folders(root: Path) -> tuple[Path | None, Path | None]:
+    """A 2D dataset's folder of images and folder of masks: ``images/`` and ``masks/`` (or
+    ``labels/``); else, of two subfolders, the one whose files pair by name (:func:`match_masks`)
+    with the other's (ISIC's ``..._Input/`` and ``..._GroundTruth/``, CVC-ClinicDB's ``Original/``
+    and ``Ground Truth/``, Shenzhen's ``CXR_png/`` and ``mask/``), or with ``images/``'s when
+    there is one. Where both folders pair with each other the masks are the folder named like masks,
+    else the one whose first file holds fewer values. Two folders that could each be the masks
+    stop with one line naming them: neither is guessed. ``(images/ or None, None)`` when no
+    folder pairs."""
+    images, masks = root / "images", mask_folder(root)
+    if images.is_dir() and masks is not None:
+        return images, masks
+    folders = {
+        d: ids
+        for d in sorted(root.iterdir())
+        if d.is_dir() and not d.name.startswith(".") and d.name.lower() not in SPLIT_FOLDERS
+        if (ids := _image_ids(d))
+    }
+
+    def pairs(a: Path, b: Path) -> bool:  # every file of b is a mask of one of a's, and most of a's have one
+        matched = match_masks(folders[a], folders[b])
+        return sum(map(len, matched.values())) == len(folders[b]) and 2 * len(matched) >= len(folders[a])
+
+    if not images.is_dir() and len(folders) != 2:  # more: folders per patient or per class, not two roles
+        return None, None
+    firsts = [images] if images.is_dir() else list(folders)
+    found = [(a, b) for a in firsts for b in folders if a != b and a in folders and pairs(a, b)]
+    if not images.is_dir():  # two folders pairing both ways: the masks are the one named or looking like masks
+        found = [(a, b) for a, b in found if (b, a) not in found or _more_mask_like(b, a, folders)]
+    if len(found) > 1:
+        if len({a for a, _ in found}) == 1:
+            names = ", ".join(f"{b.name}/" for _, b in found)
+            raise DataError(
+                f"{root}: {found[0][0].name}/ sits beside {len(found)} folders whose files pair with its images "
+                f"({names}); keep the masks in masks/ and move the others out"
+            )
+        names = "; ".join(f"{a.name}/ with {b.name}/" for a, b in found)
+        raise DataError(f"{root}: more than one pair of image and mask folders ({names}); keep one as images/ + masks/")
+    if found:
+        return found[0]
+    return (images if images.is_dir() else None), None
+
+
+def _more_mask_like(b: Path, a: Path, folders: dict[Path, dict[str, Path]]) -> bool:
+    """Whether ``b`` rather than ``a`` is the folder of masks: by its name, else by its first file."""
+    named_b, named_a = bool(MASK_WORDS.search(b.name)), bool(MASK_WORDS.search(a.name))
+    if named_b != named_a:
+        return named_b
+    return _distinct_values(folders[b]) <= MASK_VALUES < _distinct_values(folders[a])
 
 
 # a mask kept beside its image, named after it: IMAGE_mask.png, IMAGE_seg.png, 'benign (1)_mask_1.png' ...
@@ -236,10 +342,10 @@ def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
         folders = _split_folders(root)
         if folders:
             return _scan_split_folders(root, folders, require_masks)
-        if require_masks:
-            return _scan_side_by_side(root)
-    images = _files(root / "images")
-    folder = mask_folder(root)
+    image_folder, folder = dataset_folders(root)
+    if image_folder is None and require_masks:
+        return _scan_side_by_side(root)
+    images = _files(image_folder or root / "images")
     if folder is None and require_masks:
         raise DataError(
             f"{root}: no masks/ (or labels/) folder beside images/; images without masks join a labeled "
@@ -247,16 +353,14 @@ def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
         )
     masks = _files(folder) if require_masks else {}
     mask_ids = {path: key for key, path in masks.items()}
-    found = {stem: next((masks[stem + s] for s in MASK_SUFFIXES if stem + s in masks), None) for stem in images}
-    tagged = _tagged_masks(images, masks, {mask_ids[m] for m in found.values() if m is not None})
+    matched = match_masks(images, masks)
     pairs, used = [], set()
     for stem, image in images.items():
-        mask = found[stem]
-        if mask is None and len(tagged.get(stem, [])) > 1:
-            names = ", ".join(sorted(m.name for m in tagged[stem]))
+        found = matched.get(stem, [])
+        if len(found) > 1:
+            names = ", ".join(sorted(m.name for m in found))
             raise DataError(f"{image}: two masks name this image: {names}; keep one")
-        if mask is None and tagged.get(stem):
-            mask = tagged[stem][0]
+        mask = found[0] if found else None
         if mask is None and require_masks:
             raise DataError(f"{image}: no mask for this image in {folder}")
         if mask is not None:
