@@ -592,8 +592,22 @@ def test_ambiguous_mask_folders_are_named_not_guessed(tmp_path):
     flat = write_pair_folder(tmp_path / "flat", n=6, split=False)
     drive = _renamed(flat, tmp_path / "drive" / "training", "images", "1st_manual", "{}_training", "{}_manual1")
     _renamed(flat, drive, "images", "mask", "{}_training", "{}_training_mask")
-    with pytest.raises(DataError, match=r"training: images/ sits beside 2 folders .*1st_manual/, mask/"):
+    _renamed(flat, tmp_path / "drive" / "test", "images", "1st_manual", "{}_test", "{}_manual1")
+    _renamed(flat, tmp_path / "drive" / "test", "images", "mask", "{}_test", "{}_test_mask")
+    with pytest.raises(DataError, match=r"drive/test: images/ sits beside 2 folders .*1st_manual/, mask/\); name the"):
         scan_folder(tmp_path / "drive")
+    pairs = scan_folder(tmp_path / "drive", masks="1st_manual")  # data.masks: named, in each split folder
+    assert {p.mask.parent.name for p in pairs} == {"1st_manual"} and len(pairs) == 12
+    assert {p.id: p.mask.name for p in pairs}["test/3_test"] == "3_manual1.png"
+    data = build_data(DataConfig(root=str(tmp_path / "drive"), size=[16, 16], masks="1st_manual"), seed=0)
+    assert len(data.test) == 6
+    from superdiffusion.plan import plan_for
+
+    assert plan_for(tmp_path / "drive", cache=False, masks="1st_manual").fingerprint["images"] == 12
+    with pytest.raises(DataError, match=r"test/2nd_manual: data.masks names no folder"):
+        scan_folder(tmp_path / "drive", masks="2nd_manual")
+    with pytest.raises(ValueError, match=r"data.masks names a folder inside data.root"):
+        DataConfig(masks="../elsewhere")
 
 
 def test_a_mask_folder_named_otherwise_beside_images_is_planned_and_read(tmp_path):

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("data", help="dataset folder (images/ + masks/ or labels/, or volumes)")
     p.add_argument("--out", help="the plan as a --config YAML (default: print only)")
     p.add_argument("--batch-size", type=_positive, default=8, help="train.batch_size the patch budget is for")
+    p.add_argument("--masks", help="the folder of masks inside the dataset folder (data.masks), when two could be")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
 
     p = sub.add_parser("show", help="write a page to look at a run: curves, scores, every test case worst first")
@@ -255,14 +256,17 @@ def _run(args: argparse.Namespace) -> int:
         from . import safefs
         from .plan import plan_for
 
-        plan = plan_for(args.data, args.batch_size)
+        plan = plan_for(args.data, args.batch_size, masks=args.masks)
         for line in plan.lines():
             print(line)
         if args.out:
             out = Path(args.out)
             if out.exists() and not args.force:
                 raise SuperDiffusionError(f"{out} already exists; add --force to replace it")
-            text = plan.yaml().replace("data:\n", f"data:\n  root: {json.dumps(str(Path(args.data)))}\n", 1)
+            given = f"  root: {json.dumps(str(Path(args.data)))}\n" + (
+                f"  masks: {json.dumps(args.masks)}\n" if args.masks else ""
+            )
+            text = plan.yaml().replace("data:\n", f"data:\n{given}", 1)
             safefs.write_text(out, text)
             print(f"wrote {out} (use it with: superdiffusion train --config {out})")
         return 0

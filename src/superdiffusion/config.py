@@ -80,6 +80,10 @@ class DataConfig(Section):
     # subject_id, patient, patient_id, case that split.csv has, else image by image; null: image by image
     group_column: str | None = "auto"
     unlabeled_root: str | None = None  # extra folder of images without masks
+    # the folder of masks (or labels), relative to data.root and to each of its train/, val/, test/
+    # folders: for a folder where two could be (DRIVE's 1st_manual/ beside its field-of-view mask/);
+    # null: masks/ or labels/, else the one folder whose files pair with the images by name
+    masks: str | None = None
     # a file of training image ids to label (one per line, or a CSV with an id column, as
     # `superdiffusion suggest` writes); replaces the seeded labeled_percent draw
     labeled_ids: str | None = None
@@ -90,6 +94,10 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _dimensions(self) -> DataConfig:
+        if self.masks is not None and (
+            not self.masks.strip() or Path(self.masks).is_absolute() or ".." in Path(self.masks).parts
+        ):
+            raise ValueError(f"data.masks names a folder inside data.root (no '..', not absolute); got {self.masks!r}")
         if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}", self.name):
             raise ValueError(
                 f"data.name names the run folder runs/NAME/: letters, digits, '.', '_' and '-' only, not first '.' "
@@ -382,7 +390,9 @@ def _explain(err: ValidationError, merged: dict[str, Any], origins: dict[tuple[s
     return f"{origin}: {where}: {e['msg'].lower()}; got {e['input']!r}"
 
 
-Planner = Callable[[str, set[str], int], "Layer | None"]  # (data.root, the keys the user gave, batch size)
+Planner = Callable[
+    [str, set[str], int, "str | None"], "Layer | None"
+]  # (data.root, the keys given, batch size, data.masks)
 
 
 def resolve(
@@ -423,7 +433,7 @@ def resolve(
     cfg = build(layers + later)
     if planner is not None and "dataset" not in presets and cfg.data.plan and not cfg.data.root.startswith("builtin:"):
         given = {f"{section}.{key}" for _, layer in later for section, values in layer.items() for key in values}
-        planned = planner(cfg.data.root, given, cfg.train.batch_size)
+        planned = planner(cfg.data.root, given, cfg.train.batch_size, cfg.data.masks)
         if planned is not None:
             cfg = build([*layers, _normal_layer(*planned), *later])
     _refuse_unused(

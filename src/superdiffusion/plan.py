@@ -218,8 +218,8 @@ def _grey_levels(found: np.ndarray, masks: list[np.ndarray]) -> bool:
     return True
 
 
-def _folder_digest(root: Path, files: list[Path]) -> str:
-    digest = hashlib.sha256(str(root.resolve()).encode())
+def _folder_digest(root: Path, files: list[Path], masks: str | None = None) -> str:
+    digest = hashlib.sha256(str(root.resolve()).encode() + (f"\0masks={masks}".encode() if masks else b""))
     for path in sorted(files):
         stat = path.stat()
         digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
@@ -242,12 +242,13 @@ def _subjects(pairs: list) -> tuple[str | None, int | None]:
     return column, len({p.columns.get(column) for p in pairs})
 
 
-def fingerprint_2d(root: Path, pairs: list | None = None) -> dict[str, Any]:
+def fingerprint_2d(root: Path, pairs: list | None = None, masks: str | None = None) -> dict[str, Any]:
     """A 2D folder's fingerprint; ``pairs``: the cases of a dataset.json layout, else the
-    folder's images/ and masks/."""
+    folder's images/ and masks/ (``masks``: ``data.masks``)."""
     if pairs is None:  # images/ alone plans from its masked images; no images/: masks beside their images
-        image_folder, masks = dataset_folders(root)
-        pairs = scan_folder(root, require_masks=masks is not None or image_folder is None)
+        plain = (root / "images").is_dir()
+        found = dataset_folders(root, masks)[1] if plain else None
+        pairs = scan_folder(root, require_masks=found is not None or not plain, masks=masks)
     labeled = [p for p in pairs if p.mask is not None]
     if not labeled:
         raise DataError(f"{root}: no image has a mask in masks/ (or labels/): nothing to plan from")
@@ -346,10 +347,10 @@ def fingerprint_2d(root: Path, pairs: list | None = None) -> dict[str, Any]:
     }
 
 
-def fingerprint_3d(root: Path, pairs: list | None = None) -> dict[str, Any]:
+def fingerprint_3d(root: Path, pairs: list | None = None, masks: str | None = None) -> dict[str, Any]:
     from .data.volumes import read_channels, read_volume, scan_volumes
 
-    pairs = scan_volumes(root) if pairs is None else pairs
+    pairs = scan_volumes(root, masks) if pairs is None else pairs
     shapes, spacings, values, fractions, low, high = [], [], set(), [], [], []
     for pair in _sample(pairs, 16):
         image = first_file(pair.image)
@@ -395,13 +396,14 @@ def _is_volume_folder(root: Path) -> bool:
     return any(p.is_dir() and any(is_volume(f) for f in p.iterdir()) for p in root.iterdir())
 
 
-def fingerprint(root: str | Path, cache: bool = True) -> dict[str, Any]:
-    """The fingerprint of the dataset folder ``root`` (cached per folder content)."""
+def fingerprint(root: str | Path, cache: bool = True, masks: str | None = None) -> dict[str, Any]:
+    """The fingerprint of the dataset folder ``root`` (cached per folder content and ``masks``,
+    ``data.masks``)."""
     folder = resolve_root(str(root))
     if not folder.is_dir():
         raise DataError(f"{folder}: dataset folder not found")
     files = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
-    key = _folder_digest(folder, files)
+    key = _folder_digest(folder, files, masks)
     path = _cache_dir() / f"{key}.json"
     if cache and path.is_file():
         try:
@@ -418,7 +420,9 @@ def fingerprint(root: str | Path, cache: bool = True) -> dict[str, Any]:
             found = fingerprint_2d(folder, layout_pairs(layout, folder))
         found["layout"] = layout.kind
     else:
-        found = fingerprint_3d(folder) if _is_volume_folder(folder) else fingerprint_2d(folder)
+        found = (
+            fingerprint_3d(folder, masks=masks) if _is_volume_folder(folder) else fingerprint_2d(folder, masks=masks)
+        )
     if cache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -557,8 +561,8 @@ def _plan_volumes(plan: Plan, fp: dict[str, Any]) -> None:
     plan.set("data.normalize", "percentile", "volumes: clip to each volume's 0.5-99.5 percentiles, then [-1, 1]")
 
 
-def plan_for(root: str | Path, batch_size: int = 8, cache: bool = True) -> Plan:
-    return plan_from(fingerprint(root, cache), batch_size)
+def plan_for(root: str | Path, batch_size: int = 8, cache: bool = True, masks: str | None = None) -> Plan:
+    return plan_from(fingerprint(root, cache, masks), batch_size)
 
 
 class Planner:
@@ -568,12 +572,12 @@ class Planner:
     def __init__(self, cache: bool = True):
         self.cache, self.plan, self.given = cache, None, set()
 
-    def __call__(self, root: str, given: set[str], batch_size: int):
+    def __call__(self, root: str, given: set[str], batch_size: int, masks: str | None = None):
         folder = resolve_root(root)
         if not folder.is_dir():
             return None  # a missing folder fails in training, with its own line
         try:
-            self.plan, self.given = plan_for(root, batch_size, self.cache), set(given)
+            self.plan, self.given = plan_for(root, batch_size, self.cache, masks), set(given)
         except DataError as err:  # the training's own reading names the problem; the defaults apply
             LOG.warning("plan: no plan for %s (%s); the default data settings apply", root, err)
             return None
@@ -591,7 +595,7 @@ class RecordedPlan(Planner):
         super().__init__(cache=False)
         self.recorded = recorded
 
-    def __call__(self, root: str, given: set[str], batch_size: int):
+    def __call__(self, root: str, given: set[str], batch_size: int, masks: str | None = None):
         if not self.recorded:
             return None
         layer: dict[str, dict[str, Any]] = {}

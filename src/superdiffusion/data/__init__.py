@@ -65,7 +65,7 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True, recorded: di
         data = build_volume_data(cfg, seed, validation, layout, recorded)
         data.class_names = layout.label_names if layout else None
         return data
-    pairs = layout_pairs(layout, root) if layout is not None else scan_folder(root)
+    pairs = layout_pairs(layout, root) if layout is not None else scan_folder(root, masks=cfg.masks)
     by, grouped_by = assign_splits(pairs, cfg, seed, validation, recorded)
     labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed, recorded)
     size = tuple(cfg.size) if cfg.size is not None else None  # None: native resolution, patches

@@ -202,7 +202,7 @@ def _distinct_values(files: dict[str, Path]) -> int:
         return 0
 
 
-def dataset_folders(root: Path) -> tuple[Path | None, Path | None]:
+def dataset_folders(root: Path, masks: str | None = None) -> tuple[Path | None, Path | None]:
     """A 2D dataset's folder of images and folder of masks: ``images/`` and ``masks/`` (or
     ``labels/``); else, of two subfolders, the one whose files pair by name (:func:`match_masks`)
     with the other's (ISIC's ``..._Input/`` and ``..._GroundTruth/``, CVC-ClinicDB's ``Original/``
@@ -210,10 +210,13 @@ def dataset_folders(root: Path) -> tuple[Path | None, Path | None]:
     there is one. Where both folders pair with each other the masks are the folder named like masks,
     else the one whose first file holds fewer values. Two folders that could each be the masks
     stop with one line naming them: neither is guessed. ``(images/ or None, None)`` when no
-    folder pairs."""
-    images, masks = root / "images", mask_folder(root)
-    if images.is_dir() and masks is not None:
-        return images, masks
+    folder pairs. ``masks`` (``data.masks``) names the folder of masks: the images are then
+    ``images/``, or the one other folder of image files."""
+    if masks is not None:
+        return _named_masks(root, root / masks)
+    images, found = root / "images", mask_folder(root)
+    if images.is_dir() and found is not None:
+        return images, found
     folders = {
         d: ids
         for d in sorted(root.iterdir())
@@ -236,13 +239,31 @@ def dataset_folders(root: Path) -> tuple[Path | None, Path | None]:
             names = ", ".join(f"{b.name}/" for _, b in found)
             raise DataError(
                 f"{root}: {found[0][0].name}/ sits beside {len(found)} folders whose files pair with its images "
-                f"({names}); keep the masks in masks/ and move the others out"
+                f"({names}); name the one with the masks: data.masks={found[0][1].name}, say"
             )
         names = "; ".join(f"{a.name}/ with {b.name}/" for a, b in found)
         raise DataError(f"{root}: more than one pair of image and mask folders ({names}); keep one as images/ + masks/")
     if found:
         return found[0]
     return (images if images.is_dir() else None), None
+
+
+def _named_masks(root: Path, masks: Path) -> tuple[Path, Path]:
+    """``data.masks``'s folder, and the images': ``images/``, or the one other folder of images."""
+    if not masks.is_dir():
+        raise DataError(f"{masks}: data.masks names no folder of {root}")
+    if (root / "images").is_dir():
+        return root / "images", masks
+    others = [
+        d
+        for d in sorted(root.iterdir())
+        if d.is_dir() and d != masks and not d.name.startswith(".") and d.name.lower() not in SPLIT_FOLDERS
+        if _image_ids(d)
+    ]
+    if len(others) != 1:
+        names = ", ".join(f"{d.name}/" for d in others) or "none"
+        raise DataError(f"{root}: no images/ folder beside {masks.name}/, and not one other folder of images ({names})")
+    return others[0], masks
 
 
 def _more_mask_like(b: Path, a: Path, folders: dict[Path, dict[str, Path]]) -> bool:
@@ -319,7 +340,9 @@ def _split_folders(root: Path) -> dict[str, Path]:
     return found
 
 
-def _scan_split_folders(root: Path, folders: dict[str, Path], require_masks: bool) -> list[Pair]:
+def _scan_split_folders(
+    root: Path, folders: dict[str, Path], require_masks: bool, masks: str | None = None
+) -> list[Pair]:
     if (root / "split.csv").is_file():
         names = ", ".join(f"{f.name}/" for f in folders.values())
         names = " and ".join(names.rsplit(", ", 1))
@@ -327,22 +350,23 @@ def _scan_split_folders(root: Path, folders: dict[str, Path], require_masks: boo
     return [
         Pair(f"{folder.name}/{p.id}", p.image, p.mask, split, p.columns)
         for split, folder in folders.items()
-        for p in scan_folder(folder, require_masks)
+        for p in scan_folder(folder, require_masks, masks)
     ]
 
 
-def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
-    """List the image/mask pairs of a dataset folder and their split: ``images/`` + ``masks/``,
-    each mask beside its image (:func:`_scan_side_by_side`), or ``train/``, ``val/`` and
-    ``test/`` folders of either."""
+def scan_folder(root: str | Path, require_masks: bool = True, masks: str | None = None) -> list[Pair]:
+    """List the image/mask pairs of a dataset folder and their split: ``images/`` + ``masks/``
+    (or folders named otherwise: :func:`dataset_folders`; ``masks``: ``data.masks``), each mask
+    beside its image (:func:`_scan_side_by_side`), or ``train/``, ``val/`` and ``test/`` folders
+    of either."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
     if not (root / "images").is_dir() and mask_folder(root) is None:
         folders = _split_folders(root)
         if folders:
-            return _scan_split_folders(root, folders, require_masks)
-    image_folder, folder = dataset_folders(root)
+            return _scan_split_folders(root, folders, require_masks, masks)
+    image_folder, folder = dataset_folders(root, masks if require_masks else None)
     if image_folder is None and require_masks:
         return _scan_side_by_side(root)
     images = _files(image_folder or root / "images")
@@ -351,9 +375,9 @@ def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
             f"{root}: no masks/ (or labels/) folder beside images/; images without masks join a labeled "
             f"folder's training as data.unlabeled_root={root}"
         )
-    masks = _files(folder) if require_masks else {}
-    mask_ids = {path: key for key, path in masks.items()}
-    matched = match_masks(images, masks)
+    mask_files = _files(folder) if require_masks else {}
+    mask_ids = {path: key for key, path in mask_files.items()}
+    matched = match_masks(images, mask_files)
     pairs, used = [], set()
     for stem, image in images.items():
         found = matched.get(stem, [])
@@ -366,9 +390,9 @@ def scan_folder(root: str | Path, require_masks: bool = True) -> list[Pair]:
         if mask is not None:
             used.add(mask_ids[mask])
         pairs.append(Pair(stem, image, mask, columns=_folder_column(stem)))
-    orphans = sorted(set(masks) - used)
+    orphans = sorted(set(mask_files) - used)
     if orphans:
-        raise DataError(f"{masks[orphans[0]]}: mask without an image ({len(orphans)} such masks)")
+        raise DataError(f"{mask_files[orphans[0]]}: mask without an image ({len(orphans)} such masks)")
     read_split(pairs, root / "split.csv")
     return pairs
 

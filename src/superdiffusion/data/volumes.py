@@ -414,7 +414,9 @@ def _scan_case_folders(root: Path, folders: list[Path]) -> list[VolumePair]:
     return pairs
 
 
-def scan_volumes(root: str | Path) -> list[VolumePair]:
+def scan_volumes(root: str | Path, masks: str | None = None) -> list[VolumePair]:
+    """The volume pairs of a dataset folder; ``masks``: the folder of labels (``data.masks``), when
+    it is not ``labels/`` or ``masks/``."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
@@ -426,7 +428,9 @@ def scan_volumes(root: str | Path) -> list[VolumePair]:
     elif images_dir.is_dir() and any(
         is_volume(p) and not p.name.endswith((".h5", ".hdf5")) for p in images_dir.iterdir()
     ):
-        labels_dir = mask_folder(root)
+        labels_dir = root / masks if masks is not None else mask_folder(root)
+        if masks is not None and not labels_dir.is_dir():
+            raise DataError(f"{labels_dir}: data.masks names no folder of {root}")
         if labels_dir is None:
             raise DataError(f"{root}: no labels/ (or masks/) folder beside images/")
         labels = {volume_stem(p): p for p in labels_dir.iterdir() if is_volume(p)}
@@ -532,7 +536,7 @@ def _bytes_held(pair: VolumePair) -> int:
 def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layout=None, recorded=None):
 
     root = resolve_root(cfg.root)
-    pairs = layout_volumes(layout, root) if layout is not None else scan_volumes(root)
+    pairs = layout_volumes(layout, root) if layout is not None else scan_volumes(root, cfg.masks)
     by, grouped_by = assign_splits(pairs, cfg, seed, validation, recorded)
     labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed, recorded)
     used = [p for group in by.values() for p in group]
