@@ -422,3 +422,14 @@ def test_one_folder_per_case_is_a_volume_dataset(tmp_path):
     (brats / "case_v4" / "case_v4_seg.nii.gz").unlink()  # a case to segment: its modalities only
     written = api.predict(tmp_path / "run2", brats / "case_v4", tmp_path / "pred_two")
     assert [p.name for p in written] == ["case_v4.nii.gz"]
+
+
+def test_data_masks_names_the_labels_folder_of_volumes(tmp_path):
+    """Volumes beside a labels folder of another name (segmentations/): data.masks names it."""
+
+    root = write_volumes(tmp_path / "vols", n=3)
+    (root / "labels").rename(root / "segmentations")
+    with pytest.raises(DataError, match=r"no labels/ \(or masks/\) folder beside images/"):
+        scan_volumes(root)
+    pairs = scan_volumes(root, "segmentations")
+    assert [p.label.parent.name for p in pairs] == ["segmentations"] * 3
