@@ -433,3 +433,65 @@ def test_data_masks_names_the_labels_folder_of_volumes(tmp_path):
         scan_volumes(root)
     pairs = scan_volumes(root, "segmentations")
     assert [p.label.parent.name for p in pairs] == ["segmentations"] * 3
+
+
+def _acdc_and_lits(tmp_path, n=4):
+    """ACDC's patient folders (two labeled frames each, beside the unlabeled 4D cine) and LiTS'
+    flat folder (volume-0.nii beside segmentation-0.nii)."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        label = np.zeros((16, 16, 8), np.uint8)
+        label[4 : 10 + i % 3, 4:12, 2:6] = 1
+        image = (rng.normal(0, 0.3, label.shape) + 2 * label).astype(np.float32)
+        patient = tmp_path / "acdc" / f"patient{i:03d}"
+        patient.mkdir(parents=True)
+        for frame in (1, 12):
+            nib.save(nib.Nifti1Image(image, np.eye(4)), str(patient / f"patient{i:03d}_frame{frame:02d}.nii.gz"))
+            nib.save(nib.Nifti1Image(label, np.eye(4)), str(patient / f"patient{i:03d}_frame{frame:02d}_gt.nii.gz"))
+        nib.save(nib.Nifti1Image(np.stack([image] * 3, -1), np.eye(4)), str(patient / f"patient{i:03d}_4d.nii.gz"))
+        (patient / "Info.cfg").write_text("ED: 1\nES: 12\n")
+        (tmp_path / "lits").mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), str(tmp_path / "lits" / f"volume-{i}.nii"))
+        nib.save(nib.Nifti1Image(label, np.eye(4)), str(tmp_path / "lits" / f"segmentation-{i}.nii"))
+    return tmp_path / "acdc", tmp_path / "lits"
+
+
+def test_case_folders_of_several_labeled_volumes_and_flat_folders_pair_each_label_with_its_image(tmp_path):
+    """A patient folder of several labeled frames (ACDC: patient001_frame01 + _frame01_gt, ... and
+    the 4D cine, which has no label) gives one case per label, grouped by the patient; a flat folder
+    of images and labels pairs them by name, or by their shared number (LiTS)."""
+    from superdiffusion.config import DataConfig
+    from superdiffusion.data.volumes import build_volume_data
+
+    acdc, lits = _acdc_and_lits(tmp_path)
+    pairs = scan_volumes(acdc)
+    assert [p.id for p in pairs[:3]] == ["patient000/patient000_frame01", "patient000/patient000_frame12",
+                                         "patient001/patient001_frame01"]  # fmt: skip
+    assert pairs[1].label.name == "patient000_frame12_gt.nii.gz" and pairs[1].columns == {"case": "patient000"}
+    assert len(pairs) == 8  # the 4D cines left out
+    data = build_volume_data(DataConfig(root=str(acdc), spatial_dims=3, val_fraction=0.25, test_fraction=0.25), 0)
+    splits = [{i.split("/")[0] for i in s.ids} for s in (data.labeled, data.unlabeled, data.val, data.test)]
+    assert not (splits[2] & splits[3]) and not ((splits[0] | splits[1]) & (splits[2] | splits[3]))
+    assert data.grouped_by == "case"  # a patient's frames on one side of every split
+    from types import SimpleNamespace
+
+    from superdiffusion.inference import Segmenter
+
+    model = SimpleNamespace(spatial_dims=3, channels=1)  # what Segmenter.inputs reads
+    cases = Segmenter.inputs(model, acdc)  # predict on the patients' folders: their labeled frames
+    assert [p.name for p in cases[:2]] == ["patient000_frame01.nii.gz", "patient000_frame12.nii.gz"] and len(cases) == 8
+    assert [p.name for p in Segmenter.inputs(model, lits)][:1] == ["volume-0.nii"] and len(
+        Segmenter.inputs(model, lits)
+    ) == 4
+    pairs = scan_volumes(lits)
+    assert [(p.id, p.label.name) for p in pairs[:2]] == [
+        ("volume-0", "segmentation-0.nii"),
+        ("volume-1", "segmentation-1.nii"),
+    ]
+    from superdiffusion.plan import plan_for
+
+    assert plan_for(lits, cache=False).settings["data.spatial_dims"] == 3  # a flat folder of volumes is 3D
+    assert plan_for(acdc, cache=False).settings["data.group_column"] == "case"
+    (lits / "segmentation-3.nii").rename(lits / "segmentation-7.nii")
+    with pytest.raises(DataError, match=r"segmentation-7.nii: no image volume pairs with this label"):
+        scan_volumes(lits)

@@ -302,7 +302,7 @@ class Segmenter:
         """The cases of a file or folder: each 2D image or volume (volumes of several channels:
         nnU-Net's ``CASE_0000`` ... files gathered per case); a case folder's images (its label
         left out), or those of each case folder below ``path``."""
-        from .data.volumes import case_folder, case_folders, group_channels, is_label_name, is_volume, nnunet_channel
+        from .data.volumes import case_folders, folder_cases, group_channels, is_label_name, is_volume, nnunet_channel
 
         if self.spatial_dims == 3 and path.is_dir():
             folders = [path / name for name in DATASET_IMAGE_FOLDERS if (path / name).is_dir()]
@@ -313,9 +313,9 @@ class Segmenter:
                 self.channels > 1 and len(files) == self.channels and not all(nnunet_channel(p) for p in files)
             )
             folders = [path] if one_case else [] if files else case_folders(path)
-            cases = [case_folder(folder)[0] for folder in folders]
+            cases = [case for folder in folders for case in folder_cases(folder)]
             if cases:
-                return [images if len(images) > 1 else images[0] for images in cases]
+                return cases
         if path.is_file():
             files = [path]
         elif not path.is_dir():

@@ -393,6 +393,9 @@ def _is_volume_folder(root: Path) -> bool:
     if images.is_dir():
         files = list(images.iterdir())
         return any(is_volume(p) for p in files) and not is_plane_folder(files)
+    flat = [p for p in root.iterdir() if p.is_file() and is_volume(p)]  # LiTS: volume-0 beside segmentation-0
+    if flat and not is_plane_folder(flat):
+        return True
     return any(p.is_dir() and any(is_volume(f) for f in p.iterdir()) for p in root.iterdir())
 
 
@@ -482,7 +485,8 @@ def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
         plan.set("data.group_column", "folder", f"the images sit in {fp['subjects']} subfolders: carved splits hold "
                  "out whole subfolders (a patient's slices on one side)")  # fmt: skip
     elif fp.get("subject_column"):
-        plan.set("data.group_column", fp["subject_column"], f"split.csv names {fp['subjects']} subjects in column "
+        source = "split.csv names" if (Path(fp["root"]) / "split.csv").is_file() else "the case folders give"
+        plan.set("data.group_column", fp["subject_column"], f"{source} {fp['subjects']} subjects in column "
                  f"'{fp['subject_column']}': carved splits hold out whole subjects")  # fmt: skip
     elif fp.get("subfolders"):
         plan.set("data.group_column", None, f"the images sit in {fp['subfolders']} subfolders, more likely classes "

@@ -396,9 +396,63 @@ def _roles(images: tuple[Path, ...], case: str) -> list[str]:
     return [volume_stem(p).removeprefix(case).strip("_-. ") or volume_stem(p) for p in images]
 
 
+TRAILING_NUMBER = re.compile(r"(\d+)$")
+
+
+def _unlabeled_words(path: Path) -> tuple[str, ...]:
+    return tuple(w for w in re.split(r"[_\-. ]+", volume_stem(path).lower()) if w not in LABEL_WORDS)
+
+
+def pair_labels(files: list[Path]) -> list[tuple[Path, Path]]:
+    """The (image, label) pairs of a folder holding several labeled volumes: each label with the
+    image named as it less its label word (ACDC's ``patient001_frame01_gt`` with
+    ``patient001_frame01``), else with the one image ending in the label's number (LiTS'
+    ``segmentation-0`` with ``volume-0``). Images without a label (ACDC's 4D cine) are left out."""
+    labels = [p for p in files if is_label_name(p)]
+    images = [p for p in files if p not in labels]
+    by_words = {_unlabeled_words(p): p for p in images}
+    by_number: dict[int, list[Path]] = {}
+    for path in images:
+        if match := TRAILING_NUMBER.search(volume_stem(path)):
+            by_number.setdefault(int(match[1]), []).append(path)
+    pairs, taken = [], {}
+    for label in labels:
+        image = by_words.get(_unlabeled_words(label))
+        number = TRAILING_NUMBER.search(volume_stem(label))
+        if image is None and number and len(by_number.get(int(number[1]), [])) == 1:
+            image = by_number[int(number[1])][0]
+        if image is None:
+            raise DataError(
+                f"{label}: no image volume pairs with this label (one named as it less its label word, or ending in "
+                "its number)"
+            )
+        if image in taken:
+            raise DataError(f"{label}: pairs with {image.name}, as {taken[image].name} does; keep one")
+        taken[image] = label
+        pairs.append((image, label))
+    return pairs
+
+
+def folder_cases(folder: Path) -> list[Path | tuple[Path, ...]]:
+    """The images of a case folder (:func:`case_folder`; one tuple of several channels), or of
+    each labeled volume of a folder holding several (:func:`pair_labels`)."""
+    files = _volume_files(folder)
+    if sum(map(is_label_name, files)) > 1:
+        return [image for image, _ in pair_labels(files)]
+    images = case_folder(folder)[0]
+    return [images if len(images) > 1 else images[0]]
+
+
 def _scan_case_folders(root: Path, folders: list[Path]) -> list[VolumePair]:
     pairs, first = [], None
     for folder in folders:
+        files = _volume_files(folder)
+        if sum(map(is_label_name, files)) > 1:  # several labeled volumes of one patient (ACDC's frames)
+            pairs += [
+                VolumePair(f"{folder.name}/{volume_stem(image)}", image, label, columns={"case": folder.name})
+                for image, label in pair_labels(files)
+            ]
+            continue
         images, label = case_folder(folder)
         if label is None:
             raise DataError(
@@ -442,6 +496,8 @@ def scan_volumes(root: str | Path, masks: str | None = None) -> list[VolumePair]
         if labels:
             orphan = sorted(labels.values())[0]
             raise DataError(f"{orphan}: label without an image ({len(labels)} such labels)")
+    elif (flat := _volume_files(root)) and any(map(is_label_name, flat)):  # LiTS: volume-0 + segmentation-0
+        pairs = [VolumePair(volume_stem(image), image, label) for image, label in pair_labels(flat)]
     else:
         files = sorted({*root.glob("*.h5"), *root.glob("*/*.h5"), *root.glob("*.hdf5"), *root.glob("*/*.hdf5")})
         for path in files:
