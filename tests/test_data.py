@@ -631,3 +631,15 @@ def test_patient_folders_of_like_named_slices_are_not_taken_for_image_and_mask_f
         shutil.copy(flat / "images" / f"case{k}.png", root / f"p{k // 3}" / f"{k % 3}.png")
         shutil.copy(flat / "masks" / f"case{k}.png", root / f"p{k // 3}" / f"{k % 3}_mask.png")
     assert [p.id for p in scan_folder(root)][:4] == ["p0/0", "p0/1", "p0/2", "p1/0"]
+
+
+def test_images_without_masks_are_counted_and_the_way_on_named(tmp_path):
+    """Shenzhen's CXR_png/ holds more images than mask/ has masks: the line names the first, how
+    many there are, and where images without masks go."""
+    root = _renamed(write_pair_folder(tmp_path / "flat", n=10, split=False), tmp_path / "data", "CXR_png", "mask",
+                    "CHNCXR_{:04d}_0", "CHNCXR_{:04d}_0_mask")  # fmt: skip
+    for k in (3, 7):
+        (root / "mask" / f"CHNCXR_{k:04d}_0_mask.png").unlink()
+    with pytest.raises(DataError, match=r"CHNCXR_0003_0.png: no mask for this image in .*mask \(2 images have none; "
+                                        r"keep them in a folder of their own, given as data.unlabeled_root\)"):  # fmt: skip
+        scan_folder(root)

@@ -386,7 +386,12 @@ def scan_folder(root: str | Path, require_masks: bool = True, masks: str | None 
             raise DataError(f"{image}: two masks name this image: {names}; keep one")
         mask = found[0] if found else None
         if mask is None and require_masks:
-            raise DataError(f"{image}: no mask for this image in {folder}")
+            missing = sum(stem not in matched for stem in images)
+            counted = "1 image has" if missing == 1 else f"{missing} images have"
+            raise DataError(
+                f"{image}: no mask for this image in {folder} ({counted} none; keep them in a folder of their own, "
+                "given as data.unlabeled_root)"
+            )
         if mask is not None:
             used.add(mask_ids[mask])
         pairs.append(Pair(stem, image, mask, columns=_folder_column(stem)))
