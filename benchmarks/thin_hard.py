@@ -12,7 +12,12 @@ collapse flags, and the validation and test Dice:
 
     python benchmarks/thin_hard.py --root runs/thin-hard --out benchmarks/results/thin-hard.json --threads 1
 
-Resumable (one sweep); the hardest step runs first.
+Resumable (one sweep); the hardest step runs first. ``--steps``, ``--methods`` and ``--seeds``
+pick a part of the grid (CPS is a method here too), to repeat the step that shows the gap over
+more seeds:
+
+    python benchmarks/thin_hard.py --root runs/thin-hard --out benchmarks/results/thin-hard-seeds.json \
+        --steps 0.5 --methods supervised cps default --seeds 0 1 2 --threads 1
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ METHODS = {
     "supervised": ["method=supervised"],
     "old": ["method=superdiffusion", *_settings(OLD)],
     "default": ["method=superdiffusion"],
+    "cps": ["method=cps"],
 }
 
 
@@ -50,23 +56,26 @@ def dataset(root: Path, contrast: float, noise: float) -> Path:
     return folder
 
 
-def specs(root: Path, threads: int) -> list[RunSpec]:
+def specs(root: Path, threads: int, steps=None, methods=("supervised", "old", "default"), seeds=(0,)) -> list[RunSpec]:
     out = []
     for contrast, noise in STEPS:
+        if steps and contrast not in steps:
+            continue
         data = dataset(root, contrast, noise)
-        for name, settings in METHODS.items():
-            overrides = [
-                "profile=quick",
-                f"data.root={data}",
-                f"data.size=[{SIZE}, {SIZE}]",
-                "data.plan=false",
-                "data.labeled_percent=20",
-                "train.seed=0",
-                f"train.threads={threads}",
-                *settings,
-            ]
-            resolve(overrides)
-            out.append(RunSpec(overrides, root / data.name / name))
+        for seed in seeds:
+            for name in methods:
+                overrides = [
+                    "profile=quick",
+                    f"data.root={data}",
+                    f"data.size=[{SIZE}, {SIZE}]",
+                    "data.plan=false",
+                    "data.labeled_percent=20",
+                    f"train.seed={seed}",
+                    f"train.threads={threads}",
+                    *METHODS[name],
+                ]
+                resolve(overrides)
+                out.append(RunSpec(overrides, root / data.name / (name if seed == 0 else f"{name}-s{seed}")))
     return out
 
 
@@ -78,9 +87,11 @@ def record(spec: RunSpec) -> dict:
     splits = json.loads((spec.folder / "splits.json").read_text())
     data = Path(next(o.split("=", 1)[1] for o in spec.overrides if o.startswith("data.root=")))
     labeled = [np.asarray(Image.open(data / "masks" / f"{i}.png")) > 0 for i in splits["labeled"]]
+    seed = int(next(o.split("=", 1)[1] for o in spec.overrides if o.startswith("train.seed=")))
     return {
         "data": data.name,
-        "method": spec.folder.name,
+        "method": spec.folder.name.removesuffix(f"-s{seed}"),
+        "seed": seed,
         "pseudo_fg_last": pseudo[-1] if pseudo else None,
         "labeled_fg": float(np.mean([m.mean() for m in labeled])),
         "flags": results["health"]["flags"],
@@ -93,9 +104,10 @@ def record(spec: RunSpec) -> dict:
     }
 
 
-def key(spec: RunSpec) -> tuple[str, str]:
+def key(spec: RunSpec) -> tuple[str, str, int]:
     data = Path(next(o.split("=", 1)[1] for o in spec.overrides if o.startswith("data.root=")))
-    return data.name, spec.folder.name
+    seed = int(next(o.split("=", 1)[1] for o in spec.overrides if o.startswith("train.seed=")))
+    return data.name, spec.folder.name.removesuffix(f"-s{seed}"), seed
 
 
 def main() -> None:
@@ -104,30 +116,57 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report-only", action="store_true", help="tabulate the finished runs; train nothing")
+    parser.add_argument("--steps", type=float, nargs="+", help="contrasts to run (default: every step)")
+    parser.add_argument("--methods", nargs="+", default=["supervised", "old", "default"], choices=sorted(METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     start = time.perf_counter()
-    todo = specs(args.root, args.threads)
+    todo = specs(args.root, args.threads, args.steps, args.methods, args.seeds)
     # runs a previous invocation finished are carried over from the result file (run folders
     # live under an ignored runs/ and do not survive a fresh checkout); the file is rewritten
     # after every run, so a session that ends mid-grid keeps what it finished
     previous = json.loads(args.out.read_text())["runs"] if args.out.exists() else []
-    carried = {(r["data"], r["method"]): r for r in previous}
+    carried = {(r["data"], r["method"], r.get("seed", 0)): r for r in previous}
 
-    def finished() -> list[dict]:
-        return [record(s) if s.finished else carried[key(s)] for s in todo if s.finished or key(s) in carried]
+    def finished() -> list[dict]:  # every run of the file, those of this invocation's part read afresh
+        runs = dict(carried)
+        runs.update({key(s): record(s) for s in todo if s.finished})
+        order = {(contrast, m): k for k, (contrast, m) in enumerate((c, m) for c, _ in STEPS for m in METHODS)}
+        return sorted(runs.values(), key=lambda r: (order.get((float(r["data"].split("-")[0][1:]), r["method"]), 99),
+                                                    r.get("seed", 0)))  # fmt: skip
 
     def write() -> None:
         runs = finished()
-        table = ["| data (contrast, noise) | method | pseudo-label fg, last epoch | labeled masks' fg | flags | val Dice | test Dice |",
-                 "|---|---|---|---|---|---|---|"]  # fmt: skip
+        table = ["| data (contrast, noise) | method | seed | pseudo-label fg, last epoch | labeled masks' fg | flags | val Dice | test Dice |",
+                 "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in runs:
             pseudo = f"{100 * r['pseudo_fg_last']:.1f} %" if r["pseudo_fg_last"] is not None else "-"
             table.append(
-                f"| {r['data']} | {r['method']} | {pseudo} | {100 * r['labeled_fg']:.1f} % | "
+                f"| {r['data']} | {r['method']} | {r.get('seed', 0)} | {pseudo} | {100 * r['labeled_fg']:.1f} % | "
                 f"{', '.join(r['flags']) or '-'} | {100 * r['val_dice']:.2f} | {100 * r['test_dice']:.2f} |"
             )
+        means = {}
+        for r in runs:
+            means.setdefault((r["data"], r["method"]), []).append(r)
+        table += [
+            "",
+            "| data (contrast, noise) | method | seeds | mean val Dice | mean test Dice |",
+            "|---|---|---|---|---|",
+        ]
+        for (data, method), group in means.items():
+            if len(group) > 1:
+                table.append(
+                    f"| {data} | {method} | {', '.join(str(r.get('seed', 0)) for r in group)} | "
+                    f"{100 * np.mean([r['val_dice'] for r in group]):.2f} | "
+                    f"{100 * np.mean([r['test_dice'] for r in group]):.2f} |"
+                )
+        part = "".join(
+            f" --{name} {' '.join(map(str, value))}"
+            for name, value in (("steps", args.steps), ("methods", args.methods), ("seeds", args.seeds))
+            if value and value != parser.get_default(name)
+        )
         result = {
-            "command": f"python benchmarks/thin_hard.py --root {args.root} --out {args.out} --threads {args.threads}",
+            "command": f"python benchmarks/thin_hard.py --root {args.root} --out {args.out} --threads {args.threads}{part}",
             "machine": f"{platform.machine()}, {platform.system()}, torch threads per run {args.threads}",
             "matmul_gflops_fp32": gflops,
             "size": SIZE,
