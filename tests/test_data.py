@@ -303,12 +303,16 @@ def test_a_stack_or_animation_is_not_read_as_its_first_frame(tmp_path):
             read_image(tmp_path / name)
 
 
-def test_a_dicom_folder_is_named_as_such(tmp_path):
+def test_a_file_named_dicom_that_is_not_stops_with_one_line(tmp_path):
+    """DICOM files are read by ITK (tests/test_volumes.py); one that is not DICOM is named."""
+    from superdiffusion.plan import plan_for
+
     root = write_pair_folder(tmp_path / "data")
     for path in (root / "images").iterdir():
-        path.rename(path.with_suffix(".dcm"))
-    with pytest.raises(DataError, match=r"images: no image files .* 6 \.dcm files: DICOM is not read"):
-        scan_folder(root)
+        path.unlink()
+        path.with_suffix(".dcm").write_bytes(b"DICM" + bytes(200))  # a truncated file
+    with pytest.raises(DataError, match=r"images/case0.dcm: cannot read"):
+        plan_for(root, cache=False)
 
 
 def test_a_dataset_that_would_not_fit_in_memory_stops_before_reading(tmp_path, monkeypatch):

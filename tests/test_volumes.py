@@ -1,5 +1,6 @@
 import csv
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -270,6 +271,17 @@ def test_2d_images_kept_as_nifti_train_as_2d_and_predict_back_to_nifti(tmp_path)
     out = nib.load(str(api.predict(tmp_path / "run", tmp_path / "s0.mha", tmp_path / "pred_mha")[0]))
     assert out.shape == (40, 36) and np.allclose(out.affine, np.diag([-0.8, -0.8, 1.0, 1.0]))
     assert np.array_equal(np.asarray(out.dataobj), predicted)
+    itk.imwrite(slice_, str(tmp_path / "s0.DCM"))  # a 2D DICOM file (X-ray, ultrasound), read by ITK too
+    out = nib.load(str(api.predict(tmp_path / "run", tmp_path / "s0.DCM", tmp_path / "pred_dcm")[0]))
+    assert out.shape == (40, 36, 1) and np.array_equal(np.asarray(out.dataobj)[..., 0], predicted)  # one frame
+    dicom = tmp_path / "dicom"  # a 2D dataset of DICOM images with PNG masks
+    (dicom / "images").mkdir(parents=True)
+    shutil.copytree(root / "labels", dicom / "masks")
+    for k in range(10):
+        plane = np.asarray(nib.load(root / "images" / f"s{k}.nii.gz").dataobj)[..., 0]
+        itk.imwrite(itk.image_from_array(np.ascontiguousarray(plane.T)), str(dicom / "images" / f"s{k}.dcm"))
+    plan = plan_for(dicom, cache=False)
+    assert plan.settings["data.spatial_dims"] == 2 and plan.fingerprint["size_median"] == [40, 36]
 
 
 def test_volumes_that_would_not_fit_in_memory_stop_before_reading(tmp_path, monkeypatch):

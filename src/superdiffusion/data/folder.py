@@ -92,8 +92,8 @@ def image_stem(path: Path) -> str:
 
 
 def _what_is_there(folder: Path) -> str:
-    """What a folder without readable images holds instead, for the error line: a DICOM series
-    is the usual case, and converting it is the way on."""
+    """What a folder without readable images holds instead, for the error line (volumes belong
+    in a 3D dataset)."""
     suffixes: dict[str, int] = {}
     for path in folder.iterdir():
         if path.is_file() and not path.name.startswith("."):
@@ -103,7 +103,6 @@ def _what_is_there(folder: Path) -> str:
         return "; the folder is empty"
     common = max(suffixes, key=suffixes.get)
     hint = {
-        ".dcm": ": DICOM is not read; convert the series to NIfTI (dcm2niix) or the slices to PNG",
         ".nii": ": volumes go in images/ + labels/ with data.spatial_dims=3",
         ".nii.gz": ": volumes go in images/ + labels/ with data.spatial_dims=3",
     }.get(common, "")

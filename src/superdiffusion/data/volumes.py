@@ -46,17 +46,18 @@ from .splits import choose_labeled
 
 LOG = logging.getLogger("superdiffusion")
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".h5", ".hdf5")
-# the volume formats a 2D dataset may use for its images
-PLANE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".h5", ".hdf5")
+# the volume formats a 2D dataset may use for its images (a DICOM file: one X-ray, one ultrasound frame)
+PLANE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 METAIMAGE_SUFFIXES = (".mha", ".mhd")
+ITK_SUFFIXES = (*METAIMAGE_SUFFIXES, ".dcm")  # read by MONAI's ITKReader (the itk extra)
 
 
 def volume_stem(path: Path) -> str:
     name = path.name
     for suffix in VOLUME_SUFFIXES:
-        if name.endswith(suffix):
+        if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
 
@@ -99,7 +100,7 @@ def group_channels(files: list[Path], channels: int) -> list[Path | tuple[Path, 
 
 
 def is_volume(path: Path) -> bool:
-    return path.name.endswith(VOLUME_SUFFIXES)
+    return path.name.lower().endswith(VOLUME_SUFFIXES)
 
 
 @dataclass
@@ -246,6 +247,8 @@ def stored_shape(path: Path) -> tuple[int, ...]:
 
             with h5py.File(path, "r") as handle:
                 return tuple(handle["image"].shape) if "image" in handle else ()
+        if path.name.lower().endswith(".dcm"):  # a DICOM header is read by decoding the file (one image, small)
+            return tuple(_load_with_monai(path)[0].shape)
         import nibabel as nib
 
         return tuple(nib.load(str(path)).shape)
@@ -299,24 +302,25 @@ def _load_with_monai(path: Path) -> tuple[np.ndarray, np.ndarray]:
         header = nrrd.read_header(str(path))
         if "space origin" not in header or "space directions" not in header:
             return _nrrd_without_geometry(path, header)
-    if name.endswith(METAIMAGE_SUFFIXES):
+    if name.endswith(ITK_SUFFIXES):
+        kind = "DICOM (.dcm)" if name.endswith(".dcm") else "MetaImage (.mha, .mhd)"
         try:
             import itk  # noqa: F401 - MONAI's ITKReader needs it
         except ImportError as err:
             if err.name == "itk":
                 raise DataError(
-                    f"{path}: MetaImage (.mha, .mhd) is read by ITK, which is not installed: pip install "
+                    f"{path}: {kind} is read by ITK, which is not installed: pip install "
                     "'superdiffusion[itk]' (or convert the files to NIfTI)"
                 ) from None
             raise DataError(
-                f"{path}: MetaImage (.mha, .mhd) is read by ITK, which is installed but fails to import ({err}); "
+                f"{path}: {kind} is read by ITK, which is installed but fails to import ({err}); "
                 "pip install 'superdiffusion[itk]' installs a version that works"
             ) from None
     reader = (
         "NrrdReader"
         if name.endswith(NRRD_SUFFIXES)
         else "ITKReader"
-        if name.endswith(METAIMAGE_SUFFIXES)
+        if name.endswith(ITK_SUFFIXES)
         else "NibabelReader"
     )
     image, meta = LoadImage(image_only=False, reader=reader, dtype=None)(str(path))
