@@ -46,6 +46,11 @@ METHODS = {
     "old": ["method=superdiffusion", *_settings(OLD)],
     "default": ["method=superdiffusion"],
     "cps": ["method=cps"],
+    # candidates for a thin-structure guard, each one setting off the default: lambda ramped in as
+    # CPS's is (the teacher is poor early), and the student's targets from round 0 alone (the
+    # rounds' reconstructions may blur 1-3 px structures out of the mean)
+    "default-sigmoid": ["method=superdiffusion", "method.ramp=sigmoid"],
+    "default-round0": ["method=superdiffusion", "method.pseudo_labels=round0"],
 }
 
 

@@ -342,3 +342,48 @@ def test_classes_drawn_in_colours_are_planned_as_classes_and_predicted_in_their_
     written = api.predict(tmp_path / "run", root / "images" / "c0.png", tmp_path / "pred")
     out = np.asarray(Image.open(written[0]).convert("RGB")).reshape(-1, 3)
     assert {tuple(c) for c in np.unique(out, axis=0)} <= {(0, 0, 0), (255, 0, 0), (0, 200, 0)}
+
+
+def _instance_folder(root, count=12, size=(60, 80), n_max=14):
+    """GlaS-like masks: each gland (a blob) labelled 1..n in its own image, n varying."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        mask = np.zeros(size, np.uint16 if n_max > 255 else np.uint8)
+        for g in range(1, 2 + i * (n_max - 1) // (count - 1)):  # 1 to n_max glands, on a grid of 8 px
+            y, x = 2 + 8 * ((g - 1) // (size[1] // 8)), 2 + 8 * ((g - 1) % (size[1] // 8))
+            mask[y : y + 5, x : x + 5] = g
+        image = (rng.uniform(0, 40, size) + 120 * (mask > 0)).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"train_{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"train_{i}.png")
+    return root
+
+
+def test_instance_masks_are_planned_as_one_foreground_class(tmp_path):
+    """GlaS labels each gland 1..n in its own image: n classes would be meaningless, and reading
+    them as lossy would drop every gland below half the range into the background. The plan
+    reads them as foreground (value > 0); masks of classes, each class a blob in every image,
+    stay classes."""
+    root = _instance_folder(tmp_path / "glas")
+    plan = plan_for(root, cache=False)
+    assert plan.settings["data.mask_mode"] == "threshold" and plan.settings["data.mask_threshold"] == 1
+    assert plan.settings["data.num_classes"] == 2 and "instances" in plan.reasons["data.mask_mode"]
+    cfg = _one_planned_update(root)
+    data = build_data(cfg.data, seed=0)
+    for mask, case in zip(data.test.masks, data.test.ids):
+        stored = np.asarray(Image.open(root / "masks" / f"{case}.png").resize(mask.shape[::-1], Image.NEAREST))
+        assert np.array_equal(mask.numpy(), stored > 0)  # every gland foreground, whatever its number
+    nuclei = _instance_folder(tmp_path / "nuclei", size=(160, 160), n_max=120)  # up to 120 values: not "few classes"
+    plan = plan_for(nuclei, cache=False)
+    assert plan.settings["data.mask_mode"] == "threshold" and plan.settings["data.mask_threshold"] == 1
+    organs = tmp_path / "organs"  # three organs, each one blob in every image: classes
+    (organs / "images").mkdir(parents=True)
+    (organs / "masks").mkdir()
+    for i in range(12):
+        mask = np.zeros((60, 80), np.uint8)
+        mask[5:20, 5 + i % 3 : 25], mask[25:40, 30:50], mask[45:55, 60:75] = 1, 2, 3
+        Image.fromarray((mask * 60).astype(np.uint8)).save(organs / "images" / f"c{i}.png")
+        Image.fromarray(mask).save(organs / "masks" / f"c{i}.png")
+    plan = plan_for(organs, cache=False)
+    assert plan.settings["data.mask_mode"] == "index" and plan.settings["data.num_classes"] == 4

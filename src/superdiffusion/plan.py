@@ -218,6 +218,27 @@ def _grey_levels(found: np.ndarray, masks: list[np.ndarray]) -> bool:
     return True
 
 
+def _instances(found: np.ndarray, masks: list[np.ndarray]) -> bool:
+    """Whether grey masks label instances (GlaS' glands, nuclei) rather than classes: in most
+    masks the values are 1..n, n varying from mask to mask (3 or more in one), and nearly each
+    value is one blob. Organs drawn as classes hold the same values, or not 1..n, from mask to mask."""
+    from scipy import ndimage
+
+    if len(found) < 4 or found.min() < 0 or not np.all(np.equal(np.mod(found, 1), 0)):
+        return False
+    counts, numbered, blobs, drawn = [], 0, 0, 0
+    for m in masks:
+        labels = m.astype(np.int64)
+        present = np.unique(labels[labels > 0])
+        counts.append(len(present))
+        numbered += len(present) == 0 or (present[0] == 1 and present[-1] == len(present))
+        for value, box in enumerate(ndimage.find_objects(labels), start=1):
+            if box is not None:
+                drawn += 1
+                blobs += ndimage.label(labels[box] == value)[1] == 1
+    return max(counts) >= 3 and max(counts) - min(counts) >= 2 and numbered >= 0.8 * len(masks) and blobs >= 0.8 * drawn
+
+
 def _folder_digest(root: Path, files: list[Path], masks: str | None = None) -> str:
     digest = hashlib.sha256(str(root.resolve()).encode() + (f"\0masks={masks}".encode() if masks else b""))
     for path in sorted(files):
@@ -294,7 +315,9 @@ def fingerprint_2d(root: Path, pairs: list | None = None, masks: str | None = No
     else:
         found = np.array(sorted(values), dtype=np.float64)
         kind = _mask_kind(found, colours)
-        if kind == "lossy" and colours is None and _grey_levels(found, masks):
+        if kind in ("index", "lossy") and colours is None and _instances(found, masks):
+            kind = "instances"
+        elif kind == "lossy" and colours is None and _grey_levels(found, masks):
             kind = "levels"
         elif kind == "lossy" and colours is not None and len(painted) == len(masks):
             keys = np.unique(np.concatenate([np.unique(m) for m in painted]))
@@ -307,7 +330,7 @@ def fingerprint_2d(root: Path, pairs: list | None = None, masks: str | None = No
         classes = int(found.max()) + 1
         per_class = {str(c): float(np.mean([np.mean(m == c) for m in masks])) for c in range(1, classes)}
         binary = [m > 0 for m in masks]
-    else:
+    else:  # binary, lossy (thresholded at half the range) and instances (every one foreground)
         cut = default_mask_threshold(found) if kind == "lossy" else 0
         binary = [m >= cut if kind == "lossy" else m > 0 for m in masks]
         per_class = {"1": float(np.mean([np.mean(b) for b in binary]))}
@@ -457,6 +480,11 @@ def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
         plan.set("data.mask_mode", "threshold", f"the masks hold {len(fp['mask_values'])}+ values (lossy or resampled): "
                  "foreground where a value is at least half the range")  # fmt: skip
         plan.set("data.num_classes", 2, "lossy masks are read as one foreground class")
+    elif kind == "instances":
+        plan.set("data.mask_mode", "threshold", "the masks label instances (each value one blob, 1..n in each mask, n "
+                 "varying): every instance is foreground (data.mask_mode=index to read the values as classes)")  # fmt: skip
+        plan.set("data.mask_threshold", 1, "foreground where the value is 1 or more: every instance")
+        plan.set("data.num_classes", 2, "instances are read as one foreground class")
     elif kind == "levels":
         levels = [int(v) for v in fp["mask_values"]]
         plan.set("data.mask_mode", "index", f"the masks draw {len(levels)} classes as the grey values {levels}, each "
