@@ -647,3 +647,21 @@ def test_images_without_masks_are_counted_and_the_way_on_named(tmp_path):
     with pytest.raises(DataError, match=r"CHNCXR_0003_0.png: no mask for this image in .*mask \(2 images have none; "
                                         r"keep them in a folder of their own, given as data.unlabeled_root\)"):  # fmt: skip
         scan_folder(root)
+
+
+def test_a_folder_wrapping_the_dataset_is_read_as_the_dataset(tmp_path):
+    """Unzipping Kvasir-SEG gives kvasir-seg/Kvasir-SEG/images + masks (often beside a __MACOSX/
+    folder): data.root=kvasir-seg reads the one folder inside."""
+    from superdiffusion.plan import plan_for
+
+    root = tmp_path / "kvasir-seg"
+    write_pair_folder(root / "Kvasir-SEG", n=8, split=False)
+    (root / "__MACOSX" / "Kvasir-SEG").mkdir(parents=True)
+    (root / ".DS_Store").write_bytes(b"\0")
+    data = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50), seed=0)
+    assert sum(map(len, (data.labeled, data.unlabeled, data.val, data.test))) == 8
+    assert plan_for(root, cache=False).fingerprint["images"] == 8
+    alone = tmp_path / "unlabeled"  # a folder of images/ alone is a dataset folder, not a wrapper
+    shutil.copytree(root / "Kvasir-SEG" / "images", alone / "images")
+    extra = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50, unlabeled_root=str(alone)), 0)
+    assert len(extra.unlabeled) == len(data.unlabeled) + 8

@@ -58,7 +58,27 @@ def resolve_root(root: str) -> Path:
                 f"{os.environ.get(DATA_ENV) or 'unset, so data/'}); to fill it: {how}"
             )
         return path
-    return Path(root).expanduser()
+    return unwrapped(Path(root).expanduser())
+
+
+JUNK_FOLDERS = ("__MACOSX",)  # what unzipping on a Mac leaves beside the data
+# folders that are a part of a dataset, never a wrapper around one
+ROLE_FOLDERS = {"images", "masks", "labels", "imagestr", "imagests", "labelstr", "train", "training", "val", "valid",
+                "validation", "test", "testing"}  # fmt: skip
+
+
+def unwrapped(path: Path) -> Path:
+    """The dataset inside folders that only wrap it (``kvasir-seg/Kvasir-SEG/images``, as
+    unzipping often leaves it): while a folder holds no file but hidden ones and one folder
+    (``__MACOSX/`` aside) that is not a part of a dataset (``images/``, ``train/`` ...), that folder."""
+    while path.is_dir():
+        entries = [p for p in path.iterdir() if not p.name.startswith(".") and p.name not in JUNK_FOLDERS]
+        if len(entries) != 1 or not entries[0].is_dir() or entries[0].is_symlink():
+            return path
+        if entries[0].name.lower() in ROLE_FOLDERS:
+            return path
+        path = entries[0]
+    return path
 
 
 def available_memory() -> int | None:
