@@ -517,9 +517,17 @@ def test_masks_kept_beside_their_images(tmp_path):
     plan = plan_for(root, cache=False)
     assert plan.settings["data.group_column"] == "folder" and plan.fingerprint["images"] == 30
     assert {m.max().item() for m in data.labeled.masks} == {1}  # the masks read as masks, not as images
-    shutil.copy(flat / "masks" / "case0.png", root / "TCGA_0" / "TCGA_0_0_mask_1.png")  # BUSI: a second lesion
-    with pytest.raises(DataError, match=r"TCGA_0_0.png: 2 masks name this image \(TCGA_0_0_mask.png, TCGA_0_0_mask_1"):
-        scan_folder(root)
+    second = np.zeros_like(np.asarray(Image.open(flat / "masks" / "case0.png")))
+    second[-4:, -5:] = 255  # BUSI: a second lesion, in a mask of its own
+    Image.fromarray(second).save(root / "TCGA_0" / "TCGA_0_0_mask_1.png")
+    pairs = scan_folder(root)
+    assert [m.name for m in pairs[0].mask] == ["TCGA_0_0_mask.png", "TCGA_0_0_mask_1.png"]
+    union = read_mask(pairs[0].mask, 2, "binary")  # a binary task: the union of the lesions
+    first = read_mask(root / "TCGA_0" / "TCGA_0_0_mask.png", 2, "binary")
+    assert union.sum() == first.sum() + 20 and union[-1, -1] == 1
+    with pytest.raises(DataError, match=r"TCGA_0_0_mask.png: one of 2 masks of one image; in a task of 3 classes"):
+        read_mask(pairs[0].mask, 3, "index")
+    assert plan_for(root, cache=False).fingerprint["images"] == 30
     (root / "TCGA_0" / "TCGA_0_0_mask_1.png").unlink()
     from conftest import tiny_config
 

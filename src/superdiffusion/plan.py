@@ -294,19 +294,20 @@ def fingerprint_2d(root: Path, pairs: list | None = None, masks: str | None = No
     colours: int | None = None  # the most colours in one colour mask (None: grey masks)
     masks, palette, painted = [], [], []
     for pair in _sample(labeled):
-        if is_plane_file(pair.mask):  # a label image kept as NIfTI or NRRD: its values as stored
-            masks.append(decode(pair.mask)[0])
+        mask_file = first_file(pair.mask)  # an image with a mask a lesion: its first
+        if is_plane_file(mask_file):  # a label image kept as NIfTI or NRRD: its values as stored
+            masks.append(decode(mask_file)[0])
             values |= set(np.unique(masks[-1]).tolist()[:257])
             continue
-        img = open_image(pair.mask)
+        img = open_image(mask_file)
         count = colour_count(img)
         if count is not None:
             colours = max(colours or 0, count)
         painted.append(packed_colours(img))  # classes painted in colours, if any mask has colours
         if img.mode in ("P", "PA"):
-            palette.append(mask_plane(img, "index", pair.mask))
+            palette.append(mask_plane(img, "index", mask_file))
             indices |= set(np.unique(palette[-1]).tolist())
-        masks.append(mask_plane(img, "threshold", pair.mask))  # the colour reading every mode but index shares
+        masks.append(mask_plane(img, "threshold", mask_file))  # the colour reading every mode but index shares
         if len(values) <= 256:
             values |= set(np.unique(masks[-1]).tolist())
     by_index = np.array(sorted(indices), dtype=np.float64)

@@ -66,6 +66,10 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True, recorded: di
         data.class_names = layout.label_names if layout else None
         return data
     pairs = layout_pairs(layout, root) if layout is not None else scan_folder(root, masks=cfg.masks)
+    several = [p for p in pairs if isinstance(p.mask, tuple)]
+    if several:
+        LOG.info("data: %d images have several masks beside them (one a lesion, %s); each reads as their union",
+                 len(several), ", ".join(m.name for m in several[0].mask))  # fmt: skip
     by, grouped_by = assign_splits(pairs, cfg, seed, validation, recorded)
     labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed, recorded)
     size = tuple(cfg.size) if cfg.size is not None else None  # None: native resolution, patches

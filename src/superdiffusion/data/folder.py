@@ -34,7 +34,7 @@ SPLITS = ("train", "val", "test")
 class Pair:
     id: str
     image: Path | tuple[Path, ...]  # a tuple: one grey file per channel (nnU-Net's CASE_0000.png, ...)
-    mask: Path | None
+    mask: Path | tuple[Path, ...] | None  # a tuple: one mask a lesion (BUSI's NAME_mask, NAME_mask_1), read as one
     split: str = "train"
     # split.csv's other columns (subject, ...), and ``folder`` for an image kept in a subfolder
     columns: dict[str, str] = field(default_factory=dict)
@@ -312,13 +312,11 @@ def _scan_side_by_side(root: Path) -> list[Pair]:
     for key, image in files.items():
         if image in taken:
             continue
-        found = masks.get(key, [])
-        if len(found) > 1:
-            names = ", ".join(sorted(p.name for p in found))
-            raise DataError(f"{image}: {len(found)} masks name this image ({names}); merge them into one")
+        found = sorted(masks.get(key, []))
         if not found:
             raise DataError(f"{image}: no mask beside this image (named like {image.stem}_mask{image.suffix})")
-        pairs.append(Pair(key, image, found[0], columns=_folder_column(key)))
+        mask = found[0] if len(found) == 1 else tuple(found)  # one mask a lesion: read as their union
+        pairs.append(Pair(key, image, mask, columns=_folder_column(key)))
     read_split(pairs, root / "split.csv")
     return pairs
 
@@ -695,9 +693,15 @@ def classes_of(arr: np.ndarray, values: list, path) -> np.ndarray:
 
 
 def read_mask(
-    path: Path, num_classes: int, mode: str, threshold: float | None = None, values: list[int] | None = None
+    path: Path | tuple[Path, ...],
+    num_classes: int,
+    mode: str,
+    threshold: float | None = None,
+    values: list[int] | None = None,
 ) -> np.ndarray:
-    """Mask as int64 ``(H, W)`` of class indices, checked against the declared classes.
+    """Mask as int64 ``(H, W)`` of class indices, checked against the declared classes. Several
+    masks of one image (one a lesion: BUSI's ``NAME_mask``, ``NAME_mask_1``) read as their union,
+    in binary tasks.
 
     ``binary``: 0 is background and exactly one other value foreground; ``threshold``:
     foreground where the grey value is >= ``threshold`` (default :func:`default_mask_threshold`),
@@ -706,6 +710,16 @@ def read_mask(
     are read by :func:`mask_plane`."""
     if mode not in ("binary", "threshold", "index"):
         raise DataError(f"data.mask_mode must be binary, threshold or index, got {mode!r}")
+    if isinstance(path, tuple):
+        if num_classes != 2:
+            raise DataError(f"{path[0]}: one of {len(path)} masks of one image; in a task of {num_classes} classes "
+                            "they do not read as one: merge them into one mask")  # fmt: skip
+        parts = [read_mask(p, num_classes, mode, threshold, values) for p in path]
+        for p, part in zip(path[1:], parts[1:]):
+            if part.shape != parts[0].shape:
+                raise DataError(f"{p}: {part.shape[1]}x{part.shape[0]}, the image's other mask {path[0].name} "
+                                f"{parts[0].shape[1]}x{parts[0].shape[0]}")  # fmt: skip
+        return np.maximum.reduce(parts)
     if mode == "index" and values and isinstance(values[0], str):  # classes painted in colours
         return classes_of(packed_colours(open_image(path)), values, path)
     if _is_plane(path):
