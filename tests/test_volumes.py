@@ -507,3 +507,50 @@ def test_case_folders_of_several_labeled_volumes_and_flat_folders_pair_each_labe
     (lits / "segmentation-3.nii").rename(lits / "segmentation-7.nii")
     with pytest.raises(DataError, match=r"segmentation-7.nii: no image volume pairs with this label"):
         scan_volumes(lits)
+
+
+def _write_series(volume: np.ndarray, folder: Path, spacing=(1.0, 1.0, 2.0)) -> None:
+    """``volume`` (x, y, z) as a DICOM series: one .dcm file a slice (ITK's arrays run z, y, x)."""
+    import itk
+
+    image = itk.image_from_array(np.ascontiguousarray(volume.transpose(2, 1, 0)))
+    image.SetSpacing(list(spacing))
+    folder.mkdir(parents=True)
+    names = [str(folder / f"IM{k:04d}.dcm") for k in range(volume.shape[2])]
+    writer = itk.ImageSeriesWriter[itk.Image[itk.SS, 3], itk.Image[itk.SS, 2]].New(
+        Input=image, FileNames=names, ImageIO=itk.GDCMImageIO.New()
+    )
+    writer.Update()
+
+
+def test_dicom_series_folders_are_volumes(tmp_path):
+    """A clinical set keeps each scan as a DICOM series, a folder of slices (images/CASE/IM0000.dcm
+    ...), beside its label volume (labels/CASE.nii.gz): each folder is one volume, planned 3D,
+    trained, and predicted back as CASE.nii.gz."""
+    from superdiffusion.data.volumes import is_series
+    from superdiffusion.plan import plan_for
+
+    vols = write_volumes(tmp_path / "vols", n=6, shape=(24, 24, 12))
+    root = tmp_path / "series"
+    (root / "labels").mkdir(parents=True)
+    for k in range(6):
+        image = np.asarray(nib.load(str(vols / "images" / f"v{k}.nii.gz")).dataobj)
+        _write_series((image * 100).astype(np.int16), root / "images" / f"v{k}")
+        label = np.asarray(nib.load(str(vols / "labels" / f"v{k}.nii.gz")).dataobj)  # on the series' own grid
+        nib.save(
+            nib.Nifti1Image(label, read_volume(root / "images" / f"v{k}").affine), str(root / "labels" / f"v{k}.nii.gz")
+        )
+    assert is_series(root / "images" / "v0") and not is_series(root / "labels")
+    pairs = scan_volumes(root)
+    assert [p.id for p in pairs] == [f"v{k}" for k in range(6)]
+    volume = read_volume(pairs[0].image)
+    assert volume.array.shape == (24, 24, 12) and np.array_equal(
+        volume.array, (np.asarray(nib.load(str(vols / "images" / "v0.nii.gz")).dataobj) * 100).astype(np.int16)
+    )
+    assert plan_for(root, cache=False).settings["data.spatial_dims"] == 3
+    cfg = tiny_config(*TINY3D, f"data.root={root}", "data.normalize=percentile")
+    api.train(cfg, tmp_path / "run")
+    written = api.predict(tmp_path / "run", root / "images", tmp_path / "pred")
+    assert sorted(p.name for p in written) == [f"v{k}.nii.gz" for k in range(6)]
+    assert nib.load(str(written[0])).shape == (24, 24, 12)
+    assert [p.name for p in api.predict(tmp_path / "run", root / "images" / "v1", tmp_path / "one")] == ["v1.nii.gz"]

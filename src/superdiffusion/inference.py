@@ -302,13 +302,23 @@ class Segmenter:
         """The cases of a file or folder: each 2D image or volume (volumes of several channels:
         nnU-Net's ``CASE_0000`` ... files gathered per case); a case folder's images (its label
         left out), or those of each case folder below ``path``."""
-        from .data.volumes import case_folders, folder_cases, group_channels, is_label_name, is_volume, nnunet_channel
+        from .data.volumes import (
+            case_folders,
+            folder_cases,
+            group_channels,
+            is_label_name,
+            is_series,
+            is_volume,
+            nnunet_channel,
+        )
 
         if self.spatial_dims == 3 and path.is_dir():
+            if is_series(path):  # a DICOM series: one volume
+                return [path]
             folders = [path / name for name in DATASET_IMAGE_FOLDERS if (path / name).is_dir()]
             if folders:  # a dataset's own folder: the volumes of its image folders, not its labels
                 return [case for folder in folders for case in self.inputs(folder)]
-            files = [p for p in path.iterdir() if is_volume(p)]
+            files = sorted(p for p in path.iterdir() if is_volume(p) or is_series(p))
             one_case = any(is_label_name(p) for p in files) or (  # a labeled case, or a case's modalities
                 self.channels > 1 and len(files) == self.channels and not all(nnunet_channel(p) for p in files)
             )
@@ -327,7 +337,9 @@ class Segmenter:
             masks = mask_folders_below(path, files)  # a dataset folder: its images, not its masks
             files = [p for p in files if not masks & set(p.parents)]
         else:
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS or is_volume(p))
+            files = sorted(
+                p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS or is_volume(p) or is_series(p)
+            )
         if not files:
             raise DataError(f"{path}: no image or volume files")
         return group_channels(files, self.channels) if self.spatial_dims == 3 else files
@@ -480,7 +492,7 @@ DATASET_IMAGE_FOLDERS = ("images", "imagesTr", "imagesTs")  # beside labels/ (la
 def subfolder(case, inputs: Path | None) -> Path:
     """The subfolder a case sits in below the input folder ``inputs`` (``Path()`` for a file
     given alone, or one at the folder's top): its outputs go to the same subfolder."""
-    if inputs is None or not inputs.is_dir():
+    if inputs is None or not inputs.is_dir() or first_file(case) == inputs:  # a file, or a DICOM series, alone
         return Path()
     return first_file(case).parent.relative_to(inputs)
 

@@ -411,12 +411,12 @@ def fingerprint_3d(root: Path, pairs: list | None = None, masks: str | None = No
 
 
 def _is_volume_folder(root: Path) -> bool:
-    from .data.volumes import is_plane_folder, is_volume
+    from .data.volumes import is_plane_folder, is_series, is_volume
 
     images = root / "images"
     if images.is_dir():
         files = list(images.iterdir())
-        return any(is_volume(p) for p in files) and not is_plane_folder(files)
+        return any(is_volume(p) or is_series(p) for p in files) and not is_plane_folder(files)
     flat = [p for p in root.iterdir() if p.is_file() and is_volume(p)]  # LiTS: volume-0 beside segmentation-0
     if flat and not is_plane_folder(flat):
         return True

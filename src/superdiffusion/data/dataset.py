@@ -277,7 +277,9 @@ def fingerprint(pair: Pair) -> str:
     digest = hashlib.blake2b(digest_size=8)
     images = pair.image if isinstance(pair.image, tuple) else (pair.image,)
     mask = getattr(pair, "mask", None) or getattr(pair, "label", None)  # a 2D Pair's mask, a volume's label
-    for path in (*images, *([mask] if mask is not None else [])):
+    masks = mask if isinstance(mask, tuple) else (mask,) if mask is not None else ()  # a mask a lesion
+    files = [f for p in (*images, *masks) for f in (sorted(Path(p).iterdir()) if Path(p).is_dir() else [p])]
+    for path in files:  # a DICOM series: its slices
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)

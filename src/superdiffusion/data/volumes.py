@@ -59,7 +59,7 @@ def volume_stem(path: Path) -> str:
     for suffix in VOLUME_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
-    return path.stem
+    return name if path.is_dir() else path.stem  # a DICOM series: its folder's name
 
 
 def case_stem(image: Path | tuple[Path, ...]) -> str:
@@ -101,6 +101,15 @@ def group_channels(files: list[Path], channels: int) -> list[Path | tuple[Path, 
 
 def is_volume(path: Path) -> bool:
     return path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def is_series(path: Path) -> bool:
+    """Whether ``path`` is a DICOM series: a folder (not a link) of two or more ``.dcm`` slices and
+    nothing else but hidden files, read as one volume."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    files = [p for p in path.iterdir() if not p.name.startswith(".")]
+    return len(files) >= 2 and all(p.is_file() and p.name.lower().endswith(".dcm") for p in files)
 
 
 @dataclass
@@ -180,7 +189,11 @@ def _read_array(path: Path, dataset: str) -> tuple[np.ndarray, np.ndarray, tuple
     """A volume file's voxels as stored, its affine, spacing and whether the spacing is missing;
     any reader failure is one line naming the file."""
     try:
-        if path.name.lower().endswith(PLANE_SUFFIXES):
+        if is_series(path):  # a DICOM series: ITK orders its slices by their position
+            arr, affine = _load_with_monai(path)
+            spacing = tuple(float(np.linalg.norm(affine[:3, k])) for k in range(3))
+            missing = min(spacing) <= 0
+        elif path.name.lower().endswith(PLANE_SUFFIXES):
             header = check_detached(path)  # MetaImage: its header, read once
             arr, affine = _load_with_monai(path)
             spacing = tuple(float(np.linalg.norm(affine[:3, k])) for k in range(3))
@@ -247,7 +260,7 @@ def stored_shape(path: Path) -> tuple[int, ...]:
 
             with h5py.File(path, "r") as handle:
                 return tuple(handle["image"].shape) if "image" in handle else ()
-        if path.name.lower().endswith(".dcm"):  # a DICOM header is read by decoding the file (one image, small)
+        if path.name.lower().endswith(".dcm") or is_series(path):  # DICOM: its shape by decoding it
             return tuple(_load_with_monai(path)[0].shape)
         import nibabel as nib
 
@@ -295,7 +308,7 @@ def _load_with_monai(path: Path) -> tuple[np.ndarray, np.ndarray]:
     prediction written as NIfTI overlays the input in any viewer."""
     from monai.transforms import LoadImage
 
-    name = path.name.lower()
+    name = path.name.lower() + ("/.dcm" if path.is_dir() else "")  # a DICOM series: a folder of .dcm files
     if name.endswith(NRRD_SUFFIXES):
         import nrrd
 
@@ -484,7 +497,7 @@ def scan_volumes(root: str | Path, masks: str | None = None) -> list[VolumePair]
     if by_case:  # one folder per case (KiTS, BraTS): images and label side by side
         pairs = _scan_case_folders(root, by_case)
     elif images_dir.is_dir() and any(
-        is_volume(p) and not p.name.endswith((".h5", ".hdf5")) for p in images_dir.iterdir()
+        (is_volume(p) and not p.name.endswith((".h5", ".hdf5"))) or is_series(p) for p in images_dir.iterdir()
     ):
         labels_dir = root / masks if masks is not None else mask_folder(root)
         if masks is not None and not labels_dir.is_dir():
@@ -492,7 +505,7 @@ def scan_volumes(root: str | Path, masks: str | None = None) -> list[VolumePair]
         if labels_dir is None:
             raise DataError(f"{root}: no labels/ (or masks/) folder beside images/")
         labels = {volume_stem(p): p for p in labels_dir.iterdir() if is_volume(p)}
-        for path in sorted(p for p in images_dir.iterdir() if is_volume(p)):
+        for path in sorted(p for p in images_dir.iterdir() if is_volume(p) or is_series(p)):
             stem = volume_stem(path)
             if stem not in labels:
                 raise DataError(f"{path}: no label volume for this image in {labels_dir}")
