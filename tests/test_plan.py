@@ -387,3 +387,19 @@ def test_instance_masks_are_planned_as_one_foreground_class(tmp_path):
         Image.fromarray(mask).save(organs / "masks" / f"c{i}.png")
     plan = plan_for(organs, cache=False)
     assert plan.settings["data.mask_mode"] == "index" and plan.settings["data.num_classes"] == 4
+
+
+def test_a_fingerprint_cached_by_an_older_reader_is_read_again(tmp_path, monkeypatch):
+    """A folder planned before the reader learned instance masks keeps no stale plan: the cache
+    entry of the older format is computed again."""
+    from superdiffusion import plan as planning
+
+    monkeypatch.setenv(planning.CACHE_ENV, str(tmp_path / "cache"))
+    root = _instance_folder(tmp_path / "glas")
+    first = planning.fingerprint(root)
+    assert first["mask_kind"] == "instances"
+    (entry,) = (tmp_path / "cache" / "fingerprints").iterdir()
+    stale = json.loads(entry.read_text())
+    stale["fingerprint"]["mask_kind"] = "index"  # what the reader of format 5 found
+    entry.write_text(json.dumps(stale | {"format": 5}))
+    assert planning.fingerprint(root)["mask_kind"] == "instances"

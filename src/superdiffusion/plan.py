@@ -50,8 +50,9 @@ from .data.volumes import is_plane_file, layout_volumes, stored_shape
 from .errors import DataError
 
 # 2: colour and palette masks read as drawn; 3: grey-coded classes ("levels"); 4: painted ("colours");
-# 5: images in subfolders, grouped by them
-FORMAT = 5
+# 5: images in subfolders, grouped by them; 6: instance masks, image and mask folders found by their
+# files' names, several labeled volumes a case folder, DICOM
+FORMAT = 6
 SAMPLE = 48  # images and masks decoded for the intensity and mask statistics
 FIXED_SIZE = 128  # the paper's resize for 2D images
 MIN_WIDTH = 3.0  # pixels of width the thinnest structures must keep at the fixed size

@@ -207,7 +207,8 @@ def dataset_folders(root: Path, masks: str | None = None) -> tuple[Path | None, 
     with the other's (ISIC's ``..._Input/`` and ``..._GroundTruth/``, CVC-ClinicDB's ``Original/``
     and ``Ground Truth/``, Shenzhen's ``CXR_png/`` and ``mask/``), or with ``images/``'s when
     there is one. Where both folders pair with each other the masks are the folder named like masks,
-    else the one whose first file holds fewer values. Two folders that could each be the masks
+    else the one whose first file holds at most :data:`MASK_VALUES` values and the other's more (two
+    folders of like-named images, two patients' slices say, are no pair). Two folders that could each be the masks
     stop with one line naming them: neither is guessed. ``(images/ or None, None)`` when no
     folder pairs. ``masks`` (``data.masks``) names the folder of masks: the images are then
     ``images/``, or the one other folder of image files."""
