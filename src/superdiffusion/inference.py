@@ -22,6 +22,7 @@ from .data import normalize, normalize_cases
 from .data.dataset import class_names
 from .data.folder import (
     IMAGE_EXTENSIONS,
+    IMAGE_FOLDERS,
     case_id,
     first_file,
     image_files,
@@ -315,7 +316,7 @@ class Segmenter:
         if self.spatial_dims == 3 and path.is_dir():
             if is_series(path):  # a DICOM series: one volume
                 return [path]
-            folders = [path / name for name in DATASET_IMAGE_FOLDERS if (path / name).is_dir()]
+            folders = [path / name for name in IMAGE_FOLDERS if (path / name).is_dir()]
             if folders:  # a dataset's own folder: the volumes of its image folders, not its labels
                 return [case for folder in folders for case in self.inputs(folder)]
             files = sorted(p for p in path.iterdir() if is_volume(p) or is_series(p))
@@ -484,9 +485,6 @@ def _save_nifti(image, target: Path) -> None:
     import gzip
 
     safefs.write_bytes(target, gzip.compress(image.to_bytes(), compresslevel=6))
-
-
-DATASET_IMAGE_FOLDERS = ("images", "imagesTr", "imagesTs")  # beside labels/ (labelsTr/): a dataset's own folder
 
 
 def subfolder(case, inputs: Path | None) -> Path:

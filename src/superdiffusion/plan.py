@@ -32,7 +32,6 @@ from .data.dataset import resolve_root
 from .data.folder import (
     channels_of,
     colour_count,
-    dataset_folders,
     decode,
     default_mask_threshold,
     exif_orientation,
@@ -268,9 +267,7 @@ def fingerprint_2d(root: Path, pairs: list | None = None, masks: str | None = No
     """A 2D folder's fingerprint; ``pairs``: the cases of a dataset.json layout, else the
     folder's images/ and masks/ (``masks``: ``data.masks``)."""
     if pairs is None:  # images/ alone plans from its masked images; no images/: masks beside their images
-        plain = (root / "images").is_dir()
-        found = dataset_folders(root, masks)[1] if plain else None
-        pairs = scan_folder(root, require_masks=found is not None or not plain, masks=masks)
+        pairs = scan_folder(root, require_masks=None, masks=masks)
     labeled = [p for p in pairs if p.mask is not None]
     if not labeled:
         raise DataError(f"{root}: no image has a mask in masks/ (or labels/): nothing to plan from")

@@ -16,7 +16,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import DataError
-from .folder import Pair, compact_mask
+from .folder import IMAGE_FOLDERS, MASK_FOLDERS, SPLIT_FOLDERS, Pair, compact_mask
 from .splits import carve, group_column, groups_of
 
 TEST_SPLIT_SEED = 0  # the test set of a folder without split.csv is the same for every run
@@ -63,8 +63,7 @@ def resolve_root(root: str) -> Path:
 
 JUNK_FOLDERS = ("__MACOSX",)  # what unzipping on a Mac leaves beside the data
 # folders that are a part of a dataset, never a wrapper around one
-ROLE_FOLDERS = {"images", "masks", "labels", "imagestr", "imagests", "labelstr", "train", "training", "val", "valid",
-                "validation", "test", "testing"}  # fmt: skip
+ROLE_FOLDERS = {name.lower() for name in (*IMAGE_FOLDERS, *MASK_FOLDERS, "labelsTr", *SPLIT_FOLDERS)}
 
 
 def unwrapped(path: Path) -> Path:

@@ -26,6 +26,7 @@ from ..errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".webp")
 MASK_FOLDERS = ("masks", "labels")  # beside images/, for 2D images and volumes alike
+IMAGE_FOLDERS = ("images", "imagesTr", "imagesTs")  # a dataset's images (nnU-Net's imagesTr/, imagesTs/ too)
 MASK_SUFFIXES = ("", "_mask", "_anno", "_label", "_segmentation", "_Segmentation", "m")
 SPLITS = ("train", "val", "test")
 
@@ -352,19 +353,24 @@ def _scan_split_folders(
     ]
 
 
-def scan_folder(root: str | Path, require_masks: bool = True, masks: str | None = None) -> list[Pair]:
+def scan_folder(root: str | Path, require_masks: bool | None = True, masks: str | None = None) -> list[Pair]:
     """List the image/mask pairs of a dataset folder and their split: ``images/`` + ``masks/``
     (or folders named otherwise: :func:`dataset_folders`; ``masks``: ``data.masks``), each mask
     beside its image (:func:`_scan_side_by_side`), or ``train/``, ``val/`` and ``test/`` folders
-    of either."""
+    of either. ``require_masks=None``: an ``images/`` folder without a folder of masks is read
+    alone (the plan's reading), any other layout needs its masks."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
+    if require_masks is None and not (root / "images").is_dir():
+        require_masks = True
     if not (root / "images").is_dir() and mask_folder(root) is None:
         folders = _split_folders(root)
         if folders:
             return _scan_split_folders(root, folders, require_masks, masks)
-    image_folder, folder = dataset_folders(root, masks if require_masks else None)
+    image_folder, folder = dataset_folders(root, masks if require_masks is not False else None)
+    if require_masks is None:
+        require_masks = folder is not None
     if image_folder is None and require_masks:
         return _scan_side_by_side(root)
     images = _files(image_folder or root / "images")

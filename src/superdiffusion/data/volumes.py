@@ -189,12 +189,8 @@ def _read_array(path: Path, dataset: str) -> tuple[np.ndarray, np.ndarray, tuple
     """A volume file's voxels as stored, its affine, spacing and whether the spacing is missing;
     any reader failure is one line naming the file."""
     try:
-        if is_series(path):  # a DICOM series: ITK orders its slices by their position
-            arr, affine = _load_with_monai(path)
-            spacing = tuple(float(np.linalg.norm(affine[:3, k])) for k in range(3))
-            missing = min(spacing) <= 0
-        elif path.name.lower().endswith(PLANE_SUFFIXES):
-            header = check_detached(path)  # MetaImage: its header, read once
+        if is_series(path) or path.name.lower().endswith(PLANE_SUFFIXES):  # a series: ITK orders its slices
+            header = {} if path.is_dir() else check_detached(path)  # MetaImage: its header, read once
             arr, affine = _load_with_monai(path)
             spacing = tuple(float(np.linalg.norm(affine[:3, k])) for k in range(3))
             missing = min(spacing) <= 0 or (path.name.endswith((".nii", ".nii.gz")) and _nifti_spacing_missing(path))
@@ -308,15 +304,16 @@ def _load_with_monai(path: Path) -> tuple[np.ndarray, np.ndarray]:
     prediction written as NIfTI overlays the input in any viewer."""
     from monai.transforms import LoadImage
 
-    name = path.name.lower() + ("/.dcm" if path.is_dir() else "")  # a DICOM series: a folder of .dcm files
+    name = path.name.lower()
+    by_itk = path.is_dir() or name.endswith(ITK_SUFFIXES)  # a folder: a DICOM series
     if name.endswith(NRRD_SUFFIXES):
         import nrrd
 
         header = nrrd.read_header(str(path))
         if "space origin" not in header or "space directions" not in header:
             return _nrrd_without_geometry(path, header)
-    if name.endswith(ITK_SUFFIXES):
-        kind = "DICOM (.dcm)" if name.endswith(".dcm") else "MetaImage (.mha, .mhd)"
+    if by_itk:
+        kind = "DICOM (.dcm)" if path.is_dir() or name.endswith(".dcm") else "MetaImage (.mha, .mhd)"
         try:
             import itk  # noqa: F401 - MONAI's ITKReader needs it
         except ImportError as err:
@@ -329,13 +326,7 @@ def _load_with_monai(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 f"{path}: {kind} is read by ITK, which is installed but fails to import ({err}); "
                 "pip install 'superdiffusion[itk]' installs a version that works"
             ) from None
-    reader = (
-        "NrrdReader"
-        if name.endswith(NRRD_SUFFIXES)
-        else "ITKReader"
-        if name.endswith(ITK_SUFFIXES)
-        else "NibabelReader"
-    )
+    reader = "NrrdReader" if name.endswith(NRRD_SUFFIXES) else "ITKReader" if by_itk else "NibabelReader"
     image, meta = LoadImage(image_only=False, reader=reader, dtype=None)(str(path))
     affine = np.asarray(meta["affine"], dtype=np.float64)
     if affine.shape == (3, 3):  # a 2D file (MetaImage): its plane in a 3D affine, one unit thick
