@@ -509,7 +509,7 @@ def test_masks_kept_beside_their_images(tmp_path):
         shutil.copy(flat / "masks" / f"case{k}.png", patient / f"TCGA_{k // 3}_{k % 3}_mask.png")
     pairs = scan_folder(root)
     assert [p.id for p in pairs[:2]] == ["TCGA_0/TCGA_0_0", "TCGA_0/TCGA_0_1"] and len(pairs) == 30
-    assert pairs[1].mask.name == "TCGA_0_1_mask.png" and pairs[1].columns == {"folder": "TCGA_0"}
+    assert pairs[1].mask.name == "TCGA_0_1_mask.png" and pairs[1].columns["folder"] == "TCGA_0"
     data = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50, val_fraction=0.25), seed=0)
     assert data.grouped_by == "folder" and sum(map(len, (data.labeled, data.unlabeled, data.val, data.test))) == 30
     from superdiffusion.plan import plan_for
@@ -673,3 +673,37 @@ def test_a_folder_wrapping_the_dataset_is_read_as_the_dataset(tmp_path):
     shutil.copytree(root / "Kvasir-SEG" / "images", alone / "images")
     extra = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50, unlabeled_root=str(alone)), 0)
     assert len(extra.unlabeled) == len(data.unlabeled) + 8
+
+
+def test_slices_named_by_their_series_are_split_whole():
+    """A flat folder of a volume's slices (``patient001_slice_03``): a slice-by-slice split would
+    put one patient's neighbouring slices in training and test, so the names group them."""
+    from superdiffusion.data.splits import name_series
+
+    acdc = [f"patient{p:03d}_frame{f:02d}_slice_{s}" for p in range(1, 13) for f in (1, 12) for s in range(3)]
+    assert name_series(acdc)["patient007_frame12_slice_2"] == "patient007"  # frames of one heart together
+    assert name_series([f"case_{p:05d}_{s:03d}" for p in range(12) for s in range(4)])["case_00003_002"] == "case_00003"
+    assert name_series([f"{p}_Left_{s}" for p in range(12) for s in range(4)])["3_Left_2"] == "3_Left"
+    unrelated = {
+        "isic": [f"ISIC_{i:07d}" for i in range(40)],  # one prefix: a collection, not a patient
+        "ph2": [f"IMD{i:03d}" for i in range(40)],
+        "cvc": [str(i) for i in range(1, 41)],
+        "kvasir": [f"cju{i}x{i * 7}qkwl35piu0993l0dewei{i % 10}" for i in range(40)],  # one image a name
+        "shenzhen": [f"CHNCXR_{i:04d}_{i % 2}" for i in range(40)],
+        "drive": [f"{i}_training" for i in range(21, 41)],
+        "classes": [f"{c}_{i:03d}" for c in ("benign", "malignant", "normal") for i in range(14)],  # 3 classes
+    }
+    for name, ids in unrelated.items():
+        assert name_series(ids) is None, name
+
+
+def test_a_flat_folder_of_slices_is_split_by_patient(tmp_path):
+    root = write_pair_folder(tmp_path / "slices", n=48, split=False)
+    for k, folder in [(k, f) for k in range(48) for f in ("images", "masks")]:
+        (root / folder / f"case{k}.png").rename(root / folder / f"patient{k // 4:03d}_slice_{k % 4:02d}.png")
+    data = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50, val_fraction=0.25), seed=0)
+    patients = [{i.split("_")[0] for i in s.ids} for s in (data.labeled, data.unlabeled, data.val, data.test)]
+    train, val, test = patients[0] | patients[1], patients[2], patients[3]
+    assert not (train & val or train & test or val & test), patients
+    assert data.grouped_by == "series"
+    assert build_data(DataConfig(root=str(root), size=[16, 16], group_column=None), seed=0).grouped_by is None

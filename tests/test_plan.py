@@ -403,3 +403,15 @@ def test_a_fingerprint_cached_by_an_older_reader_is_read_again(tmp_path, monkeyp
     stale["fingerprint"]["mask_kind"] = "index"  # what the reader of format 5 found
     entry.write_text(json.dumps(stale | {"format": 5}))
     assert planning.fingerprint(root)["mask_kind"] == "instances"
+
+
+def test_series_in_the_image_names_become_the_group_column(tmp_path):
+    root = write_pair_folder(tmp_path / "slices", n=40, split=False)
+    for folder in ("images", "masks"):
+        for i in range(40):
+            (root / folder / f"case{i}.png").rename(root / folder / f"pat{i // 4:02d}-{i % 4:03d}.png")
+    plan = plan_for(root, cache=False)
+    assert plan.settings["data.group_column"] == "series"
+    assert (
+        "10 series" in plan.reasons["data.group_column"] and "pat00-000 -> pat00" in plan.reasons["data.group_column"]
+    )

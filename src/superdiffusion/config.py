@@ -77,7 +77,8 @@ class DataConfig(Section):
     # the split.csv column naming each image's subject (patient, animal, volume, ...): a carved
     # validation or test split then holds out whole subjects, so that neighbouring frames or
     # slices of one subject never sit on both sides. "auto": the first of group, subject,
-    # subject_id, patient, patient_id, case that split.csv has, else image by image; null: image by image
+    # subject_id, patient, patient_id, case that split.csv has, else the subfolder (10 or more), else
+    # the series the names number (patient001_slice_03: 10 or more), else image by image; null: image by image
     group_column: str | None = "auto"
     unlabeled_root: str | None = None  # extra folder of images without masks
     # the folder of masks (or labels), relative to data.root and to each of its train/, val/, test/

@@ -50,8 +50,8 @@ from .errors import DataError
 
 # 2: colour and palette masks read as drawn; 3: grey-coded classes ("levels"); 4: painted ("colours");
 # 5: images in subfolders, grouped by them; 6: instance masks, image and mask folders found by their
-# files' names, several labeled volumes a case folder, DICOM
-FORMAT = 6
+# files' names, several labeled volumes a case folder, DICOM; 7: series in the names group images
+FORMAT = 7
 SAMPLE = 48  # images and masks decoded for the intensity and mask statistics
 FIXED_SIZE = 128  # the paper's resize for 2D images
 MIN_WIDTH = 3.0  # pixels of width the thinnest structures must keep at the fixed size
@@ -255,12 +255,18 @@ def _cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "superdiffusion") / "fingerprints"
 
 
-def _subjects(pairs: list) -> tuple[str | None, int | None]:
-    """The split.csv column that names subjects (as ``data.group_column=auto`` finds it) and their count."""
+def _subjects(pairs: list) -> dict[str, Any]:
+    """The column that names subjects (as ``data.group_column=auto`` finds it), their count and
+    the first case's ``id -> subject``."""
     column = group_column(pairs, "auto", Path("split.csv"))
     if column is None:
-        return None, None
-    return column, len({p.columns.get(column) for p in pairs})
+        return {"subject_column": None, "subjects": None}
+    first = next(p for p in pairs if p.columns.get(column))
+    return {
+        "subject_column": column,
+        "subjects": len({p.columns.get(column) for p in pairs}),
+        "subject_example": f"{first.id} -> {first.columns[column]}",
+    }
 
 
 def fingerprint_2d(root: Path, pairs: list | None = None, masks: str | None = None) -> dict[str, Any]:
@@ -339,15 +345,13 @@ def fingerprint_2d(root: Path, pairs: list | None = None, masks: str | None = No
         if w.size:
             widths_px.append(float(np.percentile(w, 5)))
             widths_fixed.append(widths_px[-1] * FIXED_SIZE / max(b.shape))
-    column, subjects = _subjects(pairs)
     channels = sorted({channels_of(p.image) for p in pairs})
     return {
         "root": str(root),
         "dims": 2,
         "images": len(pairs),
         "labeled_images": len(labeled),
-        "subjects": subjects,
-        "subject_column": column,
+        **_subjects(pairs),
         "subfolders": len({p.columns.get("folder") for p in pairs if p.columns.get("folder")}),
         "size_median": [int(np.median(heights)), int(np.median(widths))],
         "size_min": [int(heights.min()), int(widths.min())],
@@ -387,14 +391,12 @@ def fingerprint_3d(root: Path, pairs: list | None = None, masks: str | None = No
             values |= set(np.unique(label).tolist()[:64])
             fractions.append(float(np.mean(label > 0)))
     found = np.array(sorted(values), dtype=np.float64) if values else np.array([0.0, 1.0])
-    column, subjects = _subjects(pairs)
     return {
         "root": str(root),
         "dims": 3,
         "images": len(pairs),
         "labeled_images": sum(1 for p in pairs if p.label is not None),
-        "subjects": subjects,
-        "subject_column": column,
+        **_subjects(pairs),
         "shape_median": [int(v) for v in np.median(np.array(shapes), axis=0)],
         "shape_min": [int(v) for v in np.min(np.array(shapes), axis=0)],
         "shape_max": [int(v) for v in np.max(np.array(shapes), axis=0)],
@@ -511,6 +513,9 @@ def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
     if fp.get("subject_column") == "folder":
         plan.set("data.group_column", "folder", f"the images sit in {fp['subjects']} subfolders: carved splits hold "
                  "out whole subfolders (a patient's slices on one side)")  # fmt: skip
+    elif fp.get("subject_column") == "series":
+        plan.set("data.group_column", "series", f"the image names number slices of {fp['subjects']} series (such as "
+                 f"{fp['subject_example']}): carved splits hold out whole series (a patient's slices on one side)")  # fmt: skip
     elif fp.get("subject_column"):
         source = "split.csv names" if (Path(fp["root"]) / "split.csv").is_file() else "the case folders give"
         plan.set("data.group_column", fp["subject_column"], f"{source} {fp['subjects']} subjects in column "

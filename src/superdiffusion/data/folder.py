@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
+from .splits import add_name_series
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".webp")
 MASK_FOLDERS = ("masks", "labels")  # beside images/, for 2D images and volumes alike
@@ -319,7 +320,7 @@ def _scan_side_by_side(root: Path) -> list[Pair]:
             raise DataError(f"{image}: no mask beside this image (named like {image.stem}_mask{image.suffix})")
         mask = found[0] if len(found) == 1 else tuple(found)  # one mask a lesion: read as their union
         pairs.append(Pair(key, image, mask, columns=_folder_column(key)))
-    read_split(pairs, root / "split.csv")
+    read_columns(pairs, root / "split.csv")
     return pairs
 
 
@@ -402,7 +403,7 @@ def scan_folder(root: str | Path, require_masks: bool | None = True, masks: str 
     orphans = sorted(set(mask_files) - used)
     if orphans:
         raise DataError(f"{mask_files[orphans[0]]}: mask without an image ({len(orphans)} such masks)")
-    read_split(pairs, root / "split.csv")
+    read_columns(pairs, root / "split.csv")
     return pairs
 
 
@@ -410,14 +411,16 @@ def layout_pairs(layout, root: Path) -> list[Pair]:
     """The labeled cases of an nnU-Net or MSD folder (see :mod:`.layouts`) as pairs, with the
     split of a ``split.csv`` beside ``dataset.json`` when there is one."""
     pairs = [Pair(c.id, c.images[0] if len(c.images) == 1 else tuple(c.images), c.label) for c in layout.cases]
-    read_split(pairs, root / "split.csv")
+    read_columns(pairs, root / "split.csv")
     return pairs
 
 
-def read_split(pairs: list, split_file: Path) -> None:
-    """Set each pair's split from ``split_file`` when it exists (the one split.csv reader, for
-    images and volumes): columns ``id`` and ``split``, one row per case; any other column
-    (a subject, say) is kept in the pair's ``columns``."""
+def read_columns(pairs: list, split_file: Path) -> None:
+    """Set each pair's split and columns (images and volumes): the series its name gives
+    (:func:`~.splits.add_name_series`), then ``split_file``'s when it exists (the one split.csv
+    reader): columns ``id`` and ``split``, one row per case; any other column (a subject, say)
+    is kept in the pair's ``columns``."""
+    add_name_series(pairs)
     if split_file.is_file():
         _apply_split(pairs, split_file)
 

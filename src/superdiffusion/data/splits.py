@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -104,9 +106,45 @@ def carve(
 
 
 # data.group_column=auto: the first of these that split.csv has ("case": e.g. 2D slices of one volume)
-MIN_FOLDER_GROUPS = 10  # subfolders group images (as patients) by default from this many on
-# split.csv's columns naming an image's subject, then the subfolder an image sits in (folder.scan_folder)
-GROUP_COLUMNS = ("group", "subject", "subject_id", "patient", "patient_id", "case", "folder")
+MIN_FOLDER_GROUPS = 10  # subfolders (or series of names) group images, as patients, by default from this many on
+# split.csv's columns naming an image's subject, then the subfolder an image sits in (folder.scan_folder), then
+# the series its name gives (name_series)
+GROUP_COLUMNS = ("group", "subject", "subject_id", "patient", "patient_id", "case", "folder", "series")
+# a name's trailing number, with the word before it that numbers slices or frames: "_slice_012", "-045", "_frame01"
+SERIES_NUMBER = re.compile(r"[_\-. ]*(?:slice|slc|frame|z|s)?[_\-. ]*\d+$", re.IGNORECASE)
+
+
+def name_series(ids: list[str]) -> dict[str, str] | None:
+    """Each id's series when the names number slices or frames of series (``patient001_slice_03``,
+    ``case_00003_002``): the name less its trailing number, less the next one too while that
+    still groups (``patient001_frame12_slice_2`` -> ``patient001``: a heart's two frames together).
+    The names group when they give at least :data:`MIN_FOLDER_GROUPS` series, of two images each
+    on average, none holding half the images; else None (``ISIC_0000001`` numbers a collection,
+    ``benign_001`` a class, a hash ending in a digit one image)."""
+
+    def strip(name: str) -> str:  # a name that is only a number (CVC's 1.png, a subfolder's s1.png) numbers none
+        folder, slash, stem = name.rpartition("/")
+        cut = SERIES_NUMBER.sub("", stem)
+        return f"{folder}{slash}{cut}" if cut else name
+
+    best, current = None, list(ids)
+    while True:
+        stripped = [strip(i) for i in current]
+        if stripped == current:
+            break
+        counts = Counter(stripped)
+        if not MIN_FOLDER_GROUPS <= len(counts) <= len(ids) / 2 or max(counts.values()) > len(ids) / 2:
+            break
+        best = current = stripped
+    return dict(zip(ids, best)) if best is not None else None
+
+
+def add_name_series(pairs: list) -> None:
+    """Give each pair (an image or volume) the column ``series`` when the names group
+    (:func:`name_series`); ``data.group_column=auto`` takes it after split.csv's and the folder."""
+    series = name_series([p.id for p in pairs])
+    for pair in pairs if series else []:
+        pair.columns.setdefault("series", series[pair.id])
 
 
 def group_column(pairs: list, column: str | None, split_file: Path) -> str | None:
@@ -115,11 +153,9 @@ def group_column(pairs: list, column: str | None, split_file: Path) -> str | Non
     if column is None:
         return None
     present = next((p.columns for p in pairs if p.columns), {})
-    if column == "auto":
-        found = next((c for c in GROUP_COLUMNS if c in present), None)
-        if found == "folder" and len({p.columns.get("folder") for p in pairs}) < MIN_FOLDER_GROUPS:
-            return None  # a few subfolders are more likely classes (benign/, malignant/) than patients
-        return found
+    if column == "auto":  # a few subfolders are more likely classes (benign/, malignant/) than patients
+        few = len({p.columns.get("folder") for p in pairs}) < MIN_FOLDER_GROUPS
+        return next((c for c in GROUP_COLUMNS if c in present and not (c == "folder" and few)), None)
     if column not in present:
         others = ", ".join(present) if present else "none besides id and split"
         where = split_file if split_file.is_file() else f"{split_file} (not found)"

@@ -41,7 +41,7 @@ from .dataset import (
     normalize_each,
     resolve_root,
 )
-from .folder import check_finite, classes_of, compact_mask, mask_folder, read_split
+from .folder import check_finite, classes_of, compact_mask, mask_folder, read_columns
 from .splits import choose_labeled
 
 LOG = logging.getLogger("superdiffusion")
@@ -360,7 +360,7 @@ class VolumePair:
 def layout_volumes(layout, root: Path) -> list[VolumePair]:
     """The labeled cases of an nnU-Net or MSD folder of volumes (see :mod:`.layouts`)."""
     pairs = [VolumePair(c.id, tuple(c.images) if len(c.images) > 1 else c.images[0], c.label) for c in layout.cases]
-    read_split(pairs, root / "split.csv")
+    read_columns(pairs, root / "split.csv")
     return pairs
 
 
@@ -516,7 +516,7 @@ def scan_volumes(root: str | Path, masks: str | None = None) -> list[VolumePair]
             f"{root}: no volumes (images/ + labels/ of NIfTI, NRRD or MetaImage files, one folder per case, or HDF5 "
             "files)"
         )
-    read_split(pairs, root / "split.csv")
+    read_columns(pairs, root / "split.csv")
     return pairs
 
 
