@@ -707,3 +707,63 @@ def test_a_flat_folder_of_slices_is_split_by_patient(tmp_path):
     assert not (train & val or train & test or val & test), patients
     assert data.grouped_by == "series"
     assert build_data(DataConfig(root=str(root), size=[16, 16], group_column=None), seed=0).grouped_by is None
+
+
+def _ssl4mis_acdc(root: Path, patients: int = 12, side: int = 16) -> Path:
+    """ACDC as the semi-supervised codebases keep it: ``data/CASE.h5`` volumes and
+    ``data/slices/CASE_slice_K.h5``, each an ``image`` (float, normalised) and a ``label``
+    (class indices 0-3) in one HDF5 file."""
+    import h5py
+
+    (root / "data" / "slices").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for p in range(1, patients + 1):
+        for frame in (1, 12):
+            label = np.zeros((3, side, side), np.uint8)
+            label[:, 3:9, 4:10], label[:, 5:7, 6:8], label[:, 10:13, 2:5] = 1, 2, 3
+            image = rng.normal(0, 0.1, label.shape).astype(np.float32) + label
+            case = f"patient{p:03d}_frame{frame:02d}"
+            with h5py.File(root / "data" / f"{case}.h5", "w") as handle:
+                handle["image"], handle["label"] = image, label
+            for k in range(3):
+                with h5py.File(root / "data" / "slices" / f"{case}_slice_{k}.h5", "w") as handle:
+                    handle["image"], handle["label"] = image[k], label[k]
+    return root
+
+
+def test_2d_slices_kept_as_hdf5_image_and_label(tmp_path):
+    """A folder of HDF5 files each holding one 2D slice's ``image`` and ``label`` (the 2D half of
+    the semi-supervised codebases' ACDC) is a 2D dataset: planned as such, its labels read from
+    the same file, its slices grouped by patient; beside it, its folder's volumes read as 3D."""
+    from conftest import tiny_config
+
+    from superdiffusion import api
+    from superdiffusion.data.volumes import scan_volumes
+    from superdiffusion.plan import plan_for
+
+    root = _ssl4mis_acdc(tmp_path / "ACDC")
+    slices = root / "data" / "slices"
+    plan = plan_for(slices, cache=False)
+    assert plan.settings["data.spatial_dims"] == 2 and plan.settings["data.num_classes"] == 4
+    assert plan.settings["data.mask_mode"] == "index" and plan.settings["data.group_column"] == "series"
+    cfg = DataConfig(root=str(slices), size=[16, 16], num_classes=4, mask_mode="index", normalize="percentile")
+    data = build_data(cfg, seed=0)
+    assert data.grouped_by == "series" and len(data.test.ids) + len(data.val.ids) + len(data.labeled.ids) > 0
+    k = data.test.ids.index(next(i for i in data.test.ids if i.endswith("_slice_1")))
+    expected = np.zeros((16, 16), np.int64)
+    expected[3:9, 4:10], expected[5:7, 6:8], expected[10:13, 2:5] = 1, 2, 3
+    assert np.array_equal(data.test.masks[k].numpy(), expected)
+    assert len(scan_volumes(root / "data")) == 24  # the volumes beside slices/, not the slices
+    run = tmp_path / "run"
+    api.train(
+        tiny_config(
+            "method=supervised",
+            f"data.root={slices}",
+            "data.size=[16, 16]",
+            "data.num_classes=4",
+            "data.mask_mode=index",
+        ),
+        run,
+    )
+    written = api.predict(run, slices, tmp_path / "pred")
+    assert len(written) == 72 and written[0].name.endswith("_slice_0.nii.gz")

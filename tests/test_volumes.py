@@ -123,7 +123,12 @@ def test_hdf5_and_nrrd_volumes(tmp_path):
     with h5py.File(tmp_path / "case1" / "mri_norm2.h5", "w") as f:
         f["image"] = data
         f["label"] = (data > 60).astype(np.uint8)
-    pairs = scan_volumes(tmp_path)
+    (tmp_path / "outside" / "case9").mkdir(parents=True)
+    shutil.copy(tmp_path / "case1" / "mri_norm2.h5", tmp_path / "outside" / "case9")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "case1").rename(tmp_path / "data" / "case1")
+    (tmp_path / "data" / "case9").symlink_to(tmp_path / "outside" / "case9")  # a linked folder is not entered
+    pairs = scan_volumes(tmp_path / "data")
     assert [p.id for p in pairs] == ["case1"]
     assert np.array_equal(read_volume(pairs[0].image, "label").array, (data > 60).astype(np.uint8))
     nrrd.write(

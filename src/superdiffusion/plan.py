@@ -45,7 +45,7 @@ from .data.folder import (
 )
 from .data.layouts import read_dataset_json
 from .data.splits import group_column
-from .data.volumes import is_plane_file, layout_volumes, stored_shape
+from .data.volumes import is_plane_file, layout_volumes, read_plane, stored_shape
 from .errors import DataError
 
 # 2: colour and palette masks read as drawn; 3: grey-coded classes ("levels"); 4: painted ("colours");
@@ -299,8 +299,8 @@ def fingerprint_2d(root: Path, pairs: list | None = None, masks: str | None = No
     masks, palette, painted = [], [], []
     for pair in _sample(labeled):
         mask_file = first_file(pair.mask)  # an image with a mask a lesion: its first
-        if is_plane_file(mask_file):  # a label image kept as NIfTI or NRRD: its values as stored
-            masks.append(decode(mask_file)[0])
+        if is_plane_file(mask_file):  # a label image kept as NIfTI or NRRD (or HDF5's label): its values as stored
+            masks.append(read_plane(mask_file, "label")[0])
             values |= set(np.unique(masks[-1]).tolist()[:257])
             continue
         img = open_image(mask_file)

@@ -303,9 +303,12 @@ def _folder_column(key: str) -> dict[str, str]:
 def _scan_side_by_side(root: Path) -> list[Pair]:
     """A folder (often one subfolder per patient) keeping each mask beside its image, named after
     it (Kaggle's LGG: ``TCGA_A/TCGA_A_1.tif`` + ``TCGA_A_1_mask.tif``)."""
+    from .volumes import holds_label
+
     files = _files(root)
     masks = masks_beside(files)
-    if not masks:
+    inside = {key for key, path in files.items() if holds_label(path)}  # HDF5: its image and label in one file
+    if not masks and not inside:
         raise DataError(
             f"{root}: no images/ folder, and no image with its mask beside it (NAME.png + NAME_mask.png); a 2D "
             "dataset is images/ + masks/"
@@ -315,7 +318,7 @@ def _scan_side_by_side(root: Path) -> list[Pair]:
     for key, image in files.items():
         if image in taken:
             continue
-        found = sorted(masks.get(key, []))
+        found = [image] if key in inside else sorted(masks.get(key, []))
         if not found:
             raise DataError(f"{image}: no mask beside this image (named like {image.stem}_mask{image.suffix})")
         mask = found[0] if len(found) == 1 else tuple(found)  # one mask a lesion: read as their union
@@ -735,7 +738,7 @@ def read_mask(
     if _is_plane(path):
         from .volumes import read_plane
 
-        arr = read_plane(path)[0]
+        arr = read_plane(path, "label")[0]  # HDF5: the file's label; NIfTI, NRRD ...: the file
         if arr.dtype.kind == "f" and mode != "threshold":
             if not np.array_equal(arr, np.round(arr)):
                 raise DataError(f"{path}: label image holds fractional values; set data.mask_mode=threshold")

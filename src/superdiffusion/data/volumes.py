@@ -49,6 +49,7 @@ LOG = logging.getLogger("superdiffusion")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".h5", ".hdf5")
 # the volume formats a 2D dataset may use for its images (a DICOM file: one X-ray, one ultrasound frame)
 PLANE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+HDF5_SUFFIXES = (".h5", ".hdf5")  # an image and its label in one file, as datasets "image" and "label"
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 METAIMAGE_SUFFIXES = (".mha", ".mhd")
 ITK_SUFFIXES = (*METAIMAGE_SUFFIXES, ".dcm")  # read by MONAI's ITKReader (the itk extra)
@@ -101,6 +102,23 @@ def group_channels(files: list[Path], channels: int) -> list[Path | tuple[Path, 
 
 def is_volume(path: Path) -> bool:
     return path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def is_hdf5(path: Path) -> bool:
+    return path.name.lower().endswith(HDF5_SUFFIXES) and path.is_file() and not path.name.startswith(".")
+
+
+def holds_label(path: Path) -> bool:
+    """Whether ``path`` is an HDF5 file holding a ``label`` beside its ``image``."""
+    if not is_hdf5(path):
+        return False
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            return "label" in handle
+    except OSError as err:
+        raise DataError(f"{path}: cannot read HDF5 file ({str(err).splitlines()[0][:120]})") from None
 
 
 def is_series(path: Path) -> bool:
@@ -270,15 +288,17 @@ def stored_shape(path: Path) -> tuple[int, ...]:
 
 
 def is_plane_file(path: Path) -> bool:
-    """A NIfTI, NRRD or MetaImage file, which may hold a 2D image (one slice) as well as a volume."""
-    return path.name.lower().endswith(PLANE_SUFFIXES)
+    """A NIfTI, NRRD, MetaImage, DICOM or HDF5 file, which may hold a 2D image (one slice) as well
+    as a volume."""
+    return path.name.lower().endswith(PLANE_SUFFIXES + HDF5_SUFFIXES)
 
 
-def read_plane(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+def read_plane(path: Path, dataset: str = "image") -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     """A 2D image stored as a NIfTI or NRRD file (``(H, W)`` or ``(H, W, 1)``, as 2D datasets
-    are often kept in medical imaging): its ``(H, W)`` array in the file's index order, its
-    affine, and the stored shape (a prediction is written back in that shape and geometry)."""
-    arr, affine, _, _ = _read_array(path, "image")
+    are often kept in medical imaging), or as an HDF5 file's ``dataset`` (``image`` or ``label``):
+    its ``(H, W)`` array in the file's index order, its affine, and the stored shape (a
+    prediction is written back in that shape and geometry)."""
+    arr, affine, _, _ = _read_array(path, dataset)
     if arr.ndim == 3 and arr.shape[2] > 1:
         raise DataError(f"{path}: a volume of {'x'.join(map(str, arr.shape))} in a 2D dataset; a folder of volumes "
                         "trains with data.spatial_dims=3")  # fmt: skip
@@ -506,8 +526,9 @@ def scan_volumes(root: str | Path, masks: str | None = None) -> list[VolumePair]
             raise DataError(f"{orphan}: label without an image ({len(labels)} such labels)")
     elif (flat := _volume_files(root)) and any(map(is_label_name, flat)):  # LiTS: volume-0 + segmentation-0
         pairs = [VolumePair(volume_stem(image), image, label) for image, label in pair_labels(flat)]
-    else:
-        files = sorted({*root.glob("*.h5"), *root.glob("*/*.h5"), *root.glob("*.hdf5"), *root.glob("*/*.hdf5")})
+    else:  # HDF5 volumes in the folder, else in its subfolders (a case folder's mri_norm2.h5), never through a link
+        below = [p for d in sorted(root.iterdir()) if d.is_dir() and not d.is_symlink() for p in sorted(d.iterdir())]
+        files = [p for p in sorted(root.iterdir()) if is_hdf5(p)] or [p for p in below if is_hdf5(p)]
         for path in files:
             case = volume_stem(path) if path.parent == root or path.parent.name == "images" else path.parent.name
             pairs.append(VolumePair(case, path, path))
