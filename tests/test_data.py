@@ -1,4 +1,5 @@
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -767,3 +768,19 @@ def test_2d_slices_kept_as_hdf5_image_and_label(tmp_path):
     )
     written = api.predict(run, slices, tmp_path / "pred")
     assert len(written) == 72 and written[0].name.endswith("_slice_0.nii.gz")
+
+
+def test_images_and_masks_named_by_a_word_and_their_number_pair_by_it(tmp_path):
+    """``images/img_0001.png`` with ``masks/mask_0001.png``, ``image7.jpg`` with ``label7.png``:
+    names that differ in their word pair by the number they end in (they were taken for images
+    without masks)."""
+    flat = write_pair_folder(tmp_path / "flat", n=12, split=False)
+    for name, (image, mask) in {"kaggle": ("img_{:04d}", "mask_{:04d}"), "word": ("image{}", "label{}")}.items():
+        root = _renamed(flat, tmp_path / name, "images", "masks", image, mask)
+        pairs = scan_folder(root)
+        numbers = [int(re.search(r"\d+$", p.id)[0]) for p in pairs]
+        assert len(pairs) == 12 and [p.mask.name for p in pairs] == [mask.format(k) + ".png" for k in numbers]
+    one_missing = _renamed(flat, tmp_path / "missing", "images", "masks", "img_{:04d}", "mask_{:04d}")
+    (one_missing / "masks" / "mask_0003.png").unlink()  # numbers pair, one image lacks its mask: named
+    with pytest.raises(DataError, match=r"img_0003.png: no mask for this image .*1 image has none"):
+        scan_folder(one_missing)

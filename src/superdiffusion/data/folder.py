@@ -151,15 +151,16 @@ def _tagged_masks(images: dict[str, Path], masks: dict[str, Path], taken: set[st
     return claimed
 
 
-LEADING_NUMBER = re.compile(r"^(\d+)(?:\D|$)")
+LEADING_NUMBER = re.compile(r"^(\d+)(?:\D|$)")  # 21_training
+TRAILING_NUMBER = re.compile(r"(?:^|\D)(\d+)$")  # img_0001, label7
 
 
-def _numbered(stems) -> dict[int, str] | None:
-    """Each stem by the number it starts with (``21_training``: 21); None unless every stem
-    starts with a number of its own."""
+def _numbered(stems, number: re.Pattern) -> dict[int, str] | None:
+    """Each stem by the number ``number`` finds in its name (``21_training``: 21 at its start,
+    ``img_0001``: 1 at its end); None unless every stem holds a number of its own."""
     numbers = {}
     for stem in stems:
-        match = LEADING_NUMBER.match(stem.rpartition("/")[2])
+        match = number.search(stem.rpartition("/")[2])
         if match is None or int(match[1]) in numbers:
             return None
         numbers[int(match[1])] = stem
@@ -170,13 +171,14 @@ def match_masks(images: dict[str, Path], masks: dict[str, Path]) -> dict[str, li
     """The masks of each image stem: the mask of the same stem, or of the stem plus one of
     :data:`MASK_SUFFIXES`; else the masks tagged after it (:func:`_tagged_masks`). When no mask
     pairs by name, every image and every mask start with a number of their own and each mask's is
-    an image's (DRIVE's ``21_training.tif`` and ``21_manual1.gif``), they pair by that number."""
+    an image's (DRIVE's ``21_training.tif`` and ``21_manual1.gif``), they pair by that number;
+    else by the number each ends in (``img_0001.png`` and ``mask_0001.png``)."""
     found = {stem: next((masks[stem + s] for s in MASK_SUFFIXES if stem + s in masks), None) for stem in images}
     mask_ids = {path: key for key, path in masks.items()}
     tagged = _tagged_masks(images, masks, {mask_ids[m] for m in found.values() if m is not None})
     matched = {stem: [mask] if mask is not None else tagged.get(stem, []) for stem, mask in found.items()}
-    if masks and not any(matched.values()):
-        by_image, by_mask = _numbered(images), _numbered(masks)
+    for number in (LEADING_NUMBER, TRAILING_NUMBER) if masks and not any(matched.values()) else ():
+        by_image, by_mask = _numbered(images, number), _numbered(masks, number)
         if by_image and by_mask and set(by_mask) <= set(by_image):
             return {by_image[n]: [masks[stem]] for n, stem in by_mask.items()}
     return {stem: found for stem, found in matched.items() if found}
