@@ -784,3 +784,40 @@ def test_images_and_masks_named_by_a_word_and_their_number_pair_by_it(tmp_path):
     (one_missing / "masks" / "mask_0003.png").unlink()  # numbers pair, one image lacks its mask: named
     with pytest.raises(DataError, match=r"img_0003.png: no mask for this image .*1 image has none"):
         scan_folder(one_missing)
+
+
+def test_one_folder_per_image_with_a_mask_per_object(tmp_path):
+    """The 2018 Data Science Bowl keeps each image in a folder of its own,
+    ``CASE/images/CASE.png`` beside ``CASE/masks/*.png``, one mask a nucleus: each folder is one
+    image whose objects' masks read as their union; folders of whole datasets (one a centre:
+    ``data_C1/images/`` + ``data_C1/masks/``) are read the same way, their ids after the folder."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "stage1_train"
+    union = {}
+    for case in [f"{rng.integers(1e12):x}" for _ in range(12)]:
+        (root / case / "images").mkdir(parents=True)
+        (root / case / "masks").mkdir()
+        Image.fromarray((rng.random((20, 24, 4)) * 255).astype(np.uint8)).save(root / case / "images" / f"{case}.png")
+        union[case] = np.zeros((20, 24), np.int64)
+        for k in range(1 + len(union) % 3):
+            nucleus = np.zeros((20, 24), np.uint8)
+            nucleus[2 + 6 * k : 6 + 6 * k, 3 + k : 9 + k] = 255
+            Image.fromarray(nucleus).save(root / case / "masks" / f"{rng.integers(1e12):x}.png")
+            union[case] |= nucleus > 0
+    pairs = scan_folder(root)
+    assert sorted(p.id for p in pairs) == sorted(union)
+    for pair in pairs:
+        assert np.array_equal(read_mask(pair.mask, 2, "binary"), union[pair.id])
+    from superdiffusion.plan import plan_for
+
+    assert (
+        "each of the 12 images sits in a folder of its own" in plan_for(root, cache=False).reasons["data.group_column"]
+    )
+    centres = tmp_path / "centres"
+    for c in (1, 2):
+        write_pair_folder(centres / f"data_C{c}", n=4, split=False)
+    assert [p.id for p in scan_folder(centres)][:5] == [f"data_C1/case{k}" for k in range(4)] + ["data_C2/case0"]
+    first = root / next(iter(union)) / "images"
+    shutil.copy(next(first.iterdir()), first / "second.png")
+    with pytest.raises(DataError, match=r"no mask for this image"):
+        scan_folder(root)  # two images in a case folder: its masks name neither

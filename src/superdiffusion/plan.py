@@ -510,7 +510,10 @@ def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
         plan.set("data.num_classes", 2, "background and one foreground class")
     name = folder_name(fp["root"])
     plan.set("data.name", name, f"the folder's name: runs go to runs/{name}/METHOD/...")
-    if fp.get("subject_column") == "folder":
+    if fp.get("subject_column") == "folder" and fp["subjects"] == fp["images"]:
+        plan.set("data.group_column", "folder", f"each of the {fp['images']} images sits in a folder of its own: "
+                 "carved splits hold out whole folders, image by image")  # fmt: skip
+    elif fp.get("subject_column") == "folder":
         plan.set("data.group_column", "folder", f"the images sit in {fp['subjects']} subfolders: carved splits hold "
                  "out whole subfolders (a patient's slices on one side)")  # fmt: skip
     elif fp.get("subject_column") == "series":

@@ -359,11 +359,35 @@ def _scan_split_folders(
     ]
 
 
+def _dataset_subfolders(root: Path) -> list[Path]:
+    """``root``'s subfolders that are 2D dataset folders of their own, an ``images/`` folder each
+    (never entered through a link): one an image (the 2018 Data Science Bowl's
+    ``CASE/images/CASE.png`` + ``CASE/masks/``, a mask a nucleus) or one a centre."""
+    return [
+        d for d in sorted(root.iterdir())
+        if d.is_dir() and not d.is_symlink() and not d.name.startswith(".") and (d / "images").is_dir()
+    ]  # fmt: skip
+
+
+def _scan_dataset_subfolders(root: Path, folders: list[Path], require_masks: bool, masks: str | None) -> list[Pair]:
+    """The pairs of each dataset subfolder (:func:`_dataset_subfolders`), grouped by it: ids after
+    the folder (``data_C1/case7``), or the folder's name when it holds one image."""
+    pairs = []
+    for folder in folders:
+        found = scan_folder(folder, require_masks, masks)
+        for p in found:
+            name = folder.name if len(found) == 1 else f"{folder.name}/{p.id}"
+            pairs.append(Pair(name, p.image, p.mask, p.split, {**p.columns, "folder": folder.name}))
+    read_columns(pairs, root / "split.csv")
+    return pairs
+
+
 def scan_folder(root: str | Path, require_masks: bool | None = True, masks: str | None = None) -> list[Pair]:
     """List the image/mask pairs of a dataset folder and their split: ``images/`` + ``masks/``
-    (or folders named otherwise: :func:`dataset_folders`; ``masks``: ``data.masks``), each mask
-    beside its image (:func:`_scan_side_by_side`), or ``train/``, ``val/`` and ``test/`` folders
-    of either. ``require_masks=None``: an ``images/`` folder without a folder of masks is read
+    (or folders named otherwise: :func:`dataset_folders`; ``masks``: ``data.masks``; one image
+    with several masks of any names: a mask an object, read as their union), each mask beside its
+    image (:func:`_scan_side_by_side`), ``train/``, ``val/`` and ``test/`` folders of either, or
+    subfolders that are dataset folders (:func:`_dataset_subfolders`). ``require_masks=None``: an ``images/`` folder without a folder of masks is read
     alone (the plan's reading), any other layout needs its masks."""
     root = Path(root)
     if not root.is_dir():
@@ -374,6 +398,8 @@ def scan_folder(root: str | Path, require_masks: bool | None = True, masks: str 
         folders = _split_folders(root)
         if folders:
             return _scan_split_folders(root, folders, require_masks, masks)
+        if len(datasets := _dataset_subfolders(root)) > 1:
+            return _scan_dataset_subfolders(root, datasets, require_masks, masks)
     image_folder, folder = dataset_folders(root, masks if require_masks is not False else None)
     if require_masks is None:
         require_masks = folder is not None
@@ -388,13 +414,16 @@ def scan_folder(root: str | Path, require_masks: bool | None = True, masks: str 
     mask_files = _files(folder) if require_masks else {}
     mask_ids = {path: key for key, path in mask_files.items()}
     matched = match_masks(images, mask_files)
+    objects = len(images) == 1 and mask_files and not matched  # one image, a mask an object: all are its
+    if objects:
+        matched = {next(iter(images)): sorted(mask_files.values())}
     pairs, used = [], set()
     for stem, image in images.items():
         found = matched.get(stem, [])
-        if len(found) > 1:
+        if len(found) > 1 and not objects:
             names = ", ".join(sorted(m.name for m in found))
             raise DataError(f"{image}: two masks name this image: {names}; keep one")
-        mask = found[0] if found else None
+        mask = tuple(found) if len(found) > 1 else found[0] if found else None  # a tuple: their union
         if mask is None and require_masks:
             missing = sum(stem not in matched for stem in images)
             counted = "1 image has" if missing == 1 else f"{missing} images have"
@@ -402,8 +431,7 @@ def scan_folder(root: str | Path, require_masks: bool | None = True, masks: str 
                 f"{image}: no mask for this image in {folder} ({counted} none; keep them in a folder of their own, "
                 "given as data.unlabeled_root)"
             )
-        if mask is not None:
-            used.add(mask_ids[mask])
+        used.update(mask_ids[m] for m in found)
         pairs.append(Pair(stem, image, mask, columns=_folder_column(stem)))
     orphans = sorted(set(mask_files) - used)
     if orphans:
