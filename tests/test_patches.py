@@ -40,6 +40,10 @@ def test_patches_keep_thin_lines_that_resizing_loses(tmp_path):
     at_native = resized["test"]["original"]["dice_per_image"]  # predicted at 32x32, scored at 96x112
     native = patches["test"]["resized"]["dice_per_image"]  # no resizing at all: scored at 96x112
     assert "original" not in patches["test"]
+    from superdiffusion.cli import _table  # the summary says where each score was taken
+
+    assert "test [at native resolution] dice" in _table(patches) and "test [at 32x32] dice" in _table(resized)
+    assert "test [at each image's own size] dice" in _table(resized)
     assert native > 0.8 and native > at_native + 0.2, (native, at_native)
     written = api.predict(tmp_path / "patches", root / "images" / "l9.png", tmp_path / "pred")
     predicted = np.asarray(Image.open(written[0])) > 0

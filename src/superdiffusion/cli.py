@@ -25,13 +25,14 @@ def _table(results: dict) -> str:
         f"{results['selection']['threshold']:.2f} from {results['selection']['split']} epoch "
         f"{results['selection']['epoch']})"
     ]
+    at = {"resized": f"at {results.get('scored_at', 'the training size')}", "original": "at each image's own size"}
     for where, scores in results["test"].items():
         if isinstance(scores, dict):
             parts = "  ".join(
                 f"{k}={100 * v:.2f}%" if k.startswith(("dice", "jaccard")) else f"{k}={v:.2f}"
                 for k, v in scores.items()
             )
-            lines.append(f"  test [{where}] {parts}")
+            lines.append(f"  test [{at.get(where, where)}] {parts}")
     for name, scores in results.get("test_per_class", {}).items():
         if scores.get("present", True):
             lines.append(f"  test [{name}] dice={100 * scores['dice_per_image']:.2f}%")

@@ -135,6 +135,8 @@ def evaluate_method(
     spreads: list[torch.Tensor] = []
     probs, masks = split_probabilities(method, test, cfg, device, keep=spreads)
     names = class_names(data.num_classes, data.class_names)
+    resized = data.spatial_dims == 2 and cfg.data.size is not None
+    results["scored_at"] = "x".join(map(str, cfg.data.size)) if resized else "native resolution"
     if data.class_names:
         results["class_names"] = list(data.class_names)
     if data.num_classes != 2:
@@ -149,7 +151,7 @@ def evaluate_method(
     fg = foreground_probability(probs)
     results["test"] = {"resized": binary_scores(fg, masks, threshold)}
     results["per_case"] = per_case_scores(fg, masks, threshold, list(test.ids))  # written as test_per_case.csv
-    if data.spatial_dims == 2 and test.pairs and cfg.data.size is not None:  # else scored at native size already
+    if resized and test.pairs:  # else scored at native size already
         d = cfg.data
         originals = [read_mask(p.mask, d.num_classes, d.mask_mode, d.mask_threshold, d.mask_values) for p in test.pairs]
         results["test"]["original"] = per_image_at_size(fg, originals, threshold)
