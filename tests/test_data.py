@@ -821,3 +821,14 @@ def test_one_folder_per_image_with_a_mask_per_object(tmp_path):
     shutil.copy(next(first.iterdir()), first / "second.png")
     with pytest.raises(DataError, match=r"no mask for this image"):
         scan_folder(root)  # two images in a case folder: its masks name neither
+
+
+def test_masks_tagged_before_the_image_name_pair_with_it(tmp_path):
+    """QaTa-COV19 names each mask after its image with a tag in front (``Images/covid_1.png`` and
+    ``Ground-truths/mask_covid_1.png``): read as its mask, as a tag after the name is."""
+    flat = write_pair_folder(tmp_path / "flat", n=6, split=False)
+    root = _renamed(
+        flat, tmp_path / "qata", "Images", "Ground-truths", "sub-S{:05d}_run-1_cr", "mask_sub-S{:05d}_run-1_cr"
+    )
+    pairs = scan_folder(root)
+    assert len(pairs) == 6 and all(p.mask.name == f"mask_{p.id}.png" for p in pairs)

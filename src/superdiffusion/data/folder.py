@@ -139,15 +139,20 @@ TAG_SEPARATORS = "_-. "  # between an image's stem and a mask's own tag (x_gt, i
 
 def _tagged_masks(images: dict[str, Path], masks: dict[str, Path], taken: set[str]) -> dict[str, list[Path]]:
     """The masks not named by :data:`MASK_SUFFIXES`, each given to the image whose stem is the
-    longest start of the mask's stem followed by a separator: the tags public sets add to their
-    masks' names. Returns the masks so claimed, per image stem."""
+    longest start of the mask's stem followed by a separator, else the longest end of it after a
+    separator (QaTa-COV19's ``mask_covid_1``): the tags public sets add to their masks' names.
+    Returns the masks so claimed, per image stem."""
     claimed: dict[str, list[Path]] = {}
     for mask_stem, mask in masks.items():
         if mask_stem in taken:
             continue
+        folder, slash, name = mask_stem.rpartition("/")
         cuts = [k for k, ch in enumerate(mask_stem) if ch in TAG_SEPARATORS and mask_stem[:k] in images]
+        after = [folder + slash + name[k + 1 :] for k, ch in enumerate(name) if ch in TAG_SEPARATORS]
         if cuts:  # the longest image stem the mask's name starts with, before a separator
             claimed.setdefault(mask_stem[: max(cuts)], []).append(mask)
+        elif image := next((stem for stem in after if stem in images), None):  # the longest it ends with
+            claimed.setdefault(image, []).append(mask)
     return claimed
 
 
