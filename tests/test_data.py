@@ -387,7 +387,7 @@ def test_masks_named_after_their_image_with_any_suffix_are_paired(tmp_path):
         "y": "y.png",
     }
     binary.save(root / "masks" / "x_gt_2.png")
-    with pytest.raises(DataError, match=r"x.png: two masks name this image: x_gt.png, x_gt_2.png"):
+    with pytest.raises(DataError, match=r"x.png: its masks x_gt.png, x_gt_2.png overlap"):
         scan_folder(root)
 
 
@@ -832,3 +832,32 @@ def test_masks_tagged_before_the_image_name_pair_with_it(tmp_path):
     )
     pairs = scan_folder(root)
     assert len(pairs) == 6 and all(p.mask.name == f"mask_{p.id}.png" for p in pairs)
+
+
+def test_several_masks_of_one_image_are_parts_when_disjoint_and_annotators_when_they_overlap(tmp_path):
+    """Montgomery keeps each lung in a folder of its own (``ManualMask/leftMask/`` and
+    ``rightMask/``, every image named in each): disjoint masks of one image are parts, read as
+    their union, as ``x_mask`` + ``x_mask_1`` are. Two experts' masks of one structure overlap:
+    not merged, but named, with the setting that picks one folder."""
+    flat = write_pair_folder(tmp_path / "flat", n=12, split=False)
+    root = _renamed(flat, tmp_path / "montgomery", "CXR_png", "ManualMask/leftMask", "MCUCXR_{:04d}_0", "MCUCXR_{:04d}_0")
+    (root / "ManualMask" / "rightMask").mkdir()
+    for mask in (root / "ManualMask" / "leftMask").iterdir():
+        right = np.zeros_like(np.asarray(Image.open(mask)))
+        right[-4:, -5:] = 255  # the other lung: disjoint from the first
+        Image.fromarray(right).save(root / "ManualMask" / "rightMask" / mask.name)
+    pairs = scan_folder(root)
+    assert len(pairs) == 12 and [m.parent.name for m in pairs[0].mask] == ["leftMask", "rightMask"]
+    left = read_mask(pairs[0].mask[0], 2, "binary")
+    assert read_mask(pairs[0].mask, 2, "binary").sum() == left.sum() + 20
+    experts = _renamed(flat, tmp_path / "experts", "images", "masks/expert1", "{}", "{}")
+    _renamed(flat, experts, "images", "masks/expert2", "{}", "{}")  # the same masks: two experts agreeing
+    with pytest.raises(DataError, match=r"0.png: its masks expert1/0.png, expert2/0.png overlap .*\(data.masks=masks/expert1"):
+        scan_folder(experts)
+    assert scan_folder(experts, masks="masks/expert1")[0].mask == experts / "masks" / "expert1" / "0.png"
+    lesions = _renamed(flat, tmp_path / "busi", "images", "masks", "{}", "{}_mask")
+    for mask in list((lesions / "masks").iterdir()):
+        second = np.zeros_like(np.asarray(Image.open(mask)))
+        second[-4:, -5:] = 255
+        Image.fromarray(second).save(mask.with_name(mask.stem + "_1.png"))
+    assert [m.name for m in scan_folder(lesions)[0].mask] == ["0_mask.png", "0_mask_1.png"]

@@ -172,16 +172,62 @@ def _numbered(stems, number: re.Pattern) -> dict[int, str] | None:
     return numbers
 
 
+OVERLAP = 0.5  # of the smaller mask: two masks of one image overlapping more are two annotators' of one structure
+
+
+def _check_parts(image: Path, masks: list[Path], names: list[str], setting: str) -> None:
+    """Several masks of one image are read as their union (one a lesion, a lung, a nucleus) when
+    they are disjoint; two that overlap are two annotators' masks of one structure, and stop with
+    one line naming them (and ``setting``, the one that picks a folder of them)."""
+    planes = [read_mask(m, 2, "threshold") for m in masks]
+    for i, j in ((i, j) for i in range(len(planes)) for j in range(i + 1, len(planes))):
+        if planes[i].shape != planes[j].shape:
+            continue  # read_mask names the mismatch when the union is read
+        smaller = min(planes[i].sum(), planes[j].sum())
+        shared = int((planes[i] & planes[j]).sum())
+        if smaller and shared > OVERLAP * smaller:
+            keep = f"; keep one ({setting}, say)" if setting else "; keep one"
+            raise DataError(
+                f"{image}: its masks {names[i]}, {names[j]} overlap ({100 * shared / smaller:.0f} % of the smaller): "
+                f"two annotators' masks of one structure, not parts to read as one{keep}"
+            )
+
+
+def _per_subfolder(images: dict[str, Path], masks: dict[str, Path]) -> dict[str, list[Path]] | None:
+    """Masks kept one subfolder a part (Montgomery's ``ManualMask/leftMask/`` and ``rightMask/``)
+    or an annotator, each subfolder naming the images: each image's masks, one from each; None
+    when the masks are not so kept."""
+    subfolders: dict[str, dict[str, Path]] = {}
+    for key, path in masks.items():
+        sub, slash, stem = key.partition("/")
+        if not slash or "/" in stem or any("/" in s for s in images):
+            return None
+        subfolders.setdefault(sub, {})[stem] = path
+    if len(subfolders) < 2:
+        return None
+    merged: dict[str, list[Path]] = {}
+    for files in subfolders.values():
+        matched = match_masks(images, files)
+        if sum(map(len, matched.values())) != len(files):
+            return None
+        for stem, found in matched.items():
+            merged.setdefault(stem, []).extend(found)
+    return merged
+
+
 def match_masks(images: dict[str, Path], masks: dict[str, Path]) -> dict[str, list[Path]]:
     """The masks of each image stem: the mask of the same stem, or of the stem plus one of
     :data:`MASK_SUFFIXES`; else the masks tagged after it (:func:`_tagged_masks`). When no mask
     pairs by name, every image and every mask start with a number of their own and each mask's is
     an image's (DRIVE's ``21_training.tif`` and ``21_manual1.gif``), they pair by that number;
-    else by the number each ends in (``img_0001.png`` and ``mask_0001.png``)."""
+    else by the number each ends in (``img_0001.png`` and ``mask_0001.png``). Masks kept one
+    subfolder a part or annotator give each image one from each (:func:`_per_subfolder`)."""
+    if (parts := _per_subfolder(images, masks)) is not None:
+        return parts
     found = {stem: next((masks[stem + s] for s in MASK_SUFFIXES if stem + s in masks), None) for stem in images}
     mask_ids = {path: key for key, path in masks.items()}
     tagged = _tagged_masks(images, masks, {mask_ids[m] for m in found.values() if m is not None})
-    matched = {stem: [mask] if mask is not None else tagged.get(stem, []) for stem, mask in found.items()}
+    matched = {stem: [mask] * (mask is not None) + tagged.get(stem, []) for stem, mask in found.items()}
     for number in (LEADING_NUMBER, TRAILING_NUMBER) if masks and not any(matched.values()) else ():
         by_image, by_mask = _numbered(images, number), _numbered(masks, number)
         if by_image and by_mask and set(by_mask) <= set(by_image):
@@ -328,6 +374,8 @@ def _scan_side_by_side(root: Path) -> list[Pair]:
         found = [image] if key in inside else sorted(masks.get(key, []))
         if not found:
             raise DataError(f"{image}: no mask beside this image (named like {image.stem}_mask{image.suffix})")
+        if len(found) > 1 and not any(isinstance(p.mask, tuple) for p in pairs):  # the first image of several
+            _check_parts(image, found, [m.name for m in found], "")
         mask = found[0] if len(found) == 1 else tuple(found)  # one mask a lesion: read as their union
         pairs.append(Pair(key, image, mask, columns=_folder_column(key)))
     read_columns(pairs, root / "split.csv")
@@ -425,9 +473,10 @@ def scan_folder(root: str | Path, require_masks: bool | None = True, masks: str 
     pairs, used = [], set()
     for stem, image in images.items():
         found = matched.get(stem, [])
-        if len(found) > 1 and not objects:
-            names = ", ".join(sorted(m.name for m in found))
-            raise DataError(f"{image}: two masks name this image: {names}; keep one")
+        if len(found) > 1 and not any(isinstance(p.mask, tuple) for p in pairs):  # the first image of several
+            names = [mask_ids[m] + m.suffix for m in found]
+            sub = mask_ids[found[0]].rpartition("/")[0]
+            _check_parts(image, found, names, f"data.masks={(folder / sub).relative_to(root).as_posix()}" if sub else "")
         mask = tuple(found) if len(found) > 1 else found[0] if found else None  # a tuple: their union
         if mask is None and require_masks:
             missing = sum(stem not in matched for stem in images)
