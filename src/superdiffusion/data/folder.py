@@ -12,6 +12,7 @@ the file.
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import re
 from dataclasses import dataclass, field
@@ -180,7 +181,7 @@ def _check_parts(image: Path, masks: list[Path], names: list[str], setting: str)
     they are disjoint; two that overlap are two annotators' masks of one structure, and stop with
     one line naming them (and ``setting``, the one that picks a folder of them)."""
     planes = [read_mask(m, 2, "threshold") for m in masks]
-    for i, j in ((i, j) for i in range(len(planes)) for j in range(i + 1, len(planes))):
+    for i, j in itertools.combinations(range(len(planes)), 2):
         if planes[i].shape != planes[j].shape:
             continue  # read_mask names the mismatch when the union is read
         smaller = min(planes[i].sum(), planes[j].sum())
