@@ -840,7 +840,9 @@ def test_several_masks_of_one_image_are_parts_when_disjoint_and_annotators_when_
     their union, as ``x_mask`` + ``x_mask_1`` are. Two experts' masks of one structure overlap:
     not merged, but named, with the setting that picks one folder."""
     flat = write_pair_folder(tmp_path / "flat", n=12, split=False)
-    root = _renamed(flat, tmp_path / "montgomery", "CXR_png", "ManualMask/leftMask", "MCUCXR_{:04d}_0", "MCUCXR_{:04d}_0")
+    root = _renamed(
+        flat, tmp_path / "montgomery", "CXR_png", "ManualMask/leftMask", "MCUCXR_{:04d}_0", "MCUCXR_{:04d}_0"
+    )
     (root / "ManualMask" / "rightMask").mkdir()
     for mask in (root / "ManualMask" / "leftMask").iterdir():
         right = np.zeros_like(np.asarray(Image.open(mask)))
@@ -852,7 +854,9 @@ def test_several_masks_of_one_image_are_parts_when_disjoint_and_annotators_when_
     assert read_mask(pairs[0].mask, 2, "binary").sum() == left.sum() + 20
     experts = _renamed(flat, tmp_path / "experts", "images", "masks/expert1", "{}", "{}")
     _renamed(flat, experts, "images", "masks/expert2", "{}", "{}")  # the same masks: two experts agreeing
-    with pytest.raises(DataError, match=r"0.png: its masks expert1/0.png, expert2/0.png overlap .*\(data.masks=masks/expert1"):
+    with pytest.raises(
+        DataError, match=r"0.png: its masks expert1/0.png, expert2/0.png overlap .*\(data.masks=masks/expert1"
+    ):
         scan_folder(experts)
     assert scan_folder(experts, masks="masks/expert1")[0].mask == experts / "masks" / "expert1" / "0.png"
     lesions = _renamed(flat, tmp_path / "busi", "images", "masks", "{}", "{}_mask")

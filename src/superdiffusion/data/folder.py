@@ -477,7 +477,9 @@ def scan_folder(root: str | Path, require_masks: bool | None = True, masks: str 
         if len(found) > 1 and not any(isinstance(p.mask, tuple) for p in pairs):  # the first image of several
             names = [mask_ids[m] + m.suffix for m in found]
             sub = mask_ids[found[0]].rpartition("/")[0]
-            _check_parts(image, found, names, f"data.masks={(folder / sub).relative_to(root).as_posix()}" if sub else "")
+            _check_parts(
+                image, found, names, f"data.masks={(folder / sub).relative_to(root).as_posix()}" if sub else ""
+            )
         mask = tuple(found) if len(found) > 1 else found[0] if found else None  # a tuple: their union
         if mask is None and require_masks:
             missing = sum(stem not in matched for stem in images)
