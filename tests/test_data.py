@@ -126,9 +126,9 @@ def test_augmentation_moves_image_and_mask_together():
 
 # --- hostile data: each a clear error naming the file -----------------------------------------
 def _corrupt(root, case):
-    if case == "image without mask":
-        (root / "masks" / "case1.png").unlink()
-        return "case1.png", "no mask"
+    if case == "test image without mask":  # a training image without one trains unlabeled
+        (root / "masks" / "case5.png").unlink()
+        return "case5.png", "a test image without a mask"
     if case == "mask without image":
         Image.fromarray(np.zeros((24, 20), np.uint8)).save(root / "masks" / "extra.png")
         return "extra.png", "mask without an image"
@@ -164,7 +164,7 @@ def _corrupt(root, case):
 
 
 CASES = [
-    "image without mask",
+    "test image without mask",
     "mask without image",
     "size mismatch",
     "truncated png",
@@ -537,9 +537,8 @@ def test_masks_kept_beside_their_images(tmp_path):
     assert "TCGA_0/TCGA_0_0" in (tmp_path / "run" / "splits.json").read_text()  # the image of two masks trained
     written = api.predict(tmp_path / "run", root, tmp_path / "pred")  # the images, not their masks
     assert len(written) == 30 and (tmp_path / "pred" / "TCGA_3" / "TCGA_3_2.png").is_file()
-    (root / "TCGA_1" / "TCGA_1_2_mask.png").unlink()
-    with pytest.raises(DataError, match=r"TCGA_1_2.png: no mask beside this image"):
-        scan_folder(root)
+    (root / "TCGA_1" / "TCGA_1_2_mask.png").unlink()  # an image without a mask: unlabeled
+    assert [p.id for p in scan_folder(root) if p.mask is None] == ["TCGA_1/TCGA_1_2"]
 
 
 def test_a_folder_split_into_train_val_test_folders(tmp_path):
@@ -646,15 +645,34 @@ def test_patient_folders_of_like_named_slices_are_not_taken_for_image_and_mask_f
     assert [p.id for p in scan_folder(root)][:4] == ["p0/0", "p0/1", "p0/2", "p1/0"]
 
 
-def test_images_without_masks_are_counted_and_the_way_on_named(tmp_path):
-    """Shenzhen's CXR_png/ holds more images than mask/ has masks: the line names the first, how
-    many there are, and where images without masks go."""
-    root = _renamed(write_pair_folder(tmp_path / "flat", n=10, split=False), tmp_path / "data", "CXR_png", "mask",
+def test_images_without_masks_train_unlabeled(tmp_path):
+    """Shenzhen's CXR_png/ holds 662 images and mask/ 566 masks, and a user who has drawn a few
+    masks keeps them beside all the images: the images without a mask train as unlabeled images,
+    never in validation or test, and every masked training image is labeled (planned)."""
+    from superdiffusion.plan import plan_for
+
+    root = _renamed(write_pair_folder(tmp_path / "flat", n=12, split=False), tmp_path / "data", "CXR_png", "mask",
                     "CHNCXR_{:04d}_0", "CHNCXR_{:04d}_0_mask")  # fmt: skip
     for k in (3, 7):
         (root / "mask" / f"CHNCXR_{k:04d}_0_mask.png").unlink()
-    with pytest.raises(DataError, match=r"CHNCXR_0003_0.png: no mask for this image in .*mask \(2 images have none; "
-                                        r"keep them in a folder of their own, given as data.unlabeled_root\)"):  # fmt: skip
+    assert [p.id for p in scan_folder(root) if p.mask is None] == ["CHNCXR_0003_0", "CHNCXR_0007_0"]
+    data = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=100, val_fraction=0.2), seed=0)
+    assert set(data.unlabeled.ids) == {"CHNCXR_0003_0", "CHNCXR_0007_0"}
+    assert sorted(data.labeled.ids + data.val.ids + data.test.ids) == [
+        f"CHNCXR_{k:04d}_0" for k in range(12) if k not in (3, 7)
+    ]
+    plan = plan_for(root, cache=False)
+    assert plan.settings["data.labeled_percent"] == 100
+    assert plan.reasons["data.labeled_percent"].startswith("2 of the 12 images have no mask")
+    (root / "split.csv").write_text(
+        "id,split\n" + "".join(f"CHNCXR_{k:04d}_0,{'test' if k in (7, 9, 10) else 'train'}\n" for k in range(12))
+    )
+    with pytest.raises(DataError, match=r"CHNCXR_0007_0.png: a test image without a mask"):
+        build_data(DataConfig(root=str(root), size=[16, 16]), seed=0)
+    (root / "split.csv").unlink()
+    for mask in (root / "mask").iterdir():
+        mask.unlink()
+    with pytest.raises(DataError, match=r"no image|folder"):
         scan_folder(root)
 
 
@@ -781,9 +799,8 @@ def test_images_and_masks_named_by_a_word_and_their_number_pair_by_it(tmp_path):
         numbers = [int(re.search(r"\d+$", p.id)[0]) for p in pairs]
         assert len(pairs) == 12 and [p.mask.name for p in pairs] == [mask.format(k) + ".png" for k in numbers]
     one_missing = _renamed(flat, tmp_path / "missing", "images", "masks", "img_{:04d}", "mask_{:04d}")
-    (one_missing / "masks" / "mask_0003.png").unlink()  # numbers pair, one image lacks its mask: named
-    with pytest.raises(DataError, match=r"img_0003.png: no mask for this image .*1 image has none"):
-        scan_folder(one_missing)
+    (one_missing / "masks" / "mask_0003.png").unlink()  # numbers pair, one image lacks its mask: unlabeled
+    assert [p.id for p in scan_folder(one_missing) if p.mask is None] == ["img_0003"]
 
 
 def test_one_folder_per_image_with_a_mask_per_object(tmp_path):
@@ -819,7 +836,7 @@ def test_one_folder_per_image_with_a_mask_per_object(tmp_path):
     assert [p.id for p in scan_folder(centres)][:5] == [f"data_C1/case{k}" for k in range(4)] + ["data_C2/case0"]
     first = root / next(iter(union)) / "images"
     shutil.copy(next(first.iterdir()), first / "second.png")
-    with pytest.raises(DataError, match=r"no mask for this image"):
+    with pytest.raises(DataError, match=r"mask without an image"):
         scan_folder(root)  # two images in a case folder: its masks name neither
 
 

@@ -20,7 +20,7 @@ from .dataset import (
     normalize_each,
     resolve_root,
 )
-from .folder import Pair, dataset_channels, image_pixels, layout_pairs, load_pairs, scan_folder
+from .folder import Pair, dataset_channels, first_file, image_pixels, layout_pairs, load_pairs, scan_folder
 from .layouts import apply_dataset_json, read_dataset_json
 from .splits import choose_labeled
 from .volumes import build_volume_data
@@ -66,6 +66,14 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True, recorded: di
         data.class_names = layout.label_names if layout else None
         return data
     pairs = layout_pairs(layout, root) if layout is not None else scan_folder(root, masks=cfg.masks)
+    unmasked = [p for p in pairs if p.mask is None]  # images without a mask beside masked ones: unlabeled
+    for pair in unmasked:
+        if pair.split != "train":
+            raise DataError(f"{first_file(pair.image)}: a {pair.split} image without a mask; it cannot be scored: "
+                            "draw its mask, or make it a training image (split.csv)")  # fmt: skip
+    if unmasked:
+        LOG.info("data: %d of the %d images have no mask: they train as unlabeled images", len(unmasked), len(pairs))
+        pairs = [p for p in pairs if p.mask is not None]
     several = [p for p in pairs if isinstance(p.mask, tuple)]
     if several:
         LOG.info("data: %d images have several masks beside them (one a lesion, %s); each reads as their union",
@@ -73,12 +81,12 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True, recorded: di
     by, grouped_by = assign_splits(pairs, cfg, seed, validation, recorded)
     labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed, recorded)
     size = tuple(cfg.size) if cfg.size is not None else None  # None: native resolution, patches
-    extra_pairs = []
+    extra_pairs = list(unmasked)
     if cfg.unlabeled_root:
-        extra_pairs = [
+        extra_pairs += [
             p for p in scan_folder(resolve_root(cfg.unlabeled_root), require_masks=False) if p.split == "train"
         ]
-        if not extra_pairs:
+        if len(extra_pairs) == len(unmasked):
             raise DataError(f"{cfg.unlabeled_root}: data.unlabeled_root holds no training images")
     # one channel count for every split, decided from all of the files (not the first one read)
     channels, mixed = dataset_channels([p for group in by.values() for p in group] + extra_pairs)

@@ -372,12 +372,10 @@ def _scan_side_by_side(root: Path) -> list[Pair]:
     for key, image in files.items():
         if image in taken:
             continue
-        found = [image] if key in inside else sorted(masks.get(key, []))
-        if not found:
-            raise DataError(f"{image}: no mask beside this image (named like {image.stem}_mask{image.suffix})")
+        found = [image] if key in inside else sorted(masks.get(key, []))  # none: an unlabeled image
         if len(found) > 1 and not any(isinstance(p.mask, tuple) for p in pairs):  # the first image of several
             _check_parts(image, found, [m.name for m in found], "")
-        mask = found[0] if len(found) == 1 else tuple(found)  # one mask a lesion: read as their union
+        mask = found[0] if len(found) == 1 else tuple(found) if found else None  # a tuple: one mask a lesion
         pairs.append(Pair(key, image, mask, columns=_folder_column(key)))
     read_columns(pairs, root / "split.csv")
     return pairs
@@ -441,8 +439,10 @@ def scan_folder(root: str | Path, require_masks: bool | None = True, masks: str 
     (or folders named otherwise: :func:`dataset_folders`; ``masks``: ``data.masks``; one image
     with several masks of any names: a mask an object, read as their union), each mask beside its
     image (:func:`_scan_side_by_side`), ``train/``, ``val/`` and ``test/`` folders of either, or
-    subfolders that are dataset folders (:func:`_dataset_subfolders`). ``require_masks=None``: an ``images/`` folder without a folder of masks is read
-    alone (the plan's reading), any other layout needs its masks."""
+    subfolders that are dataset folders (:func:`_dataset_subfolders`). An image without a mask
+    beside images with one has none (``mask=None``): it trains unlabeled. ``require_masks=None``:
+    an ``images/`` folder without a folder of masks is read alone (the plan's reading), any other
+    layout needs masks."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
@@ -480,14 +480,7 @@ def scan_folder(root: str | Path, require_masks: bool | None = True, masks: str 
             _check_parts(
                 image, found, names, f"data.masks={(folder / sub).relative_to(root).as_posix()}" if sub else ""
             )
-        mask = tuple(found) if len(found) > 1 else found[0] if found else None  # a tuple: their union
-        if mask is None and require_masks:
-            missing = sum(stem not in matched for stem in images)
-            counted = "1 image has" if missing == 1 else f"{missing} images have"
-            raise DataError(
-                f"{image}: no mask for this image in {folder} ({counted} none; keep them in a folder of their own, "
-                "given as data.unlabeled_root)"
-            )
+        mask = tuple(found) if len(found) > 1 else found[0] if found else None  # a tuple: their union; None: unlabeled
         used.update(mask_ids[m] for m in found)
         pairs.append(Pair(stem, image, mask, columns=_folder_column(stem)))
     orphans = sorted(set(mask_files) - used)
