@@ -148,8 +148,11 @@ def test_bad_volumes_are_named(tmp_path):
 
     with pytest.raises(DataError, match=r"v1.nii.gz: cannot read volume"):
         build_data(cfg.data, 0)
-    (root / "labels" / "v2.nii.gz").unlink()
-    with pytest.raises(DataError, match=r"v2.nii.gz: no label volume"):
+    (root / "labels" / "v2.nii.gz").unlink()  # a volume without a label: unlabeled
+    assert scan_volumes(root)[2].label is None
+    for label in (root / "labels").iterdir():
+        label.unlink()
+    with pytest.raises(DataError, match=r"labels: no label volumes"):
         scan_volumes(root)
 
 
@@ -422,9 +425,8 @@ def test_one_folder_per_case_is_a_volume_dataset(tmp_path):
     ):
         scan_volumes(brats)
     (brats / "case_v1" / "case_v1_t1.nii.gz").rename(brats / "case_v1" / "case_v1_t2.nii.gz")
-    (brats / "case_v2" / "case_v2_seg.nii.gz").unlink()
-    with pytest.raises(DataError, match=r"case_v2: no label volume"):
-        scan_volumes(brats)
+    (brats / "case_v2" / "case_v2_seg.nii.gz").unlink()  # a case without its label: unlabeled
+    assert [p.id for p in scan_volumes(brats) if p.label is None] == ["case_v2"]
 
     run = tmp_path / "run"
     api.train(tiny_config(*BASELINE3D, "method=supervised", f"data.root={kits}", "train.epochs=1"), run)
@@ -559,3 +561,31 @@ def test_dicom_series_folders_are_volumes(tmp_path):
     assert sorted(p.name for p in written) == [f"v{k}.nii.gz" for k in range(6)]
     assert nib.load(str(written[0])).shape == (24, 24, 12)
     assert [p.name for p in api.predict(tmp_path / "run", root / "images" / "v1", tmp_path / "one")] == ["v1.nii.gz"]
+
+
+def test_volumes_without_a_label_train_unlabeled(tmp_path):
+    """Labels drawn for some volumes only (images/ + labels/, or case folders): the others are
+    unlabeled training volumes, never validation or test, and every labeled training volume is
+    labeled (planned), as for 2D images."""
+    from superdiffusion.data import build_data
+    from superdiffusion.plan import plan_for
+
+    root = write_volumes(tmp_path / "vols", n=8, shape=(16, 16, 12))
+    for k in (2, 5):
+        (root / "labels" / f"v{k}.nii.gz").unlink()
+    assert [p.id for p in scan_volumes(root) if p.label is None] == ["v2", "v5"]
+    cfg = tiny_config(*TINY3D, f"data.root={root}", "data.labeled_percent=100", "data.val_fraction=0.2").data
+    data = build_data(cfg, seed=0)
+    assert set(data.unlabeled.ids) == {"v2", "v5"} and len(data.unlabeled.images) == 2
+    assert sorted(data.labeled.ids + data.val.ids + data.test.ids) == ["v0", "v1", "v3", "v4", "v6", "v7"]
+    plan = plan_for(root, cache=False)
+    assert plan.settings["data.labeled_percent"] == 100 and plan.reasons["data.labeled_percent"].startswith(
+        "2 of the 8"
+    )
+    cases = tmp_path / "cases"  # one folder per case, one without its label
+    for k in range(8):
+        (cases / f"case{k}").mkdir(parents=True)
+        shutil.copy(root / "images" / f"v{k}.nii.gz", cases / f"case{k}" / "imaging.nii.gz")
+        if k not in (2, 5):
+            shutil.copy(root / "labels" / f"v{k}.nii.gz", cases / f"case{k}" / "segmentation.nii.gz")
+    assert [p.id for p in scan_volumes(cases) if p.label is None] == ["case2", "case5"]

@@ -471,9 +471,10 @@ def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
         _plan_volumes(plan, fp)
     else:
         _plan_images(plan, fp, batch_size)
-        if unmasked := fp["images"] - fp["labeled_images"]:
-            plan.set("data.labeled_percent", 100, f"{unmasked} of the {fp['images']} images have no mask: they train "
-                     "unlabeled, and every masked training image is labeled")  # fmt: skip
+    if unmasked := fp["images"] - fp["labeled_images"]:
+        what = ("volumes", "label") if fp["dims"] == 3 else ("images", "mask")
+        plan.set("data.labeled_percent", 100, f"{unmasked} of the {fp['images']} {what[0]} have no {what[1]}: they "
+                 f"train unlabeled, and every {what[1]}ed training {what[0][:-1]} is labeled")  # fmt: skip
     kind, colours = fp["mask_kind"], fp.get("mask_colours")
     if kind == "lossy" and colours:
         plan.set("data.mask_mode", "threshold", f"colour masks with up to {colours} colours (lossy edges, or classes "

@@ -41,7 +41,7 @@ from .dataset import (
     normalize_each,
     resolve_root,
 )
-from .folder import check_finite, classes_of, compact_mask, mask_folder, read_columns
+from .folder import check_finite, classes_of, compact_mask, first_file, mask_folder, read_columns
 from .splits import choose_labeled
 
 LOG = logging.getLogger("superdiffusion")
@@ -481,18 +481,19 @@ def _scan_case_folders(root: Path, folders: list[Path]) -> list[VolumePair]:
                 for image, label in pair_labels(files)
             ]
             continue
-        images, label = case_folder(folder)
-        if label is None:
-            raise DataError(
-                f"{folder}: no label volume (a file named like segmentation, CASE_seg, label or mask) beside "
-                f"{images[0].name}"
-            )
+        images, label = case_folder(folder)  # no label: an unlabeled case
         roles = _roles(images, folder.name)
         if first is None:
             first = roles
         elif roles != first:
             raise DataError(f"{folder}: holds the images {roles}; the first case {first}")
         pairs.append(VolumePair(folder.name, images if len(images) > 1 else images[0], label))
+    if pairs and all(p.label is None for p in pairs):
+        first = folders[0]
+        raise DataError(
+            f"{first}: no label volume (a file named like segmentation, CASE_seg, label or mask) beside "
+            f"{case_folder(first)[0][0].name}, nor in any case folder of {root}"
+        )
     return pairs
 
 
@@ -516,11 +517,11 @@ def scan_volumes(root: str | Path, masks: str | None = None) -> list[VolumePair]
         if labels_dir is None:
             raise DataError(f"{root}: no labels/ (or masks/) folder beside images/")
         labels = {volume_stem(p): p for p in labels_dir.iterdir() if is_volume(p)}
+        if not labels:
+            raise DataError(f"{labels_dir}: no label volumes")
         for path in sorted(p for p in images_dir.iterdir() if is_volume(p) or is_series(p)):
             stem = volume_stem(path)
-            if stem not in labels:
-                raise DataError(f"{path}: no label volume for this image in {labels_dir}")
-            pairs.append(VolumePair(stem, path, labels.pop(stem)))
+            pairs.append(VolumePair(stem, path, labels.pop(stem, None)))  # no label: an unlabeled volume
         if labels:
             orphan = sorted(labels.values())[0]
             raise DataError(f"{orphan}: label without an image ({len(labels)} such labels)")
@@ -622,9 +623,17 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
 
     root = resolve_root(cfg.root)
     pairs = layout_volumes(layout, root) if layout is not None else scan_volumes(root, cfg.masks)
+    unmasked = [p for p in pairs if p.label is None]  # volumes without a label beside labeled ones: unlabeled
+    for pair in unmasked:
+        if pair.split != "train":
+            raise DataError(f"{first_file(pair.image)}: a {pair.split} volume without a label; it cannot be scored: "
+                            "draw its label, or make it a training volume (split.csv)")  # fmt: skip
+    if unmasked:
+        LOG.info("data: %d of the %d volumes have no label: they train as unlabeled volumes", len(unmasked), len(pairs))
+        pairs = [p for p in pairs if p.label is not None]
     by, grouped_by = assign_splits(pairs, cfg, seed, validation, recorded)
     labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed, recorded)
-    used = [p for group in by.values() for p in group]
+    used = [p for group in by.values() for p in group] + unmasked
     check_memory(root, len(used), sum(_bytes_held(p) for p in used), "volumes")
 
     def make(name: str, keep: set[str] | None = None) -> Split:
@@ -646,6 +655,14 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
     channels: set[int] = set()
     unlabeled = make("train", set(unlabeled_ids))
     unlabeled.masks = None
+    if unmasked:
+        loaded = [load_volume_pair(p, cfg, labels=False) for p in unmasked]
+        unlabeled.extend([x[0] for x in loaded], [p.id for p in unmasked])
+        unlabeled.pairs = unlabeled.pairs + unmasked
+        unlabeled.geometry = unlabeled.geometry + [x[2] for x in loaded]
+        for _, _, volume in loaded:
+            volume.array = None  # keep affine and spacing only
+        channels.update(x[0].shape[0] for x in loaded)
     splits = {"labeled": make("train", set(labeled_ids)), "val": make("val"), "test": make("test")}
     every = [(p, v) for s in (*splits.values(), unlabeled) for p, v in zip(s.pairs, s.geometry)]
     no_spacing = [p for p, v in every if v.spacing_missing]
