@@ -786,6 +786,15 @@ def test_2d_slices_kept_as_hdf5_image_and_label(tmp_path):
     )
     written = api.predict(run, slices, tmp_path / "pred")
     assert len(written) == 72 and written[0].name.endswith("_slice_0.nii.gz")
+    volume = root / "data" / "patient001_frame01.h5"  # the volumes beside, z first: slice by slice along z
+    (out,) = api.predict(run, volume, tmp_path / "pred-volume")
+    import nibabel as nib
+
+    predicted = np.asarray(nib.load(str(out)).dataobj)
+    assert out.name == "patient001_frame01.nii.gz" and predicted.shape == (3, 16, 16)
+    for k in range(3):
+        one = np.asarray(nib.load(str(tmp_path / "pred" / f"patient001_frame01_slice_{k}.nii.gz")).dataobj)
+        assert np.array_equal(predicted[k], one)
 
 
 def test_images_and_masks_named_by_a_word_and_their_number_pair_by_it(tmp_path):

@@ -268,6 +268,16 @@ def test_2d_images_kept_as_nifti_train_as_2d_and_predict_back_to_nifti(tmp_path)
     truth = np.asarray(nib.load(str(root / "labels" / "s0.nii.gz")).dataobj)
     predicted = np.asarray(out.dataobj)[..., 0]
     assert 2 * (predicted * truth).sum() / (predicted.sum() + truth.sum()) > 0.5  # found in place, not transposed
+    # a volume of such slices, given to the 2D model: segmented slice by slice along its last axis
+    stack = np.concatenate([np.asarray(nib.load(root / "images" / f"s{i}.nii.gz").dataobj) for i in range(3)], axis=2)
+    nib.save(nib.Nifti1Image(stack, affine), str(tmp_path / "volume.nii.gz"))
+    written = api.predict(tmp_path / "run", tmp_path / "volume.nii.gz", tmp_path / "pred-volume", probabilities=True)
+    assert [p.name for p in written] == ["volume.nii.gz", "volume_probability.nii.gz"]
+    out = nib.load(str(tmp_path / "pred-volume" / "volume.nii.gz"))
+    assert out.shape == (40, 36, 3) and np.allclose(out.affine, affine)
+    for i in range(3):
+        one = np.asarray(nib.load(str(tmp_path / "pred" / f"s{i}.nii.gz")).dataobj)[..., 0]
+        assert np.array_equal(np.asarray(out.dataobj)[..., i], one)  # as the slice's own file predicts
 
     import itk  # the same slice as a 2D MetaImage (ITK's arrays run y, x; its space is LPS)
 

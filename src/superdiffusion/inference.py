@@ -32,7 +32,7 @@ from .data.folder import (
     read_image,
     resize_image,
 )
-from .data.volumes import is_plane_file
+from .data.volumes import holds_slices, is_plane_file
 from .errors import ConfigError, DataError, RunFolderError
 from .methods import Method, Prediction, build_method
 from .runfolder import RunFolder
@@ -410,17 +410,16 @@ class Segmenter:
         ``STEM.nii.gz`` with the input's affine, and float uncertainty and probability volumes."""
         if self.spatial_dims == 3:
             return self._predict_volume(path, output, samples, probabilities)
+        if holds_slices(path):  # a volume given to a 2D model: slice by slice
+            return self._predict_slices(path, output, samples, probabilities)
         x, size = self.read(path)
-        pred = self.probabilities(x, samples)
-        probs = torch.nn.functional.interpolate(pred.probs, size=size, mode="bilinear", align_corners=False)[0]
-        mask, stem = self.mask(probs), image_stem(path)
-        spread = None
-        if pred.spread is not None:
-            spread = torch.nn.functional.interpolate(pred.spread[None], size=size, mode="bilinear", align_corners=False)
-            spread = spread[0, 0].clamp(0, 1)
-        fg = probs[1:].sum(0).clamp(0, 1) if probabilities else None
+        mask, spread, fg = self._segment(x, size, samples, probabilities)
+        stem = image_stem(path)
         if is_plane_file(path):  # a 2D image kept as NIfTI or NRRD: NIfTI back, in its shape and geometry
-            return self._write_plane(path, output, stem, mask, spread, fg)
+            from .data.volumes import read_plane
+
+            _, affine, shape = read_plane(path)
+            return self._write_nifti(output, stem, affine, shape, mask, spread, fg)
         target = output / f"{stem}.png"
         _save_png(Image.fromarray(mask * 255 if self.num_classes == 2 else self.drawn(mask)), target)
         written = [target]
@@ -435,15 +434,42 @@ class Segmenter:
             written.append(output / f"{stem}_probability.png")
         return written
 
-    def _write_plane(self, path: Path, output: Path, stem: str, mask, spread, fg) -> list[Path]:
-        """A 2D prediction of a NIfTI or NRRD input as ``.nii.gz`` files with the input's stored
-        shape and affine, as :meth:`_predict_volume` writes volumes: class indices, and float
-        spread and probability."""
+    def _segment(self, x: torch.Tensor, size: tuple[int, ...], samples: int, probabilities: bool):
+        """A 2D image's network input -> its mask, spread (None for one draw) and foreground
+        probability (None unless ``probabilities``), at the image's own ``size``."""
+        pred = self.probabilities(x, samples)
+        probs = torch.nn.functional.interpolate(pred.probs, size=size, mode="bilinear", align_corners=False)[0]
+        spread = None
+        if pred.spread is not None:
+            spread = torch.nn.functional.interpolate(pred.spread[None], size=size, mode="bilinear", align_corners=False)
+            spread = spread[0, 0].clamp(0, 1)
+        return self.mask(probs), spread, probs[1:].sum(0).clamp(0, 1) if probabilities else None
+
+    def _predict_slices(self, path: Path, output: Path, samples: int, probabilities: bool) -> list[Path]:
+        """A volume given to a 2D model, each slice segmented as a slice file of it would be
+        (:func:`~.data.volumes.read_slices` says along which axis), written as ``STEM.nii.gz`` in
+        the volume's shape and affine."""
+        from .data.folder import scale_image
+        from .data.volumes import case_stem, read_slices
+
+        slices, affine, axis = read_slices(path)
+        parts = []
+        for plane in slices:
+            image = scale_image(plane, "F" if plane.dtype.kind == "f" else "I", path, self.channels)
+            parts.append(self._segment(self.preprocess(image), plane.shape, samples, probabilities))
+
+        def stacked(items: tuple) -> np.ndarray | None:  # the slices' masks (or spreads ...) as the volume
+            return None if items[0] is None else np.stack([np.asarray(item) for item in items], axis)
+
+        shape = tuple(np.moveaxis(slices, 0, axis).shape)
+        return self._write_nifti(output, case_stem(path), affine, shape, *map(stacked, zip(*parts)))
+
+    def _write_nifti(self, output: Path, stem: str, affine, shape, mask, spread, fg) -> list[Path]:
+        """A 2D model's prediction of a NIfTI, NRRD or HDF5 input (a slice, or a volume slice by
+        slice) as ``.nii.gz`` files in the input's stored ``shape`` and ``affine``, as
+        :meth:`_predict_volume` writes volumes: class indices, and float spread and probability."""
         import nibabel as nib
 
-        from .data.volumes import read_plane
-
-        _, affine, shape = read_plane(path)
         written = []
         for suffix, arr in (("", self.drawn(mask, colour=False)), ("_uncertainty", spread), ("_probability", fg)):
             if arr is not None:

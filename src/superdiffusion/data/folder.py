@@ -656,6 +656,12 @@ def read_image(path: Path | tuple[Path, ...], channels: int | None = None) -> np
             raise DataError(f"{path[0]}: {len(planes)} channel files, expected {channels}")
         return np.ascontiguousarray(np.concatenate(planes))
     arr, mode = decode(path, channels)
+    return scale_image(arr, mode, path, channels)
+
+
+def scale_image(arr: np.ndarray, mode: str, path: Path, channels: int | None = None) -> np.ndarray:
+    """Pixels as :func:`decode` gives them (``path`` names them in errors) -> float32
+    ``(C, H, W)`` in [0, 1]: by the type's range, a float image by its maximum (at least 1)."""
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     scale = type_range(arr, mode)

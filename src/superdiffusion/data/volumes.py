@@ -308,6 +308,23 @@ def read_plane(path: Path, dataset: str = "image") -> tuple[np.ndarray, np.ndarr
     return plane, affine, tuple(arr.shape)
 
 
+def holds_slices(path: Path) -> bool:
+    """Whether a NIfTI, NRRD, MetaImage, DICOM or HDF5 file holds a volume of several slices."""
+    return is_plane_file(path) and sum(n > 1 for n in stored_shape(path)[:3]) == 3
+
+
+def read_slices(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """A volume's slices for a 2D model, as its slice files hold them: ``(N, H, W)`` along the
+    last axis of a NIfTI, NRRD or MetaImage volume, the first of an HDF5 one (kept z first, as
+    the semi-supervised codebases' slice files are), the volume's affine, and that axis."""
+    arr, affine, _, _ = _read_array(path, "image")
+    arr = np.squeeze(arr)
+    if arr.ndim != 3:
+        raise DataError(f"{path}: expected a volume of slices, got shape {arr.shape}")
+    axis = 0 if path.name.lower().endswith(HDF5_SUFFIXES) else 2
+    return np.moveaxis(arr, axis, 0), affine, axis
+
+
 def is_plane_folder(files: list[Path]) -> bool:
     """Whether a folder's NIfTI or NRRD files are 2D images: its first such file holds one slice."""
     first = next((p for p in sorted(files) if is_plane_file(p)), None)
