@@ -891,3 +891,28 @@ def test_several_masks_of_one_image_are_parts_when_disjoint_and_annotators_when_
         second[-4:, -5:] = 255
         Image.fromarray(second).save(mask.with_name(mask.stem + "_1.png"))
     assert [m.name for m in scan_folder(lesions)[0].mask] == ["0_mask.png", "0_mask_1.png"]
+
+
+def test_masks_tagged_beside_their_images_in_one_folder(tmp_path):
+    """CHASE_DB1 keeps, in one folder, each image with two experts' vessel masks named after it
+    (``Image_01L.jpg``, ``Image_01L_1stHO.png``, ``Image_01L_2ndHO.png``): the tags are found, the
+    two experts' masks are not merged, and ``data.masks=_1stHO`` picks one expert's."""
+    flat = write_pair_folder(tmp_path / "flat", n=6, split=False)
+    root = tmp_path / "chase"
+    root.mkdir()
+    for k in range(6):
+        shutil.copy(flat / "images" / f"case{k}.png", root / f"Image_{k:02d}L.jpg.png")
+        for expert in ("1stHO", "2ndHO"):
+            shutil.copy(flat / "masks" / f"case{k}.png", root / f"Image_{k:02d}L_{expert}.png")
+    for path in root.glob("*.jpg.png"):
+        path.rename(path.with_name(path.name.replace(".jpg.png", ".png")))
+    with pytest.raises(DataError, match=r"Image_00L.png: its masks Image_00L_1stHO.png, Image_00L_2ndHO.png overlap "
+                                        r".*\(data.masks=_1stHO, say\)"):  # fmt: skip
+        scan_folder(root)
+    pairs = scan_folder(root, masks="_1stHO")
+    assert len(pairs) == 6 and all(p.mask.name == f"{p.id}_1stHO.png" for p in pairs)
+    for path in root.glob("*_2ndHO.png"):
+        path.unlink()
+    assert [p.mask.name for p in scan_folder(root)] == [f"Image_{k:02d}L_1stHO.png" for k in range(6)]
+    with pytest.raises(DataError, match=r"no mask is tagged '_3rdHO' after its image's name \(the tags: _1stHO\)"):
+        scan_folder(root, masks="_3rdHO")

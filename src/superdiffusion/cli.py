@@ -102,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("data", help="dataset folder (images/ + masks/ or labels/, or volumes)")
     p.add_argument("--out", help="the plan as a --config YAML (default: print only)")
     p.add_argument("--batch-size", type=_positive, default=8, help="train.batch_size the patch budget is for")
-    p.add_argument("--masks", help="the folder of masks inside the dataset folder (data.masks), when two could be")
+    p.add_argument(
+        "--masks",
+        help="the folder of masks inside the dataset folder (data.masks), when two could be; "
+        "or the tag after an image's name of the masks kept beside it (_1stHO)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
 
     p = sub.add_parser("show", help="write a page to look at a run: curves, scores, every test case worst first")

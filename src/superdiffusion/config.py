@@ -83,6 +83,7 @@ class DataConfig(Section):
     unlabeled_root: str | None = None  # extra folder of images without masks
     # the folder of masks (or labels), relative to data.root and to each of its train/, val/, test/
     # folders: for a folder where two could be (DRIVE's 1st_manual/ beside its field-of-view mask/);
+    # or, for masks kept beside their images, the tag after the image's name (CHASE_DB1's _1stHO);
     # null: masks/ or labels/, else the one folder whose files pair with the images by name
     masks: str | None = None
     # a file of training image ids to label (one per line, or a CSV with an id column, as

@@ -348,33 +348,57 @@ def masks_beside(files: dict[str, Path]) -> dict[str, list[Path]]:
     return found
 
 
+def tags_beside(files: dict[str, Path], taken: set[Path]) -> dict[str, dict[str, Path]]:
+    """The files (other than ``taken``) named after another file plus a tag of their own
+    (CHASE_DB1's ``Image_01L_1stHO.png`` beside ``Image_01L.jpg``), per tag (``_1stHO``) and
+    image id, for the tags that name at least half of the other files: masks of them."""
+    by_tag: dict[str, dict[str, Path]] = {}
+    for key, path in files.items():
+        cuts = [k for k, ch in enumerate(key) if ch in TAG_SEPARATORS and key[:k] in files and "/" not in key[k:]]
+        if cuts and path not in taken:  # the longest image id the name starts with
+            by_tag.setdefault(key[max(cuts) :], {})[key[: max(cuts)]] = path
+    images = len(files) - len(taken) - sum(map(len, by_tag.values()))
+    return {tag: found for tag, found in by_tag.items() if len(found) >= max(2, images / 2)}
+
+
 def _folder_column(key: str) -> dict[str, str]:
     """An image kept in a subfolder (id ``p7/s012``): its subfolder, which groups it (``folder``)."""
     folder = key.rpartition("/")[0]
     return {"folder": folder} if folder else {}
 
 
-def _scan_side_by_side(root: Path) -> list[Pair]:
+def _scan_side_by_side(root: Path, tag: str | None = None) -> list[Pair]:
     """A folder (often one subfolder per patient) keeping each mask beside its image, named after
-    it (Kaggle's LGG: ``TCGA_A/TCGA_A_1.tif`` + ``TCGA_A_1_mask.tif``)."""
+    it (Kaggle's LGG: ``TCGA_A/TCGA_A_1.tif`` + ``TCGA_A_1_mask.tif``), or after it plus a tag
+    of its own (:func:`tags_beside`; ``tag``: ``data.masks=_1stHO``, the one to read)."""
     from .volumes import holds_label
 
     files = _files(root)
     masks = masks_beside(files)
+    tagged = tags_beside(files, {p for group in masks.values() for p in group})
+    others = {p for found in tagged.values() for p in found.values()}  # every tag's masks: none is an image
+    if tag is not None:
+        if tag not in tagged:
+            raise DataError(f"{root}: no mask is tagged {tag!r} after its image's name (the tags: "
+                            f"{', '.join(tagged) or 'none'})")  # fmt: skip
+        tagged = {tag: tagged[tag]}
+    for found in tagged.values():
+        for key, path in found.items():
+            masks.setdefault(key, []).append(path)
     inside = {key for key, path in files.items() if holds_label(path)}  # HDF5: its image and label in one file
     if not masks and not inside:
         raise DataError(
             f"{root}: no images/ folder, and no image with its mask beside it (NAME.png + NAME_mask.png); a 2D "
             "dataset is images/ + masks/"
         )
-    taken = {p for group in masks.values() for p in group}
+    taken = {p for group in masks.values() for p in group} | others
     pairs = []
     for key, image in files.items():
         if image in taken:
             continue
         found = [image] if key in inside else sorted(masks.get(key, []))  # none: an unlabeled image
         if len(found) > 1 and not any(isinstance(p.mask, tuple) for p in pairs):  # the first image of several
-            _check_parts(image, found, [m.name for m in found], "")
+            _check_parts(image, found, [m.name for m in found], f"data.masks={next(iter(tagged))}" if tagged else "")
         mask = found[0] if len(found) == 1 else tuple(found) if found else None  # a tuple: one mask a lesion
         pairs.append(Pair(key, image, mask, columns=_folder_column(key)))
     read_columns(pairs, root / "split.csv")
@@ -454,11 +478,12 @@ def scan_folder(root: str | Path, require_masks: bool | None = True, masks: str 
             return _scan_split_folders(root, folders, require_masks, masks)
         if len(datasets := _dataset_subfolders(root)) > 1:
             return _scan_dataset_subfolders(root, datasets, require_masks, masks)
-    image_folder, folder = dataset_folders(root, masks if require_masks is not False else None)
+    tag = masks if masks and masks[0] in TAG_SEPARATORS and not (root / masks).is_dir() else None
+    image_folder, folder = dataset_folders(root, masks if require_masks is not False and tag is None else None)
     if require_masks is None:
         require_masks = folder is not None
     if image_folder is None and require_masks:
-        return _scan_side_by_side(root)
+        return _scan_side_by_side(root, tag)
     images = _files(image_folder or root / "images")
     if folder is None and require_masks:
         raise DataError(
