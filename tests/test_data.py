@@ -916,3 +916,12 @@ def test_masks_tagged_beside_their_images_in_one_folder(tmp_path):
     assert [p.mask.name for p in scan_folder(root)] == [f"Image_{k:02d}L_1stHO.png" for k in range(6)]
     with pytest.raises(DataError, match=r"no mask is tagged '_3rdHO' after its image's name \(the tags: _1stHO\)"):
         scan_folder(root, masks="_3rdHO")
+    with pytest.raises(DataError, match=r"data.masks=_1stHO names the tag of masks kept beside .* in masks/"):
+        scan_folder(flat, masks="_1stHO")  # not dropped where the masks are in a folder
+    copies = tmp_path / "copies"  # images beside flipped copies of themselves: the copies are no masks
+    copies.mkdir()
+    for k in range(6):
+        shutil.copy(flat / "images" / f"case{k}.png", copies / f"x{k}.png")
+        shutil.copy(flat / "images" / f"case{k}.png", copies / f"x{k}_flip.png")
+    with pytest.raises(DataError, match=r"no image with its mask beside it"):
+        scan_folder(copies)

@@ -174,12 +174,15 @@ def _numbered(stems, number: re.Pattern) -> dict[int, str] | None:
 
 
 OVERLAP = 0.5  # of the smaller mask: two masks of one image overlapping more are two annotators' of one structure
+ANNOTATORS = 4  # an image with more masks than this has one an object (nuclei): not annotators, not checked
 
 
 def _check_parts(image: Path, masks: list[Path], names: list[str], setting: str) -> None:
     """Several masks of one image are read as their union (one a lesion, a lung, a nucleus) when
     they are disjoint; two that overlap are two annotators' masks of one structure, and stop with
     one line naming them (and ``setting``, the one that picks a folder of them)."""
+    if len(masks) > ANNOTATORS:
+        return
     planes = [read_mask(m, 2, "threshold") for m in masks]
     for i, j in itertools.combinations(range(len(planes)), 2):
         if planes[i].shape != planes[j].shape:
@@ -358,7 +361,10 @@ def tags_beside(files: dict[str, Path], taken: set[Path]) -> dict[str, dict[str,
         if cuts and path not in taken:  # the longest image id the name starts with
             by_tag.setdefault(key[max(cuts) :], {})[key[: max(cuts)]] = path
     images = len(files) - len(taken) - sum(map(len, by_tag.values()))
-    return {tag: found for tag, found in by_tag.items() if len(found) >= max(2, images / 2)}
+    return {  # a tag of at least half the images, whose first file holds a mask's few values (not "_flip" copies)
+        tag: found for tag, found in by_tag.items()
+        if len(found) >= max(2, images / 2) and _distinct_values(found) <= MASK_VALUES
+    }  # fmt: skip
 
 
 def _folder_column(key: str) -> dict[str, str]:
@@ -375,7 +381,7 @@ def _scan_side_by_side(root: Path, tag: str | None = None) -> list[Pair]:
 
     files = _files(root)
     masks = masks_beside(files)
-    tagged = tags_beside(files, {p for group in masks.values() for p in group})
+    tagged = tags_beside(files, set()) if not masks else {}  # no mask named by a mask word: tags of their own
     others = {p for found in tagged.values() for p in found.values()}  # every tag's masks: none is an image
     if tag is not None:
         if tag not in tagged:
@@ -482,6 +488,9 @@ def scan_folder(root: str | Path, require_masks: bool | None = True, masks: str 
     image_folder, folder = dataset_folders(root, masks if require_masks is not False and tag is None else None)
     if require_masks is None:
         require_masks = folder is not None
+    if tag is not None and folder is not None:
+        raise DataError(f"{root}: data.masks={tag} names the tag of masks kept beside their images, but the masks "
+                        f"are in {folder.name}/")  # fmt: skip
     if image_folder is None and require_masks:
         return _scan_side_by_side(root, tag)
     images = _files(image_folder or root / "images")
