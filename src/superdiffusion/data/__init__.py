@@ -19,8 +19,9 @@ from .dataset import (
     normalize_cases,
     normalize_each,
     resolve_root,
+    set_aside_unlabeled,
 )
-from .folder import Pair, dataset_channels, first_file, image_pixels, layout_pairs, load_pairs, scan_folder
+from .folder import Pair, dataset_channels, image_pixels, layout_pairs, load_pairs, scan_folder
 from .layouts import apply_dataset_json, read_dataset_json
 from .splits import choose_labeled
 from .volumes import build_volume_data
@@ -66,14 +67,7 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True, recorded: di
         data.class_names = layout.label_names if layout else None
         return data
     pairs = layout_pairs(layout, root) if layout is not None else scan_folder(root, masks=cfg.masks)
-    unmasked = [p for p in pairs if p.mask is None]  # images without a mask beside masked ones: unlabeled
-    for pair in unmasked:
-        if pair.split != "train":
-            raise DataError(f"{first_file(pair.image)}: a {pair.split} image without a mask; it cannot be scored: "
-                            "draw its mask, or make it a training image (split.csv)")  # fmt: skip
-    if unmasked:
-        LOG.info("data: %d of the %d images have no mask: they train as unlabeled images", len(unmasked), len(pairs))
-        pairs = [p for p in pairs if p.mask is not None]
+    pairs, unmasked = set_aside_unlabeled(pairs)
     several = [p for p in pairs if isinstance(p.mask, tuple)]
     if several:
         LOG.info("data: %d images have several masks beside them (one a lesion, %s); each reads as their union",

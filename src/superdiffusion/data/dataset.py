@@ -5,6 +5,7 @@ the presets, the normalisation, and the assignment of images to train/val/test."
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,9 +17,10 @@ import torch
 
 from ..config import DataConfig
 from ..errors import DataError
-from .folder import IMAGE_FOLDERS, MASK_FOLDERS, SPLIT_FOLDERS, Pair, compact_mask
+from .folder import IMAGE_FOLDERS, MASK_FOLDERS, SPLIT_FOLDERS, Pair, compact_mask, first_file
 from .splits import carve, group_column, groups_of
 
+LOG = logging.getLogger("superdiffusion")
 TEST_SPLIT_SEED = 0  # the test set of a folder without split.csv is the same for every run
 
 
@@ -312,6 +314,22 @@ def recorded_splits(pairs: list[Pair], recorded: dict[str, Any], root) -> dict[s
             f"{changed[0][:40]!r}); its scores would not be the run's: restore them, or train a new run"
         )
     return {split: [by_id[i] for i in ids] for split, ids in names.items()}
+
+
+def set_aside_unlabeled(pairs: list, volumes: bool = False) -> tuple[list, list]:
+    """The cases with a mask (a volume's label) and those without, beside them in the folder:
+    unlabeled training cases (logged). One without a mask in the validation or test split stops
+    with one line: it cannot be scored."""
+    kind, mask = ("volume", "label") if volumes else ("image", "mask")
+    unmasked = [p for p in pairs if getattr(p, mask) is None]
+    for pair in unmasked:
+        if pair.split != "train":
+            raise DataError(f"{first_file(pair.image)}: a {pair.split} {kind} without a {mask}; it cannot be scored: "
+                            f"draw its {mask}, or make it a training {kind} (split.csv)")  # fmt: skip
+    if unmasked:
+        LOG.info("data: %d of the %d %ss have no %s: they train as unlabeled %ss", len(unmasked), len(pairs), kind,
+                 mask, kind)  # fmt: skip
+    return [p for p in pairs if getattr(p, mask) is not None], unmasked
 
 
 def assign_splits(

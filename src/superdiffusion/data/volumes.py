@@ -40,8 +40,9 @@ from .dataset import (
     normalize,
     normalize_each,
     resolve_root,
+    set_aside_unlabeled,
 )
-from .folder import check_finite, classes_of, compact_mask, first_file, mask_folder, read_columns
+from .folder import check_finite, classes_of, compact_mask, mask_folder, read_columns
 from .splits import choose_labeled
 
 LOG = logging.getLogger("superdiffusion")
@@ -640,14 +641,7 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
 
     root = resolve_root(cfg.root)
     pairs = layout_volumes(layout, root) if layout is not None else scan_volumes(root, cfg.masks)
-    unmasked = [p for p in pairs if p.label is None]  # volumes without a label beside labeled ones: unlabeled
-    for pair in unmasked:
-        if pair.split != "train":
-            raise DataError(f"{first_file(pair.image)}: a {pair.split} volume without a label; it cannot be scored: "
-                            "draw its label, or make it a training volume (split.csv)")  # fmt: skip
-    if unmasked:
-        LOG.info("data: %d of the %d volumes have no label: they train as unlabeled volumes", len(unmasked), len(pairs))
-        pairs = [p for p in pairs if p.label is not None]
+    pairs, unmasked = set_aside_unlabeled(pairs, volumes=True)
     by, grouped_by = assign_splits(pairs, cfg, seed, validation, recorded)
     labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed, recorded)
     used = [p for group in by.values() for p in group] + unmasked
