@@ -50,7 +50,8 @@ from .errors import DataError
 
 # 2: colour and palette masks read as drawn; 3: grey-coded classes ("levels"); 4: painted ("colours");
 # 5: images in subfolders, grouped by them; 6: instance masks, image and mask folders found by their
-# files' names, several labeled volumes a case folder, DICOM; 7: series in the names group images
+# files' names, several labeled volumes a case folder, DICOM; 7: series in the names group images, images
+# without masks beside masked ones are counted (they train unlabeled)
 FORMAT = 7
 SAMPLE = 48  # images and masks decoded for the intensity and mask statistics
 FIXED_SIZE = 128  # the paper's resize for 2D images
