@@ -925,3 +925,24 @@ def test_masks_tagged_beside_their_images_in_one_folder(tmp_path):
         shutil.copy(flat / "images" / f"case{k}.png", copies / f"x{k}_flip.png")
     with pytest.raises(DataError, match=r"no image with its mask beside it"):
         scan_folder(copies)
+
+
+def test_files_derived_from_the_images_are_not_unlabeled_images(tmp_path, caplog):
+    """ISIC 2017's image folder holds, beside each ``ISIC_0000000.jpg``, its
+    ``ISIC_0000000_superpixels.png``: files named after an image plus a tag, for most of the
+    images, are derived from them, not more images; they are left out (logged), not trained as
+    unlabeled images."""
+    flat = write_pair_folder(tmp_path / "flat", n=6, split=False)
+    root = _renamed(flat, tmp_path / "isic", "ISIC-2017_Training_Data", "ISIC-2017_Training_Part1_GroundTruth",
+                    "ISIC_{:07d}", "ISIC_{:07d}_segmentation")  # fmt: skip
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        superpixels = (rng.random((24, 20, 3)) * 255).astype(np.uint8)
+        Image.fromarray(superpixels).save(root / "ISIC-2017_Training_Data" / f"ISIC_{k:07d}_superpixels.png")
+    with caplog.at_level("INFO", logger="superdiffusion"):
+        pairs = scan_folder(root)
+    assert [p.id for p in pairs] == [f"ISIC_{k:07d}" for k in range(6)] and all(p.mask is not None for p in pairs)
+    assert "6 files named after an image plus '_superpixels'" in caplog.text
+    (root / "ISIC-2017_Training_Part1_GroundTruth" / "ISIC_0000005_segmentation.png").unlink()
+    unlabeled = [p.id for p in scan_folder(root) if p.mask is None]
+    assert unlabeled == ["ISIC_0000005"]  # an image without its mask is still an unlabeled image

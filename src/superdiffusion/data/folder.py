@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 from .splits import add_name_series
+
+LOG = logging.getLogger("superdiffusion")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".webp")
 MASK_FOLDERS = ("masks", "labels")  # beside images/, for 2D images and volumes alike
@@ -283,9 +286,10 @@ def dataset_folders(root: Path, masks: str | None = None) -> tuple[Path | None, 
         if (ids := _image_ids(d))
     }
 
-    def pairs(a: Path, b: Path) -> bool:  # every file of b is a mask of one of a's, and most of a's have one
+    def pairs(a: Path, b: Path) -> bool:  # every file of b is a mask of one of a's, and most of a's images have one
         matched = match_masks(folders[a], folders[b])
-        return sum(map(len, matched.values())) == len(folders[b]) and 2 * len(matched) >= len(folders[a])
+        images = len(folders[a]) - len(_derived(folders[a], set(matched)))
+        return sum(map(len, matched.values())) == len(folders[b]) and 2 * len(matched) >= images
 
     if not images.is_dir() and len(folders) != 2:  # more: folders per patient or per class, not two roles
         return None, None
@@ -351,20 +355,39 @@ def masks_beside(files: dict[str, Path]) -> dict[str, list[Path]]:
     return found
 
 
-def tags_beside(files: dict[str, Path], taken: set[Path]) -> dict[str, dict[str, Path]]:
-    """The files (other than ``taken``) named after another file plus a tag of their own
-    (CHASE_DB1's ``Image_01L_1stHO.png`` beside ``Image_01L.jpg``), per tag (``_1stHO``) and
-    image id, for the tags that name at least half of the other files: masks of them."""
+def _tagged(files: dict[str, Path], taken: set[Path]) -> dict[str, dict[str, Path]]:
+    """The files (other than ``taken``) named after another file plus a tag of their own, per
+    tag and image id, for the tags that name at least half of the other files."""
     by_tag: dict[str, dict[str, Path]] = {}
     for key, path in files.items():
         cuts = [k for k, ch in enumerate(key) if ch in TAG_SEPARATORS and key[:k] in files and "/" not in key[k:]]
         if cuts and path not in taken:  # the longest image id the name starts with
             by_tag.setdefault(key[max(cuts) :], {})[key[: max(cuts)]] = path
     images = len(files) - len(taken) - sum(map(len, by_tag.values()))
-    return {  # a tag of at least half the images, whose first file holds a mask's few values (not "_flip" copies)
-        tag: found for tag, found in by_tag.items()
-        if len(found) >= max(2, images / 2) and _distinct_values(found) <= MASK_VALUES
-    }  # fmt: skip
+    return {tag: found for tag, found in by_tag.items() if len(found) >= max(2, images / 2)}
+
+
+def tags_beside(files: dict[str, Path], taken: set[Path]) -> dict[str, dict[str, Path]]:
+    """The tagged files (:func:`_tagged`) whose first holds a mask's few values: masks (CHASE_DB1's
+    ``Image_01L_1stHO.png`` beside ``Image_01L.jpg``, per tag ``_1stHO`` and image id)."""
+    return {tag: found for tag, found in _tagged(files, taken).items() if _distinct_values(found) <= MASK_VALUES}
+
+
+def _derived(files: dict[str, Path], keep: set[str]) -> dict[str, str]:
+    """The ids of ``files`` (other than ``keep``) derived from another's (:func:`_tagged`), with their tag."""
+    derived = {image + tag: tag for tag, found in _tagged(files, set()).items() for image in found}
+    return {key: tag for key, tag in derived.items() if key not in keep}
+
+
+def left_out_derived(files: dict[str, Path], keep: set[str]) -> dict[str, Path]:
+    """``files`` less those derived from an image (:func:`_tagged` files other than ``keep``:
+    ISIC 2017's ``ISIC_0000000_superpixels.png`` beside ``ISIC_0000000.jpg``), which are not more
+    images; the files left out are logged."""
+    derived = _derived(files, keep)
+    if derived:
+        LOG.info("data: %d files named after an image plus %s are left out: derived from the images (as ISIC's "
+                 "superpixels), not images", len(derived), " or ".join(f"'{t}'" for t in sorted(set(derived.values()))))  # fmt: skip
+    return {key: path for key, path in files.items() if key not in derived}
 
 
 def _folder_column(key: str) -> dict[str, str]:
@@ -398,6 +421,7 @@ def _scan_side_by_side(root: Path, tag: str | None = None) -> list[Pair]:
             "dataset is images/ + masks/"
         )
     taken = {p for group in masks.values() for p in group} | others
+    files = left_out_derived(files, set(masks) | {key for key, path in files.items() if path in taken})
     pairs = []
     for key, image in files.items():
         if image in taken:
@@ -502,6 +526,7 @@ def scan_folder(root: str | Path, require_masks: bool | None = True, masks: str 
     mask_files = _files(folder) if require_masks else {}
     mask_ids = {path: key for key, path in mask_files.items()}
     matched = match_masks(images, mask_files)
+    images = left_out_derived(images, set(matched))
     objects = len(images) == 1 and mask_files and not matched  # one image, a mask an object: all are its
     if objects:
         matched = {next(iter(images)): sorted(mask_files.values())}
