@@ -946,3 +946,26 @@ def test_files_derived_from_the_images_are_not_unlabeled_images(tmp_path, caplog
     (root / "ISIC-2017_Training_Part1_GroundTruth" / "ISIC_0000005_segmentation.png").unlink()
     unlabeled = [p.id for p in scan_folder(root) if p.mask is None]
     assert unlabeled == ["ISIC_0000005"]  # an image without its mask is still an unlabeled image
+
+
+def test_sixteen_bit_colour_tiff_keeps_all_its_bits(tmp_path):
+    """Pillow decodes a 16-bit colour TIFF or PNG (multi-channel microscopy) to its top 8 bits: 12-bit
+    data in it (0-4095) would keep 16 grey levels. It is read with every bit, and planned as the
+    16-bit image it is."""
+    import itk
+
+    from superdiffusion.plan import plan_for
+
+    root = write_pair_folder(tmp_path / "tif16", n=6, split=False)
+    rng = np.random.default_rng(0)
+    stored = {}
+    for k in range(6):
+        (root / "images" / f"case{k}.png").unlink()
+        stored[k] = (rng.random((24, 20, 3)) * 4095).astype(np.uint16)  # 12-bit data in 16-bit samples
+        itk.imwrite(itk.image_from_array(stored[k], is_vector=True), str(root / "images" / f"case{k}.tif"))
+    img = read_image(root / "images" / "case0.tif")
+    assert img.shape == (3, 24, 20) and np.allclose(img, stored[0].transpose(2, 0, 1) / 65535, atol=1e-7)
+    itk.imwrite(itk.image_from_array(stored[1], is_vector=True), str(tmp_path / "png16.png"))  # PNG: the same
+    assert np.allclose(read_image(tmp_path / "png16.png"), stored[1].transpose(2, 0, 1) / 65535, atol=1e-7)
+    plan = plan_for(root, cache=False)
+    assert plan.fingerprint["bit_depth"] == ["16"] and plan.settings["data.normalize"] == "percentile"

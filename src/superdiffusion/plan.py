@@ -42,6 +42,7 @@ from .data.folder import (
     packed_colours,
     scan_folder,
     type_range,
+    wide_colour,
 )
 from .data.layouts import read_dataset_json
 from .data.splits import group_column
@@ -143,6 +144,8 @@ def _raw(path: Path) -> tuple[np.ndarray, str]:
     if is_plane_file(path):
         return decode(path)
     img = open_image(path)
+    if img.mode == "RGB" and wide_colour(path):
+        return decode(path)
     mode = img.mode
     return np.asarray(img.convert("RGB") if mode == "P" else img), mode
 

@@ -744,6 +744,37 @@ def _is_plane(path: Path) -> bool:
     return is_plane_file(path)
 
 
+def wide_colour(path: Path) -> bool:
+    """A colour TIFF or PNG of 16 bits a sample (multi-channel microscopy), which Pillow decodes
+    to the top 8 bits of each: the raw mode of its header says so."""
+    try:
+        with Image.open(path) as img:
+            if img.mode != "RGB" or not img.tile:
+                return False
+            args = img.tile[0].args
+            return ";16" in str(args if isinstance(args, str) else args[0] if args else "")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False  # open_image names the file
+
+
+def read_wide_colour(path: Path) -> np.ndarray:
+    """Every bit of a 16-bit colour TIFF or PNG, ``(H, W, 3)`` uint16, read by ITK (the itk extra)."""
+    try:
+        import itk
+    except ImportError:
+        raise DataError(
+            f"{path}: a 16-bit colour image, of which Pillow reads only the top 8 bits; pip install "
+            "'superdiffusion[itk]' to read every bit (or save the images as 8-bit)"
+        ) from None
+    try:
+        arr = itk.array_from_image(itk.imread(str(path), itk.Vector[itk.F, 3]))
+    except Exception as err:  # noqa: BLE001 - any reader failure is an unreadable file for the user
+        raise DataError(f"{path}: cannot read 16-bit colour image ({type(err).__name__})") from None
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise DataError(f"{path}: expected a 2D colour image, got shape {arr.shape}")
+    return np.clip(arr, 0, 65535).astype(np.uint16)
+
+
 def decode(path: Path, channels: int | None = None) -> tuple[np.ndarray, str]:
     """A 2D image file's pixels as stored (``(H, W)`` or ``(H, W, 3)``) and its Pillow mode (a
     NIfTI or NRRD slice: ``F`` for floats, ``I`` for integers): what the reader scales and the
@@ -754,6 +785,8 @@ def decode(path: Path, channels: int | None = None) -> tuple[np.ndarray, str]:
         plane = read_plane(path)[0]
         return plane, "F" if plane.dtype.kind == "f" else "I"
     img = open_image(path)
+    if img.mode == "RGB" and wide_colour(path):
+        return read_wide_colour(path), "RGB;16"
     if img.mode == "P":
         img = img.convert("RGB")
     if img.mode in ("RGBA", "LA", "CMYK", "YCbCr"):
