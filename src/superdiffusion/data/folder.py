@@ -751,7 +751,7 @@ def wide_colour(path: Path) -> bool:
         with Image.open(path) as img:
             if img.mode != "RGB" or not img.tile:
                 return False
-            args = img.tile[0].args
+            args = img.tile[0][3]  # (codec, extents, offset, args); a named tuple from Pillow 10.3 on
             return ";16" in str(args if isinstance(args, str) else args[0] if args else "")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return False  # open_image names the file
