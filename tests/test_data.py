@@ -969,3 +969,23 @@ def test_sixteen_bit_colour_tiff_keeps_all_its_bits(tmp_path):
     assert np.allclose(read_image(tmp_path / "png16.png"), stored[1].transpose(2, 0, 1) / 65535, atol=1e-7)
     plan = plan_for(root, cache=False)
     assert plan.fingerprint["bit_depth"] == ["16"] and plan.settings["data.normalize"] == "percentile"
+
+
+def test_images_and_masks_both_tagged_beside_each_other(tmp_path):
+    """Cellpose's data keep ``train/000_img.png`` beside ``train/000_masks.png`` (instance labels):
+    an image named with a tag of its own pairs with the mask of the same name less its tag."""
+    from superdiffusion.plan import plan_for
+
+    root = tmp_path / "cellpose"
+    for split, n in (("train", 10), ("test", 3)):
+        (root / split).mkdir(parents=True)
+        for k in range(n):
+            Image.fromarray(np.full((20, 24, 3), 40 + k, np.uint8)).save(root / split / f"{k:03d}_img.png")
+            cells = np.zeros((20, 24), np.uint16)
+            for cell in range(1 + k % 4):  # instance ids 1..n, n varying, each one blob
+                cells[1 + 5 * cell : 4 + 5 * cell, 2 + 4 * cell : 6 + 4 * cell] = cell + 1
+            Image.fromarray(cells).save(root / split / f"{k:03d}_masks.png")
+    pairs = scan_folder(root)
+    assert len(pairs) == 13 and all(p.mask.name == p.image.name.replace("_img", "_masks") for p in pairs)
+    assert {p.split for p in pairs} == {"train", "test"}
+    assert plan_for(root, cache=False).settings["data.mask_threshold"] == 1  # instances: every cell foreground

@@ -343,13 +343,22 @@ BESIDE = re.compile(r"^(?P<image>.+?)[_\-. ](?:mask|masks|seg|segmentation|label
 
 
 def masks_beside(files: dict[str, Path]) -> dict[str, list[Path]]:
-    """The files that are masks of another file of ``files`` (named after it plus a mask word),
-    per image id."""
+    """The files that are masks of another file of ``files`` (named after it plus a mask word, or
+    after it less a tag of the image's own: Cellpose's ``000_masks`` beside ``000_img``), per
+    image id."""
+    tagged: dict[str, list[str]] = {}  # "000" -> ["000_img"]: the files that are not masks, less their last tag
+    for key in files:
+        folder, slash, name = key.rpartition("/")
+        cut = max((k for k, ch in enumerate(name) if ch in TAG_SEPARATORS), default=-1)
+        if cut > 0 and not BESIDE.match(name):
+            tagged.setdefault(f"{folder}{slash}{name[:cut]}", []).append(key)
     found: dict[str, list[Path]] = {}
     for key, path in files.items():
         folder, _, name = key.rpartition("/")
         match = BESIDE.match(name)
         image = f"{folder}/{match['image']}" if match and folder else match["image"] if match else None
+        if image is not None and image not in files and len(tagged.get(image, [])) == 1:
+            image = tagged[image][0]
         if image in files:
             found.setdefault(image, []).append(path)
     return found
