@@ -182,6 +182,26 @@ def carried_over(out: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None
     return runs, previous.get("reuse_check")
 
 
+ABLATIONS = ("nopretrain", "rounds0")
+
+
+def ablation_pairs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The new default minus each of its ablations, per seed, on the same split and labeled
+    subset: what pretraining, and the rounds, add."""
+    by_key = {(r["dataset"], r["labeled_percent"], evidence.name(r), r["seed"]): r for r in records}
+    out = []
+    for (dataset, percent, method, seed), r in sorted(by_key.items()):
+        default = by_key.get((dataset, percent, "superdiffusion", seed))
+        if r["variant"] in ABLATIONS and default is not None:
+            out.append({
+                "dataset": dataset, "labeled_percent": percent, "method": "superdiffusion", "reference": method,
+                "seed": seed,
+                "honest_dice": 100 * (default["honest"]["dice"] - r["honest"]["dice"]),
+                "paper_threshold_dice": 100 * (default["paper_threshold"]["dice"] - r["paper_threshold"]["dice"]),
+            })  # fmt: skip
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("runs/decisive"))
@@ -225,7 +245,8 @@ def main() -> None:
     reused = reused_records()
     # the reuse check is not a run of the comparison: it only tests the reuse
     records = [r for r in trained if r["variant"] != "reuse-check"] + reused
-    rows, diffs = evidence.summarize(records), evidence.paired_summary(evidence.paired(records))
+    pairs = evidence.paired(records) + ablation_pairs(records)
+    rows, diffs = evidence.summarize(records), evidence.paired_summary(pairs)
     teachers = [
         {"dataset": r["dataset"], "labeled_percent": r["labeled_percent"], "method": evidence.name(r),
          "seed": r["seed"], **r["pretrain"]}
@@ -250,7 +271,7 @@ def main() -> None:
         "teacher_zero_label": teachers,
         "table": rows,
         "paired": diffs,
-        "paired_per_seed": evidence.paired(records),
+        "paired_per_seed": pairs,
         "runs": records,
         "markdown": evidence.markdown(rows, diffs, args.size) + "\n" + teacher_markdown(teachers),
     }
