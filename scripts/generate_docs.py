@@ -259,6 +259,21 @@ def decisive_results(grid: dict) -> str:
             teachers.setdefault((t["method"], DATASET_NAMES.get(t["dataset"], t["dataset"])), []).append(
                 f"{100 * t['dice']:.1f}{mark} / {t['auroc']:.3f}"
             )
+    ablations = [
+        r for r in grid["paired"] if r["method"] == "superdiffusion" and r["reference"].startswith("superdiffusion (")
+    ]
+    if ablations:
+        lines += [
+            "",
+            "What pretraining and the rounds add: the new default minus each of its ablations on the same split",
+            "and labeled subset, honest test Dice per seed: "
+            + "; ".join(
+                f"{DATASET_NAMES.get(r['dataset'], r['dataset'])} {r['labeled_percent']:g} %, minus "
+                f"{_method_label(r['reference'])}: {_paired_cell(r)}"
+                for r in ablations
+            )  # fmt: skip
+            + ".",
+        ]
     updates = sorted({r["updates"] for r in done})
     pretrain = sorted({r["pretrain_updates"] for r in done if r.get("pretrain_updates")})
     lines += [
