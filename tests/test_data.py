@@ -989,3 +989,17 @@ def test_images_and_masks_both_tagged_beside_each_other(tmp_path):
     assert len(pairs) == 13 and all(p.mask.name == p.image.name.replace("_img", "_masks") for p in pairs)
     assert {p.split for p in pairs} == {"train", "test"}
     assert plan_for(root, cache=False).settings["data.mask_threshold"] == 1  # instances: every cell foreground
+
+
+def test_annotations_that_are_not_masks_are_named(tmp_path):
+    """MoNuSeg ships ``Tissue Images/*.tif`` beside ``Annotations/*.xml`` (polygons): the line says
+    that the annotation files name the images but are not masks, instead of asking for images/."""
+    root = tmp_path / "monuseg"
+    (root / "Tissue Images").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    for k in range(4):
+        Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(root / "Tissue Images" / f"TCGA-{k}.tif")
+        (root / "Annotations" / f"TCGA-{k}.xml").write_text("<Annotations/>")
+    with pytest.raises(DataError, match=r"Annotations: its 4 .xml files are named as the images of Tissue Images "
+                                        r"but are not masks"):  # fmt: skip
+        scan_folder(root)

@@ -405,6 +405,23 @@ def _folder_column(key: str) -> dict[str, str]:
     return {"folder": folder} if folder else {}
 
 
+def _not_masks(root: Path) -> str | None:
+    """The line for a subfolder of files that are named as another's images but are not images
+    (MoNuSeg's ``Annotations/*.xml`` polygons beside ``Tissue Images/``), or None."""
+    folders = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.is_symlink() and not d.name.startswith(".")]
+    stems = {d: {image_stem(p) for p in image_files(d)} for d in folders}
+    for b in folders:
+        others = [p for p in sorted(b.iterdir()) if p.is_file() and not p.name.startswith(".") and not is_image_file(p)]
+        for a in (a for a in folders if a != b and stems[a]):
+            named = [p for p in others if p.name.split(".")[0] in stems[a]]
+            if named and 2 * len(named) >= len(others):
+                suffix = "".join(named[0].suffixes) or "suffix-less"
+                return (f"{b}: its {len(named)} {suffix} files are named as the images of {a.name} but are not masks "
+                        "(annotations such as polygons or points are not read): save each as a mask image, 0 the "
+                        "background")  # fmt: skip
+    return None
+
+
 def _scan_side_by_side(root: Path, tag: str | None = None) -> list[Pair]:
     """A folder (often one subfolder per patient) keeping each mask beside its image, named after
     it (Kaggle's LGG: ``TCGA_A/TCGA_A_1.tif`` + ``TCGA_A_1_mask.tif``), or after it plus a tag
@@ -426,7 +443,8 @@ def _scan_side_by_side(root: Path, tag: str | None = None) -> list[Pair]:
     inside = {key for key, path in files.items() if holds_label(path)}  # HDF5: its image and label in one file
     if not masks and not inside:
         raise DataError(
-            f"{root}: no images/ folder, and no image with its mask beside it (NAME.png + NAME_mask.png); a 2D "
+            _not_masks(root)
+            or f"{root}: no images/ folder, and no image with its mask beside it (NAME.png + NAME_mask.png); a 2D "
             "dataset is images/ + masks/"
         )
     taken = {p for group in masks.values() for p in group} | others
