@@ -115,3 +115,28 @@ def test_mc_dropout_is_measured_for_networks_with_dropout(tmp_path):
     assert "mc_dropout" not in plain["uncertainty"]["sources"]
     with_dropout = api.train(tiny_config(*fast, "method=supervised", "model.dropout=0.3"), tmp_path / "dropout")
     assert with_dropout["uncertainty"]["sources"]["mc_dropout"]["mean"] > 0
+
+
+def test_suggest_in_a_folder_where_only_some_images_have_masks(tmp_path, capsys):
+    """Where the images without a mask are the pool, suggest's top images have no mask to label
+    them by id: it says to draw their masks into the folder (the next train labels every masked
+    image), instead of writing a data.labeled_ids file that training would refuse."""
+    import csv
+
+    from conftest import write_pair_folder
+
+    from superdiffusion import cli
+
+    root = write_pair_folder(tmp_path / "data", n=12, split=False)
+    for k in (1, 4, 7, 10):
+        (root / "masks" / f"case{k}.png").unlink()
+    run = tmp_path / "run"
+    api.train(tiny_config("method=supervised", "train.epochs=1", f"data.root={root}", "data.labeled_percent=100",
+                          "data.val_fraction=0.2"), run)  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(["suggest", str(run), "--count", "2"]) == 0
+    with open(run / "suggest-entropy-2.csv", newline="") as handle:
+        assert {r["id"] for r in csv.DictReader(handle)} == {"case1", "case4", "case7", "case10"}
+    out = "".join(capsys.readouterr())  # the log line, on the console's stream
+    assert not (run / "labeled_next.txt").exists()
+    assert "draw the masks of its top 2 images (" in out and f"into {root / 'masks'}" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ from .methods import Method
 from .protocol import evaluate_method, run_data, uses_validation
 from .runfolder import RunFolder, write_json, write_rows
 from .training import Trainer
+
+LOG = logging.getLogger("superdiffusion")
 
 __all__ = ["Segmenter", "evaluate", "load_run", "predict", "saved_config", "suggest", "train"]
 
@@ -181,6 +184,18 @@ def predict(
 SUGGEST_SOURCES = ("entropy", "spread", "teacher_disagreement")
 
 
+def _mask_place(cfg: Config) -> str:
+    """Where a new mask of the run's data folder goes: its folder of masks, or beside its image."""
+    from .data.dataset import resolve_root
+    from .data.folder import dataset_folders
+
+    try:
+        folder = dataset_folders(resolve_root(cfg.data.root), cfg.data.masks)[1]
+    except (DataError, OSError):
+        folder = None
+    return str(folder) if folder is not None else "the folder, beside each image (NAME_mask.png)"
+
+
 def suggest(
     run_dir: str | Path,
     count: int,
@@ -241,6 +256,14 @@ def suggest(
         maps = (teacher_probability(method, method.teacher_net(), pool, cfg, model.device) - fg).abs()
     scores = maps.flatten(1).double().mean(1).tolist()
     ranked = sorted(zip(ids, scores), key=lambda item: -item[1])
+    if inputs is None:  # images without a mask in the folder are labeled by drawing one, not by their id
+        drawn = {p.id for p in pool.pairs}
+        missing = [i for i, _ in ranked[:count] if i not in drawn]
+        if missing:
+            following = None
+            LOG.info("suggest: draw the masks of its top %d images (%s) into %s; the next train labels every "
+                     "image that has a mask", len(missing), ", ".join(missing[:5]) + (" ..." if len(missing) > 5
+                     else ""), _mask_place(cfg))  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     claim_in_run(run_dir, out, following)
     write_rows(out, [{"rank": k + 1, "id": i, "score": s, "source": by} for k, (i, s) in enumerate(ranked)])
