@@ -985,6 +985,8 @@ def test_images_and_masks_both_tagged_beside_each_other(tmp_path):
             for cell in range(1 + k % 4):  # instance ids 1..n, n varying, each one blob
                 cells[1 + 5 * cell : 4 + 5 * cell, 2 + 4 * cell : 6 + 4 * cell] = cell + 1
             Image.fromarray(cells).save(root / split / f"{k:03d}_masks.png")
+            if k < 2:  # what training with Cellpose leaves beside them: derived, not images
+                Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(root / split / f"{k:03d}_flows.tif")
     pairs = scan_folder(root)
     assert len(pairs) == 13 and all(p.mask.name == p.image.name.replace("_img", "_masks") for p in pairs)
     assert {p.split for p in pairs} == {"train", "test"}

@@ -342,23 +342,36 @@ BESIDE = re.compile(r"^(?P<image>.+?)[_\-. ](?:mask|masks|seg|segmentation|label
                     r"(?:[_\-. ]?\d+)?$", re.IGNORECASE)  # fmt: skip
 
 
+def _less_tag(key: str) -> str | None:
+    """An id less the last tag of its name (``train/000_img`` -> ``train/000``), or None."""
+    folder, slash, name = key.rpartition("/")
+    cut = max((k for k, ch in enumerate(name) if ch in TAG_SEPARATORS), default=-1)
+    return f"{folder}{slash}{name[:cut]}" if cut > 0 else None
+
+
+def _masked_name(key: str) -> str | None:
+    """The image id a mask's id names (``p7/x_mask`` -> ``p7/x``), or None for a name without a mask word."""
+    folder, _, name = key.rpartition("/")
+    match = BESIDE.match(name)
+    return None if match is None else f"{folder}/{match['image']}" if folder else match["image"]
+
+
 def masks_beside(files: dict[str, Path]) -> dict[str, list[Path]]:
     """The files that are masks of another file of ``files`` (named after it plus a mask word, or
     after it less a tag of the image's own: Cellpose's ``000_masks`` beside ``000_img``), per
     image id."""
     tagged: dict[str, list[str]] = {}  # "000" -> ["000_img"]: the files that are not masks, less their last tag
     for key in files:
-        folder, slash, name = key.rpartition("/")
-        cut = max((k for k, ch in enumerate(name) if ch in TAG_SEPARATORS), default=-1)
-        if cut > 0 and not BESIDE.match(name):
-            tagged.setdefault(f"{folder}{slash}{name[:cut]}", []).append(key)
+        if (base := _less_tag(key)) is not None and not BESIDE.match(key.rpartition("/")[2]):
+            tagged.setdefault(base, []).append(key)
     found: dict[str, list[Path]] = {}
     for key, path in files.items():
-        folder, _, name = key.rpartition("/")
-        match = BESIDE.match(name)
-        image = f"{folder}/{match['image']}" if match and folder else match["image"] if match else None
-        if image is not None and image not in files and len(tagged.get(image, [])) == 1:
-            image = tagged[image][0]
+        image = _masked_name(key)
+        if image is not None and image not in files:  # the image has a tag of its own (000_img)
+            candidates = tagged.get(image, [])
+            if len(candidates) > 1:  # beside files derived from it (Cellpose's 000_flows.tif): the mask's type
+                candidates = [c for c in candidates if files[c].suffix.lower() == path.suffix.lower()]
+            image = candidates[0] if len(candidates) == 1 else image
         if image in files:
             found.setdefault(image, []).append(path)
     return found
@@ -448,6 +461,13 @@ def _scan_side_by_side(root: Path, tag: str | None = None) -> list[Pair]:
             "dataset is images/ + masks/"
         )
     taken = {p for group in masks.values() for p in group} | others
+    ids = {path: key for key, path in files.items()}
+    named = {_masked_name(ids[m]) for group in masks.values() for m in group if m in ids}  # "000" for 000_masks
+    siblings = {k for k in files if k not in masks and files[k] not in taken and _less_tag(k) in named - set(files)}
+    if siblings:  # files beside an image of a tag of its own, named as it with another (000_flows beside 000_img)
+        LOG.info("data: %d files named as an image with another tag of their own (%s) are left out: derived from "
+                 "the images, not images", len(siblings), sorted(siblings)[0])  # fmt: skip
+        files = {k: v for k, v in files.items() if k not in siblings}
     files = left_out_derived(files, set(masks) | {key for key, path in files.items() if path in taken})
     pairs = []
     for key, image in files.items():
