@@ -449,13 +449,13 @@ class Segmenter:
         """A volume given to a 2D model, each slice segmented as a slice file of it would be
         (:func:`~.data.volumes.read_slices` says along which axis), written as ``STEM.nii.gz`` in
         the volume's shape and affine."""
-        from .data.folder import scale_image
+        from .data.folder import plane_mode, scale_image
         from .data.volumes import case_stem, read_slices
 
         slices, affine, axis = read_slices(path)
         parts = []
         for plane in slices:
-            image = scale_image(plane, "F" if plane.dtype.kind == "f" else "I", path, self.channels)
+            image = scale_image(plane, plane_mode(plane), path, self.channels)
             parts.append(self._segment(self.preprocess(image), plane.shape, samples, probabilities))
 
         def stacked(items: tuple) -> np.ndarray | None:  # the slices' masks (or spreads ...) as the volume

@@ -141,11 +141,9 @@ LAYOUT_OWNED = ("data.mask_mode", "data.num_classes", "data.mask_values")  # its
 
 
 def _raw(path: Path) -> tuple[np.ndarray, str]:
-    if is_plane_file(path):
+    if is_plane_file(path) or wide_colour(path):  # read as decode reads them: every bit
         return decode(path)
     img = open_image(path)
-    if img.mode == "RGB" and wide_colour(path):
-        return decode(path)
     mode = img.mode
     return np.asarray(img.convert("RGB") if mode == "P" else img), mode
 

@@ -141,6 +141,13 @@ def mask_folders_below(top: Path, files: list[Path]) -> set[Path]:
 TAG_SEPARATORS = "_-. "  # between an image's stem and a mask's own tag (x_gt, im0001.ah, Image_01L_1stHO)
 
 
+def _named_after(key: str, images) -> str | None:
+    """The longest id of ``images`` that ``key``'s name starts with, followed by a separator
+    and a tag (``Image_01L`` for ``Image_01L_1stHO``), in the same folder; None when there is none."""
+    cuts = [k for k, ch in enumerate(key) if ch in TAG_SEPARATORS and key[:k] in images and "/" not in key[k:]]
+    return key[: max(cuts)] if cuts else None
+
+
 def _tagged_masks(images: dict[str, Path], masks: dict[str, Path], taken: set[str]) -> dict[str, list[Path]]:
     """The masks not named by :data:`MASK_SUFFIXES`, each given to the image whose stem is the
     longest start of the mask's stem followed by a separator, else the longest end of it after a
@@ -151,10 +158,9 @@ def _tagged_masks(images: dict[str, Path], masks: dict[str, Path], taken: set[st
         if mask_stem in taken:
             continue
         folder, slash, name = mask_stem.rpartition("/")
-        cuts = [k for k, ch in enumerate(mask_stem) if ch in TAG_SEPARATORS and mask_stem[:k] in images]
         after = [folder + slash + name[k + 1 :] for k, ch in enumerate(name) if ch in TAG_SEPARATORS]
-        if cuts:  # the longest image stem the mask's name starts with, before a separator
-            claimed.setdefault(mask_stem[: max(cuts)], []).append(mask)
+        if (image := _named_after(mask_stem, images)) is not None:
+            claimed.setdefault(image, []).append(mask)
         elif image := next((stem for stem in after if stem in images), None):  # the longest it ends with
             claimed.setdefault(image, []).append(mask)
     return claimed
@@ -382,9 +388,8 @@ def _tagged(files: dict[str, Path], taken: set[Path]) -> dict[str, dict[str, Pat
     tag and image id, for the tags that name at least half of the other files."""
     by_tag: dict[str, dict[str, Path]] = {}
     for key, path in files.items():
-        cuts = [k for k, ch in enumerate(key) if ch in TAG_SEPARATORS and key[:k] in files and "/" not in key[k:]]
-        if cuts and path not in taken:  # the longest image id the name starts with
-            by_tag.setdefault(key[max(cuts) :], {})[key[: max(cuts)]] = path
+        if path not in taken and (image := _named_after(key, files)) is not None:
+            by_tag.setdefault(key[len(image) :], {})[image] = path
     images = len(files) - len(taken) - sum(map(len, by_tag.values()))
     return {tag: found for tag, found in by_tag.items() if len(found) >= max(2, images / 2)}
 
@@ -469,12 +474,13 @@ def _scan_side_by_side(root: Path, tag: str | None = None) -> list[Pair]:
                  "the images, not images", len(siblings), sorted(siblings)[0])  # fmt: skip
         files = {k: v for k, v in files.items() if k not in siblings}
     files = left_out_derived(files, set(masks) | {key for key, path in files.items() if path in taken})
-    pairs = []
+    pairs, checked = [], False
     for key, image in files.items():
         if image in taken:
             continue
         found = [image] if key in inside else sorted(masks.get(key, []))  # none: an unlabeled image
-        if len(found) > 1 and not any(isinstance(p.mask, tuple) for p in pairs):  # the first image of several
+        if len(found) > 1 and not checked:  # the first image of several: parts, or annotators?
+            checked = True
             _check_parts(image, found, [m.name for m in found], f"data.masks={next(iter(tagged))}" if tagged else "")
         mask = found[0] if len(found) == 1 else tuple(found) if found else None  # a tuple: one mask a lesion
         pairs.append(Pair(key, image, mask, columns=_folder_column(key)))
@@ -577,10 +583,11 @@ def scan_folder(root: str | Path, require_masks: bool | None = True, masks: str 
     objects = len(images) == 1 and mask_files and not matched  # one image, a mask an object: all are its
     if objects:
         matched = {next(iter(images)): sorted(mask_files.values())}
-    pairs, used = [], set()
+    pairs, used, checked = [], set(), False
     for stem, image in images.items():
         found = matched.get(stem, [])
-        if len(found) > 1 and not any(isinstance(p.mask, tuple) for p in pairs):  # the first image of several
+        if len(found) > 1 and not checked:  # the first image of several: parts, or annotators?
+            checked = True
             names = [mask_ids[m] + m.suffix for m in found]
             sub = mask_ids[found[0]].rpartition("/")[0]
             _check_parts(
@@ -822,6 +829,11 @@ def read_wide_colour(path: Path) -> np.ndarray:
     return np.clip(arr, 0, 65535).astype(np.uint16)
 
 
+def plane_mode(plane: np.ndarray) -> str:
+    """The Pillow mode a slice read from a volume file stands for: ``F`` for floats, ``I`` for integers."""
+    return "F" if plane.dtype.kind == "f" else "I"
+
+
 def decode(path: Path, channels: int | None = None) -> tuple[np.ndarray, str]:
     """A 2D image file's pixels as stored (``(H, W)`` or ``(H, W, 3)``) and its Pillow mode (a
     NIfTI or NRRD slice: ``F`` for floats, ``I`` for integers): what the reader scales and the
@@ -830,7 +842,7 @@ def decode(path: Path, channels: int | None = None) -> tuple[np.ndarray, str]:
         from .volumes import read_plane
 
         plane = read_plane(path)[0]
-        return plane, "F" if plane.dtype.kind == "f" else "I"
+        return plane, plane_mode(plane)
     img = open_image(path)
     if img.mode == "RGB" and wide_colour(path):
         return read_wide_colour(path), "RGB;16"
