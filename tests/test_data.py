@@ -1005,3 +1005,33 @@ def test_annotations_that_are_not_masks_are_named(tmp_path):
     with pytest.raises(DataError, match=r"Annotations: its 4 .xml files are named as the images of Tissue Images "
                                         r"but are not masks"):  # fmt: skip
         scan_folder(root)
+
+
+def test_predict_segments_the_images_training_reads_not_their_masks_or_derived_files(tmp_path):
+    """Predict on a folder keeps what training keeps: Cellpose's ``000_img.png`` (not its
+    ``000_masks.png`` or the ``000_flows.tif`` beside them), CHASE_DB1's ``Image_01L.png`` (not the
+    experts' ``Image_01L_1stHO.png``) and ISIC 2017's images (not their ``_superpixels.png``)."""
+    from conftest import tiny_config
+
+    from superdiffusion import api
+
+    flat = write_pair_folder(tmp_path / "flat", n=6, split=False)
+    api.train(tiny_config("method=supervised", f"data.root={flat}", "data.val_fraction=0.25", "train.epochs=1",
+                          "train.steps_per_epoch=1"), tmp_path / "run")  # fmt: skip
+    layouts = {
+        "cellpose": [("{:03d}_img.png", "images"), ("{:03d}_masks.png", "masks"), ("{:03d}_flows.tif", "images")],
+        "chase": [("Image_{:02d}L.png", "images"), ("Image_{:02d}L_1stHO.png", "masks"),
+                  ("Image_{:02d}L_2ndHO.png", "masks")],
+        "isic": [("ISIC_{:07d}.png", "images"), ("ISIC_{:07d}_superpixels.png", "images")],
+    }  # fmt: skip
+    for name, files in layouts.items():
+        root = tmp_path / name
+        root.mkdir()
+        for k in range(6):
+            for pattern, source in files:
+                picture = Image.open(flat / source / f"case{k}.png")
+                if pattern.endswith("_superpixels.png"):
+                    picture = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                picture.save(root / pattern.format(k))
+        written = api.predict(tmp_path / "run", root, tmp_path / f"pred-{name}")
+        assert sorted(p.name for p in written) == [files[0][0].format(k) for k in range(6)], name

@@ -28,9 +28,9 @@ from .data.folder import (
     image_files,
     image_stem,
     mask_folders_below,
-    masks_beside,
     read_image,
     resize_image,
+    sort_beside,
 )
 from .data.volumes import holds_slices, is_plane_file
 from .errors import ConfigError, DataError, RunFolderError
@@ -333,10 +333,12 @@ class Segmenter:
             raise DataError(f"{path}: no such file or folder")
         elif self.spatial_dims == 2:  # its subfolders too (one per patient, say): the outputs keep them
             files = image_files(path)
-            masks = masks_beside({case_id(p, path): p for p in files})  # a folder keeping masks beside images
-            files = [p for p in files if all(p not in group for group in masks.values())]
             masks = mask_folders_below(path, files)  # a dataset folder: its images, not its masks
             files = [p for p in files if not masks & set(p.parents)]
+            # masks kept beside the images, and files derived from them, as training reads them
+            ids = {p: case_id(p, path) for p in files}  # two files of one id stay, for the check of the outputs
+            keep = set(sort_beside(path, {key: p for p, key in ids.items()}).images) if files else set()
+            files = [p for p in files if ids[p] in keep]
         else:
             files = sorted(
                 p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS or is_volume(p) or is_series(p)

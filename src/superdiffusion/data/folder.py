@@ -18,6 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -440,13 +441,22 @@ def _not_masks(root: Path) -> str | None:
     return None
 
 
-def _scan_side_by_side(root: Path, tag: str | None = None) -> list[Pair]:
-    """A folder (often one subfolder per patient) keeping each mask beside its image, named after
-    it (Kaggle's LGG: ``TCGA_A/TCGA_A_1.tif`` + ``TCGA_A_1_mask.tif``), or after it plus a tag
-    of its own (:func:`tags_beside`; ``tag``: ``data.masks=_1stHO``, the one to read)."""
-    from .volumes import holds_label
+class Beside(NamedTuple):
+    """A folder's files kept side by side, sorted (:func:`sort_beside`)."""
 
-    files = _files(root)
+    images: dict[str, Path]  # per id, the images: neither a mask nor a file derived from an image
+    masks: dict[str, list[Path]]  # per image id, its masks
+    tags: list[str]  # the tags of the masks named after their image plus a tag of their own (_1stHO)
+
+
+def sort_beside(root: Path, files: dict[str, Path], tag: str | None = None) -> Beside:
+    """Sort files kept side by side (often one subfolder per patient) into images and their
+    masks: a mask named after its image plus a mask word (Kaggle's LGG: ``TCGA_A_1.tif`` +
+    ``TCGA_A_1_mask.tif``), or, where none is, plus a tag of its own (:func:`tags_beside`;
+    ``tag``: ``data.masks=_1stHO``, the one to read; the others are neither read nor images) in
+    ``root``.
+    Files derived from an image (Cellpose's ``000_flows.tif`` beside ``000_img.png``, ISIC's
+    ``_superpixels``) are left out, logged. Training and prediction read a folder through this."""
     masks = masks_beside(files)
     tagged = tags_beside(files, set()) if not masks else {}  # no mask named by a mask word: tags of their own
     others = {p for found in tagged.values() for p in found.values()}  # every tag's masks: none is an image
@@ -458,13 +468,6 @@ def _scan_side_by_side(root: Path, tag: str | None = None) -> list[Pair]:
     for found in tagged.values():
         for key, path in found.items():
             masks.setdefault(key, []).append(path)
-    inside = {key for key, path in files.items() if holds_label(path)}  # HDF5: its image and label in one file
-    if not masks and not inside:
-        raise DataError(
-            _not_masks(root)
-            or f"{root}: no images/ folder, and no image with its mask beside it (NAME.png + NAME_mask.png); a 2D "
-            "dataset is images/ + masks/"
-        )
     taken = {p for group in masks.values() for p in group} | others
     ids = {path: key for key, path in files.items()}
     named = {_masked_name(ids[m]) for group in masks.values() for m in group if m in ids}  # "000" for 000_masks
@@ -472,16 +475,30 @@ def _scan_side_by_side(root: Path, tag: str | None = None) -> list[Pair]:
     if siblings:  # files beside an image of a tag of its own, named as it with another (000_flows beside 000_img)
         LOG.info("data: %d files named as an image with another tag of their own (%s) are left out: derived from "
                  "the images, not images", len(siblings), sorted(siblings)[0])  # fmt: skip
-        files = {k: v for k, v in files.items() if k not in siblings}
-    files = left_out_derived(files, set(masks) | {key for key, path in files.items() if path in taken})
+    files = {k: v for k, v in files.items() if k not in siblings and v not in taken}
+    return Beside(left_out_derived(files, set(masks)), masks, list(tagged))
+
+
+def _scan_side_by_side(root: Path, tag: str | None = None) -> list[Pair]:
+    """A folder keeping each mask beside its image (:func:`sort_beside`), read as pairs; an
+    HDF5 file may hold its image and label in one."""
+    from .volumes import holds_label
+
+    files = _files(root)
+    images, masks, tags = sort_beside(root, files, tag)
+    inside = {key for key, path in images.items() if holds_label(path)}  # HDF5: its image and label in one file
+    if not masks and not inside:
+        raise DataError(
+            _not_masks(root)
+            or f"{root}: no images/ folder, and no image with its mask beside it (NAME.png + NAME_mask.png); a 2D "
+            "dataset is images/ + masks/"
+        )
     pairs, checked = [], False
-    for key, image in files.items():
-        if image in taken:
-            continue
+    for key, image in images.items():
         found = [image] if key in inside else sorted(masks.get(key, []))  # none: an unlabeled image
         if len(found) > 1 and not checked:  # the first image of several: parts, or annotators?
             checked = True
-            _check_parts(image, found, [m.name for m in found], f"data.masks={next(iter(tagged))}" if tagged else "")
+            _check_parts(image, found, [m.name for m in found], f"data.masks={tags[0]}" if tags else "")
         mask = found[0] if len(found) == 1 else tuple(found) if found else None  # a tuple: one mask a lesion
         pairs.append(Pair(key, image, mask, columns=_folder_column(key)))
     read_columns(pairs, root / "split.csv")
