@@ -77,6 +77,25 @@ def test_the_pretrained_teacher_is_swapped_when_its_inverse_matches_the_labels(e
     assert method.after_phase("train", score) is None
 
 
+def test_the_polarity_is_read_from_the_ranking_not_from_the_argmax():
+    """A teacher whose foreground probability ranks thin structures first but stays under 0.5
+    (argmax all background: Dice 0; swapped, all foreground: Dice above 0) is the right way round
+    (AUROC 1) and is kept; one that ranks them last (AUROC 0) is swapped; where the labels hold one
+    class (no AUROC), the Dice comparison decides."""
+    labels = torch.zeros(2, 16, 16, dtype=torch.long)
+    labels[:, :, 7] = 1  # a vessel one pixel wide: 1/16 of the pixels
+    fg = 0.1 + 0.2 * labels.float()  # ranked first, under 0.5 everywhere
+    right_way, wrong_way = torch.stack([1 - fg, fg], 1), torch.stack([fg, 1 - fg], 1)
+    assert label_agreement(right_way, labels)["dice"] == 0 < label_agreement(right_way, labels)["dice_swapped"]
+    for probs, swapped in ((right_way, False), (wrong_way, True)):
+        method = _method()
+        record = method.after_phase("pretrain", lambda net, p=probs: label_agreement(p, labels))
+        assert record["swapped"] is swapped
+    method = _method()
+    record = method.after_phase("pretrain", lambda net: {"dice": 0.0, "dice_swapped": 0.4, "auroc": float("nan")})
+    assert record["swapped"] is True
+
+
 def test_a_run_records_the_pretrained_teachers_score_and_its_updates(tmp_path):
     cfg = tiny_config("train.epochs=2", "method.pretrain_epochs=1", "method.rounds=1", "train.threads=1")
     results = api.train(cfg, tmp_path / "run")

@@ -145,8 +145,9 @@ class SuperDiffusionSettings(MethodSettings):
     pretrain_image_input: Literal["noisy", "noise"] = "noisy"
     x0_clip: float = Field(1.0, gt=0)  # predicted images are clipped to [-x0_clip, x0_clip] (Eq. 3)
     # --- keeping what pretraining learned (beyond the paper) ---
-    # after pretraining, if the teacher's mask matches the labeled images better with its classes swapped
-    # (binary tasks: cycle consistency cannot tell a mask from its inverse), swap them; logged
+    # after pretraining, if the teacher's foreground probability ranks the labeled images' foreground below
+    # their background (pixel AUROC under 0.5; binary tasks: cycle consistency cannot tell a mask from its
+    # inverse), swap its classes; logged
     polarity_swap: bool = True
     teacher_lr_factor: float = Field(1.0, gt=0)  # the teacher's lr in co-training, as a factor of train.lr
     carry_optimizer: bool = False  # co-training's Adam starts from the teacher's pretraining state

@@ -4,6 +4,8 @@ of diffusion (Sec. 3, Eq. 1-16)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,6 +20,17 @@ from .losses import cps_loss, dice_loss  # cps_loss: Eq. 9
 def mask_to_input(probs: torch.Tensor) -> torch.Tensor:
     """Class probabilities or one-hot masks in [0, 1] -> the [-1, 1] range of diffusion inputs."""
     return probs * 2 - 1
+
+
+def inverted(found: dict[str, float]) -> bool:
+    """Whether a pretrained teacher's binary mask is the labels' inverse (``found``:
+    :func:`~superdiffusion.evaluation.label_agreement`): its foreground probability ranks the
+    labeled foreground below the background (pixel AUROC under 0.5). The ranking decides, not
+    the argmax: a teacher that ranks thin vessels first with probabilities under 0.5 has an argmax
+    Dice of 0, below the all-foreground Dice of its swap. Without an AUROC (labels of one class)
+    the argmax Dice of the mask and of its swap decide."""
+    auroc = found.get("auroc", math.nan)
+    return auroc < 0.5 if not math.isnan(auroc) else found["dice_swapped"] > found["dice"]
 
 
 @register
@@ -131,12 +144,12 @@ class SuperDiffusion(Method):
 
     def after_phase(self, phase: str, score) -> dict | None:
         """After pretraining: the teacher's zero-label agreement with the labeled images and, in
-        binary tasks with ``polarity_swap``, the swap of its classes when the swapped mask agrees
-        better (cycle consistency alone cannot tell a mask from its inverse)."""
+        binary tasks with ``polarity_swap``, the swap of its classes when its mask is the labels'
+        inverse (:func:`inverted`; cycle consistency alone cannot tell a mask from its inverse)."""
         if phase != "pretrain":
             return None
         found, swapped = score(self.teacher_mask), False
-        if self.params.polarity_swap and self.num_classes == 2 and found["dice_swapped"] > found["dice"]:
+        if self.params.polarity_swap and self.num_classes == 2 and inverted(found):
             self.swap_teacher_classes()
             found, swapped = score(self.teacher_mask), True
         return {k: v for k, v in found.items() if k != "dice_swapped"} | {"swapped": swapped}
