@@ -232,7 +232,7 @@ def test_a_format_1_volume_run_with_zscore_reads_as_per_image(tmp_path):
     assert folder.load_checkpoint()["config"]["data"]["normalize"] == "zscore"
 
 
-def test_2d_images_kept_as_nifti_train_as_2d_and_predict_back_to_nifti(tmp_path):
+def test_2d_images_kept_as_nifti_train_as_2d_and_predict_back_to_nifti(tmp_path, monkeypatch):
     """A 2D dataset stored as NIfTI slices ((H, W, 1) images, (H, W) labels, as medical 2D sets
     often are) is planned as 2D, trains, and predicts NIfTI in the input's shape and affine."""
     from superdiffusion.config import resolve
@@ -278,6 +278,14 @@ def test_2d_images_kept_as_nifti_train_as_2d_and_predict_back_to_nifti(tmp_path)
     for i in range(3):
         one = np.asarray(nib.load(str(tmp_path / "pred" / f"s{i}.nii.gz")).dataobj)[..., 0]
         assert np.array_equal(np.asarray(out.dataobj)[..., i], one)  # as the slice's own file predicts
+    from superdiffusion.data import volumes
+
+    decoded = []
+    real = volumes._read_array
+    monkeypatch.setattr(volumes, "_read_array", lambda path, *a: decoded.append(path.name) or real(path, *a))
+    api.predict(tmp_path / "run", root / "images" / "s0.nii.gz", tmp_path / "pred-once")
+    api.predict(tmp_path / "run", tmp_path / "volume.nii.gz", tmp_path / "pred-once")
+    assert decoded == ["s0.nii.gz", "volume.nii.gz"]  # each file decoded once (a DICOM's decoding is slow)
 
     import itk  # the same slice as a 2D MetaImage (ITK's arrays run y, x; its space is LPS)
 

@@ -32,7 +32,7 @@ from .data.folder import (
     resize_image,
     sort_beside,
 )
-from .data.volumes import holds_slices, is_plane_file
+from .data.volumes import is_plane_file
 from .errors import ConfigError, DataError, RunFolderError
 from .methods import Method, Prediction, build_method
 from .runfolder import RunFolder
@@ -412,16 +412,11 @@ class Segmenter:
         ``STEM.nii.gz`` with the input's affine, and float uncertainty and probability volumes."""
         if self.spatial_dims == 3:
             return self._predict_volume(path, output, samples, probabilities)
-        if holds_slices(path):  # a volume given to a 2D model: slice by slice
-            return self._predict_slices(path, output, samples, probabilities)
+        if is_plane_file(path):  # a 2D image kept as NIfTI, NRRD ..., or a volume: NIfTI back
+            return self._predict_stored(path, output, samples, probabilities)
         x, size = self.read(path)
         mask, spread, fg = self._segment(x, size, samples, probabilities)
         stem = image_stem(path)
-        if is_plane_file(path):  # a 2D image kept as NIfTI or NRRD: NIfTI back, in its shape and geometry
-            from .data.volumes import read_plane
-
-            _, affine, shape = read_plane(path)
-            return self._write_nifti(output, stem, affine, shape, mask, spread, fg)
         target = output / f"{stem}.png"
         _save_png(Image.fromarray(mask * 255 if self.num_classes == 2 else self.drawn(mask)), target)
         written = [target]
@@ -447,23 +442,23 @@ class Segmenter:
             spread = spread[0, 0].clamp(0, 1)
         return self.mask(probs), spread, probs[1:].sum(0).clamp(0, 1) if probabilities else None
 
-    def _predict_slices(self, path: Path, output: Path, samples: int, probabilities: bool) -> list[Path]:
-        """A volume given to a 2D model, each slice segmented as a slice file of it would be
-        (:func:`~.data.volumes.read_slices` says along which axis), written as ``STEM.nii.gz`` in
-        the volume's shape and affine."""
+    def _predict_stored(self, path: Path, output: Path, samples: int, probabilities: bool) -> list[Path]:
+        """A 2D image kept as a NIfTI, NRRD, MetaImage, DICOM or HDF5 file, or a volume of them
+        segmented slice by slice (:func:`~.data.volumes.read_for_2d` says along which axis), each
+        slice as a slice file of it would be: written as ``.nii.gz`` in the file's stored shape
+        and affine."""
         from .data.folder import plane_mode, scale_image
-        from .data.volumes import case_stem, read_slices
+        from .data.volumes import case_stem, read_for_2d
 
-        slices, affine, axis = read_slices(path)
+        slices, affine, shape, axis = read_for_2d(path)
         parts = []
         for plane in slices:
             image = scale_image(plane, plane_mode(plane), path, self.channels)
             parts.append(self._segment(self.preprocess(image), plane.shape, samples, probabilities))
 
-        def stacked(items: tuple) -> np.ndarray | None:  # the slices' masks (or spreads ...) as the volume
-            return None if items[0] is None else np.stack([np.asarray(item) for item in items], axis)
+        def stacked(items: tuple) -> np.ndarray | None:  # the slices' masks (or spreads ...) as the file holds them
+            return None if items[0] is None else np.stack([np.asarray(item) for item in items], axis or 0)
 
-        shape = tuple(np.moveaxis(slices, 0, axis).shape)
         return self._write_nifti(output, case_stem(path), affine, shape, *map(stacked, zip(*parts)))
 
     def _write_nifti(self, output: Path, stem: str, affine, shape, mask, spread, fg) -> list[Path]:

@@ -300,30 +300,34 @@ def read_plane(path: Path, dataset: str = "image") -> tuple[np.ndarray, np.ndarr
     its ``(H, W)`` array in the file's index order, its affine, and the stored shape (a
     prediction is written back in that shape and geometry)."""
     arr, affine, _, _ = _read_array(path, dataset)
+    return _plane_of(arr, path), affine, tuple(arr.shape)
+
+
+def _plane_of(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] > 1:
         raise DataError(f"{path}: a volume of {'x'.join(map(str, arr.shape))} in a 2D dataset; a folder of volumes "
                         "trains with data.spatial_dims=3")  # fmt: skip
     plane = np.squeeze(arr)
     if plane.ndim != 2:
         raise DataError(f"{path}: expected a 2D image, got shape {arr.shape}")
-    return plane, affine, tuple(arr.shape)
+    return plane
 
 
-def holds_slices(path: Path) -> bool:
-    """Whether a NIfTI, NRRD, MetaImage, DICOM or HDF5 file holds a volume of several slices."""
-    return is_plane_file(path) and sum(n > 1 for n in stored_shape(path)[:3]) == 3
-
-
-def read_slices(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
-    """A volume's slices for a 2D model, as its slice files hold them: ``(N, H, W)`` along the
-    last axis of a NIfTI, NRRD or MetaImage volume, the first of an HDF5 one (kept z first, as
-    the semi-supervised codebases' slice files are), the volume's affine, and that axis."""
+def read_for_2d(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], int | None]:
+    """A NIfTI, NRRD, MetaImage, DICOM or HDF5 file given to a 2D model, decoded once (a DICOM's
+    decoding is slow): its slices ``(N, H, W)``, one for a 2D image, the file's affine, its stored
+    shape (a prediction is written back in it) and the axis a volume's slices were taken along
+    (None for a 2D image): the last of a NIfTI, NRRD or MetaImage volume, the first of an HDF5
+    one (kept z first, as the semi-supervised codebases' slice files are)."""
     arr, affine, _, _ = _read_array(path, "image")
+    shape = tuple(arr.shape)
+    if sum(n > 1 for n in shape[:3]) < 3:
+        return _plane_of(arr, path)[None], affine, shape, None
     arr = np.squeeze(arr)
     if arr.ndim != 3:
-        raise DataError(f"{path}: expected a volume of slices, got shape {arr.shape}")
+        raise DataError(f"{path}: expected a volume of slices, got shape {shape}")
     axis = 0 if path.name.lower().endswith(HDF5_SUFFIXES) else 2
-    return np.moveaxis(arr, axis, 0), affine, axis
+    return np.moveaxis(arr, axis, 0), affine, shape, axis
 
 
 def is_plane_folder(files: list[Path]) -> bool:
