@@ -607,3 +607,50 @@ def test_volumes_without_a_label_train_unlabeled(tmp_path):
         if k not in (2, 5):
             shutil.copy(root / "labels" / f"v{k}.nii.gz", cases / f"case{k}" / "segmentation.nii.gz")
     assert [p.id for p in scan_volumes(cases) if p.label is None] == ["case2", "case5"]
+
+
+def test_case_folders_of_2d_planes_beside_their_sequences(tmp_path, caplog):
+    """CAMUS keeps one folder per patient of 2D echo frames, each with its mask, beside the
+    frames' whole sequence (``patient0001/patient0001_2CH_ED.nii.gz``, ``..._2CH_ED_gt.nii.gz``,
+    ``..._2CH_half_sequence.nii.gz``): a 2D dataset grouped by patient (was: read as volumes and
+    refused); the sequences, volumes beside 2D images, are left out of training, logged, and a
+    2D model segments them frame by frame."""
+    from superdiffusion.config import resolve
+    from superdiffusion.data.folder import scan_folder
+    from superdiffusion.plan import Planner, plan_for
+
+    root = tmp_path / "camus"
+    rng = np.random.default_rng(0)
+    affine = np.diag([0.3, 0.15, 1.0, 1.0])
+    for p in range(1, 11):
+        case = root / f"patient{p:04d}"
+        case.mkdir(parents=True)
+        (case / "Info_2CH.cfg").write_text("ED: 1\nES: 9\n")
+        for view in ("2CH", "4CH"):
+            frames = []
+            for phase in ("ED", "ES"):
+                label = np.zeros((40, 36), np.uint8)
+                label[8:30, 10:26] = 1
+                label[14:22, 14:20] = 2
+                image = (rng.random((40, 36)) * 80 + 90 * (label > 0)).astype(np.uint8)
+                nib.save(nib.Nifti1Image(image, affine), str(case / f"patient{p:04d}_{view}_{phase}.nii.gz"))
+                nib.save(nib.Nifti1Image(label, affine), str(case / f"patient{p:04d}_{view}_{phase}_gt.nii.gz"))
+                frames.append(image)
+            sequence = np.stack(frames * 3, axis=-1)
+            nib.save(nib.Nifti1Image(sequence, affine), str(case / f"patient{p:04d}_{view}_half_sequence.nii.gz"))
+    plan = plan_for(root, cache=False)
+    assert plan.settings["data.spatial_dims"] == 2 and plan.settings["data.num_classes"] == 3
+    assert plan.settings["data.group_column"] == "folder"
+    with caplog.at_level("INFO", logger="superdiffusion"):
+        pairs = scan_folder(root)
+    assert len(pairs) == 40 and all(p.mask.name == p.image.name.replace(".nii.gz", "_gt.nii.gz") for p in pairs)
+    assert "20 files holding several slices beside 2D images are left out" in caplog.text
+    cfg = resolve([f"data.root={root}", "data.size=[32, 32]", "model.features=[8, 16]", "method=supervised",
+                   "train.epochs=1", "train.steps_per_epoch=1", "train.batch_size=4", "train.labeled_batch_size=2"],
+                  planner=Planner(cache=False))  # fmt: skip
+    api.train(cfg, tmp_path / "run")
+    written = api.predict(tmp_path / "run", root / "patient0001", tmp_path / "pred")
+    assert sorted(p.name for p in written) == sorted(
+        f"patient0001_{v}_{s}.nii.gz" for v in ("2CH", "4CH") for s in ("ED", "ES", "half_sequence")
+    )
+    assert nib.load(str(tmp_path / "pred" / "patient0001_2CH_half_sequence.nii.gz")).shape == (40, 36, 6)

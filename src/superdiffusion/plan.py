@@ -422,7 +422,11 @@ def _is_volume_folder(root: Path) -> bool:
     flat = [p for p in root.iterdir() if p.is_file() and is_volume(p)]  # LiTS: volume-0 beside segmentation-0
     if flat and not is_plane_folder(flat):
         return True
-    return any(p.is_dir() and any(is_volume(f) for f in p.iterdir()) for p in root.iterdir())
+    # case folders of volumes; of 2D images kept as NIfTI ... (CAMUS's echo frames), a 2D dataset
+    return any(
+        p.is_dir() and (found := [f for f in p.iterdir() if is_volume(f)]) and not is_plane_folder(found)
+        for p in root.iterdir()
+    )
 
 
 def fingerprint(root: str | Path, cache: bool = True, masks: str | None = None) -> dict[str, Any]:

@@ -482,11 +482,17 @@ def sort_beside(root: Path, files: dict[str, Path], tag: str | None = None) -> B
 def _scan_side_by_side(root: Path, tag: str | None = None) -> list[Pair]:
     """A folder keeping each mask beside its image (:func:`sort_beside`), read as pairs; an
     HDF5 file may hold its image and label in one."""
-    from .volumes import holds_label
+    from .volumes import holds_label, holds_slices, is_plane_file
 
     files = _files(root)
     images, masks, tags = sort_beside(root, files, tag)
     inside = {key for key, path in images.items() if holds_label(path)}  # HDF5: its image and label in one file
+    if masks and any(is_plane_file(images[key]) for key in masks):  # 2D images kept as NIfTI ... with masks
+        volumes = {k for k, path in images.items() if k not in masks and k not in inside and holds_slices(path)}
+        if volumes:  # CAMUS's sequences beside its frames: a 2D model trains on neither as one image
+            LOG.info("data: %d files holding several slices beside 2D images are left out (%s): volumes, not "
+                     "images", len(volumes), sorted(volumes)[0])  # fmt: skip
+            images = {k: v for k, v in images.items() if k not in volumes}
     if not masks and not inside:
         raise DataError(
             _not_masks(root)

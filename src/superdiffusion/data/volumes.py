@@ -313,6 +313,12 @@ def _plane_of(arr: np.ndarray, path: Path) -> np.ndarray:
     return plane
 
 
+def holds_slices(path: Path) -> bool:
+    """Whether a NIfTI, NRRD, MetaImage, DICOM or HDF5 file holds a volume of several slices
+    (from its header, but a DICOM's)."""
+    return is_plane_file(path) and sum(n > 1 for n in stored_shape(path)[:3]) == 3
+
+
 def read_for_2d(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], int | None]:
     """A NIfTI, NRRD, MetaImage, DICOM or HDF5 file given to a 2D model, decoded once (a DICOM's
     decoding is slow): its slices ``(N, H, W)``, one for a 2D image, the file's affine, its stored
