@@ -1035,3 +1035,50 @@ def test_predict_segments_the_images_training_reads_not_their_masks_or_derived_f
                 picture.save(root / pattern.format(k))
         written = api.predict(tmp_path / "run", root, tmp_path / f"pred-{name}")
         assert sorted(p.name for p in written) == [files[0][0].format(k) for k in range(6)], name
+
+
+def test_2d_slices_kept_as_numpy_npz_image_and_label(tmp_path):
+    """TransUNet's Synapse keeps each training slice as a NumPy ``.npz`` of an ``image`` (floats
+    in [0, 1]) and a ``label`` (``train_npz/case0005_slice000.npz``) and each test volume as HDF5
+    (``test_vol_h5/case0001.npy.h5``, z first): the slices are a 2D dataset read like HDF5 slices,
+    grouped by case, and a 2D model segments the volumes slice by slice; a pickled object array
+    is never loaded (it would run code)."""
+    import h5py
+    from conftest import tiny_config
+
+    from superdiffusion import api
+    from superdiffusion.plan import plan_for
+
+    root = tmp_path / "Synapse"
+    (root / "train_npz").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for case in range(12):
+        for k in range(3):
+            label = np.zeros((16, 16), np.uint8)
+            label[3:9, 4:10], label[10:13, 2 : 5 + k] = 1, 8
+            image = (rng.random((16, 16)) * 0.3 + 0.5 * (label > 0)).astype(np.float32)
+            np.savez(root / "train_npz" / f"case{case:04d}_slice{k:03d}.npz", image=image, label=label)
+    plan = plan_for(root / "train_npz", cache=False)
+    assert plan.settings["data.spatial_dims"] == 2 and plan.settings["data.num_classes"] == 9
+    assert plan.settings["data.group_column"] == "series" and plan.fingerprint["images"] == 36
+    pairs = scan_folder(root / "train_npz")
+    assert len(pairs) == 36 and all(p.mask == p.image for p in pairs)
+    image = read_image(pairs[0].image, 1)
+    assert image.shape == (1, 16, 16) and np.allclose(image[0], np.load(pairs[0].image)["image"])
+    assert read_mask(pairs[0].mask, 9, "index")[10, 2] == 8
+    run = tmp_path / "run"
+    api.train(tiny_config("method=supervised", f"data.root={root / 'train_npz'}", "data.size=[16, 16]",
+                          "data.num_classes=9", "data.mask_mode=index"), run)  # fmt: skip
+    (root / "test_vol_h5").mkdir()
+    volume = np.stack([np.load(p.image)["image"] for p in pairs[:3]])
+    with h5py.File(root / "test_vol_h5" / "case0001.npy.h5", "w") as handle:
+        handle["image"], handle["label"] = volume, np.zeros(volume.shape, np.uint8)
+    (out,) = api.predict(run, root / "test_vol_h5" / "case0001.npy.h5", tmp_path / "pred")
+    import nibabel as nib
+
+    assert nib.load(str(out)).shape == (3, 16, 16)
+    (one,) = api.predict(run, pairs[1].image, tmp_path / "pred-slice")
+    assert np.array_equal(np.asarray(nib.load(str(one)).dataobj), np.asarray(nib.load(str(out)).dataobj)[1])
+    np.savez(root / "train_npz" / "case0000_slice000.npz", image=np.array([object()]), label=np.zeros(1))
+    with pytest.raises(DataError, match=r"case0000_slice000.npz: cannot read"):
+        read_image(root / "train_npz" / "case0000_slice000.npz")

@@ -1,6 +1,7 @@
 """3D volumes: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) and MetaImage
 (``.mha``, ``.mhd``; with the ``itk`` extra) through MONAI's readers, with their affine in RAS;
-HDF5 (``image`` and ``label`` datasets, the usual LA layout ``CASE/mri_norm2.h5``) through h5py.
+HDF5 (``image`` and ``label`` datasets, the usual LA layout ``CASE/mri_norm2.h5``) through h5py,
+and NumPy ``.npz`` files of the same two arrays (never unpickled).
 A detached header (``.nhdr``, ``.mhd``) is read only when the voxel file it names sits in its
 own folder: no input outside the data folder is read.
 
@@ -9,7 +10,7 @@ Folder layouts:
 - one folder per case holding its images (one a channel) and its label, told by its name
   (KiTS' ``CASE/imaging.nii.gz`` + ``CASE/segmentation.nii.gz``, BraTS' ``CASE/CASE_flair.nii.gz``
   ... + ``CASE/CASE_seg.nii.gz``);
-- HDF5 files holding both, anywhere one or two levels below the root.
+- HDF5 (or ``.npz``) files holding both, anywhere one or two levels below the root.
 
 Volumes keep their own sizes: they are held as lists, cropped into random patches for
 training and predicted by sliding windows. Spacing and affine are kept for metrics in
@@ -47,10 +48,12 @@ from .splits import choose_labeled
 
 LOG = logging.getLogger("superdiffusion")
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".h5", ".hdf5")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".h5", ".hdf5", ".npz")
 # the volume formats a 2D dataset may use for its images (a DICOM file: one X-ray, one ultrasound frame)
 PLANE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-HDF5_SUFFIXES = (".h5", ".hdf5")  # an image and its label in one file, as datasets "image" and "label"
+HDF5_SUFFIXES = (".h5", ".hdf5")
+# an image and its label in one file, as arrays "image" and "label": HDF5, or NumPy's .npz (TransUNet's Synapse)
+CONTAINER_SUFFIXES = (*HDF5_SUFFIXES, ".npz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 METAIMAGE_SUFFIXES = (".mha", ".mhd")
 ITK_SUFFIXES = (*METAIMAGE_SUFFIXES, ".dcm")  # read by MONAI's ITKReader (the itk extra)
@@ -105,21 +108,44 @@ def is_volume(path: Path) -> bool:
     return path.name.lower().endswith(VOLUME_SUFFIXES)
 
 
-def is_hdf5(path: Path) -> bool:
-    return path.name.lower().endswith(HDF5_SUFFIXES) and path.is_file() and not path.name.startswith(".")
+def is_container(path: Path) -> bool:
+    """An HDF5 or ``.npz`` file (:data:`CONTAINER_SUFFIXES`), which holds named arrays."""
+    return path.name.lower().endswith(CONTAINER_SUFFIXES) and path.is_file() and not path.name.startswith(".")
+
+
+def _arrays(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shapes of an HDF5 or ``.npz`` file's arrays, by name. An ``.npz`` is never unpickled
+    (an object array would run code): one holding one is an unreadable file."""
+    try:
+        if path.name.lower().endswith(".npz"):
+            with np.load(path, allow_pickle=False) as handle:
+                return {name: tuple(handle[name].shape) for name in handle.files}
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            return {name: tuple(handle[name].shape) for name in handle if hasattr(handle[name], "shape")}
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        kind = "NumPy .npz" if path.name.lower().endswith(".npz") else "HDF5"
+        raise DataError(f"{path}: cannot read {kind} file ({str(err).splitlines()[0][:120]})") from None
+
+
+def _container_array(path: Path, dataset: str) -> np.ndarray:
+    """An HDF5 or ``.npz`` file's array ``dataset`` (``image`` or ``label``)."""
+    names = _arrays(path)
+    if dataset not in names:
+        raise DataError(f"{path}: no array {dataset!r} (has {', '.join(names) or 'none'})")
+    if path.name.lower().endswith(".npz"):
+        with np.load(path, allow_pickle=False) as handle:
+            return handle[dataset]
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        return handle[dataset][()]
 
 
 def holds_label(path: Path) -> bool:
-    """Whether ``path`` is an HDF5 file holding a ``label`` beside its ``image``."""
-    if not is_hdf5(path):
-        return False
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as handle:
-            return "label" in handle
-    except OSError as err:
-        raise DataError(f"{path}: cannot read HDF5 file ({str(err).splitlines()[0][:120]})") from None
+    """Whether ``path`` is an HDF5 or ``.npz`` file holding a ``label`` beside its ``image``."""
+    return is_container(path) and "label" in _arrays(path)
 
 
 def is_series(path: Path) -> bool:
@@ -217,14 +243,9 @@ def _read_array(path: Path, dataset: str) -> tuple[np.ndarray, np.ndarray, tuple
                 missing = missing or not ({"ElementSpacing", "ElementSize"} & set(header))
             if min(spacing) <= 0:
                 affine, spacing = np.eye(4), (1.0, 1.0, 1.0)
-        elif path.name.endswith((".h5", ".hdf5")):
-            import h5py
-
-            with h5py.File(path, "r") as handle:
-                if dataset not in handle:
-                    raise DataError(f"{path}: no HDF5 dataset {dataset!r} (has {', '.join(handle.keys())})")
-                arr = handle[dataset][()]
-            affine, spacing, missing = np.eye(4), (1.0, 1.0, 1.0), False  # HDF5 has no geometry: voxels
+        elif path.name.lower().endswith(CONTAINER_SUFFIXES):
+            arr = _container_array(path, dataset)
+            affine, spacing, missing = np.eye(4), (1.0, 1.0, 1.0), False  # HDF5 and .npz have no geometry: voxels
         else:
             raise DataError(f"{path}: not a volume ({', '.join(VOLUME_SUFFIXES)})")
     except DataError:
@@ -270,11 +291,8 @@ def stored_shape(path: Path) -> tuple[int, ...]:
             header = _metaimage_header(path)
             channels = int(header.get("ElementNumberOfChannels", 1))
             return tuple(int(v) for v in header["DimSize"].split()) + ((channels,) if channels > 1 else ())
-        if path.name.lower().endswith((".h5", ".hdf5")):
-            import h5py
-
-            with h5py.File(path, "r") as handle:
-                return tuple(handle["image"].shape) if "image" in handle else ()
+        if path.name.lower().endswith(CONTAINER_SUFFIXES):
+            return _arrays(path).get("image", ())
         if path.name.lower().endswith(".dcm") or is_series(path):  # DICOM: its shape by decoding it
             return tuple(_load_with_monai(path)[0].shape)
         import nibabel as nib
@@ -291,7 +309,7 @@ def stored_shape(path: Path) -> tuple[int, ...]:
 def is_plane_file(path: Path) -> bool:
     """A NIfTI, NRRD, MetaImage, DICOM or HDF5 file, which may hold a 2D image (one slice) as well
     as a volume."""
-    return path.name.lower().endswith(PLANE_SUFFIXES + HDF5_SUFFIXES)
+    return path.name.lower().endswith(PLANE_SUFFIXES + CONTAINER_SUFFIXES)
 
 
 def read_plane(path: Path, dataset: str = "image") -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
@@ -332,7 +350,7 @@ def read_for_2d(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], in
     arr = np.squeeze(arr)
     if arr.ndim != 3:
         raise DataError(f"{path}: expected a volume of slices, got shape {shape}")
-    axis = 0 if path.name.lower().endswith(HDF5_SUFFIXES) else 2
+    axis = 0 if path.name.lower().endswith(CONTAINER_SUFFIXES) else 2
     return np.moveaxis(arr, axis, 0), affine, shape, axis
 
 
@@ -419,7 +437,7 @@ def _volume_files(folder: Path) -> list[Path]:
     """A folder's volume files other than HDF5 (which holds image and label together), in order."""
     return sorted(
         p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and is_volume(p) and not p.name.endswith((".h5", ".hdf5"))
+        if p.is_file() and not p.name.startswith(".") and is_volume(p) and not is_container(p)
     )  # fmt: skip
 
 
@@ -537,7 +555,7 @@ def scan_volumes(root: str | Path, masks: str | None = None) -> list[VolumePair]
     if by_case:  # one folder per case (KiTS, BraTS): images and label side by side
         pairs = _scan_case_folders(root, by_case)
     elif images_dir.is_dir() and any(
-        (is_volume(p) and not p.name.endswith((".h5", ".hdf5"))) or is_series(p) for p in images_dir.iterdir()
+        (is_volume(p) and not is_container(p)) or is_series(p) for p in images_dir.iterdir()
     ):
         labels_dir = root / masks if masks is not None else mask_folder(root)
         if masks is not None and not labels_dir.is_dir():
@@ -557,7 +575,7 @@ def scan_volumes(root: str | Path, masks: str | None = None) -> list[VolumePair]
         pairs = [VolumePair(volume_stem(image), image, label) for image, label in pair_labels(flat)]
     else:  # HDF5 volumes in the folder, else in its subfolders (a case folder's mri_norm2.h5), never through a link
         below = [p for d in sorted(root.iterdir()) if d.is_dir() and not d.is_symlink() for p in sorted(d.iterdir())]
-        files = [p for p in sorted(root.iterdir()) if is_hdf5(p)] or [p for p in below if is_hdf5(p)]
+        files = [p for p in sorted(root.iterdir()) if is_container(p)] or [p for p in below if is_container(p)]
         for path in files:
             case = volume_stem(path) if path.parent == root or path.parent.name == "images" else path.parent.name
             pairs.append(VolumePair(case, path, path))
