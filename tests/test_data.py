@@ -678,7 +678,8 @@ def test_images_without_masks_train_unlabeled(tmp_path):
 
 def test_a_folder_wrapping_the_dataset_is_read_as_the_dataset(tmp_path):
     """Unzipping Kvasir-SEG gives kvasir-seg/Kvasir-SEG/images + masks (often beside a __MACOSX/
-    folder): data.root=kvasir-seg reads the one folder inside."""
+    folder, or notes such as its kavsir_bboxes.json): data.root=kvasir-seg reads the one folder
+    inside."""
     from superdiffusion.plan import plan_for
 
     root = tmp_path / "kvasir-seg"
@@ -688,6 +689,13 @@ def test_a_folder_wrapping_the_dataset_is_read_as_the_dataset(tmp_path):
     data = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50), seed=0)
     assert sum(map(len, (data.labeled, data.unlabeled, data.val, data.test))) == 8
     assert plan_for(root, cache=False).fingerprint["images"] == 8
+    (root / "kavsir_bboxes.json").write_text("{}")  # notes beside the one folder: still a wrapper
+    (root / "README.txt").write_text("Kvasir-SEG")
+    assert plan_for(root, cache=False).fingerprint["images"] == 8
+    (root / "cover.png").write_bytes((root / "Kvasir-SEG" / "images" / "case0.png").read_bytes())
+    with pytest.raises(DataError, match=r"kvasir-seg: no images/ folder"):  # an image beside it: not a wrapper
+        plan_for(root, cache=False)
+    (root / "cover.png").unlink()
     alone = tmp_path / "unlabeled"  # a folder of images/ alone is a dataset folder, not a wrapper
     shutil.copytree(root / "Kvasir-SEG" / "images", alone / "images")
     extra = build_data(DataConfig(root=str(root), size=[16, 16], labeled_percent=50, unlabeled_root=str(alone)), 0)

@@ -68,17 +68,24 @@ JUNK_FOLDERS = ("__MACOSX",)  # what unzipping on a Mac leaves beside the data
 ROLE_FOLDERS = {name.lower() for name in (*IMAGE_FOLDERS, *MASK_FOLDERS, "labelsTr", *SPLIT_FOLDERS)}
 
 
+DATASET_FILES = ("split.csv", "dataset.json")  # files that make the folder holding them a dataset's own
+
+
 def unwrapped(path: Path) -> Path:
     """The dataset inside folders that only wrap it (``kvasir-seg/Kvasir-SEG/images``, as
-    unzipping often leaves it): while a folder holds no file but hidden ones and one folder
-    (``__MACOSX/`` aside) that is not a part of a dataset (``images/``, ``train/`` ...), that folder."""
+    unzipping often leaves it): while a folder holds one folder (``__MACOSX/`` aside) that is not
+    a part of a dataset (``images/``, ``train/`` ...) and, beside it, no image, volume or
+    ``split.csv`` (notes such as Kvasir's ``kavsir_bboxes.json`` or a README may be there), that folder."""
+    from .folder import is_image_file
+    from .volumes import is_volume
+
     while path.is_dir():
         entries = [p for p in path.iterdir() if not p.name.startswith(".") and p.name not in JUNK_FOLDERS]
-        if len(entries) != 1 or not entries[0].is_dir() or entries[0].is_symlink():
+        folders = [p for p in entries if p.is_dir()]
+        data = [p for p in entries if p.is_file() and (is_image_file(p) or is_volume(p) or p.name in DATASET_FILES)]
+        if len(folders) != 1 or data or folders[0].is_symlink() or folders[0].name.lower() in ROLE_FOLDERS:
             return path
-        if entries[0].name.lower() in ROLE_FOLDERS:
-            return path
-        path = entries[0]
+        path = folders[0]
     return path
 
 
