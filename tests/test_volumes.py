@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
+from PIL import Image, ImageSequence
 from torch import nn
 
 from superdiffusion import api
@@ -654,3 +655,48 @@ def test_case_folders_of_2d_planes_beside_their_sequences(tmp_path, caplog):
         f"patient0001_{v}_{s}.nii.gz" for v in ("2CH", "4CH") for s in ("ED", "ES", "half_sequence")
     )
     assert nib.load(str(tmp_path / "pred" / "patient0001_2CH_half_sequence.nii.gz")).shape == (40, 36, 6)
+
+
+def _save_stack(path: Path, volume: np.ndarray) -> None:
+    """``volume`` (x, y, z) as a multi-page TIFF, one page a z slice of (y, x), as ImageJ saves stacks."""
+    pages = [Image.fromarray(np.ascontiguousarray(volume[:, :, k].T)) for k in range(volume.shape[2])]
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+
+
+def test_tiff_stacks_are_volumes(tmp_path):
+    """Microscopy keeps 3D images as multi-page TIFF stacks (``images/*.tif`` + ``masks/*.tif``, a
+    page a slice): planned and trained as volumes, their voxels as the pages hold them, and a
+    stack's prediction written back as a stack of the same pages (0/255 for one class).
+    A TIFF's pages of other sizes (previews) do not make it a stack."""
+    from superdiffusion.data.volumes import is_stack, stored_shape
+    from superdiffusion.plan import plan_for
+
+    source = write_volumes(tmp_path / "vols", n=8, shape=(24, 20, 16))
+    root = tmp_path / "stacks"
+    for sub, kind in (("images", np.uint16), ("labels", np.uint8)):
+        (root / ("masks" if sub == "labels" else sub)).mkdir(parents=True, exist_ok=True)
+        for path in sorted((source / sub).iterdir()):
+            arr = np.asarray(nib.load(str(path)).dataobj)
+            arr = (arr * 1000 + 2000).astype(kind) if sub == "images" else arr.astype(kind)
+            _save_stack(root / ("masks" if sub == "labels" else sub) / path.name.replace(".nii.gz", ".tif"), arr)
+    stack = root / "images" / "v0.tif"
+    assert is_stack(stack) and stored_shape(stack) == (24, 20, 16)
+    volume = read_volume(root / "masks" / "v0.tif")
+    assert np.array_equal(volume.array, np.asarray(nib.load(str(source / "labels" / "v0.nii.gz")).dataobj))
+    plan = plan_for(root, cache=False)
+    assert plan.settings["data.spatial_dims"] == 3 and plan.fingerprint["images"] == 8
+    cfg = tiny_config(*BASELINE3D, f"data.root={root}", "method=supervised", "data.normalize=percentile")
+    api.train(cfg, tmp_path / "run")
+    (written,) = api.predict(tmp_path / "run", stack, tmp_path / "pred")
+    assert written.name == "v0.tif"
+    with Image.open(written) as out:
+        assert out.n_frames == 16 and out.size == (24, 20)
+        pages = [np.asarray(page.copy()) for page in ImageSequence.Iterator(out)]
+    assert set(np.unique(pages)) <= {0, 255}
+    with Image.open(root / "masks" / "v0.tif") as truth:
+        drawn = np.stack([np.asarray(page.copy()) for page in ImageSequence.Iterator(truth)]) > 0
+    found = np.stack(pages) > 0
+    assert 2 * (found & drawn).sum() / (found.sum() + drawn.sum()) > 0.5  # in place, page by page
+    preview = tmp_path / "preview.tif"  # a photo with a smaller preview page: a 2D image
+    Image.new("RGB", (32, 24)).save(preview, save_all=True, append_images=[Image.new("RGB", (8, 6))])
+    assert not is_stack(preview)

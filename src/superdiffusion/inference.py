@@ -5,6 +5,7 @@ class names, and the files a prediction writes."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import re
@@ -288,10 +289,17 @@ class Segmenter:
         return self.method.cpu().eval().frozen_network(size, self.cfg.eval.inference_t, draw)
 
     # --- files ------------------------------------------------------------------------------
-    def output_names(self, stem: str, samples: int, probabilities: bool, nifti: bool = False) -> list[str]:
-        """The files a prediction of the input ``stem`` writes (NIfTI for volumes and for 2D
-        images kept as NIfTI or NRRD, PNG for the others)."""
-        suffix = ".nii.gz" if self.spatial_dims == 3 or nifti else ".png"
+    def output_suffix(self, path: Path) -> str:
+        """The kind of file a prediction of the input ``path`` is written as: a TIFF stack for a
+        stack, NIfTI for other volumes and for 2D images kept as NIfTI, NRRD ..., else PNG."""
+        from .data.volumes import is_plane_file, is_stack
+
+        if self.spatial_dims == 3:
+            return ".tif" if is_stack(path) else ".nii.gz"
+        return ".nii.gz" if is_plane_file(path) else ".png"
+
+    def output_names(self, stem: str, samples: int, probabilities: bool, suffix: str = ".png") -> list[str]:
+        """The files a prediction of the input ``stem`` writes (``suffix``: :meth:`output_suffix`)."""
         names = [f"{stem}{suffix}"]
         if samples > 1:
             names.append(f"{stem}_uncertainty{suffix}")
@@ -353,7 +361,7 @@ class Segmenter:
         """Before anything is written: refuse outputs that would overwrite an input (even with
         ``force``), that two inputs would both write (``case1.png`` and ``case1.jpg``), that exist
         already (without ``force``), or that a linked subfolder would send elsewhere."""
-        from .data.volumes import case_stem, is_plane_file
+        from .data.volumes import case_stem
 
         groups = [tuple(c) if isinstance(c, list | tuple) else (c,) for c in cases]  # a volume's channel files
         resolved_inputs = {Path(p).resolve() for group in groups for p in group}
@@ -364,7 +372,7 @@ class Segmenter:
             stem = case_stem(group if len(group) > 1 else first) if self.spatial_dims == 3 else image_stem(first)
             for part in range(1, len(sub.parts) + 1):
                 safefs.refuse_link(output.joinpath(*sub.parts[:part]))
-            for name in self.output_names(stem, samples, probabilities, is_plane_file(first)):
+            for name in self.output_names(stem, samples, probabilities, self.output_suffix(first)):
                 by_name.setdefault((sub / name).as_posix().lower(), []).append(first.name)
                 names.append((sub / name).as_posix())
         clashes = {name: sources for name, sources in by_name.items() if len(sources) > 1}
@@ -482,25 +490,34 @@ class Segmenter:
 
         image, _, geometry = load_volume_pair(VolumePair(case_stem(path), path, None), self.cfg.data, labels=False)
         pred = self.probabilities(normalize(image[None], self.stats), samples)
-        stem = case_stem(path)
-        target = output / f"{stem}.nii.gz"
-        _save_nifti(nib.Nifti1Image(self.drawn(self.mask(pred.probs[0]), colour=False), geometry.affine), target)
-        written = [target]
-        if pred.spread is not None:
-            unc = output / f"{stem}_uncertainty.nii.gz"
-            _save_nifti(nib.Nifti1Image(pred.spread[0].numpy().astype(np.float32), geometry.affine), unc)
-            written.append(unc)
-        if probabilities:
-            prob = output / f"{stem}_probability.nii.gz"
-            fg = pred.probs[0, 1:].sum(0).clamp(0, 1).numpy().astype(np.float32)
-            _save_nifti(nib.Nifti1Image(fg, geometry.affine), prob)
-            written.append(prob)
+        mask = self.drawn(self.mask(pred.probs[0]), colour=False)
+        spread = None if pred.spread is None else pred.spread[0].numpy().astype(np.float32)
+        fg = pred.probs[0, 1:].sum(0).clamp(0, 1).numpy().astype(np.float32) if probabilities else None
+        suffix, stem = self.output_suffix(first_file(path)), case_stem(path)
+        written = []
+        for name, arr in ((stem, mask), (f"{stem}_uncertainty", spread), (f"{stem}_probability", fg)):
+            if arr is None:
+                continue
+            target = output / f"{name}{suffix}"
+            if suffix == ".tif":  # a stack's prediction as a stack of its pages; one class as 0/255
+                _save_stack(arr * 255 if arr is mask and self.num_classes == 2 else arr, target)
+            else:
+                _save_nifti(nib.Nifti1Image(arr, geometry.affine), target)
+            written.append(target)
         return written
 
 
 def _save_png(image: Image.Image, target: Path) -> None:
     with safefs.atomic(target) as handle:
         image.save(handle, format="PNG")
+
+
+def _save_stack(volume: np.ndarray, target: Path) -> None:
+    """``volume`` ``(x, y, z)`` as a multi-page TIFF, a page a z slice, written atomically."""
+    pages = [Image.fromarray(np.ascontiguousarray(volume[:, :, k].T)) for k in range(volume.shape[2])]
+    buffer = io.BytesIO()  # Pillow reads back what it wrote of a multi-page TIFF
+    pages[0].save(buffer, format="TIFF", save_all=True, append_images=pages[1:])
+    safefs.write_bytes(target, buffer.getvalue())
 
 
 def _save_nifti(image, target: Path) -> None:

@@ -413,20 +413,15 @@ def fingerprint_3d(root: Path, pairs: list | None = None, masks: str | None = No
 
 
 def _is_volume_folder(root: Path) -> bool:
-    from .data.volumes import is_plane_folder, is_series, is_volume
+    from .data.volumes import holds_volumes
 
     images = root / "images"
     if images.is_dir():
-        files = list(images.iterdir())
-        return any(is_volume(p) or is_series(p) for p in files) and not is_plane_folder(files)
-    flat = [p for p in root.iterdir() if p.is_file() and is_volume(p)]  # LiTS: volume-0 beside segmentation-0
-    if flat and not is_plane_folder(flat):
+        return holds_volumes(list(images.iterdir()))
+    if holds_volumes([p for p in root.iterdir() if p.is_file()]):  # LiTS: volume-0 beside segmentation-0
         return True
     # case folders of volumes; of 2D images kept as NIfTI ... (CAMUS's echo frames), a 2D dataset
-    return any(
-        p.is_dir() and (found := [f for f in p.iterdir() if is_volume(f)]) and not is_plane_folder(found)
-        for p in root.iterdir()
-    )
+    return any(p.is_dir() and not p.is_symlink() and holds_volumes(list(p.iterdir())) for p in root.iterdir())
 
 
 def fingerprint(root: str | Path, cache: bool = True, masks: str | None = None) -> dict[str, Any]:

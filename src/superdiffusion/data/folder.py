@@ -689,21 +689,31 @@ def open_image(path: Path) -> Image.Image:
                 "per 2D image; downsample it first"
             )
         img.load()
-        frames = getattr(img, "n_frames", 1)
-        if frames > 1 and img.format in ("TIFF", "GIF", "PNG"):
-            img.seek(1)
-            second = img.size
-            img.seek(0)
-            if second == (width, height):  # a stack or an animation; a TIFF's smaller preview pages are not
-                raise DataError(
-                    f"{path}: holds {frames} frames of {width}x{height} (a stack or an animation); a 2D image is one "
-                    "frame: save each slice as its own file, or a 3D stack as NIfTI (data.spatial_dims=3)"
-                )
+        frames = frames_of(img)
+        if frames > 1:
+            raise DataError(
+                f"{path}: holds {frames} frames of {width}x{height} (a stack or an animation); a 2D image is one "
+                "frame: a folder of TIFF stacks is read as volumes (data.spatial_dims=3), or save each slice as "
+                "its own file"
+            )
         if exif_orientation(img) > 1:  # a photo stored sideways: read it as viewers show it
             img = ImageOps.exif_transpose(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot read image ({str(err)[:200]})") from None
     return img
+
+
+def frames_of(img: Image.Image) -> int:
+    """How many frames of one size an open image holds: a TIFF stack's pages, an animation's
+    frames; 1 for a single image, or a TIFF whose further pages are smaller previews."""
+    frames = getattr(img, "n_frames", 1)
+    if frames < 2 or img.format not in ("TIFF", "GIF", "PNG"):
+        return 1
+    size = img.size
+    img.seek(1)
+    second = img.size
+    img.seek(0)
+    return frames if second == size else 1
 
 
 def exif_orientation(img: Image.Image) -> int:

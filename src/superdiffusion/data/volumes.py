@@ -1,7 +1,8 @@
 """3D volumes: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) and MetaImage
 (``.mha``, ``.mhd``; with the ``itk`` extra) through MONAI's readers, with their affine in RAS;
 HDF5 (``image`` and ``label`` datasets, the usual LA layout ``CASE/mri_norm2.h5``) through h5py,
-and NumPy ``.npz`` files of the same two arrays (never unpickled).
+and NumPy ``.npz`` files of the same two arrays (never unpickled); multi-page TIFF stacks
+through Pillow.
 A detached header (``.nhdr``, ``.mhd``) is read only when the voxel file it names sits in its
 own folder: no input outside the data folder is read.
 
@@ -54,6 +55,7 @@ PLANE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 HDF5_SUFFIXES = (".h5", ".hdf5")
 # an image and its label in one file, as arrays "image" and "label": HDF5, or NumPy's .npz (TransUNet's Synapse)
 CONTAINER_SUFFIXES = (*HDF5_SUFFIXES, ".npz")
+STACK_SUFFIXES = (".tif", ".tiff")  # a multi-page TIFF of one size a page: a stack (microscopy, EM), a volume
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 METAIMAGE_SUFFIXES = (".mha", ".mhd")
 ITK_SUFFIXES = (*METAIMAGE_SUFFIXES, ".dcm")  # read by MONAI's ITKReader (the itk extra)
@@ -105,7 +107,49 @@ def group_channels(files: list[Path], channels: int) -> list[Path | tuple[Path, 
 
 
 def is_volume(path: Path) -> bool:
-    return path.name.lower().endswith(VOLUME_SUFFIXES)
+    """A volume file: by its suffix, or a TIFF stack (:func:`is_stack`)."""
+    return path.name.lower().endswith(VOLUME_SUFFIXES) or is_stack(path)
+
+
+def is_stack(path: Path) -> bool:
+    """Whether ``path`` is a TIFF stack: two or more pages of one size, a page a slice (a 3D
+    microscopy or EM image, as ImageJ saves it); a TIFF whose further pages are smaller
+    previews is a 2D image. Reads the header."""
+    if not path.name.lower().endswith(STACK_SUFFIXES) or not path.is_file() or path.name.startswith("."):
+        return False
+    from PIL import Image
+
+    from .folder import frames_of
+
+    try:
+        with Image.open(path) as img:
+            return frames_of(img) > 1
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False  # not a readable TIFF: the 2D reader names it
+
+
+def holds_volumes(files: list[Path]) -> bool:
+    """Whether a folder's files are volumes: its TIFFs when the first is a stack, else any
+    volume file or DICOM series unless the first NIfTI (NRRD ...) holds one slice."""
+    files = sorted(files)
+    tiffs = [p for p in files if p.name.lower().endswith(STACK_SUFFIXES)]
+    if tiffs and is_stack(tiffs[0]):
+        return True
+    others = [p for p in files if p not in tiffs]
+    return any(is_volume(p) or is_series(p) for p in others) and not is_plane_folder(others)
+
+
+def _read_stack(path: Path) -> np.ndarray:
+    """A TIFF stack's voxels ``(x, y, z)``, as NIfTI indexes them: a page a z slice."""
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as img:
+        pages = [np.asarray(page) for page in ImageSequence.Iterator(img)]
+    if pages[0].ndim != 2:
+        raise DataError(f"{path}: a stack of colour pages; a volume's pages are grey (one channel)")
+    if any(page.shape != pages[0].shape for page in pages):
+        raise DataError(f"{path}: the stack's pages differ in size")
+    return np.stack(pages, axis=-1).transpose(1, 0, 2)
 
 
 def is_container(path: Path) -> bool:
@@ -243,6 +287,9 @@ def _read_array(path: Path, dataset: str) -> tuple[np.ndarray, np.ndarray, tuple
                 missing = missing or not ({"ElementSpacing", "ElementSize"} & set(header))
             if min(spacing) <= 0:
                 affine, spacing = np.eye(4), (1.0, 1.0, 1.0)
+        elif is_stack(path):
+            arr = _read_stack(path)
+            affine, spacing, missing = np.eye(4), (1.0, 1.0, 1.0), True  # ImageJ's voxel size is not read: voxels
         elif path.name.lower().endswith(CONTAINER_SUFFIXES):
             arr = _container_array(path, dataset)
             affine, spacing, missing = np.eye(4), (1.0, 1.0, 1.0), False  # HDF5 and .npz have no geometry: voxels
@@ -293,6 +340,11 @@ def stored_shape(path: Path) -> tuple[int, ...]:
             return tuple(int(v) for v in header["DimSize"].split()) + ((channels,) if channels > 1 else ())
         if path.name.lower().endswith(CONTAINER_SUFFIXES):
             return _arrays(path).get("image", ())
+        if is_stack(path):
+            from PIL import Image
+
+            with Image.open(path) as img:
+                return (*img.size, img.n_frames)
         if path.name.lower().endswith(".dcm") or is_series(path):  # DICOM: its shape by decoding it
             return tuple(_load_with_monai(path)[0].shape)
         import nibabel as nib
