@@ -1090,3 +1090,29 @@ def test_2d_slices_kept_as_numpy_npz_image_and_label(tmp_path):
     np.savez(root / "train_npz" / "case0000_slice000.npz", image=np.array([object()]), label=np.zeros(1))
     with pytest.raises(DataError, match=r"case0000_slice000.npz: cannot read"):
         read_image(root / "train_npz" / "case0000_slice000.npz")
+
+
+def test_a_2d_model_segments_a_tiff_stack_page_by_page(tmp_path):
+    """A stack given to a 2D model (an EM test volume, ``test-volume.tif``): each page is
+    segmented as the same page saved as its own image would be, and the masks are written back
+    as a stack of the same pages."""
+    from conftest import tiny_config
+    from PIL import ImageSequence
+
+    from superdiffusion import api
+
+    root = write_pair_folder(tmp_path / "data", n=8, split=False)
+    api.train(tiny_config("method=supervised", f"data.root={root}", "data.val_fraction=0.25", "train.epochs=1"),
+              tmp_path / "run")  # fmt: skip
+    pages = [Image.open(root / "images" / f"case{k}.png").convert("L") for k in range(3)]
+    (tmp_path / "one").mkdir()
+    for k, page in enumerate(pages):
+        page.save(tmp_path / "one" / f"page{k}.png")
+    pages = [Image.fromarray(np.asarray(page)) for page in pages]  # fresh: a PNG's settings would ride along
+    pages[0].save(tmp_path / "test-volume.tif", save_all=True, append_images=pages[1:])
+    (written,) = api.predict(tmp_path / "run", tmp_path / "test-volume.tif", tmp_path / "pred")
+    singles = api.predict(tmp_path / "run", tmp_path / "one", tmp_path / "pred-one")
+    assert written.name == "test-volume.tif"
+    with Image.open(written) as out:
+        found = [np.asarray(page.copy()) for page in ImageSequence.Iterator(out)]
+    assert len(found) == 3 and all(np.array_equal(f, np.asarray(Image.open(s))) for f, s in zip(found, sorted(singles)))

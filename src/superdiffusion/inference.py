@@ -33,7 +33,7 @@ from .data.folder import (
     resize_image,
     sort_beside,
 )
-from .data.volumes import is_plane_file
+from .data.volumes import is_plane_file, is_stack
 from .errors import ConfigError, DataError, RunFolderError
 from .methods import Method, Prediction, build_method
 from .runfolder import RunFolder
@@ -292,11 +292,9 @@ class Segmenter:
     def output_suffix(self, path: Path) -> str:
         """The kind of file a prediction of the input ``path`` is written as: a TIFF stack for a
         stack, NIfTI for other volumes and for 2D images kept as NIfTI, NRRD ..., else PNG."""
-        from .data.volumes import is_plane_file, is_stack
-
-        if self.spatial_dims == 3:
-            return ".tif" if is_stack(path) else ".nii.gz"
-        return ".nii.gz" if is_plane_file(path) else ".png"
+        if is_stack(path):
+            return ".tif"
+        return ".nii.gz" if self.spatial_dims == 3 or is_plane_file(path) else ".png"
 
     def output_names(self, stem: str, samples: int, probabilities: bool, suffix: str = ".png") -> list[str]:
         """The files a prediction of the input ``stem`` writes (``suffix``: :meth:`output_suffix`)."""
@@ -420,7 +418,7 @@ class Segmenter:
         ``STEM.nii.gz`` with the input's affine, and float uncertainty and probability volumes."""
         if self.spatial_dims == 3:
             return self._predict_volume(path, output, samples, probabilities)
-        if is_plane_file(path):  # a 2D image kept as NIfTI, NRRD ..., or a volume: NIfTI back
+        if is_plane_file(path) or is_stack(path):  # a 2D image kept as NIfTI ..., or a volume: slice by slice
             return self._predict_stored(path, output, samples, probabilities)
         x, size = self.read(path)
         mask, spread, fg = self._segment(x, size, samples, probabilities)
@@ -456,18 +454,39 @@ class Segmenter:
         slice as a slice file of it would be: written as ``.nii.gz`` in the file's stored shape
         and affine."""
         from .data.folder import plane_mode, scale_image
-        from .data.volumes import case_stem, read_for_2d
+        from .data.volumes import case_stem, read_for_2d, read_stack
 
-        slices, affine, shape, axis = read_for_2d(path)
+        stack = is_stack(path)  # a TIFF stack: its pages (y, x), as 2D images are read, back as pages
+        slices, affine, shape, axis = (
+            (read_stack(path).transpose(2, 1, 0), None, None, 2) if stack else read_for_2d(path)
+        )
         parts = []
         for plane in slices:
             image = scale_image(plane, plane_mode(plane), path, self.channels)
             parts.append(self._segment(self.preprocess(image), plane.shape, samples, probabilities))
 
         def stacked(items: tuple) -> np.ndarray | None:  # the slices' masks (or spreads ...) as the file holds them
-            return None if items[0] is None else np.stack([np.asarray(item) for item in items], axis or 0)
+            if items[0] is None:
+                return None
+            found = np.stack([np.asarray(item) for item in items], axis or 0)
+            return found.transpose(1, 0, 2) if stack else found  # pages (y, x) on the last axis -> (x, y, z)
 
+        if stack:
+            return self._write_stack(output, case_stem(path), *map(stacked, zip(*parts)))
         return self._write_nifti(output, case_stem(path), affine, shape, *map(stacked, zip(*parts)))
+
+    def _write_stack(self, output: Path, stem: str, mask, spread, fg) -> list[Path]:
+        """A prediction of a TIFF stack (``(x, y, z)`` arrays) as stacks of its pages: the mask (0/255
+        for one class, else :meth:`drawn`'s values), and float spread and probability."""
+        written = []
+        mask = mask * np.uint8(255) if self.num_classes == 2 else self.drawn(mask, colour=False)
+        for name, arr in ((stem, mask), (f"{stem}_uncertainty", spread), (f"{stem}_probability", fg)):
+            if arr is not None:
+                _save_stack(
+                    np.asarray(arr) if arr is mask else np.asarray(arr, dtype=np.float32), output / f"{name}.tif"
+                )
+                written.append(output / f"{name}.tif")
+        return written
 
     def _write_nifti(self, output: Path, stem: str, affine, shape, mask, spread, fg) -> list[Path]:
         """A 2D model's prediction of a NIfTI, NRRD or HDF5 input (a slice, or a volume slice by
@@ -490,20 +509,21 @@ class Segmenter:
 
         image, _, geometry = load_volume_pair(VolumePair(case_stem(path), path, None), self.cfg.data, labels=False)
         pred = self.probabilities(normalize(image[None], self.stats), samples)
-        mask = self.drawn(self.mask(pred.probs[0]), colour=False)
+        mask = self.mask(pred.probs[0])
         spread = None if pred.spread is None else pred.spread[0].numpy().astype(np.float32)
         fg = pred.probs[0, 1:].sum(0).clamp(0, 1).numpy().astype(np.float32) if probabilities else None
-        suffix, stem = self.output_suffix(first_file(path)), case_stem(path)
+        stem = case_stem(path)
+        if self.output_suffix(first_file(path)) == ".tif":
+            return self._write_stack(output, stem, mask, spread, fg)
         written = []
-        for name, arr in ((stem, mask), (f"{stem}_uncertainty", spread), (f"{stem}_probability", fg)):
-            if arr is None:
-                continue
-            target = output / f"{name}{suffix}"
-            if suffix == ".tif":  # a stack's prediction as a stack of its pages; one class as 0/255
-                _save_stack(arr * 255 if arr is mask and self.num_classes == 2 else arr, target)
-            else:
-                _save_nifti(nib.Nifti1Image(arr, geometry.affine), target)
-            written.append(target)
+        for name, arr in (
+            (stem, self.drawn(mask, colour=False)),
+            (f"{stem}_uncertainty", spread),
+            (f"{stem}_probability", fg),
+        ):
+            if arr is not None:
+                _save_nifti(nib.Nifti1Image(arr, geometry.affine), output / f"{name}.nii.gz")
+                written.append(output / f"{name}.nii.gz")
         return written
 
 

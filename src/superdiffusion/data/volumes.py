@@ -139,7 +139,7 @@ def holds_volumes(files: list[Path]) -> bool:
     return any(is_volume(p) or is_series(p) for p in others) and not is_plane_folder(others)
 
 
-def _read_stack(path: Path) -> np.ndarray:
+def read_stack(path: Path) -> np.ndarray:
     """A TIFF stack's voxels ``(x, y, z)``, as NIfTI indexes them: a page a z slice."""
     from PIL import Image, ImageSequence
 
@@ -288,7 +288,7 @@ def _read_array(path: Path, dataset: str) -> tuple[np.ndarray, np.ndarray, tuple
             if min(spacing) <= 0:
                 affine, spacing = np.eye(4), (1.0, 1.0, 1.0)
         elif is_stack(path):
-            arr = _read_stack(path)
+            arr = read_stack(path)
             affine, spacing, missing = np.eye(4), (1.0, 1.0, 1.0), True  # ImageJ's voxel size is not read: voxels
         elif path.name.lower().endswith(CONTAINER_SUFFIXES):
             arr = _container_array(path, dataset)
