@@ -700,3 +700,37 @@ def test_tiff_stacks_are_volumes(tmp_path):
     preview = tmp_path / "preview.tif"  # a photo with a smaller preview page: a 2D image
     Image.new("RGB", (32, 24)).save(preview, save_all=True, append_images=[Image.new("RGB", (8, 6))])
     assert not is_stack(preview)
+
+
+def test_case_folders_kept_deeper_as_bids_keeps_them(tmp_path):
+    """Neuroimaging sets keep each scan deeper, as BIDS does (ATLAS:
+    ``sub-r001s001/ses-1/anat/sub-r001s001_ses-1_T1w.nii.gz`` beside its
+    ``..._label-L_desc-T1lesion_mask.nii.gz``): each such folder is a case, its image's role named
+    less the subject and session (``T1w``), the sessions of one subject grouped together, and
+    ``predict`` writes each case's mask in the same folders."""
+    from superdiffusion.plan import plan_for
+
+    root = tmp_path / "ATLAS" / "R001"
+    source = write_volumes(tmp_path / "vols", n=12, shape=(24, 20, 16))
+    for k in range(12):
+        subject, session = f"sub-r001s{k // 2:03d}", f"ses-{k % 2 + 1}"
+        anat = root / subject / session / "anat"
+        anat.mkdir(parents=True)
+        shutil.copy(source / "images" / f"v{k}.nii.gz", anat / f"{subject}_{session}_space-orig_T1w.nii.gz")
+        shutil.copy(source / "labels" / f"v{k}.nii.gz",
+                    anat / f"{subject}_{session}_space-orig_label-L_desc-T1lesion_mask.nii.gz")  # fmt: skip
+    (root / "participants.tsv").write_text("participant_id\n")
+    pairs = scan_volumes(root)
+    assert len(pairs) == 12 and pairs[1].id == "sub-r001s000/ses-2/anat"
+    assert pairs[1].label.name == "sub-r001s000_ses-2_space-orig_label-L_desc-T1lesion_mask.nii.gz"
+    assert pairs[1].columns["case"] == pairs[0].columns["case"] == "sub-r001s000"
+    plan = plan_for(tmp_path / "ATLAS", cache=False)  # the wrapping folder too
+    assert plan.settings["data.spatial_dims"] == 3 and plan.fingerprint["images"] == 12
+    assert plan.settings["data.group_column"] == "case"
+    cfg = tiny_config(*BASELINE3D, f"data.root={root}", "method=supervised")
+    api.train(cfg, tmp_path / "run")
+    written = api.predict(tmp_path / "run", root, tmp_path / "pred")
+    assert len(written) == 12
+    assert (
+        tmp_path / "pred" / "sub-r001s005" / "ses-2" / "anat" / "sub-r001s005_ses-2_space-orig_T1w.nii.gz"
+    ).is_file()

@@ -413,15 +413,17 @@ def fingerprint_3d(root: Path, pairs: list | None = None, masks: str | None = No
 
 
 def _is_volume_folder(root: Path) -> bool:
-    from .data.volumes import holds_volumes
+    from .data.volumes import case_folders, holds_volumes
 
     images = root / "images"
     if images.is_dir():
         return holds_volumes(list(images.iterdir()))
     if holds_volumes([p for p in root.iterdir() if p.is_file()]):  # LiTS: volume-0 beside segmentation-0
         return True
-    # case folders of volumes; of 2D images kept as NIfTI ... (CAMUS's echo frames), a 2D dataset
-    return any(p.is_dir() and not p.is_symlink() and holds_volumes(list(p.iterdir())) for p in root.iterdir())
+    # case folders of volumes or HDF5 files (LA's CASE/mri_norm2.h5), at any depth (BIDS); of 2D images kept as
+    # NIfTI ... (CAMUS's echo frames), a 2D dataset
+    subfolders = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink()]
+    return any(holds_volumes(list(case.iterdir())) for case in [*subfolders, *case_folders(root)])
 
 
 def fingerprint(root: str | Path, cache: bool = True, masks: str | None = None) -> dict[str, Any]:

@@ -512,14 +512,43 @@ def case_folder(folder: Path) -> tuple[tuple[Path, ...], Path | None]:
     return images, labels[0] if labels else None
 
 
+CASE_DEPTH = 4  # how far below the root a case folder is looked for (BIDS: sub-01/ses-1/anat/)
+
+
 def case_folders(root: Path) -> list[Path]:
-    """The subfolders of ``root`` that hold volume files: one folder per case."""
-    return [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".") and _volume_files(d)]
+    """The subfolders of ``root`` that hold volume files, one folder per case; where none does,
+    the first folders down each branch that do, at most :data:`CASE_DEPTH` levels down (BIDS'
+    ``sub-01/ses-1/anat/``). Never entered through a link; a dataset's own folders (``images/``,
+    ``labels/`` ...) are not cases."""
+    from .dataset import ROLE_FOLDERS
+
+    def below(folder: Path, depth: int) -> list[Path]:
+        found = []
+        for d in sorted(folder.iterdir()):
+            if not d.is_dir() or d.is_symlink() or d.name.startswith(".") or d.name.lower() in ROLE_FOLDERS:
+                continue
+            if _volume_files(d):
+                found.append(d)
+            elif depth > 1 and not is_series(d):
+                found += below(d, depth - 1)
+        return found
+
+    direct = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".") and _volume_files(d)]
+    return direct or below(root, CASE_DEPTH)
 
 
 def _roles(images: tuple[Path, ...], case: str) -> list[str]:
-    """What each image of a case folder is, its name less the case's: ``flair``, ``t1``, ``imaging``."""
-    return [volume_stem(p).removeprefix(case).strip("_-. ") or volume_stem(p) for p in images]
+    """What each image of a case folder is, its name less the case's (``flair``, ``t1``,
+    ``imaging``); for a case kept deeper (``sub-01/ses-1/anat``), less each of its folders' names
+    where the name starts with them (``sub-01_ses-1_T1w``: ``T1w``)."""
+    roles = []
+    for p in images:
+        role = volume_stem(p)
+        for part in case.split("/"):
+            if role.startswith(part) and len(role) > len(part):
+                role = role.removeprefix(part).lstrip("_-. ")
+        roles.append(role or volume_stem(p))
+    return roles
 
 
 TRAILING_NUMBER = re.compile(r"(\d+)$")
@@ -570,22 +599,27 @@ def folder_cases(folder: Path) -> list[Path | tuple[Path, ...]]:
 
 
 def _scan_case_folders(root: Path, folders: list[Path]) -> list[VolumePair]:
+    """The cases of case folders; one kept deeper (``sub-01/ses-1/anat``) is named by its path
+    and grouped by its first folder (the subject), as a folder of several labeled volumes groups
+    them."""
     pairs, first = [], None
     for folder in folders:
         files = _volume_files(folder)
+        case = folder.relative_to(root).as_posix()
         if sum(map(is_label_name, files)) > 1:  # several labeled volumes of one patient (ACDC's frames)
             pairs += [
-                VolumePair(f"{folder.name}/{volume_stem(image)}", image, label, columns={"case": folder.name})
+                VolumePair(f"{case}/{volume_stem(image)}", image, label, columns={"case": case.split("/")[0]})
                 for image, label in pair_labels(files)
             ]
             continue
         images, label = case_folder(folder)  # no label: an unlabeled case
-        roles = _roles(images, folder.name)
+        roles = _roles(images, case)
         if first is None:
             first = roles
         elif roles != first:
             raise DataError(f"{folder}: holds the images {roles}; the first case {first}")
-        pairs.append(VolumePair(folder.name, images if len(images) > 1 else images[0], label))
+        subject = {"case": case.split("/")[0]} if "/" in case else {}
+        pairs.append(VolumePair(case, images if len(images) > 1 else images[0], label, columns=subject))
     if pairs and all(p.label is None for p in pairs):
         first = folders[0]
         raise DataError(
