@@ -734,3 +734,29 @@ def test_case_folders_kept_deeper_as_bids_keeps_them(tmp_path):
     assert (
         tmp_path / "pred" / "sub-r001s005" / "ses-2" / "anat" / "sub-r001s005_ses-2_space-orig_T1w.nii.gz"
     ).is_file()
+
+
+def test_volumes_kept_one_folder_per_patient_in_images_and_labels(tmp_path):
+    """``images/patient007/scan0.nii.gz`` beside ``labels/patient007/scan0.nii.gz``: a volume
+    dataset whose ids keep the patient's folder, grouped by it; ``predict`` on the dataset writes
+    each scan's mask in its patient's folder, one case a scan."""
+    from superdiffusion.plan import plan_for
+
+    source = write_volumes(tmp_path / "vols", n=24, shape=(24, 20, 16))
+    root = tmp_path / "pervolume"
+    for k in range(24):
+        for sub in ("images", "labels"):
+            folder = root / sub / f"patient{k // 2:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / sub / f"v{k}.nii.gz", folder / f"scan{k % 2}.nii.gz")
+    pairs = scan_volumes(root)
+    assert [p.id for p in pairs[:2]] == ["patient000/scan0", "patient000/scan1"] and len(pairs) == 24
+    assert pairs[1].label == root / "labels" / "patient000" / "scan1.nii.gz"
+    plan = plan_for(root, cache=False)
+    assert plan.settings["data.spatial_dims"] == 3 and plan.settings["data.group_column"] == "folder"
+    cfg = tiny_config(*BASELINE3D, f"data.root={root}", "method=supervised")
+    api.train(cfg, tmp_path / "run")
+    written = api.predict(tmp_path / "run", root, tmp_path / "pred")
+    assert sorted(p.relative_to(tmp_path / "pred").as_posix() for p in written)[:2] == [
+        "images/patient000/scan0.nii.gz", "images/patient000/scan1.nii.gz"
+    ]  # fmt: skip

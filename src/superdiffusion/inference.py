@@ -324,7 +324,7 @@ class Segmenter:
                 return [path]
             folders = [path / name for name in IMAGE_FOLDERS if (path / name).is_dir()]
             if folders:  # a dataset's own folder: the volumes of its image folders, not its labels
-                return [case for folder in folders for case in self.inputs(folder)]
+                return [case for folder in folders for case in self._image_folder_cases(folder)]
             files = sorted(p for p in path.iterdir() if is_volume(p) or is_series(p))
             one_case = any(is_label_name(p) for p in files) or (  # a labeled case, or a case's modalities
                 self.channels > 1 and len(files) == self.channels and not all(nnunet_channel(p) for p in files)
@@ -352,6 +352,15 @@ class Segmenter:
         if not files:
             raise DataError(f"{path}: no image or volume files")
         return group_channels(files, self.channels) if self.spatial_dims == 3 else files
+
+    def _image_folder_cases(self, folder: Path) -> list[Path | tuple[Path, ...]]:
+        """The cases of a volume dataset's image folder: for a one-channel model each volume, also
+        those of its subfolders one a patient (``images/patient007/scan0.nii.gz``), as training
+        reads them; else its cases as :meth:`inputs` finds them (a case folder's channels)."""
+        from .data.volumes import volumes_in
+
+        found = list(volumes_in(folder).values()) if self.channels == 1 else []
+        return found or self.inputs(folder)
 
     def check_outputs(
         self, cases: list, output: Path, samples: int, probabilities: bool, force: bool, inputs: Path | None = None

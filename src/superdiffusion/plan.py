@@ -416,8 +416,9 @@ def _is_volume_folder(root: Path) -> bool:
     from .data.volumes import case_folders, holds_volumes
 
     images = root / "images"
-    if images.is_dir():
-        return holds_volumes(list(images.iterdir()))
+    if images.is_dir():  # its volumes, or those of its subfolders one a patient
+        inner = [p for d in images.iterdir() if d.is_dir() and not d.is_symlink() for p in d.iterdir()]
+        return holds_volumes(list(images.iterdir())) or holds_volumes(inner)
     if holds_volumes([p for p in root.iterdir() if p.is_file()]):  # LiTS: volume-0 beside segmentation-0
         return True
     # case folders of volumes or HDF5 files (LA's CASE/mri_norm2.h5), at any depth (BIDS); of 2D images kept as

@@ -629,6 +629,34 @@ def _scan_case_folders(root: Path, folders: list[Path]) -> list[VolumePair]:
     return pairs
 
 
+def volumes_in(folder: Path, containers: bool = False) -> dict[str, Path]:
+    """The volume files and DICOM series of ``folder`` and of its subfolders one a patient
+    (``images/patient007/scan0.nii.gz``; never entered through a link), by id: the name less its
+    suffix, after its subfolder (``patient007/scan0``). HDF5 and ``.npz`` files only with
+    ``containers``."""
+    found: dict[str, Path] = {}
+
+    def add(path: Path, key: str) -> None:
+        if key in found:
+            raise DataError(f"{path}: shares the id {key!r} with {found[key].name}")
+        found[key] = path
+
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if is_series(path) or (path.is_file() and is_volume(path) and (containers or not is_container(path))):
+            add(path, volume_stem(path))
+        elif path.is_dir() and not path.is_symlink():
+            for inner in sorted(path.iterdir()):
+                if inner.name.startswith("."):
+                    continue
+                if is_series(inner) or (
+                    inner.is_file() and is_volume(inner) and (containers or not is_container(inner))
+                ):
+                    add(inner, f"{path.name}/{volume_stem(inner)}")
+    return found
+
+
 def scan_volumes(root: str | Path, masks: str | None = None) -> list[VolumePair]:
     """The volume pairs of a dataset folder; ``masks``: the folder of labels (``data.masks``), when
     it is not ``labels/`` or ``masks/``."""
@@ -640,20 +668,18 @@ def scan_volumes(root: str | Path, masks: str | None = None) -> list[VolumePair]
     by_case = case_folders(root) if not images_dir.is_dir() else []
     if by_case:  # one folder per case (KiTS, BraTS): images and label side by side
         pairs = _scan_case_folders(root, by_case)
-    elif images_dir.is_dir() and any(
-        (is_volume(p) and not is_container(p)) or is_series(p) for p in images_dir.iterdir()
-    ):
+    elif images_dir.is_dir() and (images := volumes_in(images_dir)):
         labels_dir = root / masks if masks is not None else mask_folder(root)
         if masks is not None and not labels_dir.is_dir():
             raise DataError(f"{labels_dir}: data.masks names no folder of {root}")
         if labels_dir is None:
             raise DataError(f"{root}: no labels/ (or masks/) folder beside images/")
-        labels = {volume_stem(p): p for p in labels_dir.iterdir() if is_volume(p)}
+        labels = volumes_in(labels_dir, containers=True)
         if not labels:
             raise DataError(f"{labels_dir}: no label volumes")
-        for path in sorted(p for p in images_dir.iterdir() if is_volume(p) or is_series(p)):
-            stem = volume_stem(path)
-            pairs.append(VolumePair(stem, path, labels.pop(stem, None)))  # no label: an unlabeled volume
+        for key, path in images.items():  # no label: an unlabeled volume; a patient's folder groups its volumes
+            folder = {"folder": key.rpartition("/")[0]} if "/" in key else {}
+            pairs.append(VolumePair(key, path, labels.pop(key, None), columns=folder))
         if labels:
             orphan = sorted(labels.values())[0]
             raise DataError(f"{orphan}: label without an image ({len(labels)} such labels)")
