@@ -25,6 +25,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from zipfile import BadZipFile, ZipFile
 
 import numpy as np
 import torch
@@ -162,15 +163,32 @@ def _arrays(path: Path) -> dict[str, tuple[int, ...]]:
     (an object array would run code): one holding one is an unreadable file."""
     try:
         if path.name.lower().endswith(".npz"):
-            with np.load(path, allow_pickle=False) as handle:
-                return {name: tuple(handle[name].shape) for name in handle.files}
+            return _npz_shapes(path)
         import h5py
 
         with h5py.File(path, "r") as handle:
             return {name: tuple(handle[name].shape) for name in handle if hasattr(handle[name], "shape")}
-    except (OSError, ValueError, KeyError, EOFError) as err:
+    except (OSError, ValueError, KeyError, EOFError, BadZipFile) as err:
         kind = "NumPy .npz" if path.name.lower().endswith(".npz") else "HDF5"
         raise DataError(f"{path}: cannot read {kind} file ({str(err).splitlines()[0][:120]})") from None
+
+
+def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """An ``.npz`` file's array shapes from each member's header (nothing else is decompressed);
+    an object array, which only unpickling would read, is refused."""
+    shapes = {}
+    with ZipFile(path) as archive:
+        for member in archive.namelist():
+            with archive.open(member) as handle:
+                version = np.lib.format.read_magic(handle)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(handle)
+            if dtype.hasobject:
+                raise ValueError(
+                    f"its array {member.removesuffix('.npy')!r} holds Python objects (pickled), not numbers"
+                )
+            shapes[member.removesuffix(".npy")] = tuple(shape)
+    return shapes
 
 
 def _container_array(path: Path, dataset: str) -> np.ndarray:
