@@ -458,10 +458,10 @@ class Segmenter:
         return self.mask(probs), spread, probs[1:].sum(0).clamp(0, 1) if probabilities else None
 
     def _predict_stored(self, path: Path, output: Path, samples: int, probabilities: bool) -> list[Path]:
-        """A 2D image kept as a NIfTI, NRRD, MetaImage, DICOM or HDF5 file, or a volume of them
-        segmented slice by slice (:func:`~.data.volumes.read_for_2d` says along which axis), each
-        slice as a slice file of it would be: written as ``.nii.gz`` in the file's stored shape
-        and affine."""
+        """A 2D image kept as a NIfTI, NRRD, MetaImage, DICOM, HDF5 or ``.npz`` file, or a volume
+        of them segmented slice by slice (:func:`~.data.volumes.read_for_2d` says along which
+        axis), each slice as a slice file of it would be: written as ``.nii.gz`` in the file's
+        stored shape and affine; a TIFF stack page by page, written back as a stack."""
         from .data.folder import plane_mode, scale_image
         from .data.volumes import case_stem, read_for_2d, read_stack
 
