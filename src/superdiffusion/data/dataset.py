@@ -74,8 +74,9 @@ DATASET_FILES = ("split.csv", "dataset.json")  # files that make the folder hold
 def unwrapped(path: Path) -> Path:
     """The dataset inside folders that only wrap it (``kvasir-seg/Kvasir-SEG/images``, as
     unzipping often leaves it): while a folder holds one folder (``__MACOSX/`` aside) that is not
-    a part of a dataset (``images/``, ``train/`` ...) and, beside it, no image, volume or
-    ``split.csv`` (notes such as Kvasir's ``kavsir_bboxes.json`` or a README may be there), that folder."""
+    a part of a dataset (``images/``, ``train/`` ...) and, beside it, no image, volume,
+    ``split.csv`` or ``dataset.json`` (notes such as Kvasir's ``kavsir_bboxes.json`` or a README
+    may be there), that folder."""
     from .folder import is_image_file
     from .volumes import is_volume
 

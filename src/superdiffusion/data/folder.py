@@ -453,10 +453,10 @@ def sort_beside(root: Path, files: dict[str, Path], tag: str | None = None) -> B
     """Sort files kept side by side (often one subfolder per patient) into images and their
     masks: a mask named after its image plus a mask word (Kaggle's LGG: ``TCGA_A_1.tif`` +
     ``TCGA_A_1_mask.tif``), or, where none is, plus a tag of its own (:func:`tags_beside`;
-    ``tag``: ``data.masks=_1stHO``, the one to read; the others are neither read nor images) in
-    ``root``.
-    Files derived from an image (Cellpose's ``000_flows.tif`` beside ``000_img.png``, ISIC's
-    ``_superpixels``) are left out, logged. Training and prediction read a folder through this."""
+    ``tag``: ``data.masks=_1stHO``, the one to read; the others are neither read nor images;
+    ``root`` names the folder in errors). Files derived from an image (Cellpose's
+    ``000_flows.tif`` beside ``000_img.png``, ISIC's ``_superpixels``) are left out, logged.
+    Training and prediction read a folder through this."""
     masks = masks_beside(files)
     tagged = tags_beside(files, set()) if not masks else {}  # no mask named by a mask word: tags of their own
     others = {p for found in tagged.values() for p in found.values()}  # every tag's masks: none is an image
@@ -481,12 +481,12 @@ def sort_beside(root: Path, files: dict[str, Path], tag: str | None = None) -> B
 
 def _scan_side_by_side(root: Path, tag: str | None = None) -> list[Pair]:
     """A folder keeping each mask beside its image (:func:`sort_beside`), read as pairs; an
-    HDF5 file may hold its image and label in one."""
+    HDF5 or ``.npz`` file may hold its image and label in one."""
     from .volumes import holds_label, holds_slices, is_plane_file
 
     files = _files(root)
     images, masks, tags = sort_beside(root, files, tag)
-    inside = {key for key, path in images.items() if holds_label(path)}  # HDF5: its image and label in one file
+    inside = {key for key, path in images.items() if holds_label(path)}  # HDF5, .npz: image and label in one file
     if masks and any(is_plane_file(images[key]) for key in masks):  # 2D images kept as NIfTI ... with masks
         volumes = {k for k, path in images.items() if k not in masks and k not in inside and holds_slices(path)}
         if volumes:  # CAMUS's sequences beside its frames: a 2D model trains on neither as one image
