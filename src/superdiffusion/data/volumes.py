@@ -540,19 +540,25 @@ def case_folders(root: Path) -> list[Path]:
     ``labels/`` ...) are not cases."""
     from .dataset import ROLE_FOLDERS
 
+    def deeper(folder: Path) -> bool:  # a folder a case may be kept below
+        return not folder.is_symlink() and folder.name.lower() not in ROLE_FOLDERS and not is_series(folder)
+
     def below(folder: Path, depth: int) -> list[Path]:
         found = []
         for d in sorted(folder.iterdir()):
-            if not d.is_dir() or d.is_symlink() or d.name.startswith(".") or d.name.lower() in ROLE_FOLDERS:
+            if not d.is_dir() or d.name.startswith(".") or not deeper(d):
                 continue
             if _volume_files(d):
                 found.append(d)
-            elif depth > 1 and not is_series(d):
+            elif depth > 1:
                 found += below(d, depth - 1)
         return found
 
-    direct = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".") and _volume_files(d)]
-    return direct or below(root, CASE_DEPTH)
+    subfolders = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    holding = [d for d in subfolders if _volume_files(d)]
+    if holding:
+        return holding
+    return [case for d in subfolders if deeper(d) for case in below(d, CASE_DEPTH - 1)]
 
 
 def _roles(images: tuple[Path, ...], case: str) -> list[str]:
