@@ -129,15 +129,19 @@ def is_stack(path: Path) -> bool:
         return False  # not a readable TIFF: the 2D reader names it
 
 
+def _stacks(files: list[Path]) -> tuple[list[Path], list[Path]]:
+    """A folder's TIFF stacks and its other files: its TIFFs are stacks when the first is one
+    (only that one is opened: a folder of 2D TIFFs costs one header)."""
+    files = sorted(files)
+    tiffs = [p for p in files if p.name.lower().endswith(STACK_SUFFIXES)]
+    return (tiffs if tiffs and is_stack(tiffs[0]) else []), [p for p in files if p not in tiffs]
+
+
 def holds_volumes(files: list[Path]) -> bool:
     """Whether a folder's files are volumes: its TIFFs when the first is a stack, else any
     volume file or DICOM series unless the first NIfTI (NRRD ...) holds one slice."""
-    files = sorted(files)
-    tiffs = [p for p in files if p.name.lower().endswith(STACK_SUFFIXES)]
-    if tiffs and is_stack(tiffs[0]):
-        return True
-    others = [p for p in files if p not in tiffs]
-    return any(is_volume(p) or is_series(p) for p in others) and not is_plane_folder(others)
+    stacks, others = _stacks(files)
+    return bool(stacks) or (any(is_volume(p) or is_series(p) for p in others) and not is_plane_folder(others))
 
 
 def read_stack(path: Path) -> np.ndarray:
@@ -504,11 +508,10 @@ LABEL_WORDS = {"seg", "segmentation", "label", "labels", "mask", "gt", "groundtr
 
 
 def _volume_files(folder: Path) -> list[Path]:
-    """A folder's volume files other than HDF5 (which holds image and label together), in order."""
-    return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and is_volume(p) and not is_container(p)
-    )  # fmt: skip
+    """A folder's volume files other than HDF5 and ``.npz`` (which hold image and label
+    together), in order; its TIFFs when they are stacks (:func:`_stacks`)."""
+    stacks, others = _stacks([p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")])
+    return sorted([*stacks, *(p for p in others if is_volume(p) and not is_container(p))])
 
 
 def is_label_name(path: Path) -> bool:
