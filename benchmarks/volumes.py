@@ -50,11 +50,11 @@ def child(
     if what == "train":
         opt = torch.optim.Adam(m.parameters_for("train"), lr=1e-4)
         labeled = torch.arange(batch) < batch // 2
-        batch = Batch(torch.randn(batch, 1, *patch), (torch.rand(batch, *patch) > 0.7).long(), labeled)
+        items = Batch(torch.randn(batch, 1, *patch), (torch.rand(batch, *patch) > 0.7).long(), labeled)
         ctx = StepContext("train", 1, 10, 1, 1.0)
         for _ in range(repeats + 1):
             start = time.perf_counter()
-            losses = m.losses(batch, ctx)
+            losses = m.losses(items, ctx)
             opt.zero_grad(set_to_none=True)
             sum(losses.values()).backward()
             opt.step()
