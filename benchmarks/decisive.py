@@ -3,7 +3,8 @@ profile's default since benchmarks/screening.py chose it on validation) against 
 CPS and UAMT at 5 % labels, on PH2 and InP-Pupil, 6 seeds, at the evidence grid's schedule and
 96x96; beside them the paper-literal method at the same length (lambda 5, linear ramp, R = 2,
 Eq. 6/7 pretraining, round-0 pseudo-labels, CE), the new default's ablations on PH2 (pretraining
-off, R = 0), and the new default at 20 % (seeds 0-2).
+off, R = 0), and the new default at 20 % (seeds 0-2). UAMT keeps the evidence grid's seeds: its
+new seeds 3-5 were the first the budget dropped (``--uamt-new-seeds`` runs them).
 
 One resumable command, like the evidence grid (finished runs are never redone, interrupted ones
 resume from their checkpoint, the tables are written from whatever has finished):
@@ -61,10 +62,12 @@ VARIANTS = {
 REUSE_CHECK = ("ph2-full", "supervised", 5, 0)
 
 
-def plan() -> list[tuple[str, str, float, int, str]]:
+def plan(uamt_new_seeds: bool = False) -> list[tuple[str, str, float, int, str]]:
     """(dataset, method, percent, seed, variant), most important first: the new default on the
     seeds whose baselines already exist (a paired comparison after one run), then the new seeds
-    of everything, then the paper-literal row, the ablations and 20 %."""
+    of everything, then the paper-literal row, the ablations and 20 %. UAMT keeps its evidence
+    grid's seeds: its new seeds, which the grid's budget dropped first, run with
+    ``uamt_new_seeds``."""
     ph2, pupil, sd = "ph2-full", "pupil", "superdiffusion"
     order: list[tuple[str, str, float, int, str]] = [(*REUSE_CHECK, "reuse-check")]
     for seed in sorted(REUSED_SEEDS):
@@ -77,14 +80,16 @@ def plan() -> list[tuple[str, str, float, int, str]]:
         order += [(ph2, sd, 5, seed, v) for v in ("nopretrain", "rounds0")]
     for seed in sorted(REUSED_SEEDS):
         order += [(d, sd, 20, seed, "") for d in (ph2, pupil)]
-    for seed in [s for s in SEEDS if s not in REUSED_SEEDS]:  # UAMT's new seeds last: the budget drops them first
+    for seed in [s for s in SEEDS if s not in REUSED_SEEDS and uamt_new_seeds]:  # the budget drops them first
         order += [(d, "uamt", 5, seed, "") for d in (ph2, pupil)]
     return order
 
 
-def build_specs(root: Path, size: int, threads: int, quick: bool = False) -> list[RunSpec]:
+def build_specs(
+    root: Path, size: int, threads: int, quick: bool = False, uamt_new_seeds: bool = False
+) -> list[RunSpec]:
     specs = []
-    for dataset, method, percent, seed, variant in plan()[: 2 if quick else None]:
+    for dataset, method, percent, seed, variant in plan(uamt_new_seeds)[: 2 if quick else None]:
         overrides = [
             f"dataset={dataset}",
             f"data.root={evidence.DATASETS[dataset]}",
@@ -212,13 +217,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="the first two runs, 4 updates each: checks the path")
     parser.add_argument("--report-only", action="store_true", help="tabulate the finished runs; train nothing")
+    parser.add_argument("--uamt-new-seeds", action="store_true", help="UAMT at seeds 3-5 too (dropped by the budget)")
     args = parser.parse_args()
     for dataset, root in evidence.DATASETS.items():
         if not (root / "split.csv").exists():
             parser.error(f"{dataset}: {root} has no split.csv (the converted dataset is not there)")
     torch.set_num_threads(args.threads)
     args.root = args.root.resolve()  # the result file names run folders by absolute path
-    specs = build_specs(args.root, args.size, args.threads, args.quick)
+    specs = build_specs(args.root, args.size, args.threads, args.quick, args.uamt_new_seeds)
     carried, carried_check = ([], None) if args.quick else carried_over(args.out)
     finished_here = {s.folder for s in specs if s.finished}
     carried = [r for r in carried if Path(r["folder"]) not in finished_here]
@@ -254,7 +260,8 @@ def main() -> None:
     ]  # fmt: skip
     result = {
         "benchmark": "decisive",
-        "command": f"python benchmarks/decisive.py --size {args.size} --jobs {args.jobs} --threads {args.threads}",
+        "command": f"python benchmarks/decisive.py --size {args.size} --jobs {args.jobs} --threads {args.threads}"
+        + (" --uamt-new-seeds" if args.uamt_new_seeds else ""),
         "machine": platform.platform(),
         "cpu_threads_per_run": args.threads,
         "runs_side_by_side": args.jobs,

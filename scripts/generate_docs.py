@@ -248,7 +248,7 @@ def decisive_results(grid: dict) -> str:
         "minus each reference on the same split and labeled subset (`benchmarks/results/decisive.md` has",
         "every table, the paper-threshold scores included):",
         "",
-        "| dataset, method | minus CPS (per seed) | minus supervised | minus UAMT (UAMT's new seeds come last) |",
+        "| dataset, method | minus CPS (per seed) | minus supervised | minus UAMT (the evidence grid's seeds) |",
         "|---|---|---|---|",
         *_paired_rows(grid),
     ]
@@ -285,7 +285,7 @@ def decisive_results(grid: dict) -> str:
         f"Every run trains {' or '.join(f'{u:,}' for u in updates)} updates"
         + (f" (the method adds {' or '.join(f'{p:,}' for p in pretrain)} pretraining updates)" if pretrain else "")
         + f"; the grid's own runs have taken {grid['summed_train_minutes_trained_here']:,.0f} train-minutes of one",
-        "thread so far (`summed_train_minutes_trained_here`), beside other work.",
+        "thread (`summed_train_minutes_trained_here`), beside other work.",
     ]
     return "\n".join(lines) + "\n"
 
