@@ -417,14 +417,17 @@ def _is_volume_folder(root: Path) -> bool:
 
     images = root / "images"
     if images.is_dir():  # its volumes, or those of its subfolders one a patient
-        inner = [p for d in images.iterdir() if d.is_dir() and not d.is_symlink() for p in d.iterdir()]
-        return holds_volumes(list(images.iterdir())) or holds_volumes(inner)
+        if holds_volumes(list(images.iterdir())):
+            return True
+        return holds_volumes([p for d in images.iterdir() if d.is_dir() and not d.is_symlink() for p in d.iterdir()])
     if holds_volumes([p for p in root.iterdir() if p.is_file()]):  # LiTS: volume-0 beside segmentation-0
         return True
     # case folders of volumes or HDF5 files (LA's CASE/mri_norm2.h5), at any depth (BIDS); of 2D images kept as
     # NIfTI ... (CAMUS's echo frames), a 2D dataset
     subfolders = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink()]
-    return any(holds_volumes(list(case.iterdir())) for case in [*subfolders, *case_folders(root)])
+    if any(holds_volumes(list(case.iterdir())) for case in subfolders):
+        return True  # the deeper search only where no subfolder holds volumes itself
+    return any(holds_volumes(list(case.iterdir())) for case in case_folders(root) if case.parent != root)
 
 
 def fingerprint(root: str | Path, cache: bool = True, masks: str | None = None) -> dict[str, Any]:

@@ -668,19 +668,15 @@ def volumes_in(folder: Path, containers: bool = False) -> dict[str, Path]:
             raise DataError(f"{path}: shares the id {key!r} with {found[key].name}")
         found[key] = path
 
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
-            continue
-        if is_series(path) or (path.is_file() and is_volume(path) and (containers or not is_container(path))):
+    def one(path: Path) -> bool:  # a volume: a file (a container only with ``containers``), or a series
+        return is_series(path) or (path.is_file() and is_volume(path) and (containers or not is_container(path)))
+
+    for path in (p for p in sorted(folder.iterdir()) if not p.name.startswith(".")):
+        if one(path):
             add(path, volume_stem(path))
         elif path.is_dir() and not path.is_symlink():
-            for inner in sorted(path.iterdir()):
-                if inner.name.startswith("."):
-                    continue
-                if is_series(inner) or (
-                    inner.is_file() and is_volume(inner) and (containers or not is_container(inner))
-                ):
-                    add(inner, f"{path.name}/{volume_stem(inner)}")
+            for inner in (p for p in sorted(path.iterdir()) if not p.name.startswith(".") and one(p)):
+                add(inner, f"{path.name}/{volume_stem(inner)}")
     return found
 
 
