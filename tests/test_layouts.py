@@ -110,7 +110,7 @@ def test_layout_problems_are_one_line_naming_the_file(tmp_path):
         build_data(DataConfig(root=str(root), num_classes=4), seed=0)
     spec = json.loads((root / "dataset.json").read_text())
     (root / "dataset.json").write_text(json.dumps({**spec, "numTraining": 11}))
-    with pytest.raises(DataError, match="numTraining is 11 but labelsTr holds 10"):
+    with pytest.raises(DataError, match="numTraining is 11 but imagesTr holds 10 cases"):
         build_data(DataConfig(root=str(root)), seed=0)
 
 
@@ -178,3 +178,35 @@ def test_dataset_json_folders_are_planned_and_keep_their_declared_classes(tmp_pa
         assert cfg.data.patch_size == [16, 16, 16] and cfg.data.name == root.name
     plan = plan_for(write_nnunet_2d(tmp_path / "Dataset001_Toy"), cache=False)
     assert plan.settings["data.size"] == [128, 128] and "data.mask_mode" not in plan.settings
+
+
+def test_an_nnunet_folder_with_unlabeled_cases_runs_end_to_end(tmp_path):
+    """imagesTr holds 10 cases, labelsTr 6: the other 4 are unlabeled training volumes (was:
+    refused, "image without a label"; then refused on numTraining), and the whole path runs:
+    plan, train, evaluate, show, predict."""
+    from superdiffusion.experiments.page import write_page
+    from superdiffusion.plan import plan_for
+
+    root = write_nnunet_3d(tmp_path / "Dataset004_Part", n=10)
+    for i in (1, 4, 6, 8):
+        (root / "labelsTr" / f"c{i}.nii.gz").unlink()
+    spec = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**spec, "numTraining": 6}))
+    assert plan_for(root, cache=False).settings["data.spatial_dims"] == 3
+    cfg = tiny_config(
+        f"data.root={root}", "data.patch_size=[16, 16, 16]", "train.epochs=1", "method.rounds=1",
+        "method.pretrain_epochs=1", "data.labeled_percent=50", "data.val_fraction=0.2",
+    )  # fmt: skip
+    data = build_data(cfg.data, seed=0)
+    assert {"c1", "c4", "c6", "c8"} <= set(data.unlabeled.ids)
+    assert not {"c1", "c4", "c6", "c8"} & set(data.labeled.ids + data.val.ids + data.test.ids)
+    api.train(cfg, tmp_path / "run")
+    assert api.evaluate(tmp_path / "run")["counts"]["test"] >= 1
+    assert write_page(tmp_path / "run", samples=1).is_file()
+    inputs = tmp_path / "new"
+    inputs.mkdir()
+    shutil.copy(root / "imagesTr" / "c1_0000.nii.gz", inputs)
+    assert len(api.predict(tmp_path / "run", inputs, tmp_path / "pred")) == 1
+    (root / "dataset.json").write_text(json.dumps({**spec, "numTraining": 7}))
+    with pytest.raises(DataError, match="numTraining is 7 but imagesTr holds 10 cases, 6 of them with a label"):
+        build_data(cfg.data, seed=0)

@@ -760,3 +760,35 @@ def test_volumes_kept_one_folder_per_patient_in_images_and_labels(tmp_path):
     assert sorted(p.relative_to(tmp_path / "pred").as_posix() for p in written)[:2] == [
         "images/patient000/scan0.nii.gz", "images/patient000/scan1.nii.gz"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["beside", "unlabeled_root"])
+def test_unlabeled_volumes_are_trained_on_and_the_run_can_be_inspected(tmp_path, where):
+    """Unlabeled volumes, beside the labeled ones (images/ without a label) or in
+    ``data.unlabeled_root``, are training volumes (was: ``unlabeled_root`` silently dropped for
+    volumes), and a run trained with them is evaluated and shown from its splits.json (was:
+    "8 image(s) this run was trained or tested on are gone" while the files were there)."""
+    from superdiffusion.data import build_data
+    from superdiffusion.experiments.page import write_page
+
+    root = write_volumes(tmp_path / "vols", n=6, shape=(16, 16, 12))
+    extra = [f"v{k}" for k in (6, 7, 8)]
+    if where == "beside":
+        write_volumes(tmp_path / "more", n=9, shape=(16, 16, 12))
+        for k in extra:
+            shutil.copy(tmp_path / "more" / "images" / f"{k}.nii.gz", root / "images" / f"{k}.nii.gz")
+        settings = [f"data.root={root}"]
+    else:
+        write_volumes(tmp_path / "more", n=9, shape=(16, 16, 12))
+        alone = tmp_path / "unlabeled" / "images"
+        alone.mkdir(parents=True)
+        for k in extra:
+            shutil.copy(tmp_path / "more" / "images" / f"{k}.nii.gz", alone / f"{k}.nii.gz")
+        settings = [f"data.root={root}", f"data.unlabeled_root={alone.parent}"]
+    cfg = tiny_config(*TINY3D, *settings, "train.epochs=1", "method.pretrain_epochs=0")
+    data = build_data(cfg.data, seed=0)
+    assert set(extra) <= set(data.unlabeled.ids) and len(data.unlabeled.images) == len(data.unlabeled.ids)
+    api.train(cfg, tmp_path / "run")
+    again = api.evaluate(tmp_path / "run")
+    assert again["test"]["resized"]["dice_per_image"] >= 0
+    assert write_page(tmp_path / "run", samples=1).is_file()

@@ -5,6 +5,7 @@ and ``progress.png``, and the collapse warnings. Only rank 0 of a distributed ru
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from .evaluation import FLAG_ADVICE, pseudo_label_drift
 from .runfolder import RunFolder, log
 
 SELECTION_SCALARS = ("dice_per_image", "jaccard_per_image", "dice_pooled", "jaccard_pooled")
+PROGRESS_SECONDS = 30.0  # a progress line inside an epoch at most this often, where no bar is drawn
 
 
 class EpochMeter:
@@ -48,10 +50,15 @@ class EpochMeter:
 
 
 class Monitor:
-    def __init__(self, folder: RunFolder, enabled: bool = True):
+    def __init__(self, folder: RunFolder, enabled: bool = True, progress_every: float | None = None):
         self.folder, self.enabled = folder, enabled
         self.writer = self.handler = None
         self._drawn = time.perf_counter()
+        # where stderr is not a terminal (nohup, Slurm, a pipe) tqdm draws no bar: lines instead
+        self.progress_every = progress_every if progress_every is not None else (
+            None if sys.stderr.isatty() else PROGRESS_SECONDS
+        )
+        self._said = time.perf_counter()
 
     def open(self) -> None:
         if self.enabled:
@@ -77,6 +84,23 @@ class Monitor:
             log.log(level, message)
             if self.handler is not None and not log.isEnabledFor(level):
                 self.handler.handle(log.makeRecord(log.name, level, __file__, 0, message, None, None))
+
+    def update(self, phase: str, epoch: int, epochs: int, done: int, steps: int, seconds: list[float], loss: float):
+        """After each update: where no progress bar is drawn, a line at most every
+        ``progress_every`` seconds with the epoch's updates so far, the mean seconds of its last
+        ten updates (a slowdown shows as it happens) and the last loss. ``seconds``: the epoch's
+        update times so far."""
+        if self.progress_every is None or done == steps:  # the epoch's own line follows
+            return
+        now = time.perf_counter()
+        if now - self._said < self.progress_every:
+            return
+        self._said = now
+        recent = seconds[-10:]
+        self.info(
+            f"  {phase} epoch {epoch}/{epochs}: update {done}/{steps}, {sum(recent) / len(recent):.2f}s an update "
+            f"(last {len(recent)}), loss {loss:.4f}"
+        )
 
     def saved(self, history: list[dict[str, Any]]) -> None:
         """After each epoch's checkpoint: history.csv, and progress.png at most once a minute."""

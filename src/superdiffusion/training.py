@@ -10,6 +10,7 @@ as the uninterrupted run would have.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,7 @@ class Trainer:
         self.monitor = Monitor(self.folder, enabled=rank == 0)
         self.progress, self.saved_optimizer = Progress(), None
         self.optimizer = self.finished_optimizer = None
+        self.update_seconds: list[float] = []
 
     def state(self) -> dict[str, Any]:
         model = {"method": self.method.name, "config": self.cfg.to_dict(), "data": self.data.info()}
@@ -374,7 +376,9 @@ class Trainer:
         weight = self.method.weight(epoch, phase.epochs)
         batches = self.plan.epoch(t.seed, phase_index, epoch)
         bar = tqdm(batches, desc=f"{phase.name} {epoch + 1}/{phase.epochs}", leave=False, disable=self.rank or None)
+        self.update_seconds = []  # this epoch's seconds an update (progress lines, benchmarks/drift.py)
         for i, (lab, unl) in enumerate(bar):
+            started = time.perf_counter()
             seed = step_seed(t.seed, phase_index, epoch, i)
             torch.manual_seed(seed)
             batch = make_batch(self.data, lab, unl, torch.Generator().manual_seed(seed), self.cfg.data.patch_size)
@@ -393,7 +397,10 @@ class Trainer:
             self.progress.position["step"] += 1
             meter.add(losses, self.method.diagnostics, {k: raw[k] for k in self.method.unsupervised_terms if k in raw})
             self.method.diagnostics = {}
-            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+            loss = float(total.detach())
+            bar.set_postfix(loss=f"{loss:.3f}")
+            self.update_seconds.append(time.perf_counter() - started)
+            self.monitor.update(phase.name, epoch + 1, phase.epochs, i + 1, len(batches), self.update_seconds, loss)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         record = meter.record(phase.name, epoch + 1, weight, lr)

@@ -304,10 +304,13 @@ def split_record(data: SegmentationData) -> dict[str, Any]:
     return record
 
 
-def recorded_splits(pairs: list[Pair], recorded: dict[str, Any], root) -> dict[str, list[Pair]]:
+def recorded_splits(pairs: list[Pair], recorded: dict[str, Any], root, extra: list = ()) -> dict[str, list[Pair]]:
     """The train/val/test groups a run recorded, from the pairs found now; one line when a
-    recorded file is gone or its bytes changed (images added since are not used)."""
-    by_id = {p.id: p for p in pairs}
+    recorded file is gone or its bytes changed (images added since are not used). ``extra``:
+    the training cases without a mask found now (beside the others, or in
+    ``data.unlabeled_root``); those the run recorded are checked like the others and left out
+    of the groups (:func:`unlabeled_as_recorded` keeps them)."""
+    by_id = {p.id: p for p in [*pairs, *extra]}
     names = {"train": recorded["labeled"] + recorded["unlabeled"], "val": recorded["val"], "test": recorded["test"]}
     missing = [i for ids in names.values() for i in ids if i not in by_id]
     if missing:
@@ -321,7 +324,17 @@ def recorded_splits(pairs: list[Pair], recorded: dict[str, Any], root) -> dict[s
             f"{root}: {len(changed)} image(s) or mask(s) of this run changed since it was trained (the first: "
             f"{changed[0][:40]!r}); its scores would not be the run's: restore them, or train a new run"
         )
-    return {split: [by_id[i] for i in ids] for split, ids in names.items()}
+    unmasked = {p.id for p in extra}
+    return {split: [by_id[i] for i in ids if i not in unmasked] for split, ids in names.items()}
+
+
+def unlabeled_as_recorded(extra: list, recorded: dict[str, Any] | None) -> list:
+    """The training cases without a mask a run uses: all of ``extra`` for a new run; for a
+    recorded one (its ``splits.json``), those it recorded (added since: not used)."""
+    if recorded is None:
+        return list(extra)
+    kept = set(recorded["unlabeled"])
+    return [p for p in extra if p.id in kept]
 
 
 def set_aside_unlabeled(pairs: list, volumes: bool = False) -> tuple[list, list]:
@@ -341,16 +354,22 @@ def set_aside_unlabeled(pairs: list, volumes: bool = False) -> tuple[list, list]
 
 
 def assign_splits(
-    pairs: list[Pair], cfg: DataConfig, seed: int, validation: bool = True, recorded: dict[str, Any] | None = None
+    pairs: list[Pair],
+    cfg: DataConfig,
+    seed: int,
+    validation: bool = True,
+    recorded: dict[str, Any] | None = None,
+    extra: list = (),
 ) -> tuple[dict[str, list[Pair]], str | None]:
     """Train/val/test groups. ``validation``: carve a validation split from the training
     images when the folder names none (False under the paper's protocol, which selects on
     test and draws the labeled subset from all training images). A carved split holds out
     whole subjects when split.csv names them (``data.group_column``); returns the groups and
     the column that grouped the images (None: image by image). ``recorded``: a run's
-    ``splits.json``, whose groups are used instead."""
+    ``splits.json``, whose groups are used instead; ``extra``: the training cases without a
+    mask, checked against it (:func:`recorded_splits`)."""
     if recorded is not None:
-        return recorded_splits(pairs, recorded, cfg.root), recorded.get("grouped_by")
+        return recorded_splits(pairs, recorded, cfg.root, extra), recorded.get("grouped_by")
     by = {s: [p for p in pairs if p.split == s] for s in ("train", "val", "test")}
     split_file = resolve_root(cfg.root) / "split.csv"
     column = group_column(pairs, cfg.group_column, split_file)

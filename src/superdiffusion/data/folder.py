@@ -627,8 +627,9 @@ def scan_folder(root: str | Path, require_masks: bool | None = True, masks: str 
 
 
 def layout_pairs(layout, root: Path) -> list[Pair]:
-    """The labeled cases of an nnU-Net or MSD folder (see :mod:`.layouts`) as pairs, with the
-    split of a ``split.csv`` beside ``dataset.json`` when there is one."""
+    """The cases of an nnU-Net or MSD folder (see :mod:`.layouts`) as pairs (an nnU-Net case
+    without a label has none: an unlabeled training image), with the split of a ``split.csv``
+    beside ``dataset.json`` when there is one."""
     pairs = [Pair(c.id, c.images[0] if len(c.images) == 1 else tuple(c.images), c.label) for c in layout.cases]
     read_columns(pairs, root / "split.csv")
     return pairs

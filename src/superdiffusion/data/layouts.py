@@ -6,8 +6,9 @@
 - **Medical Segmentation Decathlon**: ``dataset.json`` with ``modality`` (index -> name),
   ``labels`` (index -> name) and a ``training`` list of ``{"image", "label"}`` paths.
 
-Only the labeled training cases are used (``imagesTs`` has no labels to score against): the
-test split is carved from them as for any folder without ``split.csv``, or taken from a
+The training cases are used (``imagesTs`` has no labels to score against); a case of
+``imagesTr`` without a label in ``labelsTr`` is an unlabeled training case (the data a
+semi-supervised method is for). The test split is carved from the labeled cases as for any folder without ``split.csv``, or taken from a
 ``split.csv`` beside ``dataset.json``. The classes, their names and the channels come from
 ``dataset.json``; :func:`apply_dataset_json` fills the data settings from it.
 """
@@ -31,7 +32,7 @@ VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 class Case:
     id: str
     images: list[Path]  # one file per channel (MSD: one file)
-    label: Path
+    label: Path | None  # None: an unlabeled case (an nnU-Net image without a label)
 
 
 @dataclass
@@ -116,12 +117,37 @@ def _nnunet(root: Path, path: Path, content: dict[str, Any]) -> DatasetJson:
         expected.update(images)
         layout.cases.append(Case(case, images, label))
     extra = sorted(p for p in images_dir.iterdir() if p.name.endswith(ending) and p not in expected)
-    if extra:
-        raise DataError(f"{extra[0]}: image without a label in {labels_dir} ({len(extra)} such files)")
+    labeled = len(layout.cases)
+    layout.cases += _unlabeled_cases(extra, ending, len(channels), labels_dir)
     declared = content.get("numTraining")
-    if isinstance(declared, int) and declared != len(layout.cases):
-        raise DataError(f"{path}: numTraining is {declared} but labelsTr holds {len(layout.cases)} cases")
+    if isinstance(declared, int) and declared not in (labeled, len(layout.cases)):
+        raise DataError(
+            f"{path}: numTraining is {declared} but imagesTr holds {len(layout.cases)} cases, {labeled} of them "
+            "with a label in labelsTr"
+        )
     return layout
+
+
+def _unlabeled_cases(files: list[Path], ending: str, channels: int, labels_dir: Path) -> list[Case]:
+    """The cases of ``imagesTr`` files without a label: each named ``CASE_XXXX{ending}``, one file
+    per channel."""
+    by_case: dict[str, list[Path]] = {}
+    for file in files:
+        stem = file.name[: -len(ending)]
+        case, _, channel = stem.rpartition("_")
+        if not (case and len(channel) == 4 and channel.isdigit() and int(channel) < channels):
+            raise DataError(
+                f"{file}: not an nnU-Net image name (CASE_XXXX{ending}, XXXX the channel 0000..{channels - 1:04d})"
+            )
+        by_case.setdefault(case, []).append(file)
+    cases = []
+    for case, found in by_case.items():
+        images = [file.parent / f"{case}_{c:04d}{ending}" for c in range(channels)]
+        missing = [image for image in images if image not in found]
+        if missing:
+            raise DataError(f"{missing[0]}: missing (case {case!r}, without a label in {labels_dir}, needs one file per channel)")
+        cases.append(Case(case, images, None))
+    return cases
 
 
 def _msd(root: Path, path: Path, content: dict[str, Any]) -> DatasetJson:

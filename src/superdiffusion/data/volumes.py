@@ -44,6 +44,7 @@ from .dataset import (
     normalize_each,
     resolve_root,
     set_aside_unlabeled,
+    unlabeled_as_recorded,
 )
 from .folder import check_finite, classes_of, compact_mask, mask_folder, read_columns
 from .splits import choose_labeled
@@ -498,7 +499,8 @@ class VolumePair:
 
 
 def layout_volumes(layout, root: Path) -> list[VolumePair]:
-    """The labeled cases of an nnU-Net or MSD folder of volumes (see :mod:`.layouts`)."""
+    """The cases of an nnU-Net or MSD folder of volumes (see :mod:`.layouts`); an nnU-Net case
+    without a label in ``labelsTr`` has none (an unlabeled training volume)."""
     pairs = [VolumePair(c.id, tuple(c.images) if len(c.images) > 1 else c.images[0], c.label) for c in layout.cases]
     read_columns(pairs, root / "split.csv")
     return pairs
@@ -791,6 +793,19 @@ def _normalize(img: torch.Tensor, mode: str) -> torch.Tensor:
     raise DataError(f"data.normalize must be percentile, minmax, per_image or zscore for volumes, got {mode!r}")
 
 
+def check_unique_ids(pairs: list[VolumePair], root: Path) -> None:
+    """One line when two cases share an id (the data folder and ``data.unlabeled_root`` may)."""
+    seen: dict[str, VolumePair] = {}
+    for pair in pairs:
+        if pair.id in seen:
+            first = seen[pair.id].image
+            raise DataError(
+                f"{pair.image if not isinstance(pair.image, tuple) else pair.image[0]}: shares the case id "
+                f"{pair.id!r} with {first if not isinstance(first, tuple) else first[0]}; rename one of them"
+            )
+        seen[pair.id] = pair
+
+
 def _bytes_held(pair: VolumePair) -> int:
     """The memory a case takes once loaded: float32 channels and one-byte labels, from the headers."""
     files = pair.image if isinstance(pair.image, tuple) else (pair.image,)
@@ -800,12 +815,30 @@ def _bytes_held(pair: VolumePair) -> int:
     return voxels * (4 * channels + 1)
 
 
-def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layout=None, recorded=None):
+def unlabeled_volumes(root: Path) -> list[VolumePair]:
+    """The volumes of a folder of unlabeled ones (``data.unlabeled_root``): its ``images/``, or
+    the folder itself, each a training volume without a label."""
+    if not root.is_dir():
+        raise DataError(f"{root}: data.unlabeled_root names no folder")
+    folder = root / "images" if (root / "images").is_dir() else root
+    found = volumes_in(folder)
+    if not found:
+        raise DataError(f"{root}: data.unlabeled_root holds no volumes (NIfTI, NRRD, MetaImage or TIFF stacks)")
+    return [VolumePair(key, path, None) for key, path in found.items()]
 
+
+def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layout=None, recorded=None):
+    """Scan, check, load and split a dataset of volumes (as :func:`~superdiffusion.data.build_data`
+    does for 2D images); the volumes without a label, beside the others or in
+    ``data.unlabeled_root``, train as unlabeled volumes."""
     root = resolve_root(cfg.root)
     pairs = layout_volumes(layout, root) if layout is not None else scan_volumes(root, cfg.masks)
+    if cfg.unlabeled_root:
+        pairs += unlabeled_volumes(resolve_root(cfg.unlabeled_root))
+    check_unique_ids(pairs, root)
     pairs, unmasked = set_aside_unlabeled(pairs, volumes=True)
-    by, grouped_by = assign_splits(pairs, cfg, seed, validation, recorded)
+    by, grouped_by = assign_splits(pairs, cfg, seed, validation, recorded, unmasked)
+    unmasked = unlabeled_as_recorded(unmasked, recorded)
     labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed, recorded)
     used = [p for group in by.values() for p in group] + unmasked
     check_memory(root, len(used), sum(_bytes_held(p) for p in used), "volumes")

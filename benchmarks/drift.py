@@ -1,0 +1,183 @@
+"""Does an update get slower as a run goes on? Trains a method (the default: the paper's, at the
+``cpu`` profile's settings) for a few hundred updates in blocks and records, per block, the
+seconds of each update and where subnormal floats sit (parameters, gradients, Adam's second
+moments and, on one probe batch a block, each layer's activations and output gradients).
+Fails (exit 1) when, in any phase, the median update of the last block is more than
+``--limit`` (1.5) times that of the first.
+
+    python benchmarks/drift.py --out benchmarks/results/drift-cpu.json
+    python benchmarks/drift.py --no-flush --out benchmarks/results/drift-cpu-no-flush.json
+
+``--no-flush`` trains as the package did before it flushed subnormals to zero (the curve that
+made the flush necessary). ``--set`` passes any setting (``data.root=...``,
+``data.patch_size=[256,256]``); timings mean something only on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from superdiffusion import training
+from superdiffusion.config import resolve
+from superdiffusion.data import build_data
+from superdiffusion.training import Trainer, make_batch
+
+TINY = torch.finfo(torch.float32).tiny
+
+
+def subnormal(t: torch.Tensor) -> int:
+    return int(((t != 0) & (t.abs() < TINY)).sum())
+
+
+def code_version() -> dict:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "modified": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def stored_subnormals(trainer: Trainer) -> dict[str, int]:
+    """Subnormal values among the parameters, their last gradients and Adam's moments."""
+    params = list(trainer.method.parameters())
+    state = trainer.optimizer.state
+    return {
+        "params": sum(subnormal(p.detach()) for p in params),
+        "grads": sum(subnormal(p.grad) for p in params if p.grad is not None),
+        "adam_exp_avg": sum(subnormal(s["exp_avg"]) for s in state.values() if "exp_avg" in s),
+        "adam_exp_avg_sq": sum(subnormal(s["exp_avg_sq"]) for s in state.values() if "exp_avg_sq" in s),
+    }
+
+
+def probe_layers(trainer: Trainer, phase) -> dict[str, dict[str, int]]:
+    """One forward and backward pass on a fixed batch (no update): per layer that holds any,
+    the subnormal values of its output and of the gradient of its output."""
+    method, found = trainer.method, {}
+    hooks = []
+
+    def on_forward(name):
+        def hook(module, inputs, output):
+            if torch.is_tensor(output) and (n := subnormal(output.detach())):
+                found.setdefault(name, {})["activations"] = n
+
+        return hook
+
+    def on_backward(name):
+        def hook(module, grad_in, grad_out):
+            n = sum(subnormal(g) for g in grad_out if g is not None)
+            if n:
+                found.setdefault(name, {})["output_grads"] = n
+
+        return hook
+
+    for name, module in method.named_modules():
+        if not list(module.children()):
+            hooks.append(module.register_forward_hook(on_forward(name)))
+            hooks.append(module.register_full_backward_hook(on_backward(name)))
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    try:
+        lab, unl = trainer.plan.epoch(trainer.cfg.train.seed, 99, 0)[0]
+        g = torch.Generator().manual_seed(0)
+        batch = make_batch(trainer.data, lab, unl, g, trainer.cfg.data.patch_size).to(trainer.device)
+        ctx = training.StepContext(phase.name, 0, phase.epochs, 0, 1.0)
+        torch.manual_seed(0)
+        sum(method(batch, ctx).values()).backward()
+        method.zero_grad(set_to_none=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def run(args) -> dict:
+    block = args.block
+    overrides = [
+        f"train.steps_per_epoch={block}",
+        f"train.epochs={args.train_updates // block}",
+        f"method.pretrain_epochs={args.pretrain_updates // block}",
+        f"train.eval_every={args.train_updates // block}",  # evaluated once, at the end, untimed
+        f"train.lr_step={args.train_updates // block + 1}",
+        f"train.threads={args.threads}",
+        *args.set,
+    ]
+    if args.no_flush:  # as before the flush: the device without torch.set_flush_denormal
+        training.set_up_device = lambda name: torch.device("cpu")
+    cfg = resolve(overrides)
+    data = build_data(cfg.data, cfg.train.seed)
+    trainer = Trainer(cfg, data, Path(args.root))
+    blocks = []
+    run_epoch = trainer.run_epoch
+
+    def timed_epoch(index, phase, epoch):
+        run_epoch(index, phase, epoch)
+        seconds = list(trainer.update_seconds)
+        row = {
+            "phase": phase.name,
+            "block": epoch,
+            "median_s": round(statistics.median(seconds), 3),
+            "mean_s": round(statistics.fmean(seconds), 3),
+            "seconds": [round(s, 3) for s in seconds],
+            "subnormal": stored_subnormals(trainer),
+        }
+        if args.probe:
+            row["subnormal_layers"] = probe_layers(trainer, phase)
+        blocks.append(row)
+        print(f"{phase.name} block {epoch + 1}: median {row['median_s']:.2f}s an update; {row['subnormal']}", flush=True)
+
+    trainer.run_epoch = timed_epoch
+    start = time.perf_counter()
+    trainer.fit(force=True)
+    verdicts = {}
+    for phase in dict.fromkeys(b["phase"] for b in blocks):
+        rows = [b for b in blocks if b["phase"] == phase]
+        ratio = rows[-1]["median_s"] / rows[0]["median_s"]
+        verdicts[phase] = {"first_s": rows[0]["median_s"], "last_s": rows[-1]["median_s"], "ratio": round(ratio, 3)}
+    return {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads()},  # fmt: skip
+        "code": code_version(),
+        "command": " ".join(sys.argv),
+        "flush_denormal": not args.no_flush,
+        "settings": overrides,
+        "limit": args.limit,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "phases": verdicts,
+        "passed": all(v["ratio"] <= args.limit for v in verdicts.values()),
+        "blocks": blocks,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--root", default="runs/drift", help="run folder (overwritten)")
+    p.add_argument("--pretrain-updates", type=int, default=200)
+    p.add_argument("--train-updates", type=int, default=200)
+    p.add_argument("--block", type=int, default=25, help="updates a block (one epoch)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--limit", type=float, default=1.5)
+    p.add_argument("--no-flush", action="store_true", help="train without flushing subnormals (as before the fix)")
+    p.add_argument("--no-probe", dest="probe", action="store_false", help="skip the per-layer probe pass")
+    p.add_argument("--set", nargs="*", default=[], help="further settings, key=value")
+    args = p.parse_args()
+    result = run(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    for phase, v in result["phases"].items():
+        print(f"{phase}: {v['first_s']:.2f}s -> {v['last_s']:.2f}s an update (x{v['ratio']:.2f})")
+    print("passed" if result["passed"] else f"FAILED: an update slowed by more than x{args.limit}")
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
