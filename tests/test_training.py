@@ -197,3 +197,22 @@ def test_training_on_a_cpu_flushes_subnormal_floats(tmp_path):
         assert float(torch.tensor([1e-40]) * 1) == 0
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_a_piped_log_shows_progress_inside_an_epoch(tmp_path, caplog, monkeypatch):
+    """Where stderr is not a terminal (nohup, Slurm) no bar is drawn: a line inside each epoch
+    says the update reached and its recent seconds an update (was: silent until the epoch
+    ended), at most every PROGRESS_SECONDS; the epoch's last update has the epoch's own line."""
+    import logging
+
+    from superdiffusion import monitor
+
+    monkeypatch.setattr(monitor, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    cfg = tiny_config("method=supervised", "train.epochs=1", "train.steps_per_epoch=3")
+    with caplog.at_level(logging.INFO, logger="superdiffusion"):
+        api.train(cfg, tmp_path / "run")
+    lines = [r.getMessage() for r in caplog.records if ": update " in r.getMessage()]
+    assert [line.split(",")[0].strip() for line in lines] == ["train epoch 1/1: update 1/3", "train epoch 1/1: update 2/3"]
+    assert "s an update (last 2)" in lines[1]
+    assert ": update 1/3" in (tmp_path / "run" / "train.log").read_text()
