@@ -6,6 +6,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_config
 from PIL import Image
 
@@ -210,3 +211,31 @@ def test_an_nnunet_folder_with_unlabeled_cases_runs_end_to_end(tmp_path):
     (root / "dataset.json").write_text(json.dumps({**spec, "numTraining": 7}))
     with pytest.raises(DataError, match="numTraining is 7 but imagesTr holds 10 cases, 6 of them with a label"):
         build_data(cfg.data, seed=0)
+
+
+def test_a_multiclass_run_scores_each_case_and_class_and_shows_them_worst_first(tmp_path):
+    """A three-class run writes test_per_case.csv (was: none): each case's mean foreground Dice
+    over the classes its reference holds, and each class's Dice; the page orders the cases by
+    that mean, shows each class's Dice, and no threshold (none applies to an argmax)."""
+    import csv
+    import re
+
+    from superdiffusion.evaluation import multiclass_per_case
+    from superdiffusion.experiments.page import write_page
+
+    predicted = torch.tensor([[[1, 0], [0, 0]], [[2, 0], [0, 0]]])  # a: class 1 right, class 2 missed; b: right
+    probs = torch.nn.functional.one_hot(predicted, 3).movedim(-1, 1).float()
+    labels = torch.tensor([[[1, 0], [2, 0]], [[2, 0], [0, 0]]])
+    rows = multiclass_per_case(probs, labels, ["a", "b"], ["nucleus", "gland"])
+    assert rows[0] == {"id": "a", "dice": 0.5, "jaccard": 0.5, "dice_nucleus": 1.0, "dice_gland": 0.0}
+    assert rows[1]["dice"] == 1.0 and rows[1]["dice_gland"] == 1.0  # its reference holds class 2 only
+
+    root = write_nnunet_2d(tmp_path / "Dataset001_Toy")
+    api.train(tiny_config(f"data.root={root}", "method=supervised", "train.epochs=1"), tmp_path / "run")
+    with open(tmp_path / "run" / "test_per_case.csv", newline="") as handle:
+        written = list(csv.DictReader(handle))
+    assert len(written) == 2 and {"id", "dice", "jaccard", "dice_nucleus", "dice_gland"} <= set(written[0])
+    page = write_page(tmp_path / "run", samples=1).read_text()
+    shown = [float(d) for d in re.findall(r'data-dice="([0-9.]+)"', page)]
+    assert shown == sorted(shown) and len(shown) == 2
+    assert "mean foreground Dice" in page and " · gland " in page and "threshold" not in page

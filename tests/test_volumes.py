@@ -791,4 +791,5 @@ def test_unlabeled_volumes_are_trained_on_and_the_run_can_be_inspected(tmp_path,
     api.train(cfg, tmp_path / "run")
     again = api.evaluate(tmp_path / "run")
     assert again["test"]["resized"]["dice_per_image"] >= 0
-    assert write_page(tmp_path / "run", samples=1).is_file()
+    page = write_page(tmp_path / "run", samples=1).read_text()
+    assert "<td>native resolution</td>" in page  # was: "resized", for volumes scored at their own size

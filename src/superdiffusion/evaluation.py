@@ -103,6 +103,21 @@ def per_case_scores(fg_prob: torch.Tensor, labels: torch.Tensor, threshold: floa
     return [{"id": i, "dice": float(d), "jaccard": float(j)} for i, d, j in zip(ids, dice, jac)]
 
 
+def multiclass_per_case(probs: torch.Tensor, labels: torch.Tensor, ids: list[str], names: list[str]) -> list[dict]:
+    """One row per image or volume of a multi-class task: its id, ``dice`` and ``jaccard`` (the
+    mean over the foreground classes its reference holds; over every class when it holds none,
+    as :func:`multiclass_scores` does for a split) and each class's ``dice_NAME``. ``names``:
+    the foreground classes' names."""
+    dice, iou = _per_class(probs, labels)
+    rows = []
+    for k, case in enumerate(ids):
+        present = present_classes(labels[k : k + 1], probs.shape[1])
+        keep = present if present.any() else torch.ones_like(present)
+        row = {"id": case, "dice": float(dice[k, keep].mean()), "jaccard": float(iou[k, keep].mean())}
+        rows.append(row | {f"dice_{name}": float(d) for name, d in zip(names, dice[k])})
+    return rows
+
+
 def _per_class(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(N, C - 1)`` Dice and IoU of each foreground class in each image (argmax; MONAI)."""
     c = probs.shape[1]

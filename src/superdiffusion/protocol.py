@@ -31,6 +31,7 @@ from .evaluation import (
     foreground_probability,
     health_flags,
     label_agreement,
+    multiclass_per_case,
     multiclass_scores,
     per_case_scores,
     per_class_scores,
@@ -142,6 +143,7 @@ def evaluate_method(
     if data.num_classes != 2:
         results["test"] = {"resized": multiclass_scores(probs, masks)}
         results["test_per_class"] = per_class_scores(probs, masks, names)
+        results["per_case"] = multiclass_per_case(probs, masks, list(test.ids), list(results["test_per_class"]))
         return results
     if threshold_split == "test":  # the paper tunes the threshold on test itself, by pooled Jaccard
         grid = thresholds(cfg.eval.threshold_start, cfg.eval.threshold_stop, cfg.eval.threshold_step)

@@ -147,6 +147,7 @@ def write_page(run_dir: str | Path, out: str | Path | None = None, samples: int 
                 "dice": float(row["dice"]) if row.get("dice") not in (None, "") else None,
                 "jaccard": float(row["jaccard"]) if row.get("jaccard") not in (None, "") else None,
                 "hd95": float(row["hd95"]) if row.get("hd95") not in (None, "") else None,
+                "classes": {k[5:]: float(v) for k, v in row.items() if k.startswith("dice_") and v not in (None, "")},
                 "panels": panels,
             }
         )
@@ -156,7 +157,7 @@ def write_page(run_dir: str | Path, out: str | Path | None = None, samples: int 
         safefs.write_bytes(target / "progress.png", curves.read_bytes())
     results = run.read_results() if run.results_path.is_file() else {}
     suggestions = sorted(run.path.glob("suggest-*.csv"))
-    page = _html(cfg, results, run.read_plan(), cases, threshold, spread is not None, curves.is_file(),
+    page = _html(cfg, results, run.read_plan(), cases, threshold if binary else None, spread is not None, curves.is_file(),
                  [(p.name, _read_rows(p)) for p in suggestions], dims, samples)  # fmt: skip
     if not out:  # inside the run folder: the files are the project's (--force removes them)
         run.claim(*(p for p in target.iterdir() if p.suffix == ".png"), index)
@@ -187,7 +188,7 @@ def _html(cfg, results, plan, cases, threshold, uncertain, curves, suggestions, 
     flags = results.get("health", {}).get("flags", [])
     test = results.get("test", {})
     score_rows = "".join(
-        f"<tr><td>{e(where)}</td><td>{_fmt(v.get('dice_per_image'))}</td><td>{_fmt(v.get('jaccard_per_image'))}</td>"
+        f"<tr><td>{e(results.get('scored_at', where) if where == 'resized' else where)}</td><td>{_fmt(v.get('dice_per_image'))}</td><td>{_fmt(v.get('jaccard_per_image'))}</td>"
         f"<td>{_fmt(v.get('dice_pooled'))}</td><td>{_fmt(v.get('jaccard_pooled'))}</td></tr>"
         for where, v in test.items()
         if isinstance(v, dict) and "dice_per_image" in v
@@ -201,6 +202,9 @@ def _html(cfg, results, plan, cases, threshold, uncertain, curves, suggestions, 
     cards = []
     for c in cases:
         metric = f"Dice {_fmt(c['dice'])} · Jaccard {_fmt(c['jaccard'])}"
+        if c["classes"]:  # a multi-class task: its mean over the foreground classes, then each class
+            metric = f"mean foreground {metric}"
+            metric += "".join(f" · {name} {_fmt(d)}" for name, d in c["classes"].items())
         if c["hd95"] is not None:
             metric += f" · HD95 {c['hd95']:.2f}"
         figures = "".join(
@@ -225,7 +229,8 @@ def _html(cfg, results, plan, cases, threshold, uncertain, curves, suggestions, 
         if flags
         else '<p class="ok">No collapse flag.</p>'
     )
-    how = f"prediction at threshold {threshold:.2f} (red), target (green)"
+    how = "prediction" + (f" at threshold {threshold:.2f}" if threshold is not None else " (each pixel's likeliest class)")
+    how += " (red), target (green)"
     how += f", uncertainty: spread over {samples} noise draws" if uncertain else ""
     how += "; volumes at their middle slice" if dims == 3 else ""
     return PAGE.format(
