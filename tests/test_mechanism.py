@@ -281,3 +281,59 @@ def test_rounds_are_bounded(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     err = capsys.readouterr().err
     assert "method.rounds" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# --- Eq. 6/7 guarded: each mutation of the pathways that once survived the suite fails here ----
+class _Zero(torch.nn.Module):
+    """An image pathway that predicts zero noise, and records what it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x, t):
+        self.seen.append(x.detach().clone())
+        return torch.zeros_like(x[:, :3])
+
+
+def test_eq6_pretraining_gives_the_image_pathway_pure_noise_whatever_the_image():
+    """Eq. 6 (``pretrain_image_input=noise``): the image pathway starts from pure noise, so
+    its input holds nothing of the image; two different images under one seed give it the
+    same noisy input (a pathway given ``q(i, t, v)`` would see the images)."""
+    method = _method("method.pretrain_image_input=noise", "method.recon_space=image")
+    method.teacher_image = _Zero()
+    for scale in (1.0, -1.0):
+        torch.manual_seed(0)
+        images = _batch().images * scale
+        method.pretrain_losses(Batch(images, torch.zeros(4, 16, 16, dtype=torch.long), torch.zeros(4, dtype=bool)))
+    first, second = (x[:, :3] for x in method.teacher_image.seen)
+    assert torch.equal(first, second)
+
+
+def test_eq7_the_cycle_loss_is_measured_on_the_image():
+    """Eq. 7 (``recon_space=image``): with a pathway that predicts zero noise from pure noise
+    ``v`` at step t, the reconstruction is ``clip(v / sqrt(A_t))`` and the loss its squared
+    distance to the image, by hand (a noise-space loss would give mean(v^2) instead)."""
+    method = _method("method.recon_space=image", "method.x0_clip=1.0")
+    method.teacher_image = _Zero()
+    images = _batch().images
+    t = torch.tensor([10, 200, 500, 900])
+    torch.manual_seed(3)
+    _, loss = method.image_pathway(images, torch.full((4, 2, 16, 16), 0.5), t, pure_noise=True)
+    torch.manual_seed(3)
+    noise = torch.randn_like(images)
+    alpha = method.schedule.sqrt_alpha_bar[t].view(-1, 1, 1, 1)
+    assert torch.allclose(loss, F.mse_loss((noise / alpha).clamp(-1, 1), images))
+    assert not torch.allclose(loss, F.mse_loss(torch.zeros_like(noise), noise))
+
+
+def test_eq11_the_rounds_reconstruct_from_the_noised_image_not_from_pure_noise():
+    """Eq. 11: a round's image pathway starts from ``q(i, t', v)``; at t' = 0 a pathway that
+    predicts zero noise gives the image back almost exactly (one always fed pure noise would
+    give noise back)."""
+    method = _method("method.recon_space=image", "method.x0_clip=1.0")
+    method.teacher_image = _Zero()
+    images = _batch().images
+    torch.manual_seed(0)
+    recon, loss = method.image_pathway(images, torch.full((4, 2, 16, 16), 0.5), torch.zeros(4, dtype=torch.long))
+    assert (recon - images).abs().max() < 0.1 and loss < 1e-3
