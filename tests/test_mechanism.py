@@ -104,6 +104,11 @@ def test_a_run_records_the_pretrained_teachers_score_and_its_updates(tmp_path):
     assert results["updates"] == {"pretrain": 2, "train": 4}
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["pretrain"] == results["pretrain"]
+    import subprocess  # the code state is recorded: a comparison holds between runs of one state
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=api.__file__.rsplit("/", 1)[0])
+    assert saved["code"]["version"] and saved["code"]["commit"] == (head.stdout.strip() or None)
+    assert isinstance(saved["code"]["modified"], bool) or saved["code"]["commit"] is None
     with open(tmp_path / "run" / "history.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     pretrain_rows = [r for r in rows if r["phase"] == "pretrain"]

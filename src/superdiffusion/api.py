@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import time
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,28 @@ from .training import Trainer
 LOG = logging.getLogger("superdiffusion")
 
 __all__ = ["Segmenter", "evaluate", "load_run", "predict", "saved_config", "suggest", "train"]
+
+
+@cache
+def code_version() -> dict[str, Any]:
+    """The code a run was trained with: the package version and, when the package is a git
+    checkout, its commit and whether tracked files were modified (a comparison holds only
+    between runs of one code state)."""
+    from . import __version__
+
+    here = Path(__file__).resolve().parent
+    record: dict[str, Any] = {"version": __version__, "commit": None, "modified": None}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            status = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no", "--", str(here)],
+                cwd=here, capture_output=True, text=True, timeout=10,
+            )  # fmt: skip
+            record.update(commit=commit.stdout.strip(), modified=bool(status.stdout.strip()))
+    except (OSError, subprocess.SubprocessError):  # no git: the version alone
+        pass
+    return record
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -73,6 +97,7 @@ def train(
                 f"then `superdiffusion train --out {folder.path} --resume` scores the run without training it again"
             ) from None
         results["health"] = trainer.health
+        results["code"] = code_version()
         results["train_seconds"] = round(trainer.progress.elapsed, 2)
         results["updates"] = trainer.progress.updates()
         results.update(trainer.progress.phase_records)  # "pretrain": the pretrained teacher's zero-label scores
