@@ -342,3 +342,30 @@ def test_eq11_the_rounds_reconstruct_from_the_noised_image_not_from_pure_noise()
     torch.manual_seed(0)
     recon, loss = method.image_pathway(images, torch.full((4, 2, 16, 16), 0.5), torch.zeros(4, dtype=torch.long))
     assert (recon - images).abs().max() < 0.1 and loss < 1e-3
+
+
+# --- the intensity-prior control ------------------------------------------------------------------
+def test_otsu_threshold_by_hand():
+    from superdiffusion.evaluation import otsu_threshold
+
+    values = torch.tensor([0.0] * 50 + [1.0] * 30 + [4.0] * 20 + [5.0] * 60)
+    assert 1.0 < otsu_threshold(values) < 4.0  # the gap between the two groups
+    assert otsu_threshold(torch.full((10,), 3.0)) == 3.0
+
+
+def test_the_intensity_prior_control_reads_its_polarity_as_the_teacher_does(tmp_path):
+    """Dark squares on bright images: Otsu's threshold finds them exactly once its polarity is
+    read from the labels (swapped); a run records the control beside the teacher's score."""
+    from superdiffusion.data import Split
+    from superdiffusion.protocol import intensity_prior_agreement
+
+    masks = torch.zeros(3, 12, 12, dtype=torch.long)
+    masks[:, 3:8, 4:9] = 1
+    images = (1 - masks.float())[:, None].expand(-1, 3, -1, -1) * 1.5 - 0.5 + 0.01 * torch.rand(3, 3, 12, 12)
+    found = intensity_prior_agreement(Split(images, masks, ["a", "b", "c"]))
+    assert found["swapped"] and found["dice"] == pytest.approx(1.0) and found["auroc"] == pytest.approx(1.0)
+    found = intensity_prior_agreement(Split(-images, masks, ["a", "b", "c"]))  # bright squares: no swap
+    assert not found["swapped"] and found["dice"] == pytest.approx(1.0)
+    results = api.train(tiny_config("method=supervised", "train.epochs=1", "train.threads=1"), tmp_path / "run")
+    assert set(results["intensity_prior"]) == {"dice", "auroc", "swapped"}
+    assert 0 <= results["intensity_prior"]["dice"] <= 1

@@ -19,7 +19,7 @@ from .data.folder import case_id, image_stem, is_image_file
 from .errors import ConfigError, DataError, RunFolderError, ScoringError
 from .inference import Segmenter, load_run
 from .methods import Method
-from .protocol import evaluate_method, run_data, uses_validation
+from .protocol import evaluate_method, intensity_prior_agreement, run_data, uses_validation
 from .runfolder import RunFolder, write_json, write_rows
 from .training import Trainer
 
@@ -101,6 +101,8 @@ def train(
         results["train_seconds"] = round(trainer.progress.elapsed, 2)
         results["updates"] = trainer.progress.updates()
         results.update(trainer.progress.phase_records)  # "pretrain": the pretrained teacher's zero-label scores
+        if data.num_classes == 2:  # its control: Otsu's threshold on the same labeled images, learning nothing
+            results["intensity_prior"] = intensity_prior_agreement(data.labeled)
         plan = plan or folder.read_plan()  # a resumed run: the plan it was trained with
         if plan:
             results["plan"] = plan

@@ -30,6 +30,7 @@ from .evaluation import (
     binary_scores,
     foreground_probability,
     health_flags,
+    intensity_prior,
     label_agreement,
     multiclass_per_case,
     multiclass_scores,
@@ -332,6 +333,20 @@ def labeled_agreement(method: Method, data: SegmentationData, cfg: Config, devic
         return label_agreement(probs, masks)
 
     return score
+
+
+def intensity_prior_agreement(split: Split) -> dict[str, Any]:
+    """The control for a pretrained teacher's zero-label score: Otsu's threshold on each labeled
+    training image's grey values (:func:`evaluation.intensity_prior`), scored against their
+    labels as the teacher is, its polarity chosen by the teacher's rule (swapped when it ranks
+    the labeled foreground below the background). Binary tasks."""
+    from .methods.superdiffusion import inverted  # the teacher's polarity rule, one owner
+
+    probs = pad_stack([intensity_prior(image) for image in split.images])
+    found = label_agreement(probs, pad_stack(list(split.masks)).long())
+    if inverted(found):
+        return {"dice": found["dice_swapped"], "auroc": 1 - found["auroc"], "swapped": True}
+    return {"dice": found["dice"], "auroc": found["auroc"], "swapped": False}
 
 
 def run_health(history: list[dict[str, Any]], best: dict[str, Any], eval_cfg, num_classes: int) -> dict[str, Any]:
