@@ -172,16 +172,40 @@ def evaluate(
     cfg = model.cfg
     if samples:
         cfg.eval.samples = samples
+
+    def target_for(label: str) -> Path:
+        return Path(out) if out else Path(run_dir) / f"evaluation-{label}-k{cfg.eval.samples}.json"
+
+    check_evaluation_outputs(run_dir, target_for(protocol or cfg.eval.protocol))  # before the scoring
     results = evaluate_method(model.method, run_data(run_dir, cfg), cfg, model.best, model.device, protocol)
-    target = Path(out) if out else Path(run_dir) / f"evaluation-{results['protocol']}-k{cfg.eval.samples}.json"
+    target = target_for(results["protocol"])
+    check_evaluation_outputs(run_dir, target)  # the label the scoring gave (paper-threshold, say)
     target.parent.mkdir(parents=True, exist_ok=True)
     rows = results.pop("per_case", None)
-    per_case = target.with_name(target.name.removesuffix(".json") + "-per-case.csv")
+    per_case = per_case_file(target)
     claim_in_run(run_dir, target, per_case if rows else None)
     if rows:
         write_rows(per_case, rows)
     write_json(target, results)
     return {**results, "written_to": str(target)}
+
+
+def per_case_file(target: Path) -> Path:
+    return target.with_name(target.name.removesuffix(".json") + "-per-case.csv")
+
+
+def check_evaluation_outputs(run_dir: str | Path, target: Path) -> None:
+    """One line if ``evaluate`` would replace a file it did not write: in the run folder, one
+    the run folder does not list as the package's; elsewhere (``--out``), any file."""
+    folder = RunFolder(run_dir)
+    ours = folder.written() if target.resolve().parent == folder.path.resolve() else set()
+    for path in (target, per_case_file(target)):
+        safefs.refuse_link(path)
+        if os.path.lexists(path) and path.name not in ours:
+            raise RunFolderError(
+                f"{path} exists and was not written by superdiffusion; evaluate never replaces it: move it, or "
+                "give --out a new file"
+            )
 
 
 def claim_in_run(run_dir: str | Path, *paths: Path | None) -> None:

@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("figure", help="qualitative figure: sample / teacher / student / target / uncertainty")
     p.add_argument("run", help="run folder")
     p.add_argument("--out", default="figure.png")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (the one file you name)")
     p.add_argument("--ids", nargs="*", help="test image ids (default: the first --count)")
     p.add_argument("--count", type=_positive, default=4)
     p.add_argument("--samples", type=_positive, default=8, help="noise draws for the uncertainty column")
@@ -359,7 +360,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "figure":
         from .experiments.figures import qualitative_figure
 
-        print(f"wrote {qualitative_figure(args.run, args.out, args.ids, args.count, args.samples, args.device)}")
+        print(f"wrote {qualitative_figure(args.run, args.out, args.ids, args.count, args.samples, args.device, args.force)}")
         return 0
     if args.command == "report":
         from .experiments.report import write_report

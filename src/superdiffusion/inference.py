@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -364,10 +363,11 @@ class Segmenter:
 
     def check_outputs(
         self, cases: list, output: Path, samples: int, probabilities: bool, force: bool, inputs: Path | None = None
-    ) -> None:
+    ) -> list[str]:
         """Before anything is written: refuse outputs that would overwrite an input (even with
         ``force``), that two inputs would both write (``case1.png`` and ``case1.jpg``), that exist
-        already (without ``force``), or that a linked subfolder would send elsewhere."""
+        already (without ``force``; with it, that this package did not write there), or that a
+        linked subfolder would send elsewhere. Returns the names to be written (relative)."""
         from .data.volumes import case_stem
 
         groups = [tuple(c) if isinstance(c, list | tuple) else (c,) for c in cases]  # a volume's channel files
@@ -396,8 +396,9 @@ class Segmenter:
                     f"{target} is one of the input files; predict never overwrites its inputs, even with --force: "
                     "choose another output folder"
                 )
-            if os.path.lexists(target) and not force:
-                raise RunFolderError(f"{target} already exists; choose another output folder or pass --force")
+        # --force replaces only this package's earlier predictions there, never a user's file (their masks)
+        safefs.check_replaceable(output, names, force, hint=" folder")
+        return names
 
     def predict(
         self, inputs: str | Path, output: str | Path, samples: int = 1, force: bool = False, probabilities: bool = False
@@ -412,7 +413,7 @@ class Segmenter:
             cases = [c for c in cases if not first_file(c).resolve().is_relative_to(out)]
             if not cases:
                 raise DataError(f"{inputs}: no image or volume files outside the output folder {output}")
-        self.check_outputs(cases, output, samples, probabilities, force, inputs)
+        safefs.record_written(output, self.check_outputs(cases, output, samples, probabilities, force, inputs))
         written = []
         for case in cases:
             folder = output / subfolder(case, inputs)  # an input folder's subfolders, kept

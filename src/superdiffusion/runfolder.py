@@ -143,15 +143,34 @@ class RunFolder:
 
     def written(self) -> set[str]:
         """The files (relative paths) the package wrote here, as the marker lists them now
-        (read afresh: several objects of a process may write into one folder)."""
-        return set(json.loads(self.marker_path.read_text())["written"]) if self.owned else set()
+        (read afresh: several objects of a process may write into one folder). A name that would
+        leave the folder (absolute, ``..``, or through a linked subfolder), as only a tampered
+        marker holds, is not listed: nothing outside the folder is ever the package's to remove."""
+        if not self.owned:
+            return set()
+        try:
+            names = json.loads(self.marker_path.read_text())["written"]
+        except (ValueError, KeyError, TypeError):
+            raise RunFolderError(f"{self.marker_path}: not a marker superdiffusion wrote (unreadable)") from None
+        return {n for n in names if isinstance(n, str) and self._inside(n)}
+
+    def _inside(self, name: str) -> bool:
+        """Whether ``name`` (relative) names a file inside this folder, reached through no link."""
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            return False
+        folder = self.path
+        for part in relative.parts[:-1]:
+            folder = folder / part
+            if folder.is_symlink():
+                return False
+        return True
 
     def take(self) -> None:
         """Make sure this folder is a run folder before anything is written in it: create it (or
         an empty one) with its marker; adopt a run folder of an earlier version (a valid
         ``config.yaml`` beside a readable checkpoint or ``model.pt``); refuse anything else."""
-        if self.path.is_symlink() and not self.path.exists():
-            safefs.refuse_link(self.path)
+        safefs.refuse_link(self.path)  # a linked run folder would put the run at the link's target
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path} is a file, not a folder: choose another --out")
         if self.owned:

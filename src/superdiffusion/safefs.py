@@ -6,7 +6,10 @@ Every file the package writes goes through here:
   follows a link out of its folder;
 - a whole file is written atomically: to a new temporary file in the same folder (created
   exclusively, never through a link), flushed to disk, then renamed over the target;
-- an appended file (a log) is opened without following a link.
+- an appended file (a log) is opened without following a link;
+- a folder the package writes several files into (predictions, a report) lists them in a
+  ledger (:data:`LEDGER`): a later command replaces a file only if the ledger lists it, so a
+  file of the user's in that folder is never replaced, ``--force`` or not.
 
 This module imports nothing of the package but its errors.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,3 +130,49 @@ def open_lock(path: str | Path) -> io.TextIOWrapper:
             refuse_link(Path(path))
         raise RunFolderError(f"{path}: cannot write here ({err.strerror})") from None
     return os.fdopen(fd, "r+")
+
+
+LEDGER = ".superdiffusion-written.json"
+
+
+def _inside(name: str) -> bool:
+    """A plain relative name: never absolute, never through ``..`` (a tampered ledger's)."""
+    path = Path(name)
+    return bool(path.parts) and not path.is_absolute() and ".." not in path.parts
+
+
+def written_in(folder: str | Path) -> set[str]:
+    """The files (relative names) the package wrote in ``folder``, as its ledger lists them."""
+    ledger = Path(folder) / LEDGER
+    if not ledger.is_file() or ledger.is_symlink():
+        return set()
+    try:
+        names = json.loads(ledger.read_text())["written"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise RunFolderError(f"{ledger}: not a list superdiffusion wrote (unreadable); move it away") from None
+    return {n for n in names if isinstance(n, str) and _inside(n)}
+
+
+def check_replaceable(folder: str | Path, names: list[str], force: bool = True, hint: str = "") -> None:
+    """Before writing ``names`` into ``folder``: one line if one exists and the package did not
+    write it there (its ledger does not list it), or, without ``force``, if one exists at all."""
+    folder = Path(folder)
+    ours = written_in(folder)
+    for name in names:
+        target = folder / name
+        refuse_link(target)
+        if not os.path.lexists(target):
+            continue
+        if name not in ours:
+            raise RunFolderError(
+                f"{target} exists and was not written by superdiffusion; it is never replaced, even with --force: "
+                f"move it, or choose another output{hint}"
+            )
+        if not force:
+            raise RunFolderError(f"{target} already exists; choose another output or pass --force")
+
+
+def record_written(folder: str | Path, names: list[str]) -> None:
+    """Add ``names`` to ``folder``'s ledger (before they are written)."""
+    written = written_in(folder) | {n for n in names if _inside(n)}
+    write_text(Path(folder) / LEDGER, json.dumps({"written": sorted(written)}, indent=1) + "\n")

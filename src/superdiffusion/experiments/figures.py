@@ -5,12 +5,13 @@ threshold it was drawn with; every uncertainty panel shares one scale and a colo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
 from .. import safefs
-from ..errors import DataError
+from ..errors import DataError, RunFolderError
 
 
 def qualitative_figure(
@@ -20,7 +21,13 @@ def qualitative_figure(
     count: int = 4,
     samples: int = 8,
     device: str = "auto",
+    force: bool = False,
 ) -> Path:
+    """A figure of test cases (sample, teacher, student, target, uncertainty) written to ``out``;
+    an existing ``out`` is replaced only with ``force`` (the one file the user named)."""
+    if os.path.lexists(out) and not force:
+        raise RunFolderError(f"{out} already exists; choose another --out, or pass --force to replace it")
+    safefs.refuse_link(Path(out))
     import matplotlib
 
     matplotlib.use("Agg")

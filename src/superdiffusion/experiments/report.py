@@ -217,7 +217,7 @@ def write_csv(table: list[dict[str, Any]], path: Path) -> None:
         "flagged",
         "train_minutes",
     ]
-    with open(path, "w", newline="") as handle:
+    with safefs.atomic(path, text=True, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for e in table:
@@ -323,15 +323,20 @@ def write_report(
 
         raise RunFolderError(f"no finished runs (results.json) under {', '.join(map(str, roots))}")
     table = aggregate(rows, score, per)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"md": out / "table.md", "csv": out / "table.csv", "tex": out / "table.tex"}
-    files["md"].write_text(markdown(table, score, per))
-    write_csv(table, files["csv"])
-    files["tex"].write_text(latex(table, score, per))
     uncertainty = uncertainty_table(rows)
+    names = ["table.md", "table.csv", "table.tex"] + ["uncertainty.md"] * bool(uncertainty) + ["ablation.png"] * plot
+    safefs.refuse_link(out)
+    # a report folder is the package's to refresh: its own earlier tables are replaced, a user's file never
+    safefs.check_replaceable(out, names, hint=" (--out)")
+    out.mkdir(parents=True, exist_ok=True)
+    safefs.record_written(out, names)
+    files = {"md": out / "table.md", "csv": out / "table.csv", "tex": out / "table.tex"}
+    safefs.write_text(files["md"], markdown(table, score, per))
+    write_csv(table, files["csv"])
+    safefs.write_text(files["tex"], latex(table, score, per))
     if uncertainty:
         files["uncertainty"] = out / "uncertainty.md"
-        files["uncertainty"].write_text(uncertainty_markdown(uncertainty))
+        safefs.write_text(files["uncertainty"], uncertainty_markdown(uncertainty))
     if plot:
         files["png"] = out / "ablation.png"
         plot_ablation(table, files["png"])

@@ -1,0 +1,134 @@
+"""The red team's cases (issue 41), one row each: a hostile or careless input, the command a
+user runs on it, and what must hold. Each row failed before its fix.
+
+Every row starts from files the user owns, runs one command through the command line, and
+checks the one line it printed and that every file of the user's is still there, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FAST, write_pair_folder
+from PIL import Image
+
+from superdiffusion import cli
+
+TINY = ["method=supervised", *FAST, "eval.batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("red") / "run"
+    assert cli.main(["train", *TINY, "--out", str(run)]) == 0
+    return run
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()
+    }
+
+
+def _refused(capsys, *words: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    line = err.splitlines()[-1]
+    assert line.startswith("superdiffusion: error:"), err
+    for word in words:
+        assert word in line, line
+    return line
+
+
+# --- data loss -----------------------------------------------------------------------------------
+def test_a_tampered_run_marker_never_sends_force_outside_the_run(tmp_path, trained):
+    """The run folder's marker lists "../outside/precious.txt": ``train --force`` removes only
+    files inside the run folder (was: deleted the user's file outside it)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("a user's notes")
+    (outside / "abs.txt").write_text("another")
+    marker = run / ".superdiffusion-run.json"
+    content = json.loads(marker.read_text())
+    content["written"] += ["../outside/precious.txt", str(outside / "abs.txt")]
+    marker.write_text(json.dumps(content))
+    assert cli.main(["train", *TINY, "--out", str(run), "--force"]) == 0
+    assert _files(outside) == {"precious.txt": b"a user's notes", "abs.txt": b"another"}
+
+
+def test_report_never_replaces_a_users_table_nor_writes_through_a_link(tmp_path, capsys, trained):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "table.md").write_text("my table")
+    assert cli.main(["report", str(trained), "--out", str(out)]) != 0
+    _refused(capsys, "table.md", "not written by superdiffusion")
+    assert _files(out) == {"table.md": b"my table"}
+    fresh = tmp_path / "fresh"
+    assert cli.main(["report", str(trained), "--out", str(fresh)]) == 0
+    assert cli.main(["report", str(trained), "--out", str(fresh)]) == 0  # its own tables: refreshed
+    (tmp_path / "elsewhere.csv").write_text("theirs")
+    (fresh / "table.csv").unlink()
+    os.symlink(tmp_path / "elsewhere.csv", fresh / "table.csv")
+    assert cli.main(["report", str(trained), "--out", str(fresh)]) != 0
+    _refused(capsys, "table.csv", "link")
+    assert (tmp_path / "elsewhere.csv").read_text() == "theirs"
+
+
+def test_figure_replaces_an_existing_file_only_with_force(tmp_path, capsys, trained):
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"my figure")
+    assert cli.main(["figure", str(trained), "--out", str(mine), "--samples", "1", "--count", "1"]) != 0
+    _refused(capsys, "mine.png", "already exists", "--force")
+    assert mine.read_bytes() == b"my figure"
+    assert cli.main(["figure", str(trained), "--out", str(mine), "--samples", "1", "--count", "1", "--force"]) == 0
+    assert mine.read_bytes().startswith(b"\x89PNG")  # the one file the user named, replaced as asked
+
+
+def test_evaluate_never_replaces_a_users_scores(tmp_path, capsys, trained):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "evaluation-honest-k1.json").write_text('{"mine": 1}')  # the user's, not listed by the marker
+    assert cli.main(["evaluate", str(run)]) != 0
+    _refused(capsys, "evaluation-honest-k1.json", "not written by superdiffusion")
+    assert (run / "evaluation-honest-k1.json").read_text() == '{"mine": 1}'
+    elsewhere = tmp_path / "scores"
+    elsewhere.mkdir()
+    (elsewhere / "s-per-case.csv").write_text("my cases")
+    assert cli.main(["evaluate", str(trained), "--out", str(elsewhere / "s.json")]) != 0
+    _refused(capsys, "s-per-case.csv")
+    assert _files(elsewhere) == {"s-per-case.csv": b"my cases"}
+
+
+def test_predict_force_never_replaces_the_ground_truth_masks(tmp_path, capsys, trained):
+    """``predict RUN ds/images ds/masks --force``: the masks are the user's, not earlier
+    predictions, and stay (was: replaced); --force replaces predict's own earlier outputs."""
+    data = write_pair_folder(tmp_path / "ds", n=4)
+    before = _files(data / "masks")
+    assert cli.main(["predict", str(trained), str(data / "images"), str(data / "masks"), "--force"]) != 0
+    _refused(capsys, "masks", "not written by superdiffusion")
+    assert _files(data / "masks") == before
+    out = tmp_path / "pred"
+    assert cli.main(["predict", str(trained), str(data / "images"), str(out)]) == 0
+    assert cli.main(["predict", str(trained), str(data / "images"), str(out)]) != 0  # no --force: refused
+    assert cli.main(["predict", str(trained), str(data / "images"), str(out), "--force"]) == 0
+
+
+# --- security ------------------------------------------------------------------------------------
+def test_a_run_folder_that_is_a_link_is_refused_before_anything_is_written(tmp_path, capsys):
+    target = tmp_path / "target"
+    target.mkdir()
+    os.symlink(target, tmp_path / "run")
+    assert cli.main(["train", *TINY, "--out", str(tmp_path / "run")]) != 0
+    _refused(capsys, "symbolic link")
+    assert list(target.iterdir()) == []
+
+
+def _png(path: Path, value: int = 0) -> None:
+    Image.fromarray(np.full((8, 8), value, np.uint8)).save(path)
