@@ -132,3 +132,90 @@ def test_a_run_folder_that_is_a_link_is_refused_before_anything_is_written(tmp_p
 
 def _png(path: Path, value: int = 0) -> None:
     Image.fromarray(np.full((8, 8), value, np.uint8)).save(path)
+
+
+def test_a_linked_predict_output_folder_is_refused(tmp_path, capsys, trained):
+    data = write_pair_folder(tmp_path / "ds", n=2)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, tmp_path / "pred")
+    assert cli.main(["predict", str(trained), str(data / "images"), str(tmp_path / "pred")]) != 0
+    _refused(capsys, "pred", "symbolic link")
+    assert list(elsewhere.iterdir()) == []
+
+
+def _link_an_image_outside(root: Path, outside: Path) -> None:
+    outside.mkdir()
+    image = sorted((root / "images").iterdir())[0]
+    shutil.move(image, outside / image.name)
+    os.symlink(outside / image.name, image)
+
+
+def _link_the_masks_outside(root: Path, outside: Path) -> None:
+    shutil.move(root / "masks", outside)
+    os.symlink(outside, root / "masks")
+
+
+def _nnunet_image_outside(root: Path, outside: Path) -> None:
+    (root / "imagesTr").mkdir()
+    (root / "labelsTr").mkdir()
+    for k, (image, mask) in enumerate(zip(sorted((root / "images").iterdir()), sorted((root / "masks").iterdir()))):
+        shutil.move(image, root / "imagesTr" / f"case{k}_0000.png")
+        mask_values = np.asarray(Image.open(mask)) > 0
+        Image.fromarray(mask_values.astype(np.uint8)).save(root / "labelsTr" / f"case{k}.png")
+    shutil.rmtree(root / "images")
+    shutil.rmtree(root / "masks")
+    (root / "split.csv").unlink()
+    (root / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "grey"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".png"})
+    )
+    outside.mkdir()
+    shutil.move(root / "imagesTr" / "case0_0000.png", outside / "case0_0000.png")
+    os.symlink(outside / "case0_0000.png", root / "imagesTr" / "case0_0000.png")
+
+
+@pytest.mark.parametrize("command", ["train", "plan"])
+@pytest.mark.parametrize("make", [_link_an_image_outside, _link_the_masks_outside, _nnunet_image_outside])
+def test_links_that_leave_the_data_folder_are_refused(tmp_path, capsys, make, command):
+    """A file (or the masks/ folder) inside the data root that is a link to a file outside it
+    is refused, naming it, by plan and train (was: read from outside)."""
+    root = write_pair_folder(tmp_path / "ds", n=6)
+    make(root, tmp_path / "outside")
+    argv = ["plan", str(root)] if command == "plan" else ["train", *TINY, f"data.root={root}", "--out", str(tmp_path / "r")]
+    assert cli.main(argv) != 0
+    _refused(capsys, "leads outside the data folder")
+
+
+def test_plan_masks_outside_the_data_folder_is_refused(tmp_path, capsys):
+    root = write_pair_folder(tmp_path / "ds", n=6)
+    assert cli.main(["plan", str(root), "--masks", "../../outside/m"]) != 0
+    _refused(capsys, "--masks", "inside")
+
+
+@pytest.mark.parametrize("kind", ["external link", "external storage", "virtual dataset"])
+def test_hdf5_that_reads_other_files_is_refused(tmp_path, capsys, kind):
+    import h5py
+
+    outside = tmp_path / "outside.h5"
+    with h5py.File(outside, "w") as handle:
+        handle["image"] = np.ones((16, 16, 8), np.float32)
+    np.ones((16, 16, 8), np.float32).tofile(tmp_path / "raw.bin")
+    root = tmp_path / "ds"
+    for k in range(4):
+        (root / f"case{k}").mkdir(parents=True)
+        with h5py.File(root / f"case{k}" / "mri_norm2.h5", "w") as handle:
+            label = np.zeros((16, 16, 8), np.uint8)
+            label[4:10, 4:10, 2:6] = 1
+            handle["label"] = label
+            if k:
+                handle["image"] = np.random.default_rng(k).normal(size=(16, 16, 8)).astype(np.float32) + label
+            elif kind == "external link":
+                handle["image"] = h5py.ExternalLink(str(outside), "image")
+            elif kind == "external storage":
+                handle.create_dataset("image", (16, 16, 8), "f4", external=[(str(tmp_path / "raw.bin"), 0, 16 * 16 * 8 * 4)])
+            else:
+                layout = h5py.VirtualLayout((16, 16, 8), "f4")
+                layout[...] = h5py.VirtualSource(str(outside), "image", (16, 16, 8))
+                handle.create_virtual_dataset("image", layout)
+    assert cli.main(["plan", str(root)]) != 0
+    _refused(capsys, "mri_norm2.h5", "other file" if kind == "external link" else kind)

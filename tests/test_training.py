@@ -199,6 +199,30 @@ def test_training_on_a_cpu_flushes_subnormal_floats(tmp_path):
         torch.set_flush_denormal(False)
 
 
+def test_subnormals_are_flushed_on_every_thread_of_the_pool_however_late():
+    """torch.set_flush_denormal reaches the calling thread only: an OpenMP worker created
+    before it (by loading the data, say) kept computing on subnormals, half of every parallel
+    operation (the cause of a run slowing down as its teacher decayed). After set_up_device,
+    every thread of the pool flushes them. Checked without timing: a subnormal times 1e30 is 0
+    on a thread that flushes. In a fresh process, whose pool exists before the flush."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormal floats")
+    torch.set_flush_denormal(False)
+    code = (
+        "import torch\n"
+        "torch.set_num_threads(2)\n"
+        "(torch.rand(1_000_000) + 1).sqrt().sum()\n"  # the pool exists, as after loading the data
+        "from superdiffusion.subnormals import every_thread_flushes\n"
+        "from superdiffusion.inference import set_up_device\n"
+        "torch.set_flush_denormal(True)\n"
+        "only_this_thread = every_thread_flushes()\n"
+        "set_up_device('cpu')\n"
+        "print(only_this_thread, every_thread_flushes())\n"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert found.stdout.split() == ["False", "True"], found.stderr
+
+
 def test_a_piped_log_shows_progress_inside_an_epoch(tmp_path, caplog, monkeypatch):
     """Where stderr is not a terminal (nohup, Slurm) no bar is drawn: a line inside each epoch
     says the update reached and its recent seconds an update (was: silent until the epoch

@@ -36,6 +36,7 @@ from .data.volumes import is_plane_file, is_stack
 from .errors import ConfigError, DataError, RunFolderError
 from .methods import Method, Prediction, build_method
 from .runfolder import RunFolder
+from .subnormals import flush_subnormals
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,13 +51,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def set_up_device(name: str) -> torch.device:
-    """``resolve_device(name)``; on a CPU, also make this process flush subnormal floats to
-    zero. Arithmetic on them is slow on x86 CPUs (tens of times), and they arise in layers
-    whose weights have decayed towards zero: a diffusion teacher's deep blocks made epochs
-    8x slower in the middle of a run. Values below 1.2e-38 change no prediction."""
+    """``resolve_device(name)``; on a CPU, also flush subnormal floats to zero on every thread
+    that computes (:mod:`superdiffusion.subnormals`): arithmetic on them is many times slower
+    on x86 CPUs, and they arise as a diffusion teacher's deep blocks decay."""
     device = resolve_device(name)
     if device.type == "cpu":
-        torch.set_flush_denormal(True)  # False (and nothing changes) where the CPU cannot
+        flush_subnormals()  # False (and nothing changes) where the CPU cannot
     return device
 
 
@@ -406,6 +406,7 @@ class Segmenter:
         """Segment every image or volume of ``inputs`` (a file or a folder) into ``output``;
         returns the files written."""
         output, inputs = Path(output), Path(inputs)
+        safefs.refuse_link(output)  # a linked output folder would send the predictions elsewhere
         output.mkdir(parents=True, exist_ok=True)
         cases = self.inputs(inputs)
         out, top = output.resolve(), inputs.resolve()

@@ -28,7 +28,7 @@ from PIL import Image
 
 from . import safefs
 from .config import folder_name
-from .data.dataset import resolve_root
+from .data.dataset import check_inside, resolve_root
 from .data.folder import (
     channels_of,
     colour_count,
@@ -276,6 +276,7 @@ def fingerprint_2d(root: Path, pairs: list | None = None, masks: str | None = No
     folder's images/ and masks/ (``masks``: ``data.masks``)."""
     if pairs is None:  # images/ alone plans from its masked images; no images/: masks beside their images
         pairs = scan_folder(root, require_masks=None, masks=masks)
+    check_inside(pairs, root)
     labeled = [p for p in pairs if p.mask is not None]
     if not labeled:
         raise DataError(f"{root}: no image has a mask in masks/ (or labels/): nothing to plan from")
@@ -379,6 +380,7 @@ def fingerprint_3d(root: Path, pairs: list | None = None, masks: str | None = No
     from .data.volumes import read_channels, read_volume, scan_volumes
 
     pairs = scan_volumes(root, masks) if pairs is None else pairs
+    check_inside(pairs, root)
     shapes, spacings, values, fractions, low, high = [], [], set(), [], [], []
     for pair in _sample(pairs, 16):
         image = first_file(pair.image)
@@ -436,6 +438,8 @@ def fingerprint(root: str | Path, cache: bool = True, masks: str | None = None) 
     folder = resolve_root(str(root))
     if not folder.is_dir():
         raise DataError(f"{folder}: dataset folder not found")
+    if masks is not None and (not masks.strip() or Path(masks).is_absolute() or ".." in Path(masks).parts):
+        raise DataError(f"--masks names a folder inside {folder} (no '..', not absolute); got {masks!r}")
     files = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
     key = _folder_digest(folder, files, masks)
     path = _cache_dir() / f"{key}.json"

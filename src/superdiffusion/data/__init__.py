@@ -12,6 +12,7 @@ from .dataset import (
     SegmentationData,
     Split,
     assign_splits,
+    check_inside,
     check_memory,
     data_folder,
     dataset_stats,
@@ -67,6 +68,7 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True, recorded: di
         data.class_names = layout.label_names if layout else None
         return data
     pairs = layout_pairs(layout, root) if layout is not None else scan_folder(root, masks=cfg.masks)
+    check_inside(pairs, root)
     pairs, unmasked = set_aside_unlabeled(pairs)
     several = [p for p in pairs if isinstance(p.mask, tuple)]
     if several:
@@ -77,9 +79,9 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True, recorded: di
     size = tuple(cfg.size) if cfg.size is not None else None  # None: native resolution, patches
     extra_pairs = list(unmasked)
     if cfg.unlabeled_root:
-        extra_pairs += [
-            p for p in scan_folder(resolve_root(cfg.unlabeled_root), require_masks=False) if p.split == "train"
-        ]
+        unlabeled_root = resolve_root(cfg.unlabeled_root)
+        extra_pairs += [p for p in scan_folder(unlabeled_root, require_masks=False) if p.split == "train"]
+        check_inside(extra_pairs, unlabeled_root)
         if len(extra_pairs) == len(unmasked):
             raise DataError(f"{cfg.unlabeled_root}: data.unlabeled_root holds no training images")
     # one channel count for every split, decided from all of the files (not the first one read)

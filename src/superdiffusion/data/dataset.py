@@ -281,14 +281,34 @@ def dataset_stats(images: list[torch.Tensor], mode: str) -> dict[str, list[float
 SPLITS_FORMAT = 1
 
 
+def pair_files(pair) -> list[Path]:
+    """Every file a case is read from: its image(s) and mask(s) (a 2D Pair's mask, a volume's
+    label), a DICOM series' slices."""
+    images = pair.image if isinstance(pair.image, tuple) else (pair.image,)
+    mask = getattr(pair, "mask", None) or getattr(pair, "label", None)
+    masks = mask if isinstance(mask, tuple) else (mask,) if mask is not None else ()  # a mask a lesion
+    return [Path(f) for p in (*images, *masks) for f in (sorted(Path(p).iterdir()) if Path(p).is_dir() else [p])]
+
+
+def check_inside(pairs: list, root: Path) -> None:
+    """One line if a case is read from outside ``root``: a file (or a folder above it, such as
+    a linked ``masks/``) that is a link leading out of the data folder. Links that stay inside
+    it are read."""
+    top = Path(root).resolve()
+    for pair in pairs:
+        for path in pair_files(pair):
+            real = path.resolve()
+            if not real.is_relative_to(top):
+                raise DataError(
+                    f"{path}: leads outside the data folder {root} (to {real}); superdiffusion reads only files "
+                    "inside it: copy the file in, or name the folder that holds it"
+                )
+
+
 def fingerprint(pair: Pair) -> str:
     """A short hash of an image's file(s) and its mask: a recorded split names exactly these bytes."""
     digest = hashlib.blake2b(digest_size=8)
-    images = pair.image if isinstance(pair.image, tuple) else (pair.image,)
-    mask = getattr(pair, "mask", None) or getattr(pair, "label", None)  # a 2D Pair's mask, a volume's label
-    masks = mask if isinstance(mask, tuple) else (mask,) if mask is not None else ()  # a mask a lesion
-    files = [f for p in (*images, *masks) for f in (sorted(Path(p).iterdir()) if Path(p).is_dir() else [p])]
-    for path in files:  # a DICOM series: its slices
+    for path in pair_files(pair):  # a DICOM series: its slices
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)

@@ -38,6 +38,7 @@ from .dataset import (
     SegmentationData,
     Split,
     assign_splits,
+    check_inside,
     check_memory,
     dataset_stats,
     normalize,
@@ -172,10 +173,35 @@ def _arrays(path: Path) -> dict[str, tuple[int, ...]]:
         import h5py
 
         with h5py.File(path, "r") as handle:
-            return {name: tuple(handle[name].shape) for name in handle if hasattr(handle[name], "shape")}
+            return _hdf5_shapes(handle, path)
     except (OSError, ValueError, KeyError, EOFError, BadZipFile) as err:
         kind = "NumPy .npz" if path.name.lower().endswith(".npz") else "HDF5"
         raise DataError(f"{path}: cannot read {kind} file ({str(err).splitlines()[0][:120]})") from None
+
+
+def _hdf5_shapes(handle, path: Path) -> dict[str, tuple[int, ...]]:
+    """An open HDF5 file's dataset shapes, by name. Its bytes must lie in the file itself: an
+    external link, a dataset kept in an external raw file or a virtual dataset (each of which
+    reads another file, wherever it is) is refused with one line."""
+    import h5py
+
+    shapes = {}
+    for name in handle:
+        link = handle.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise DataError(
+                f"{path}: {name!r} is a link to {link.filename!r}, another file; superdiffusion reads only the "
+                "bytes inside the data folder's files: copy the data into this file"
+            )
+        item = handle[name]
+        if isinstance(item, h5py.Dataset):
+            if item.external or item.is_virtual:
+                raise DataError(
+                    f"{path}: {name!r} keeps its values in other files ({'virtual dataset' if item.is_virtual else 'external storage'}); "
+                    "superdiffusion reads only the bytes inside the data folder's files: copy the data into this file"
+                )
+            shapes[name] = tuple(item.shape)
+    return shapes
 
 
 def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -833,8 +859,11 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
     ``data.unlabeled_root``, train as unlabeled volumes."""
     root = resolve_root(cfg.root)
     pairs = layout_volumes(layout, root) if layout is not None else scan_volumes(root, cfg.masks)
+    check_inside(pairs, root)
     if cfg.unlabeled_root:
-        pairs += unlabeled_volumes(resolve_root(cfg.unlabeled_root))
+        extra = unlabeled_volumes(resolve_root(cfg.unlabeled_root))
+        check_inside(extra, resolve_root(cfg.unlabeled_root))
+        pairs += extra
     check_unique_ids(pairs, root)
     pairs, unmasked = set_aside_unlabeled(pairs, volumes=True)
     by, grouped_by = assign_splits(pairs, cfg, seed, validation, recorded, unmasked)
