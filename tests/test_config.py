@@ -163,3 +163,15 @@ def test_runs_of_a_users_folder_are_named_after_it_planned_or_not():
     assert resolve(["data.root=/data/My Lungs (v2)", "data.plan=false"]).data.name == "My-Lungs-v2-"
     assert resolve(["data.root=/data/lungs", "data.plan=false", "data.name=mine"]).data.name == "mine"
     assert resolve([]).data.name == "ph2" and resolve(["dataset=pupil"]).data.name == "pupil"
+
+
+def test_a_profiles_pretraining_keeps_its_share_of_a_shorter_or_longer_run():
+    """The cpu profile pretrains 4 of its 20 epochs: a 2-epoch run pretrains 1 (was: 4, twice
+    its training), a 40-epoch run 8; a length set anywhere else is kept, and the origin says so."""
+    assert resolve([]).method.pretrain_epochs == 4
+    short = resolve(["train.epochs=2"])
+    assert short.method.pretrain_epochs == 1 and "scaled to train.epochs" in short.origin("method.pretrain_epochs")
+    assert resolve(["train.epochs=40"]).method.pretrain_epochs == 8
+    assert resolve(["train.epochs=2", "method.pretrain_epochs=3"]).method.pretrain_epochs == 3
+    assert resolve(["profile=quick", "train.epochs=18"]).method.pretrain_epochs == 6
+    assert resolve(["method.pretrain_epochs=0", "train.epochs=2"]).method.pretrain_epochs == 0

@@ -441,10 +441,31 @@ def resolve(
     _refuse_unused(
         cfg, {f"{section}.{key}" for _, layer in later for section, values in layer.items() for key in values}
     )
+    _scale_pretraining(cfg, profile, profile_yaml.get("train", {}).get("epochs"))
     if "data.name" not in cfg._origins and not cfg.data.root.startswith("builtin:"):
         cfg.data.name = folder_name(cfg.data.root)  # runs of a user's folder are named after it, planned or not
         cfg._origins["data.name"] = "the data folder's name"
     return _apply_lambda_schedule(cfg, explicit)
+
+
+def _scale_pretraining(cfg: Config, profile: str, profile_epochs: int | None) -> None:
+    """A profile's pretraining length goes with its training length: when another layer (the
+    command line, a file, a dataset) sets ``train.epochs``, the profile's
+    ``method.pretrain_epochs`` keeps its share of it (at least 1), so that a 2-epoch run of
+    the ``cpu`` profile does not pretrain for 4. A value set anywhere else is kept."""
+    m = cfg.method
+    if not hasattr(m, "pretrain_epochs") or not profile_epochs or m.pretrain_epochs <= 0:
+        return
+    if not cfg.origin("method.pretrain_epochs").startswith("profile") or cfg.origin("train.epochs").startswith(
+        "profile"
+    ):
+        return
+    scaled = max(1, round(m.pretrain_epochs * cfg.train.epochs / profile_epochs))
+    if scaled != m.pretrain_epochs:
+        cfg._origins["method.pretrain_epochs"] = (
+            f"profile {profile}, scaled to train.epochs ({m.pretrain_epochs} of its {profile_epochs})"
+        )
+        m.pretrain_epochs = scaled
 
 
 def folder_name(root: str) -> str:

@@ -137,7 +137,7 @@ class SuperDiffusionSettings(MethodSettings):
     lambda_max: float = Field(5.0, ge=0)
     ramp: Ramp = "linear"
     rounds: int = Field(5, ge=0)  # R of Sec. 3.3; 0 gives plain diffusion co-training
-    pretrain_epochs: int = Field(-1, ge=-1)  # teacher pretraining (Eq. 5-7); -1: a quarter of train.epochs; 0: off
+    pretrain_epochs: int = Field(-1, ge=-1)  # teacher pretraining (Eq. 5-7); -1: a quarter of train.epochs; 0: off; a profile's length keeps its share when train.epochs is set elsewhere
     # noise: MSE on the predicted noise (the usual DDPM loss); image: MSE on x0 clipped, Eq. 7/14 as printed
     recon_space: Literal["noise", "image"] = "noise"
     # noisy: q(i, t', v) (Sec. 3.3's rounds); noise: pure noise, Eq. 6 as printed (profile=paper, with

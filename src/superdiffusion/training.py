@@ -315,6 +315,10 @@ class Trainer:
                     f"lambda: max {m.lambda_max:g} ({self.cfg.origin('method.lambda_max')}), ramp {m.ramp} "
                     f"({self.cfg.origin('method.ramp')}), for {', '.join(self.method.unsupervised_terms)}"
                 )
+            if self.phases[0].name == "pretrain":  # its length, and where it comes from
+                self.monitor.info(
+                    f"pretrain: {self.phases[0].epochs} epochs ({self.cfg.origin('method.pretrain_epochs')})"
+                )
             for index, phase in enumerate(self.phases):
                 if index >= self.progress.position["phase"]:
                     self.run_phase(index, phase)
