@@ -66,6 +66,18 @@ def test_blob_lesions_at_768x560_are_resized_to_128(tmp_path):
     assert plan.fingerprint["size_median"] == [560, 768]
 
 
+def test_the_plan_says_how_many_masks_a_run_uses_when_every_image_has_one(tmp_path):
+    lines = plan_for(_blobs(tmp_path / "all", n=30, size=(96, 96))).lines()
+    assert lines[-1].startswith("# note: every image has a mask") and "at most 3 of these 30" in lines[-1]
+    assert "data.labeled_percent=100 uses every mask" in lines[-1]
+
+
+def test_small_images_keep_about_their_own_size(tmp_path):
+    """96 px images train at 96x96 (was: upsampled to 128x128 "as the paper does")."""
+    plan = plan_for(_blobs(tmp_path / "small", size=(96, 96)))
+    assert plan.settings["data.size"] == [96, 96] and "never upsampled" in plan.reasons["data.size"]
+
+
 def test_16_bit_images_using_a_small_part_of_their_range_get_percentile_clipping(tmp_path):
     root = _blobs(tmp_path / "b16", size=(200, 240), mode="I;16", dtype=np.uint16, low=1000, high=3000)
     assert Image.open(root / "images" / "case0.png").mode.startswith("I")
@@ -100,6 +112,9 @@ def test_a_volume_folder_gets_a_3d_patch_within_the_budget(tmp_path):
     assert patch[2] < 120  # the coarse 2.5 mm axis spans most millimetres: it shrinks first
     small = plan_for(write_volumes(tmp_path / "small", n=3, shape=(35, 49, 35)))
     assert small.settings["data.patch_size"] == [32, 48, 32]  # what the Hippocampus preset uses
+    thin = plan_for(write_volumes(tmp_path / "thin", n=3, shape=(40, 40, 24), spacing=(1.0, 1.0, 2.0)))
+    assert thin.settings["data.patch_size"] == [32, 32, 16]  # was [32, 32, 32]: z padded while x and y were cut
+    assert "within the median volume" in thin.reasons["data.patch_size"]
 
 
 def test_subject_columns_become_the_group_column(tmp_path):
@@ -136,7 +151,7 @@ def test_a_planned_run_logs_each_value_with_its_reason_and_records_the_plan(tmp_
     captured = capsys.readouterr()
     out = captured.out + captured.err
     assert "plan: data.normalize=minmax  # the images use" in out
-    assert "plan: data.size=[128, 128]" in out and "(yours kept)" in out  # FAST gives data.size
+    assert "plan: data.size=[32, 32]" in out and "(yours kept)" in out  # FAST gives data.size
     result = json.loads((run / "results.json").read_text())
     assert result["plan"]["settings"]["data.name"] == "mydata" and "data.size" in result["plan"]["kept_by_user"]
     assert (run / "plan.json").exists() and "plan: data.name=mydata" in (run / "train.log").read_text()
@@ -147,9 +162,9 @@ def test_plan_writes_a_config_that_train_accepts(tmp_path, capsys):
     out = tmp_path / "plan.yaml"
     assert cli.main(["plan", str(root), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "data.size=[128, 128]  # resize" in printed
+    assert "data.size=[32, 32]  # the images are at most 24 px" in printed
     cfg = resolve(["data.plan=false"], out)  # the file alone gives every planned setting
-    assert cfg.data.root == str(root) and cfg.data.name == "mydata" and cfg.data.size == [128, 128]
+    assert cfg.data.root == str(root) and cfg.data.name == "mydata" and cfg.data.size == [32, 32]
     assert cli.main(["plan", str(root), "--out", str(out)]) != 0  # never replaced without --force
 
 

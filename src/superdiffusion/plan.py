@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from . import safefs
-from .config import folder_name
+from .config import DataConfig, folder_name
 from .data.dataset import check_inside, resolve_root
 from .data.folder import (
     channels_of,
@@ -45,7 +45,7 @@ from .data.folder import (
     wide_colour,
 )
 from .data.layouts import read_dataset_json
-from .data.splits import group_column
+from .data.splits import group_column, labeled_count
 from .data.volumes import is_plane_file, layout_volumes, read_plane, stored_shape
 from .errors import DataError
 
@@ -72,6 +72,7 @@ class Plan:
     settings: dict[str, Any] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what a run will do that no planned setting says
 
     def set(self, key: str, value: Any, reason: str) -> None:
         self.settings[key] = value
@@ -109,7 +110,8 @@ class Plan:
         }
 
     def lines(self) -> list[str]:
-        return [f"{key}={_text(value)}  # {self.reasons[key]}" for key, value in self.settings.items()]
+        settings = [f"{key}={_text(value)}  # {self.reasons[key]}" for key, value in self.settings.items()]
+        return settings + [f"# note: {note}" for note in self.notes]
 
     def yaml(self) -> str:
         """A ``--config`` file: the settings by section, each reason as a comment."""
@@ -486,6 +488,14 @@ def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
         what = ("volumes", "label") if fp["dims"] == 3 else ("images", "mask")
         plan.set("data.labeled_percent", 100, f"{unmasked} of the {fp['images']} {what[0]} have no {what[1]}: they "
                  f"train unlabeled, and every {what[1]}ed training {what[0][:-1]} is labeled")  # fmt: skip
+    else:
+        what = ("volumes", "label") if fp["dims"] == 3 else ("images", "mask")
+        share = DataConfig.model_fields["labeled_percent"].default
+        plan.notes.append(
+            f"every {what[0][:-1]} has a {what[1]}: a run uses data.labeled_percent of the training {what[0]} as labeled "
+            f"({share:g} % by default: at most {labeled_count(fp['images'], share)} of these {fp['images']}, as validation "
+            f"and test hold some out), the others as unlabeled; data.labeled_percent=100 uses every {what[1]}"
+        )
     kind, colours = fp["mask_kind"], fp.get("mask_colours")
     if kind == "lossy" and colours:
         plan.set("data.mask_mode", "threshold", f"colour masks with up to {colours} colours (lossy edges, or classes "
@@ -553,16 +563,21 @@ def _plan_images(plan: Plan, fp: dict[str, Any], batch_size: int) -> None:
     _plan_normalize(plan, fp["intensity_p0.5"], fp["intensity_p99.5"], fp["type_range"], fp["bit_depth"])
     width = fp["thinnest_width_at_fixed_size"]
     median = fp["size_median"]
-    if width is None or width >= MIN_WIDTH or max(median) <= FIXED_SIZE:
+    if max(median) <= FIXED_SIZE:  # small images keep about their own size: never upsampled
+        own = [max(2 * MULTIPLE, int(round(side / MULTIPLE)) * MULTIPLE) for side in median]
+        plan.set(
+            "data.size",
+            own,
+            f"the images are at most {max(median)} px (median {median[0]}x{median[1]}): kept at about their own size "
+            f"(the nearest multiple of {MULTIPLE}), never upsampled to {FIXED_SIZE}x{FIXED_SIZE}",
+        )
+        return
+    if width is None or width >= MIN_WIDTH:
         why = (
-            (
-                f"the thinnest labeled structures stay {width:.1f} px wide at {FIXED_SIZE}x{FIXED_SIZE} "
-                f"(at least {MIN_WIDTH:g})"
-                if width is not None
-                else "no labeled structure to keep"
-            )
-            if max(median) > FIXED_SIZE
-            else f"the images are at most {max(median)} px (median)"
+            f"the thinnest labeled structures stay {width:.1f} px wide at {FIXED_SIZE}x{FIXED_SIZE} "
+            f"(at least {MIN_WIDTH:g})"
+            if width is not None
+            else "no labeled structure to keep"
         )
         plan.set("data.size", [FIXED_SIZE, FIXED_SIZE], f"resize, as the paper does: {why}")
         return
@@ -599,17 +614,21 @@ def _plan_volumes(plan: Plan, fp: dict[str, Any]) -> None:
     shape = np.array(fp["shape_median"], dtype=float)
     spacing = np.array(fp["spacing_median"], dtype=float)
     patch = np.minimum(shape, 4 * 96).astype(float)
+    shrunk = False
     while np.prod(patch) > VOXELS_PER_PATCH:  # shrink the axis of the largest physical extent first
         axis = int(np.argmax(patch * spacing))
         patch[axis] = max(MULTIPLE, patch[axis] - MULTIPLE)
+        shrunk = True
         if np.all(patch <= MULTIPLE):
             break
-    sides = [max(MULTIPLE, int(round(p / MULTIPLE)) * MULTIPLE) for p in patch]  # smaller volumes are padded
+    # each side the largest multiple of 16 within the median volume (16 for a thinner axis, padded)
+    sides = [max(MULTIPLE, int(p // MULTIPLE) * MULTIPLE) for p in patch]
+    how = "the axis of largest physical extent shrank first" if shrunk else "each side within the median volume"
     plan.set(
         "data.patch_size",
         sides,
         f"median shape {fp['shape_median']} at spacing {fp['spacing_median']} mm, within {VOXELS_PER_PATCH:,} "
-        "voxels a patch (the axis of largest physical extent shrinks first)",
+        f"voxels a patch ({how}, in multiples of {MULTIPLE})",
     )
     plan.set("data.size", None, "volumes train on patches at their own resolution")
     plan.set("data.normalize", "percentile", "volumes: clip to each volume's 0.5-99.5 percentiles, then [-1, 1]")
