@@ -46,6 +46,14 @@ def test_exported_model_gives_the_masks_predict_gives(tmp_path, pair_folder, met
         assert np.abs(probs[0, 1:].sum(0).numpy() - saved).max() < 1e-4  # the 16-bit PNG's rounding
     with pytest.raises(RunFolderError, match="already exists"):
         export(run, tmp_path / "model.pt")
+    if method == "cps" and normalize == "minmax":  # the raw 8-bit values: divided inside; 0-255 floats: refused
+        raw = torch.from_numpy(np.asarray(Image.open(images[0]).convert("RGB" if meta["channels"] == 3 else "L")))
+        raw = raw.permute(2, 0, 1)[None] if raw.dim() == 3 else raw[None, None]
+        scaled = torch.from_numpy(read_image(images[0], meta["channels"]))[None]
+        assert torch.equal(model(raw)[0], model(scaled)[0])
+        with pytest.raises(Exception, match="outside \\[0, 1\\]"):
+            model(raw.float())
+        assert "uint8" in meta["input"] and "refused" in meta["input"] and "8-bit / 255" not in meta["input"]
 
 
 def test_onnx_export_agrees_with_predict(tmp_path, pair_folder):

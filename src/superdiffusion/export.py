@@ -1,8 +1,11 @@
 """A trained 2D run as one self-contained model file: TorchScript, or ONNX (through
 ``torch.export``), with its preprocessing, threshold and class names inside.
 
-The exported model takes a float image batch ``(B, C, H, W)`` with intensities in [0, 1]
-(8-bit images divided by 255, as ``predict`` reads them) at any size, and returns
+The exported model takes an image batch ``(B, C, H, W)`` at any size: floats in [0, 1] (an
+image's values divided by its type's range, 255 for 8 bits and 65535 for 16, as ``predict``
+reads files), or the integers themselves (uint8, int16, int32: divided so inside). The
+TorchScript model refuses floats outside [0, 1] (an 8-bit image not divided would otherwise
+come back all foreground); the ONNX graph cannot check values. It returns
 ``(mask, probabilities)``: ``(B, H, W)`` uint8 class indices (1 = foreground for binary
 tasks) and ``(B, K, H, W)`` class probabilities, both at the input's size. Inside: resize to
 the run's ``data.size`` (bilinear, antialiased), the run's normalisation, the segmenter, and
@@ -34,8 +37,9 @@ class SegmentationModel(nn.Module):
     """Raw images in [0, 1] -> (mask, probabilities) at the input's size (scripted)."""
 
     def __init__(self, network: nn.Module, size: list[int], mean: list[float], std: list[float], threshold: float,
-                 class_names: list[str], per_image: str = "none"):  # fmt: skip
+                 class_names: list[str], per_image: str = "none", check_range: bool = True):  # fmt: skip
         super().__init__()
+        self.check_range = check_range  # TorchScript: refuse floats outside [0, 1] (ONNX cannot check values)
         self.network = network
         self.size = size
         self.per_image = per_image  # data.normalize's per-image step: none, percentile or per_image
@@ -47,7 +51,17 @@ class SegmentationModel(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = image.shape[-2], image.shape[-1]
-        x = image
+        if image.dtype == torch.uint8:  # integers: divided by their type's range, as predict reads files
+            x = image.float() / 255.0
+        elif image.dtype == torch.int16 or image.dtype == torch.int32:
+            x = image.float() / 65535.0
+        else:
+            x = image.float()
+            if self.check_range and (bool(x.amax() > 1.001) or bool(x.amin() < -0.001)):
+                raise ValueError(
+                    "superdiffusion model: the image's values lie outside [0, 1]; divide them by the type's range "
+                    "(255 for 8-bit images, 65535 for 16-bit) or pass the integer tensor itself"
+                )
         if h != self.size[0] or w != self.size[1]:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
         if self.per_image == "per_image":  # each image's own mean and std, channel by channel
@@ -82,7 +96,8 @@ def build(segmenter: Segmenter, trace: bool = True) -> SegmentationModel:
     per_image = mode if mode in PER_IMAGE_MODES else "none"
     stats = segmenter.stats
     return SegmentationModel(
-        network, size, stats["mean"], stats["std"], segmenter.threshold, list(segmenter.class_names), per_image
+        network, size, stats["mean"], stats["std"], segmenter.threshold, list(segmenter.class_names), per_image,
+        check_range=trace,
     ).eval()
 
 
@@ -91,7 +106,11 @@ def metadata(cfg, state: dict[str, Any], model: SegmentationModel, fmt: str) -> 
     return {
         "method": state["method"],
         "format": fmt,
-        "input": f"float (B, C, H, W) in [0, 1] (8-bit / 255), {size}",
+        "input": (
+            f"(B, C, H, W), {size}: float in [0, 1] (the image's values / its type's range: 255 for 8-bit, 65535 for "
+            "16-bit images), or the uint8, int16 or int32 values themselves"
+            + ("; floats outside [0, 1] are refused" if model.check_range else "; the values are not checked")
+        ),
         "outputs": ["mask (B, H, W) uint8 class indices", "probabilities (B, K, H, W) float"],
         "channels": state["data"]["channels"],
         "size": model.size,
