@@ -219,3 +219,30 @@ def test_hdf5_that_reads_other_files_is_refused(tmp_path, capsys, kind):
                 handle.create_virtual_dataset("image", layout)
     assert cli.main(["plan", str(root)]) != 0
     _refused(capsys, "mri_norm2.h5", "other file" if kind == "external link" else kind)
+
+
+# --- silent wrong results --------------------------------------------------------------------------
+def _stray_patch(root: Path) -> None:
+    mask = sorted((root / "masks").iterdir())[2]
+    values = np.asarray(Image.open(mask)).copy()
+    values[:3, :3] = 7  # a slip of the brush in one mask
+    Image.fromarray(values).save(mask)
+
+
+def _one_mask_saved_as_0_1(root: Path) -> None:
+    mask = sorted((root / "masks").iterdir())[2]
+    Image.fromarray((np.asarray(Image.open(mask)) > 0).astype(np.uint8)).save(mask)
+
+
+@pytest.mark.parametrize("make, said", [(_stray_patch, "holds the value 7 on 9 pixels"), (_one_mask_saved_as_0_1, "0/1 in 1")])
+def test_an_odd_mask_never_becomes_a_class(tmp_path, make, said):
+    """A stray patch of value 7 in one mask, or one mask saved 0/1 among 0/255 masks: the plan
+    reads one foreground class, naming the file (was: a third class, the headline Dice the mean
+    of the real class and an empty one)."""
+    from superdiffusion.plan import plan_for
+
+    root = write_pair_folder(tmp_path / "ds", n=8, size=(64, 64))
+    make(root)
+    plan = plan_for(root, cache=False)
+    assert plan.settings["data.num_classes"] == 2 and plan.settings["data.mask_mode"] == "binary"
+    assert said in " ".join(plan.lines()) and "case2.png" in " ".join(plan.lines())

@@ -319,6 +319,9 @@ def fingerprint_2d(root: Path, pairs: list | None = None, masks: str | None = No
         masks.append(mask_plane(img, "threshold", mask_file))  # the colour reading every mode but index shares
         if len(values) <= 256:
             values |= set(np.unique(masks[-1]).tolist())
+    strays, mixed = [], {}
+    if colours is None and not palette and len(masks) >= 3 and len(values) <= MAX_LEVELS:  # grey class masks
+        values, strays, mixed = _odd_mask_values(masks, [first_file(p.mask) for p in _sample(labeled)], values)
     by_index = np.array(sorted(indices), dtype=np.float64)
     if len(palette) == len(masks) and len(by_index) > 2 and _mask_kind(by_index) == "index":
         masks, found, kind, colours = palette, by_index, "index", None  # palette class masks (VOC-style)
@@ -370,6 +373,8 @@ def fingerprint_2d(root: Path, pairs: list | None = None, masks: str | None = No
         "mask_values": [f"#{int(v):06x}" for v in found] if kind == "colours" else found[:16].tolist(),
         "mask_kind": kind,
         "mask_colours": colours,
+        "mask_strays": strays,  # values one mask alone holds, on a sliver of it: read as foreground, named
+        "mask_mixed": mixed,  # two-valued masks whose foreground value differs: {value: files}
         "foreground_fraction": per_class,
         # the median over the masks of each one's 5th percentile of local width
         "thinnest_width_px": float(np.median(widths_px)) if widths_px else None,
@@ -530,9 +535,20 @@ def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
     elif colours:
         plan.set("data.mask_mode", "binary", "the masks are black and one colour: that colour is foreground")
         plan.set("data.num_classes", 2, "background and one foreground class")
+    elif fp.get("mask_mixed"):
+        shown = "; ".join(f"0/{v} in {len(f)} ({', '.join(f[:2])}{', ...' if len(f) > 2 else ''})"
+                          for v, f in fp["mask_mixed"].items())  # fmt: skip
+        plan.set("data.mask_mode", "binary", f"each mask holds 0 and one other value, not the same one ({shown}): "
+                 "any value above 0 is foreground, one class")  # fmt: skip
+        plan.set("data.num_classes", 2, "background and one foreground class")
     else:
         plan.set("data.mask_mode", "binary", f"the masks hold two values {fp['mask_values'][:2]}")
         plan.set("data.num_classes", 2, "background and one foreground class")
+    for stray in fp.get("mask_strays") or []:
+        plan.notes.append(
+            f"{stray['file']} holds the value {stray['value']:g} on {stray['pixels']} pixels, found in no other mask: "
+            "not a class; it reads as foreground there: check that mask"
+        )
     name = folder_name(fp["root"])
     plan.set("data.name", name, f"the folder's name: runs go to runs/{name}/METHOD/...")
     if fp.get("subject_column") == "folder" and fp["subjects"] == fp["images"]:
@@ -556,6 +572,32 @@ def plan_from(fp: dict[str, Any], batch_size: int = 8) -> Plan:
             plan.settings.pop(key, None)
             plan.reasons.pop(key, None)
     return plan
+
+
+STRAY_SHARE = 0.01  # a value on under 1 % of one mask, in no other: a slip of the brush, not a class
+
+
+def _odd_mask_values(masks: list[np.ndarray], files: list[Path], values: set) -> tuple[set, list, dict]:
+    """The grey mask values less those one mask alone holds on under :data:`STRAY_SHARE` of its
+    pixels (``strays``: file, value, pixels); and, where every mask holds 0 and one other value
+    but not the same one (0/1 among 0/255), those values with their files (``mixed``), read as
+    one foreground."""
+    held = [set(np.unique(m).tolist()) for m in masks]
+    strays = []
+    for m, found, file in zip(masks, held, files):
+        for v in sorted(found):
+            alone = sum(v in other for other in held) == 1
+            if alone and v != 0 and (pixels := int(np.sum(m == v))) < STRAY_SHARE * m.size:
+                strays.append({"file": file.name, "value": v, "pixels": pixels})
+    for stray in strays:
+        values.discard(stray["value"])
+    kept = [h - {s["value"] for s in strays} for h in held]
+    mixed: dict[str, list[str]] = {}
+    if all(len(h) == 2 and 0 in h for h in kept) and len({max(h) for h in kept}) > 1:
+        for h, file in zip(kept, files):
+            mixed.setdefault(f"{max(h):g}", []).append(file.name)
+        values = {0.0, float(max(max(h) for h in kept))}
+    return values, strays, mixed
 
 
 def _plan_images(plan: Plan, fp: dict[str, Any], batch_size: int) -> None:
