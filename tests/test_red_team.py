@@ -246,3 +246,26 @@ def test_an_odd_mask_never_becomes_a_class(tmp_path, make, said):
     plan = plan_for(root, cache=False)
     assert plan.settings["data.num_classes"] == 2 and plan.settings["data.mask_mode"] == "binary"
     assert said in " ".join(plan.lines()) and "case2.png" in " ".join(plan.lines())
+
+
+def test_split_csv_naming_an_image_twice_is_refused(tmp_path, capsys):
+    root = write_pair_folder(tmp_path / "ds", n=6)
+    rows = (root / "split.csv").read_text().splitlines()
+    first = rows[1].split(",")[0]
+    (root / "split.csv").write_text("\n".join([*rows, f"{first}.png,test"]) + "\n")  # its id, then its file name
+    assert cli.main(["train", *TINY, f"data.root={root}", "--out", str(tmp_path / "run")]) != 0
+    _refused(capsys, "split.csv", "has a row already")
+
+
+def test_a_test_image_identical_to_a_training_image_is_flagged(tmp_path, caplog):
+    """Byte-identical images under two names, one in training and one in test: the log and
+    results.json say their scores are not held out (was: silent, though every file is hashed)."""
+    root = write_pair_folder(tmp_path / "ds", n=6)
+    rows = [r.split(",") for r in (root / "split.csv").read_text().splitlines()[1:]]
+    trained = next(i for i, s in rows if s == "train")
+    held = next(i for i, s in rows if s == "test")
+    shutil.copy(root / "images" / f"{trained}.png", root / "images" / f"{held}.png")
+    assert cli.main(["train", *TINY, f"data.root={root}", "data.labeled_percent=100", "--out", str(tmp_path / "run")]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert any("byte-identical" in w and f"{held} = {trained}" in w for w in results["warnings"])
+    assert "byte-identical" in (tmp_path / "run" / "train.log").read_text()

@@ -21,7 +21,7 @@ from .inference import Segmenter, load_run
 from .methods import Method
 from .protocol import evaluate_method, intensity_prior_agreement, run_data, uses_validation
 from .runfolder import RunFolder, write_json, write_rows
-from .training import Trainer
+from .training import Trainer, leak_warning
 
 LOG = logging.getLogger("superdiffusion")
 
@@ -97,6 +97,8 @@ def train(
                 f"then `superdiffusion train --out {folder.path} --resume` scores the run without training it again"
             ) from None
         results["health"] = trainer.health
+        if trainer.leaks:  # held-out cases that are training images: said beside the scores
+            results.setdefault("warnings", []).append(leak_warning(trainer.leaks))
         results["code"] = code_version()
         results["train_seconds"] = round(trainer.progress.elapsed, 2)
         results["updates"] = trainer.progress.updates()

@@ -9,6 +9,7 @@ as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,15 @@ from .methods import Batch, Method, Phase, StepContext, build_method
 from .monitor import EpochMeter, Monitor
 from .protocol import Selection, example_predictions, labeled_agreement, run_health, select_epoch
 from .runfolder import RunFolder
+
+
+def leak_warning(leaks: list[list[str]]) -> str:
+    """One line on held-out cases whose image is a training image's, byte for byte."""
+    shown = ", ".join(f"{held} = {trained}" for trained, held in leaks[:3]) + (", ..." if len(leaks) > 3 else "")
+    return (
+        f"{len(leaks)} validation or test image(s) are byte-identical to training images ({shown}): their scores "
+        "are not held out; remove the copies, or move them to one split (split.csv)"
+    )
 
 
 def step_seed(seed: int, phase: int, epoch: int, step: int) -> int:
@@ -298,6 +308,7 @@ class Trainer:
                 self.folder.write_config(self.cfg)  # e.g. a longer run
         if self.rank == 0 and self.folder.read_splits() is None:
             self.folder.write_splits(split_record(self.data))
+        self.leaks = (self.folder.read_splits() or {}).get("leaks", []) if self.rank == 0 else []
         if self.rank == 0 and plan:
             self.folder.write_plan(plan)
         self.monitor.open()
@@ -309,6 +320,8 @@ class Trainer:
                 f"[superdiffusion] {self.method.name} on {self.cfg.data.name}: {self.data.summary()}; "
                 f"device {self.device}; run folder {self.folder.path}"
             )
+            if self.leaks:
+                self.monitor.info(f"[superdiffusion] WARNING: {leak_warning(self.leaks)}", logging.WARNING)
             if self.method.unsupervised_terms:  # where the unsupervised weight comes from, in one line
                 m = self.cfg.method
                 self.monitor.info(

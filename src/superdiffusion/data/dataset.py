@@ -316,12 +316,29 @@ def fingerprint(pair: Pair) -> str:
 
 
 def split_record(data: SegmentationData) -> dict[str, Any]:
-    """The ids of every split of a run, with each file's fingerprint (``splits.json``)."""
+    """The ids of every split of a run, with each file's fingerprint (``splits.json``), and the
+    held-out cases whose image is byte for byte a training image's (``leaks``: [training id,
+    held-out id]: their scores are not held out)."""
     parts = {"labeled": data.labeled, "unlabeled": data.unlabeled, "val": data.val, "test": data.test}
     record: dict[str, Any] = {"format": SPLITS_FORMAT, "grouped_by": data.grouped_by}
     record.update({name: [p.id for p in split.pairs] for name, split in parts.items()})
     record["files"] = {p.id: fingerprint(p) for split in parts.values() for p in split.pairs}
+    training = {image_digest(p): p.id for name in ("labeled", "unlabeled") for p in parts[name].pairs}
+    leaks = [[training[d], p.id] for name in ("val", "test") for p in parts[name].pairs if (d := image_digest(p)) in training]
+    if leaks:
+        record["leaks"] = leaks
     return record
+
+
+def image_digest(pair) -> str:
+    """A short hash of a case's image file(s) alone (its mask left out)."""
+    digest = hashlib.blake2b(digest_size=8)
+    images = pair.image if isinstance(pair.image, tuple) else (pair.image,)
+    for path in (f for p in images for f in (sorted(Path(p).iterdir()) if Path(p).is_dir() else [Path(p)])):
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def recorded_splits(pairs: list[Pair], recorded: dict[str, Any], root, extra: list = ()) -> dict[str, list[Pair]]:

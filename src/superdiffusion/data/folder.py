@@ -658,9 +658,15 @@ def _apply_split(pairs: list, split_file: Path) -> None:
     for row in rows:
         row["id"] = row["id"] if row["id"] in by_id else names.get(row["id"], row["id"])
         row["split"] = row["split"].lower()
+    seen: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         if row["id"] not in by_id:
             raise DataError(f"{split_file}:{line}: id {row['id']!r} has no image (or volume) in {split_file.parent}")
+        if row["id"] in seen:  # twice (as an id and as a file name, say): which split would win?
+            raise DataError(
+                f"{split_file}:{line}: image {row['id']!r} has a row already (line {seen[row['id']]}); one row an image"
+            )
+        seen[row["id"]] = line
         if row["split"] not in SPLITS:
             raise DataError(f"{split_file}:{line}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
         by_id[row["id"]].split = row["split"]
