@@ -269,3 +269,19 @@ def test_a_test_image_identical_to_a_training_image_is_flagged(tmp_path, caplog)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert any("byte-identical" in w and f"{held} = {trained}" in w for w in results["warnings"])
     assert "byte-identical" in (tmp_path / "run" / "train.log").read_text()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "show", "suggest"])
+def test_a_run_being_trained_is_not_scored(tmp_path, capsys, trained, command):
+    """evaluate (show, suggest) while another process trains the folder (a --force retrain)
+    would score a half-trained checkpoint: refused while the lock is held (was: scored)."""
+    import fcntl
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    with open(run / ".lock", "r+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process training it now
+        argv = [command, str(run)] + {"show": ["--samples", "1"], "suggest": ["--count", "1"]}.get(command, [])
+        assert cli.main(argv) != 0
+        _refused(capsys, "being trained by another process")
+    assert cli.main(["evaluate", str(run)]) == 0  # once it is released

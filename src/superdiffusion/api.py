@@ -170,6 +170,7 @@ def evaluate(
     if out is not None and Path(out).exists():
         raise RunFolderError(f"{out} already exists; choose another --out")
     safefs.check_writable(Path(out).parent if out else run_dir)  # before the scoring, not after
+    RunFolder(run_dir).check_idle("evaluate")
     model = Segmenter.from_run(run_dir, device)
     cfg = model.cfg
     if samples:
@@ -272,6 +273,7 @@ def suggest(
         raise ConfigError(f"--by must be one of {', '.join(SUGGEST_SOURCES)}, got {by!r}")
     if count < 1:
         raise ConfigError(f"--count must be at least 1, got {count}")
+    RunFolder(run_dir).check_idle("suggest")
     model = Segmenter.from_run(run_dir, device)
     method, cfg = model.method, model.cfg
     if method.num_classes != 2 or method.spatial_dims != 2:

@@ -392,6 +392,15 @@ class RunFolder:
         probe.unlock()
         return False
 
+    def check_idle(self, command: str) -> None:
+        """One line if another process is training this folder now: ``command`` would score a
+        half-trained checkpoint, and write beside a run that may replace it."""
+        if self.busy:
+            raise RunFolderBusy(
+                f"{self.path} is being trained by another process now; {command} scores a finished run: wait for the "
+                "training to end"
+            )
+
     def check_resume(self, saved: Config, cfg: Config) -> None:
         """Refuse to resume with settings other than :data:`RESUMABLE_KEYS`, in one line."""
         old, new = flat(saved), flat(cfg)

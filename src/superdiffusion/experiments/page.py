@@ -88,6 +88,7 @@ def write_page(run_dir: str | Path, out: str | Path | None = None, samples: int 
     from ..protocol import run_data, split_probabilities
 
     run = RunFolder(run_dir)
+    run.check_idle("show")
     home = Path(out) if out else run.path
     index, target = home / "report.html", home / FILES
     if out:
