@@ -285,3 +285,66 @@ def test_a_run_being_trained_is_not_scored(tmp_path, capsys, trained, command):
         assert cli.main(argv) != 0
         _refused(capsys, "being trained by another process")
     assert cli.main(["evaluate", str(run)]) == 0  # once it is released
+
+
+# --- memory: a file's declared size is checked before anything is allocated ------------------------
+def _nifti_header_bomb(path: Path) -> None:
+    """A 1 KB NIfTI whose header declares 4000^3 float32 voxels (256 GB)."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((4000, 4000, 4000))
+    header.set_data_dtype(np.float32)
+    header["vox_offset"] = 352
+    path.write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 512)
+
+
+@pytest.mark.parametrize("command", ["plan", "train", "predict"])
+def test_a_nifti_header_declaring_4000_cubed_voxels_is_refused_unread(tmp_path, capsys, trained, command):
+    import nibabel as nib
+    from test_volumes import write_volumes
+
+    root = write_volumes(tmp_path / "vols", n=4, shape=(16, 16, 12))
+    _nifti_header_bomb(root / "images" / "v1.nii.gz".replace(".gz", ""))
+    (root / "images" / "v1.nii.gz").unlink()
+    shutil.copy(root / "labels" / "v1.nii.gz", root / "labels" / "v1.nii")
+    (root / "labels" / "v1.nii.gz").unlink()
+    assert nib.load(str(root / "images" / "v1.nii")).shape == (4000, 4000, 4000)
+    if command == "plan":
+        argv = ["plan", str(root)]
+    elif command == "train":
+        argv = ["train", "method=supervised", *FAST[1:], "data.spatial_dims=3", "data.patch_size=[16,16,16]",
+                "data.plan=false", f"data.root={root}", "--out", str(tmp_path / "run")]  # fmt: skip
+    else:
+        argv = ["predict", str(trained), str(root / "images" / "v1.nii"), str(tmp_path / "pred")]
+    assert cli.main(argv) != 0
+    _refused(capsys, "v1.nii", "4000x4000x4000")
+
+
+def test_an_npz_bomb_and_oversized_hdf5_slices_are_refused_unread(tmp_path, monkeypatch):
+    import h5py
+
+    from superdiffusion.data import volumes
+    from superdiffusion.errors import DataError
+
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, image=np.zeros((64, 512, 512), np.float32))  # 64 MB in, a few KB on disk
+    assert bomb.stat().st_size < 1_000_000
+    monkeypatch.setattr(volumes, "available_memory", lambda: 32_000_000)  # a machine with 32 MB free
+    with pytest.raises(DataError, match="bomb.npz: its header declares 64x512x512 values"):
+        volumes.read_volume(bomb)
+    monkeypatch.undo()
+    big = tmp_path / "slice.h5"
+    with h5py.File(big, "w") as handle:  # a 2D slice of 64 megapixels, compressed to little
+        handle.create_dataset("image", (8000, 8000), np.uint8, compression="gzip", chunks=(1000, 1000))
+    with pytest.raises(DataError, match="slice.h5: 8000x8000 is above the limit of 50 megapixels"):
+        volumes.read_plane(big)
+
+
+def test_running_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr("superdiffusion.plan.plan_for", exhausted)
+    assert cli.main(["plan", str(tmp_path)]) != 0
+    _refused(capsys, "plan ran out of memory")

@@ -224,6 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         print(f"superdiffusion: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
+    except MemoryError:  # its message is empty: say what happened
+        print(
+            f"superdiffusion: error: {args.command} ran out of memory; use a machine with more, or smaller or fewer "
+            "images (a smaller train.batch_size or data.patch_size for training)",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("superdiffusion: interrupted; continue with --resume", file=sys.stderr)
         return 130

@@ -38,6 +38,7 @@ from .dataset import (
     SegmentationData,
     Split,
     assign_splits,
+    available_memory,
     check_inside,
     check_memory,
     dataset_stats,
@@ -47,7 +48,7 @@ from .dataset import (
     set_aside_unlabeled,
     unlabeled_as_recorded,
 )
-from .folder import check_finite, classes_of, compact_mask, mask_folder, read_columns
+from .folder import MAX_IMAGE_PIXELS, check_finite, classes_of, compact_mask, mask_folder, read_columns
 from .splits import choose_labeled
 
 LOG = logging.getLogger("superdiffusion")
@@ -323,9 +324,36 @@ def check_detached(path: Path) -> dict[str, str]:
     return header
 
 
-def _read_array(path: Path, dataset: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], bool]:
+def check_declared_size(path: Path, dataset: str = "image", max_elements: int | None = None) -> None:
+    """Before a file is read: one line if the array its header declares (a NIfTI, NRRD,
+    MetaImage or TIFF header, an HDF5 or ``.npz`` member's) would not fit in the memory this
+    machine has free as float32, or holds more than ``max_elements`` (2D images: the megapixel
+    limit). A 1 KB header may declare 4000^3 voxels, a 3 MB ``.npz`` 3 GB: neither is allocated.
+    DICOM series, whose shape only decoding gives, are not checked here."""
+    if is_series(path) or path.name.lower().endswith(".dcm"):
+        return
+    shape = _arrays(path).get(dataset, ()) if is_container(path) else stored_shape(path)
+    elements = int(np.prod(shape, dtype=np.float64)) if shape else 0
+    if max_elements is not None and elements > max_elements:
+        raise DataError(
+            f"{path}: {'x'.join(map(str, shape))} is above the limit of {max_elements // 1_000_000} megapixels per 2D "
+            "image; downsample it first"
+        )
+    free = available_memory()
+    if free is not None and 4 * elements > free:
+        raise DataError(
+            f"{path}: its header declares {'x'.join(map(str, shape))} values ({4 * elements / 1e9:.1f} GB as float32), "
+            f"more than the {free / 1e9:.1f} GB this machine has free; it is not read"
+        )
+
+
+def _read_array(
+    path: Path, dataset: str, max_elements: int | None = None
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], bool]:
     """A volume file's voxels as stored, its affine, spacing and whether the spacing is missing;
-    any reader failure is one line naming the file."""
+    any reader failure is one line naming the file. The size its header declares is checked
+    first (:func:`check_declared_size`)."""
+    check_declared_size(path, dataset, max_elements)
     try:
         if is_series(path) or path.name.lower().endswith(PLANE_SUFFIXES):  # a series: ITK orders its slices
             header = {} if path.is_dir() else check_detached(path)  # MetaImage: its header, read once
@@ -418,7 +446,7 @@ def read_plane(path: Path, dataset: str = "image") -> tuple[np.ndarray, np.ndarr
     are often kept in medical imaging), or as an HDF5 file's ``dataset`` (``image`` or ``label``):
     its ``(H, W)`` array in the file's index order, its affine, and the stored shape (a
     prediction is written back in that shape and geometry)."""
-    arr, affine, _, _ = _read_array(path, dataset)
+    arr, affine, _, _ = _read_array(path, dataset, MAX_IMAGE_PIXELS)
     return _plane_of(arr, path), affine, tuple(arr.shape)
 
 
@@ -870,6 +898,9 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
     unmasked = unlabeled_as_recorded(unmasked, recorded)
     labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed, recorded)
     used = [p for group in by.values() for p in group] + unmasked
+    for pair in used:  # a file too large on its own is named before the dataset's total is weighed
+        for path in pair.image if isinstance(pair.image, tuple) else (pair.image,):
+            check_declared_size(Path(path))
     check_memory(root, len(used), sum(_bytes_held(p) for p in used), "volumes")
 
     def make(name: str, keep: set[str] | None = None) -> Split:
