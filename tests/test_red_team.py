@@ -348,3 +348,83 @@ def test_running_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("superdiffusion.plan.plan_for", exhausted)
     assert cli.main(["plan", str(tmp_path)]) != 0
     _refused(capsys, "plan ran out of memory")
+
+
+# --- tracebacks become one line --------------------------------------------------------------------
+def _model_without_config(run: Path) -> list[str]:
+    import torch
+
+    state = torch.load(run / "model.pt", weights_only=False)
+    del state["config"]
+    torch.save(state, run / "model.pt")
+    return ["model.pt", "not a model superdiffusion saved"]
+
+
+def _model_of_another_program(run: Path) -> list[str]:
+    import torch
+
+    torch.save({"state_dict": {}, "epoch": 3}, run / "model.pt")
+    return ["model.pt", "not a superdiffusion checkpoint"]
+
+
+def _bad_results(run: Path) -> list[str]:
+    (run / "results.json").write_text("{bad")
+    return ["results.json", "unreadable"]
+
+
+def _bad_splits(run: Path) -> list[str]:
+    (run / "splits.json").write_text("[1, 2")
+    return ["splits.json", "unreadable"]
+
+
+@pytest.mark.parametrize(
+    "damage, commands",
+    [
+        (_model_without_config, ["predict", "evaluate", "export"]),
+        (_model_of_another_program, ["predict", "evaluate", "export"]),
+        (_bad_results, ["show", "report"]),
+        (_bad_splits, ["evaluate", "show"]),
+    ],
+)
+def test_a_damaged_run_folder_is_one_line(tmp_path, capsys, trained, damage, commands):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    words = damage(run)
+    images = write_pair_folder(tmp_path / "ds", n=2) / "images"
+    for command in commands:
+        argv = {
+            "predict": ["predict", str(run), str(images), str(tmp_path / f"pred-{command}")],
+            "evaluate": ["evaluate", str(run)],
+            "export": ["export", str(run), str(tmp_path / "model.pt")],
+            "show": ["show", str(run), "--samples", "1", "--out", str(tmp_path / "page")],
+            "report": ["report", str(run), "--out", str(tmp_path / "report")],
+        }[command]
+        assert cli.main(argv) != 0, command
+        _refused(capsys, *words)
+
+
+def test_a_binary_config_and_a_file_name_that_is_not_text_are_one_line(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_bytes(bytes(range(256)))
+    assert cli.main(["train", "--config", str(tmp_path / "config.yaml")]) != 0
+    _refused(capsys, "config.yaml", "not a text file")
+    root = write_pair_folder(tmp_path / "ds", n=6, split=False)
+    for folder in ("images", "masks"):
+        first = sorted((root / folder).iterdir())[0]
+        os.rename(os.fsencode(first), os.fsencode(first.parent) + b"/caf\xe9.png")
+    for argv in (["plan", str(root)], ["train", *TINY, f"data.root={root}", "--out", str(tmp_path / "run")]):
+        assert cli.main(argv) != 0
+        _refused(capsys, "not UTF-8 text")
+
+
+def test_an_id_with_dollar_signs_is_drawn_as_text(tmp_path, capsys):
+    """matplotlib reads $...$ as mathtext: a test id holding two $ stopped figure with a traceback."""
+    root = write_pair_folder(tmp_path / "ds", n=6)
+    rows = (root / "split.csv").read_text().splitlines()
+    held = next(r.split(",")[0] for r in rows[1:] if r.endswith("test"))
+    for folder in ("images", "masks"):
+        (root / folder / f"{held}.png").rename(root / folder / "case$_$1.png")
+    (root / "split.csv").write_text("\n".join(r.replace(f"{held},", "case$_$1,") for r in rows) + "\n")
+    assert cli.main(["train", *TINY, f"data.root={root}", "--out", str(tmp_path / "run")]) == 0
+    out = tmp_path / "f.png"
+    assert cli.main(["figure", str(tmp_path / "run"), "--out", str(out), "--samples", "1", "--ids", "case$_$1"]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG")

@@ -28,7 +28,7 @@ from PIL import Image
 
 from . import safefs
 from .config import DataConfig, folder_name
-from .data.dataset import check_inside, resolve_root
+from .data.dataset import check_inside, check_names, resolve_root
 from .data.folder import (
     channels_of,
     colour_count,
@@ -448,6 +448,7 @@ def fingerprint(root: str | Path, cache: bool = True, masks: str | None = None) 
     if masks is not None and (not masks.strip() or Path(masks).is_absolute() or ".." in Path(masks).parts):
         raise DataError(f"--masks names a folder inside {folder} (no '..', not absolute); got {masks!r}")
     files = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
+    check_names(files)
     key = _folder_digest(folder, files, masks)
     path = _cache_dir() / f"{key}.json"
     if cache and path.is_file():

@@ -271,7 +271,7 @@ class RunFolder:
         """The recorded splits, or None for a run written before they were recorded."""
         if not self.splits_path.is_file():
             return None
-        return json.loads(self.splits_path.read_text())
+        return _json(self.splits_path)
 
     @property
     def plan_path(self) -> Path:
@@ -282,10 +282,10 @@ class RunFolder:
         self.write_json(self.plan_path, record)
 
     def read_plan(self) -> dict[str, Any] | None:
-        return json.loads(self.plan_path.read_text()) if self.plan_path.is_file() else None
+        return _json(self.plan_path) if self.plan_path.is_file() else None
 
     def read_results(self) -> dict[str, Any]:
-        return json.loads(self.results_path.read_text())
+        return _json(self.results_path)
 
     def write_results(self, results: dict[str, Any]) -> None:
         self.claim(self.results_path)
@@ -464,8 +464,22 @@ class _LogFile(logging.StreamHandler):
             super().close()
 
 
+MODEL_KEYS = {"method": str, "config": dict, "data": dict, "format": int}  # what every saved model holds
+
+
 def _readable(state: dict[str, Any], path: Path) -> dict[str, Any]:
-    """``state`` when this version can read its format; one clear line otherwise."""
+    """``state`` when this version can read its format and it has a saved model's structure;
+    one clear line otherwise (a ``model.pt`` of another program, or edited)."""
+    wrong = [k for k, kind in MODEL_KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind)]
+    weights = isinstance(state, dict) and (isinstance(state.get("segmenter"), dict) or isinstance(state.get("model"), dict))
+    data = state.get("data") if isinstance(state, dict) else None
+    if not wrong and isinstance(data, dict):
+        wrong = [f"data.{k}" for k in ("channels", "num_classes", "spatial_dims") if not isinstance(data.get(k), int)]
+    if wrong or not weights:
+        raise RunFolderError(
+            f"{path}: not a model superdiffusion saved ({'its ' + wrong[0] + ' is missing or of the wrong kind' if wrong else 'no weights'}); "
+            "train the run again, or restore the file"
+        )
     if state["format"] > CHECKPOINT_FORMAT:
         raise RunFolderError(
             f"{path}: format {state['format']} was written by a newer superdiffusion; this version reads "
@@ -475,6 +489,18 @@ def _readable(state: dict[str, Any], path: Path) -> dict[str, Any]:
     if state["format"] < 2 and data.get("spatial_dims") == 3 and data.get("normalize") == "zscore":
         state["config"]["data"] = dict(data, normalize="per_image")  # the same per-volume z-score, renamed
     return state
+
+
+def _json(path: Path) -> dict[str, Any]:
+    """A JSON object the package wrote in a run folder; one line when it is not one (edited,
+    truncated by a full disk)."""
+    try:
+        content = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RunFolderError(f"{path}: unreadable ({str(err).splitlines()[0][:80]}); restore it, or train the run again") from None
+    if not isinstance(content, dict):
+        raise RunFolderError(f"{path}: not the JSON object superdiffusion wrote; restore it, or train the run again")
+    return content
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:

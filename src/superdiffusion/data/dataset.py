@@ -290,12 +290,24 @@ def pair_files(pair) -> list[Path]:
     return [Path(f) for p in (*images, *masks) for f in (sorted(Path(p).iterdir()) if Path(p).is_dir() else [p])]
 
 
+def check_names(paths) -> None:
+    """One line for a file whose name is not text (bytes no encoding decodes: it could be neither
+    logged, nor recorded in splits.json, nor written back as a prediction's name)."""
+    for path in paths:
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(path).decode("utf-8", "replace")
+            raise DataError(f"{shown}: its name is not UTF-8 text; rename the file") from None
+
+
 def check_inside(pairs: list, root: Path) -> None:
     """One line if a case is read from outside ``root``: a file (or a folder above it, such as
     a linked ``masks/``) that is a link leading out of the data folder. Links that stay inside
     it are read."""
     top = Path(root).resolve()
     for pair in pairs:
+        check_names(pair_files(pair))
         for path in pair_files(pair):
             real = path.resolve()
             if not real.is_relative_to(top):

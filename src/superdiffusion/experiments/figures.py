@@ -84,7 +84,8 @@ def qualitative_figure(
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(columns[col], fontsize=8)
-        axes[row, 0].set_ylabel(f"{chosen[k]}\nDice {100 * dice:.1f}", fontsize=8)
+        shown = chosen[k].replace("$", r"\$")  # an id is text, never mathtext
+        axes[row, 0].set_ylabel(f"{shown}\nDice {100 * dice:.1f}", fontsize=8)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

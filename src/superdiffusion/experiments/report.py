@@ -35,7 +35,12 @@ def collect(roots: list[Path]) -> list[dict[str, Any]]:
     rows = []
     for root in roots:
         for path in sorted(Path(root).rglob("results.json")):
-            result = json.loads(path.read_text())
+            try:
+                result = json.loads(path.read_text())
+            except (ValueError, UnicodeDecodeError):
+                from ..errors import RunFolderError
+
+                raise RunFolderError(f"{path}: unreadable JSON; restore it, or move its run out of {root}") from None
             variant = path.parent.name.split("-", 2)[2] if path.parent.name.count("-") >= 2 else ""
             labels = result.get("labels", {})
             if labels.get("source") == "ids":  # a chosen subset, not a seed's draw of the percentage
