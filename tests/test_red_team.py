@@ -428,3 +428,22 @@ def test_an_id_with_dollar_signs_is_drawn_as_text(tmp_path, capsys):
     out = tmp_path / "f.png"
     assert cli.main(["figure", str(tmp_path / "run"), "--out", str(out), "--samples", "1", "--ids", "case$_$1"]) == 0
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_show_goes_on_after_a_show_that_was_killed(tmp_path, trained):
+    """A show killed with -9 leaves its temporary file (.NAME.tmp-PID) in report-files/: the
+    next show removes it and writes the page (was: refused for good, 'not written by
+    superdiffusion'); a live process's temporary file, or a user's file, still stops it."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert cli.main(["show", str(run), "--samples", "1"]) == 0
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = run / "report-files" / f".0000-image.png.tmp-{gone.stdout.strip()}"
+    left.write_bytes(b"half a png")
+    assert cli.main(["show", str(run), "--samples", "1"]) == 0
+    assert not left.exists()
+    (run / "report-files" / "notes.txt").write_text("mine")
+    assert cli.main(["show", str(run), "--samples", "1"]) != 0

@@ -42,6 +42,25 @@ def _tmp_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def stale_temporary(path: Path) -> bool:
+    """Whether ``path`` is a temporary file :func:`atomic` left behind (``.NAME.tmp-PID``) whose
+    process is gone (killed before it could rename or remove it): the package's own, safe to
+    remove."""
+    name = path.name
+    if not (name.startswith(".") and ".tmp-" in name) or path.is_symlink() or not path.is_file():
+        return False
+    pid = name.rpartition(".tmp-")[2]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # a live process of another user
+        return False
+    return False
+
+
 @contextlib.contextmanager
 def atomic(path: str | Path, text: bool = False, newline: str | None = None) -> Iterator[io.IOBase]:
     """A file object whose content replaces ``path`` when the block ends without error (and is

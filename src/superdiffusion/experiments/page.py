@@ -100,7 +100,11 @@ def write_page(run_dir: str | Path, out: str | Path | None = None, samples: int 
         if os.path.lexists(target) and (target.is_symlink() or not target.is_dir()):
             foreign.append(target)
         elif target.is_dir():
-            foreign += [p for p in sorted(target.iterdir()) if p.is_symlink() or f"{FILES}/{p.name}" not in written]
+            for p in sorted(target.iterdir()):
+                if safefs.stale_temporary(p):  # left by a show that was killed: the package's own
+                    p.unlink()
+                elif p.is_symlink() or f"{FILES}/{p.name}" not in written:
+                    foreign.append(p)
         if foreign:
             raise RunFolderError(
                 f"{foreign[0]} was not written by superdiffusion, and show would replace it: move it, or give --out DIR"
