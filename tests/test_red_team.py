@@ -447,3 +447,16 @@ def test_show_goes_on_after_a_show_that_was_killed(tmp_path, trained):
     assert not left.exists()
     (run / "report-files" / "notes.txt").write_text("mine")
     assert cli.main(["show", str(run), "--samples", "1"]) != 0
+
+
+def test_an_unreadable_volume_is_named_not_a_healthy_one(tmp_path, capsys):
+    """One corrupt volume among healthy ones: train stops with the plan's line naming it (was:
+    the plan fell back to 2D, and the error then blamed a healthy volume)."""
+    from test_volumes import write_volumes
+
+    root = write_volumes(tmp_path / "vols", n=4, shape=(16, 16, 12))
+    (root / "images" / "v3.nii.gz").write_bytes(b"not a volume at all")  # the first, v0, says: volumes
+    argv = ["train", "method=supervised", *FAST[1:], f"data.root={root}", "--out", str(tmp_path / "run")]
+    assert cli.main(argv) != 0
+    line = _refused(capsys, "v3.nii.gz")
+    assert "v0" not in line

@@ -694,9 +694,8 @@ class Planner:
             return None  # a missing folder fails in training, with its own line
         try:
             self.plan, self.given = plan_for(root, batch_size, self.cache, masks), set(given)
-        except DataError as err:  # the training's own reading names the problem; the defaults apply
-            LOG.warning("plan: no plan for %s (%s); the default data settings apply", root, err)
-            return None
+        except DataError as err:  # its line names the file; defaults would read the folder wrongly (3D as 2D)
+            raise DataError(f"{err} (data.plan=false trains without a plan)") from None
         return "plan", self.plan.layer(self.given)
 
     def record(self) -> dict[str, Any] | None:
