@@ -178,7 +178,7 @@ def test_dataset_json_folders_are_planned_and_keep_their_declared_classes(tmp_pa
         cfg = resolve([f"data.root={root}"], planner=Planner(cache=False))
         assert cfg.data.patch_size == [16, 16, 16] and cfg.data.name == root.name
     plan = plan_for(write_nnunet_2d(tmp_path / "Dataset001_Toy"), cache=False)
-    assert plan.settings["data.size"] == [128, 128] and "data.mask_mode" not in plan.settings
+    assert plan.settings["data.size"] == [32, 32] and "data.mask_mode" not in plan.settings  # 24 px: kept near
 
 
 def test_an_nnunet_folder_with_unlabeled_cases_runs_end_to_end(tmp_path):

@@ -35,7 +35,7 @@ from .data.folder import (
 from .data.volumes import is_plane_file, is_stack
 from .errors import ConfigError, DataError, RunFolderError
 from .methods import Method, Prediction, build_method
-from .runfolder import RunFolder
+from .runfolder import RunFolder, check_saved_model
 from .subnormals import flush_subnormals
 
 
@@ -154,6 +154,7 @@ def load_run(run_dir: str | Path, which: str = "best.pt") -> tuple[Config, Metho
         state = folder.load_checkpoint(which)
     else:
         raise RunFolderError(f"{run_dir}: no model.pt and no checkpoint {which} (has this run finished an epoch?)")
+    check_saved_model(state, folder.model_path if folder.model_path.exists() else folder.checkpoint_path(which))
     cfg = from_dict(state["config"])
     d = state["data"]
     method = build_method(cfg, d["channels"], d["num_classes"], d["spatial_dims"])

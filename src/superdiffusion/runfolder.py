@@ -464,22 +464,8 @@ class _LogFile(logging.StreamHandler):
             super().close()
 
 
-MODEL_KEYS = {"method": str, "config": dict, "data": dict, "format": int}  # what every saved model holds
-
-
 def _readable(state: dict[str, Any], path: Path) -> dict[str, Any]:
-    """``state`` when this version can read its format and it has a saved model's structure;
-    one clear line otherwise (a ``model.pt`` of another program, or edited)."""
-    wrong = [k for k, kind in MODEL_KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind)]
-    weights = isinstance(state, dict) and (isinstance(state.get("segmenter"), dict) or isinstance(state.get("model"), dict))
-    data = state.get("data") if isinstance(state, dict) else None
-    if not wrong and isinstance(data, dict):
-        wrong = [f"data.{k}" for k in ("channels", "num_classes", "spatial_dims") if not isinstance(data.get(k), int)]
-    if wrong or not weights:
-        raise RunFolderError(
-            f"{path}: not a model superdiffusion saved ({'its ' + wrong[0] + ' is missing or of the wrong kind' if wrong else 'no weights'}); "
-            "train the run again, or restore the file"
-        )
+    """``state`` when this version can read its format; one clear line otherwise."""
     if state["format"] > CHECKPOINT_FORMAT:
         raise RunFolderError(
             f"{path}: format {state['format']} was written by a newer superdiffusion; this version reads "
@@ -489,6 +475,22 @@ def _readable(state: dict[str, Any], path: Path) -> dict[str, Any]:
     if state["format"] < 2 and data.get("spatial_dims") == 3 and data.get("normalize") == "zscore":
         state["config"]["data"] = dict(data, normalize="per_image")  # the same per-volume z-score, renamed
     return state
+
+
+MODEL_KEYS = {"method": str, "config": dict, "data": dict, "format": int}  # what every saved model holds
+
+
+def check_saved_model(state: Any, path: Path) -> None:
+    """One line unless ``state`` has the structure of a model the package saved (``model.pt``
+    or a checkpoint): a file of another program, or edited, is named rather than a traceback."""
+    wrong = [k for k, kind in MODEL_KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind)]
+    weights = isinstance(state, dict) and (isinstance(state.get("segmenter"), dict) or isinstance(state.get("model"), dict))
+    if not wrong:
+        data = state["data"]
+        wrong = [f"data.{k}" for k in ("channels", "num_classes", "spatial_dims") if not isinstance(data.get(k), int)]
+    if wrong or not weights:
+        what = f"its {wrong[0]} is missing or of the wrong kind" if wrong else "no weights"
+        raise RunFolderError(f"{path}: not a model superdiffusion saved ({what}); train the run again, or restore the file")
 
 
 def _json(path: Path) -> dict[str, Any]:
