@@ -369,3 +369,51 @@ def test_the_intensity_prior_control_reads_its_polarity_as_the_teacher_does(tmp_
     results = api.train(tiny_config("method=supervised", "train.epochs=1", "train.threads=1"), tmp_path / "run")
     assert set(results["intensity_prior"]) == {"dice", "auroc", "swapped"}
     assert 0 <= results["intensity_prior"]["dice"] <= 1
+
+
+# --- the hidden-label monitor ---------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["superdiffusion", "cps"])
+def test_the_hidden_masks_are_scored_but_never_trained_on(tmp_path, method):
+    """With eval.hidden_labels, every evaluated epoch scores the student's targets, its
+    prediction and the teacher's against the unlabeled images' hidden masks (history.csv); the
+    trained weights are bit-identical whatever those masks hold (here: blanked), so no update
+    reads them."""
+    from superdiffusion.data import build_data
+    from superdiffusion.training import Trainer
+
+    own = ["method.pretrain_epochs=1", "method.rounds=1"] if method == "superdiffusion" else []
+    cfg = tiny_config(
+        f"method={method}", "train.epochs=2", *own, "train.threads=1", "data.labeled_percent=20", "eval.hidden_labels=true"
+    )
+    states, histories = [], []
+    for blank in (False, True):
+        data = build_data(cfg.data, cfg.train.seed)
+        assert len(data.hidden) == len(data.unlabeled) > 0
+        if blank:
+            data.hidden.masks = [torch.zeros_like(m) for m in data.hidden.masks]
+        trainer = Trainer(cfg, data, tmp_path / f"run-{blank}")
+        trainer.fit()
+        states.append({k: v.clone() for k, v in trainer.method.state_dict().items()})
+        histories.append(trainer.progress.history)
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    last = histories[0][-1]
+    names = {"hidden_student_dice", "hidden_student_auroc", "hidden_targets_dice", "hidden_targets_fg", "hidden_true_fg"}
+    assert names <= set(last) and 0 <= last["hidden_targets_dice"] <= 1
+    assert ("hidden_teacher_dice" in last) == (method == "superdiffusion")
+    assert histories[1][-1]["hidden_true_fg"] == 0 < last["hidden_true_fg"]  # the monitor did read them
+    with open(tmp_path / "run-False" / "history.csv", newline="") as handle:
+        assert "hidden_targets_dice" in next(csv.DictReader(handle))
+
+
+def test_the_papers_targets_are_the_mean_over_the_rounds():
+    """pseudo_targets gives what Eq. 9's student term learns: with pseudo_labels=mean, the mean
+    softmax over the teacher's masks m^_0..m^_R of one co-training step's draw."""
+    method = _method("method.rounds=2", "method.pseudo_labels=mean").eval()
+    images = _batch().images
+    torch.manual_seed(5)
+    targets = method.pseudo_targets(images)
+    torch.manual_seed(5)
+    teacher = method.mask_pathway(method.teacher_mask, images, method._t(4, images.device))
+    masks, _ = method.rounds(images, teacher)
+    assert len(masks) == 3
+    assert torch.allclose(targets, torch.stack([m.softmax(1) for m in masks]).mean(0))

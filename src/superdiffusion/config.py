@@ -171,6 +171,10 @@ class EvalConfig(Section):
     inference_t: int = Field(999, ge=0)  # diffusion step of the pure-noise mask at inference
     batch_size: int = Field(16, ge=1)  # images (or sliding windows) per forward pass at inference
     sw_overlap: float = Field(0.5, ge=0, lt=1)  # sliding-window overlap for volumes
+    # score, every evaluated epoch, the unlabeled training images against the masks the label regime hides
+    # (benchmarks: the student's targets, its prediction and the teacher's); no update ever reads them
+    hidden_labels: bool = False
+    hidden_max: int = Field(64, ge=1)  # at most this many unlabeled images scored (evenly spread)
 
 
 UNBOUNDED_NORMALIZATION = ("zscore", "per_image")

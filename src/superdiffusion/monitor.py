@@ -129,8 +129,11 @@ class Monitor:
             terms += f"  pseudo-label foreground {100 * record['pseudo_fg']:.1f}%"
         self.info(f"{phase} epoch {record['epoch']}/{epochs}  {terms}  ({record['seconds']:.1f}s)")
 
+    _step = 0
+
     def selection(self, choice, improved: bool, record: dict[str, Any], step: int) -> None:
         """One evaluation (a :class:`~superdiffusion.protocol.Selection`) of the selection split."""
+        self._step = step
         split, metric, score = choice.split_name, choice.metric, choice.scores
         if self.writer is not None:
             for k in SELECTION_SCALARS:
@@ -146,6 +149,21 @@ class Monitor:
                 "(docs/evaluation.md, 'When a run collapses')",
                 logging.WARNING,
             )
+
+    def hidden(self, scores: dict[str, float]) -> None:
+        """The hidden-label scores of an evaluated epoch: a console line and TensorBoard scalars."""
+        if not scores:
+            return
+        if self.writer is not None:
+            for k, v in scores.items():
+                self.writer.add_scalar(f"hidden/{k.removeprefix('hidden_')}", v, self._step)
+        shown = "  ".join(
+            f"{who} Dice {100 * scores[f'hidden_{who}_dice']:.1f}"
+            + (f" AUROC {scores[f'hidden_{who}_auroc']:.3f}" if f"hidden_{who}_auroc" in scores else "")
+            for who in ("targets", "student", "teacher")
+            if f"hidden_{who}_dice" in scores
+        )
+        self.info(f"  hidden labels: {shown}")
 
     def wants_images(self, epoch: int, every: int = 5) -> bool:
         """Example images every ``every`` evaluated epochs (with TensorBoard)."""
@@ -191,7 +209,7 @@ def draw_progress(history: list[dict[str, Any]]):
     x = list(range(1, len(history) + 1))
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     for key in dict.fromkeys(
-        k for h in history for k in h if k not in skip and not k.startswith(("val_", "test_", "pretrain_"))
+        k for h in history for k in h if k not in skip and not k.startswith(("val_", "test_", "pretrain_", "hidden_"))
     ):
         points = [(i, h[key]) for i, h in zip(x, history) if key in h and h[key] is not None and h[key] > 0]
         if points:
@@ -201,12 +219,15 @@ def draw_progress(history: list[dict[str, Any]]):
     for key in dict.fromkeys(k for h in history for k in h if k.startswith(("val_", "test_"))):
         points = [(i, h[key]) for i, h in zip(x, history) if key in h]
         axes[1].plot(*zip(*points), marker=".", label=key)
+    for key in dict.fromkeys(k for h in history for k in h if k.startswith("hidden_") and k.endswith("_dice")):
+        points = [(i, h[key]) for i, h in zip(x, history) if key in h]
+        axes[1].plot(*zip(*points), ls="--", marker="x", label=f"{key.removeprefix('hidden_')} (hidden labels)")
     for key, label in (("threshold", "selected threshold"), ("pseudo_fg", "pseudo-label foreground share")):
         points = [(i, h[key]) for i, h in zip(x, history) if key in h]
         if points:
             axes[1].plot(*zip(*points), ls=":", label=label)
     axes[1].set_ylim(0, 1)
-    axes[1].set_title("selection split")
+    axes[1].set_title("selection split (dashed: unlabeled images against their hidden masks)" if any(k.startswith("hidden_") for h in history for k in h) else "selection split")
     weights = [(i, h["weight"]) for i, h in zip(x, history) if "weight" in h]
     if weights:
         axes[2].plot(*zip(*weights), label="lambda")

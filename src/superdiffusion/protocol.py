@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import checkpoint
@@ -333,6 +334,50 @@ def labeled_agreement(method: Method, data: SegmentationData, cfg: Config, devic
         return label_agreement(probs, masks)
 
     return score
+
+
+@torch.inference_mode()
+def hidden_label_scores(method: Method, data: SegmentationData, cfg: Config, device: torch.device) -> dict[str, float]:
+    """The mechanism at work, measured against the masks the label regime hides (``data.hidden``,
+    at most ``eval.hidden_max`` images, evenly spread): the Dice and AUROC of the student's
+    prediction, of the teacher's (methods with one) and of the student's targets
+    (:meth:`~superdiffusion.methods.Method.pseudo_targets`, 2D at a fixed size), and the
+    targets' foreground share beside the hidden masks'. Reads no image a batch is built from
+    differently, changes no weight."""
+    hidden = data.hidden
+    if hidden is None or not len(hidden):
+        return {}
+    index = sorted({round(i) for i in np.linspace(0, len(hidden) - 1, min(cfg.eval.hidden_max, len(hidden)))})
+    split = Split([hidden.images[i] for i in index], [hidden.masks[i] for i in index], [hidden.ids[i] for i in index],
+                  size=hidden.size)  # fmt: skip
+    found: dict[str, float] = {}
+    nets = {"student": None, "teacher": method.teacher_net()}
+    for name, net in nets.items():
+        if name == "student" or net is not None:
+            probs, masks = split_probabilities(method, split, cfg, device, net=net)
+            scores = label_agreement(probs, masks)
+            found.update({f"hidden_{name}_{k}": v for k, v in scores.items() if k in ("dice", "auroc")})
+    if split.size is not None:  # the targets need whole images as the batches hold them
+        was = method.training
+        method.eval()
+        torch.manual_seed(cfg.train.seed)  # a diffusion method's t and noise: the same draw every epoch
+        try:
+            chunks = []
+            for start in range(0, len(split), cfg.eval.batch_size):
+                images = split.stack(slice(start, start + cfg.eval.batch_size)).to(device)
+                targets = method.pseudo_targets(images)
+                if targets is None:
+                    break
+                chunks.append(targets.float().cpu())
+        finally:
+            method.train(was)
+        if chunks:
+            masks = split.stack_masks()
+            scores = label_agreement(torch.cat(chunks), masks)
+            found.update({f"hidden_targets_{k}": v for k, v in scores.items() if k in ("dice", "auroc")})
+            found["hidden_targets_fg"] = float((torch.cat(chunks).argmax(1) > 0).float().mean())
+            found["hidden_true_fg"] = float((masks > 0).float().mean())
+    return found
 
 
 def intensity_prior_agreement(split: Split) -> dict[str, Any]:

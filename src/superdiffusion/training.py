@@ -28,7 +28,14 @@ from .errors import ConfigError, DataError, RunFolderError, TrainingDiverged
 from .inference import set_up_device
 from .methods import Batch, Method, Phase, StepContext, build_method
 from .monitor import EpochMeter, Monitor
-from .protocol import Selection, example_predictions, labeled_agreement, run_health, select_epoch
+from .protocol import (
+    Selection,
+    example_predictions,
+    hidden_label_scores,
+    labeled_agreement,
+    run_health,
+    select_epoch,
+)
 from .runfolder import RunFolder
 
 
@@ -428,6 +435,10 @@ class Trainer:
         """Score the selection split, keep the best checkpoint and its threshold."""
         choice = select_epoch(self.method, self.data, self.cfg, self.device)
         improved = self.progress.consider(choice, epoch + 1)
+        if self.cfg.eval.hidden_labels:  # the mechanism, against the masks the regime hides (no update reads them)
+            hidden = hidden_label_scores(self.method, self.data, self.cfg, self.device)
+            self.progress.history[-1].update(hidden)
+            self.monitor.hidden(hidden)
         if improved:
             self.save("best")
         step = self.progress.position["step"]

@@ -119,6 +119,7 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True, recorded: di
         )
 
     unlabeled = make("train", set(unlabeled_ids))
+    hidden = Split(list(unlabeled.images), unlabeled.masks, list(unlabeled.ids), size=size) if len(unlabeled) else None
     unlabeled.masks = None
     if extra is not None:
         unlabeled.extend([normalize(image[None], stats)[0] for image in extra["images"]], extra["ids"])
@@ -133,4 +134,5 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True, recorded: di
         stats=stats,
         class_names=layout.label_names if layout else None,
         grouped_by=grouped_by,
+        hidden=hidden,
     )

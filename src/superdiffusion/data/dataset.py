@@ -198,6 +198,10 @@ class SegmentationData:
     stats: dict[str, list[float]]
     class_names: list[str] | None = None  # from dataset.json (nnU-Net, MSD)
     grouped_by: str | None = None  # the split.csv column whose groups carved splits hold out whole
+    # the masks the label regime hides: the unlabeled training images' own, in their order (those
+    # with none, beside or in data.unlabeled_root, are not listed). Read only by the hidden-label
+    # monitor (eval.hidden_labels); no batch is ever built from them.
+    hidden: Split | None = None
 
     def summary(self) -> str:
         text = (

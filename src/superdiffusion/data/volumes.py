@@ -921,6 +921,7 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
 
     channels: set[int] = set()
     unlabeled = make("train", set(unlabeled_ids))
+    hidden = Split(list(unlabeled.images), unlabeled.masks, list(unlabeled.ids)) if len(unlabeled) else None
     unlabeled.masks = None
     if unmasked:
         loaded = [load_volume_pair(p, cfg, labels=False) for p in unmasked]
@@ -949,6 +950,8 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
     stats = dataset_stats(training, cfg.normalize if cfg.normalize == "zscore" else IDENTITY)
     for split in (*splits.values(), unlabeled) if cfg.normalize == "zscore" else ():
         split.images = [normalize(image[None], stats)[0] for image in split.images]
+    if hidden is not None:  # the unlabeled volumes as the networks see them (their first, masked, ones)
+        hidden.images = unlabeled.images[: len(hidden)]
     return SegmentationData(
         labeled=splits["labeled"],
         unlabeled=unlabeled,
@@ -959,4 +962,5 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
         spatial_dims=3,
         stats=stats,
         grouped_by=grouped_by,
+        hidden=hidden,
     )

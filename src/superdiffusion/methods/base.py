@@ -163,6 +163,12 @@ class Method(nn.Module):
         """The network whose output is the prediction."""
         raise NotImplementedError
 
+    def pseudo_targets(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Class probabilities ``(N, K, *S)`` that the unsupervised terms train the student towards
+        on unlabeled ``images`` (no gradient; eval mode is the caller's job), or None for a method
+        without pseudo-labels. The hidden-label monitor scores them."""
+        return None
+
     def teacher_net(self) -> nn.Module | None:
         """A second network whose prediction is worth showing beside the student's (the
         paper's teacher mask pathway), or None."""

@@ -7,6 +7,8 @@ argmax), weighted by the sigmoid ramp to 0.1."""
 
 from __future__ import annotations
 
+import torch
+
 from ..method_settings import CPSSettings
 from .base import Batch, Method, StepContext, register
 from .losses import cps_loss
@@ -35,3 +37,8 @@ class CrossPseudoSupervision(Method):
 
     def segmenter(self):
         return self.net_a
+
+    @torch.no_grad()
+    def pseudo_targets(self, images):
+        """net_a learns net_b's argmax on unlabeled items (and net_b net_a's): the predictor's targets."""
+        return self.net_b(images).softmax(1)

@@ -85,6 +85,11 @@ class MeanTeacher(Method):
         self.teacher.train(mode)
         return self
 
+    @torch.no_grad()
+    def pseudo_targets(self, images):
+        """The EMA teacher's softmax, which the student's consistency term pulls it towards."""
+        return self.teacher(images).softmax(1)
+
     def segmenter(self):
         return self.student
 

@@ -194,24 +194,48 @@ class SuperDiffusion(Method):
         out = {"sup": self.labeled_loss(teacher, batch) + self.labeled_loss(student, batch)}  # Eq. 10
         if semi is not None:
             out["semi"] = semi
-        rounds, masks = self.params.rounds, [teacher]
+        rounds = self.params.rounds
+        masks, recons = self.rounds(images, teacher)
         if rounds > 0:
             target = torch.where(
                 batch.labeled.view(-1, *([1] * (images.dim() - 2))), batch.labels, from_student
             )  # l^ of Eq. 13
-            align = recon = images.new_zeros(())
-            for _ in range(rounds):  # Eq. 11-14
-                reconstruction, recon_r = self.image_pathway(images, masks[-1].softmax(1), self._round_t(b, dev))
-                masks.append(self.mask_pathway(self.teacher_mask, reconstruction, self._round_t(b, dev)))
-                align = align + self.pseudo_term(masks[-1], target)
-                recon = recon + recon_r
-            out["align"] = align / rounds  # Eq. 15/16
-            out["recon"] = recon / rounds
+            out["align"] = sum(self.pseudo_term(m, target) for m in masks[1:]) / rounds  # Eq. 15/16
+            out["recon"] = sum(recons) / rounds
         if source != "round0":  # the student learns from the rounds: m^_R, or the mean over m^_0..m^_R
-            probs = torch.stack([m.detach().softmax(1) for m in masks]).mean(0) if source == "mean" else None
-            semi = self.semi_term(teacher, student, from_student, masks[-1], probs)
+            semi = self.semi_term(teacher, student, from_student, masks[-1], self.round_probs(masks))
             out = {"sup": out.pop("sup"), "semi": semi, **out}
         return out
+
+    def rounds(self, images: torch.Tensor, teacher: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Eq. 11-14: from the teacher's round-0 mask logits, R rounds of reconstructing the image
+        from the last mask and segmenting the reconstruction. Returns the masks m^_0..m^_R
+        (logits) and each round's reconstruction loss."""
+        b, dev = images.shape[0], images.device
+        masks, recons = [teacher], []
+        for _ in range(self.params.rounds):
+            reconstruction, recon_r = self.image_pathway(images, masks[-1].softmax(1), self._round_t(b, dev))
+            masks.append(self.mask_pathway(self.teacher_mask, reconstruction, self._round_t(b, dev)))
+            recons.append(recon_r)
+        return masks, recons
+
+    def round_probs(self, masks: list[torch.Tensor]) -> torch.Tensor | None:
+        """The student's Eq. 9 targets as class probabilities when they come from the rounds: the
+        mean softmax over m^_0..m^_R (``pseudo_labels=mean``), else None (the logits' argmax)."""
+        if self.params.pseudo_labels != "mean":
+            return None
+        return torch.stack([m.detach().softmax(1) for m in masks]).mean(0)
+
+    @torch.no_grad()
+    def pseudo_targets(self, images: torch.Tensor) -> torch.Tensor:
+        """What the student's Eq. 9 term learns on unlabeled ``images``, as in a co-training step:
+        the teacher's round-0 mask, the last round's, or the mean over the rounds."""
+        teacher = self.mask_pathway(self.teacher_mask, images, self._t(images.shape[0], images.device))
+        if self.params.pseudo_labels == "round0":
+            return teacher.softmax(1)
+        masks, _ = self.rounds(images, teacher)
+        probs = self.round_probs(masks)
+        return probs if probs is not None else masks[-1].softmax(1)
 
     def semi_term(self, teacher, student, from_student, source, source_probs=None) -> torch.Tensor:
         """Eq. 9: the teacher learns the student's argmax, the student the argmax of ``source``
