@@ -145,9 +145,9 @@ def main() -> None:
     def report() -> None:
         records = [record(s) for s in specs if s.finished]
         codes = [r["code"] for r in records if r["code"]]
-        first = codes[0]["commit"] if codes else None
+        first = codes[0].get("tree") if codes else None  # the package's files: docs-only commits share it
         for r in records:
-            r["same_code_state"] = bool(r["code"]) and r["code"]["commit"] == first and not r["code"]["modified"]
+            r["same_code_state"] = bool(r["code"]) and r["code"].get("tree") == first and not r["code"]["modified"]
         comparable = [r for r in records if r["same_code_state"]]
         result = {
             "machine": {"platform": platform.platform(), "processor": platform.processor()},

@@ -109,6 +109,8 @@ def test_a_run_records_the_pretrained_teachers_score_and_its_updates(tmp_path):
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=api.__file__.rsplit("/", 1)[0])
     assert saved["code"]["version"] and saved["code"]["commit"] == (head.stdout.strip() or None)
     assert isinstance(saved["code"]["modified"], bool) or saved["code"]["commit"] is None
+    package = subprocess.run(["git", "rev-parse", "HEAD:./"], capture_output=True, text=True, cwd=api.__file__.rsplit("/", 1)[0])
+    assert saved["code"]["tree"] == (package.stdout.strip() or None)  # the package's files, docs aside
     with open(tmp_path / "run" / "history.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     pretrain_rows = [r for r in rows if r["phase"] == "pretrain"]

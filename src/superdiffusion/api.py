@@ -31,12 +31,13 @@ __all__ = ["Segmenter", "evaluate", "load_run", "predict", "saved_config", "sugg
 @cache
 def code_version() -> dict[str, Any]:
     """The code a run was trained with: the package version and, when the package is a git
-    checkout, its commit and whether tracked files were modified (a comparison holds only
-    between runs of one code state)."""
+    checkout, its commit, the hash of the package's own files at it (``tree``: equal for two
+    commits that changed only docs or benchmarks) and whether they were modified since (a
+    comparison holds only between runs of one code state)."""
     from . import __version__
 
     here = Path(__file__).resolve().parent
-    record: dict[str, Any] = {"version": __version__, "commit": None, "modified": None}
+    record: dict[str, Any] = {"version": __version__, "commit": None, "tree": None, "modified": None}
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         if commit.returncode == 0:
@@ -44,7 +45,10 @@ def code_version() -> dict[str, Any]:
                 ["git", "status", "--porcelain", "--untracked-files=no", "--", str(here)],
                 cwd=here, capture_output=True, text=True, timeout=10,
             )  # fmt: skip
+            # the package's own files at that commit: runs of commits that changed only docs share it
+            tree = subprocess.run(["git", "rev-parse", "HEAD:./"], cwd=here, capture_output=True, text=True, timeout=10)
             record.update(commit=commit.stdout.strip(), modified=bool(status.stdout.strip()))
+            record["tree"] = tree.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):  # no git: the version alone
         pass
     return record
