@@ -793,3 +793,9 @@ def test_unlabeled_volumes_are_trained_on_and_the_run_can_be_inspected(tmp_path,
     assert again["test"]["resized"]["dice_per_image"] >= 0
     page = write_page(tmp_path / "run", samples=1).read_text()
     assert "<td>native resolution</td>" in page  # was: "resized", for volumes scored at their own size
+    ranking, following = api.suggest(tmp_path / "run", count=2, samples=1)  # the unlabeled volumes, ranked
+    with open(ranking, newline="") as handle:
+        ranked = [row["id"] for row in csv.DictReader(handle)]
+    assert set(extra) <= set(ranked) and set(ranked) <= set(data.unlabeled.ids)
+    if where == "beside":  # a labeled_ids file names cases of the folder; unlabeled_root's are not among them
+        assert following is not None and len(following.read_text().split()) >= 2

@@ -280,9 +280,12 @@ def suggest(
     RunFolder(run_dir).check_idle("suggest")
     model = Segmenter.from_run(run_dir, device)
     method, cfg = model.method, model.cfg
-    if method.num_classes != 2 or method.spatial_dims != 2:
-        raise ConfigError("suggest ranks 2D images of binary tasks")
-    model.require_fixed_size("suggest")
+    if method.num_classes != 2:
+        raise ConfigError("suggest ranks the images of binary tasks")
+    if inputs is not None and (method.spatial_dims != 2 or model.size is None):
+        raise ConfigError("suggest ranks a folder of new images for 2D runs at a fixed size; rank the run's own pool")
+    if by == "teacher_disagreement" and model.size is None:
+        raise ConfigError("--by teacher_disagreement ranks images of one size (data.size); use entropy or spread")
     if by == "spread" and (not method.stochastic_inference or samples < 2):
         raise ConfigError("--by spread needs a diffusion method and --samples of at least 2")
     if by == "teacher_disagreement" and method.teacher_net() is None:
@@ -305,15 +308,23 @@ def suggest(
         pool = Split([model.read(p)[0][0] for p in files], None, ids, size=model.size)
         labeled = None
     ids = list(pool.ids)
-    pred = model.probabilities(pool.stack(), samples if by == "spread" else 1)
-    fg = foreground_probability(pred.probs)
-    if by == "entropy":
-        maps = binary_entropy(fg)
-    elif by == "spread":
-        maps = pred.spread
+    draws = samples if by == "spread" else 1
+    if pool.size is None:  # volumes, or 2D images at their own size: case by case, by sliding windows
+        scores = []
+        for image in pool.images:
+            pred = model.probabilities(image[None], draws)
+            maps = binary_entropy(foreground_probability(pred.probs)) if by == "entropy" else pred.spread
+            scores.append(float(maps.double().mean()))
     else:
-        maps = (teacher_probability(method, method.teacher_net(), pool, cfg, model.device) - fg).abs()
-    scores = maps.flatten(1).double().mean(1).tolist()
+        pred = model.probabilities(pool.stack(), draws)
+        fg = foreground_probability(pred.probs)
+        if by == "entropy":
+            maps = binary_entropy(fg)
+        elif by == "spread":
+            maps = pred.spread
+        else:
+            maps = (teacher_probability(method, method.teacher_net(), pool, cfg, model.device) - fg).abs()
+        scores = maps.flatten(1).double().mean(1).tolist()
     ranked = sorted(zip(ids, scores), key=lambda item: -item[1])
     if inputs is None:  # images without a mask in the folder are labeled by drawing one, not by their id
         drawn = {p.id for p in pool.pairs}
