@@ -33,6 +33,8 @@ def tiny_config(*overrides: str):
         "train.labeled_batch_size=2",
         "eval.batch_size=64",
     ]
+    if "data.spatial_dims=3" in overrides:  # volumes train on patches: a data.size would be refused
+        base = [b for b in base if not b.startswith("data.size=")]
     return resolve(base + list(overrides))
 
 

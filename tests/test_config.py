@@ -77,10 +77,10 @@ def test_method_defaults_come_from_the_method_and_the_profile_only():
 
 def test_command_line_values_take_the_fields_types():
     cfg = resolve(
-        ["data.spatial_dims=3", "method.x0_clip=1e-1", "train.amp=true", "data.name=123", "data.size=[64, 64]"]
+        ["data.spatial_dims=3", "method.x0_clip=1e-1", "train.amp=true", "data.name=123", "data.patch_size=[64, 64, 32]"]
     )
     assert cfg.data.spatial_dims == 3 and cfg.method.x0_clip == 0.1 and cfg.train.amp is True
-    assert cfg.data.name == "123" and cfg.data.size == [64, 64]
+    assert cfg.data.name == "123" and cfg.data.patch_size == [64, 64, 32]
     assert resolve(["data.unlabeled_root=null"]).data.unlabeled_root is None
 
 
@@ -175,3 +175,58 @@ def test_a_profiles_pretraining_keeps_its_share_of_a_shorter_or_longer_run():
     assert resolve(["train.epochs=2", "method.pretrain_epochs=3"]).method.pretrain_epochs == 3
     assert resolve(["profile=quick", "train.epochs=18"]).method.pretrain_epochs == 6
     assert resolve(["method.pretrain_epochs=0", "train.epochs=2"]).method.pretrain_epochs == 0
+
+
+# how each data setting acts in the 2D build, the 3D build and an nnU-Net or MSD folder: used,
+# refused with one line when it would do nothing, or said (a warning); a new setting must say
+DATA_SETTINGS = {
+    "name": "used everywhere: the run folder's name",
+    "root": "used everywhere",
+    "spatial_dims": "used everywhere; dataset.json's value wins, a contradicting one is refused",
+    "size": "2D: used; 3D: refused when given (volumes train on patches)",
+    "patch_size": "3D and 2D at native size: used; 2D resized: said (a sweep may set both)",
+    "num_classes": "used everywhere; dataset.json's value wins, a contradicting one is refused",
+    "mask_mode": "used everywhere; dataset.json folders take binary or index only",
+    "mask_threshold": "threshold mode: used; any other mode: refused",
+    "mask_values": "index mode: used everywhere",
+    "normalize": "used everywhere (each mode defined for 2D and volumes)",
+    "labeled_percent": "used everywhere (unless labeled_ids)",
+    "val_fraction": "used everywhere",
+    "test_fraction": "used everywhere without split.csv",
+    "group_column": "used everywhere",
+    "unlabeled_root": "used everywhere (2D images; 3D volumes, was dropped)",
+    "masks": "2D and 3D folders: used; dataset.json folders: refused",
+    "labeled_ids": "used everywhere",
+    "plan": "used everywhere",
+}
+
+
+def test_every_data_setting_says_how_each_build_treats_it():
+    from superdiffusion.config import DataConfig
+
+    assert set(DataConfig.model_fields) == set(DATA_SETTINGS)
+
+
+def test_a_data_setting_that_would_do_nothing_is_refused(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from superdiffusion.data import build_data
+    from superdiffusion.errors import ConfigError, DataError
+
+    with pytest.raises(ConfigError, match=r"data.size=\[64, 64\] applies to 2D images"):
+        resolve(["data.spatial_dims=3", "data.size=[64, 64]"])
+    assert resolve(["data.spatial_dims=3", "data.size=null"]).data.size is None
+    root = tmp_path / "Dataset001_Toy"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(root / "imagesTr" / f"c{i}_0000.png")
+        Image.fromarray(np.eye(16, dtype=np.uint8)).save(root / "labelsTr" / f"c{i}.png")
+    (root / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "x"}, "labels": {"background": 0, "a": 1}, "file_ending": ".png"})
+    )
+    with pytest.raises(DataError, match="names its labels folder itself; drop data.masks=labelsTr"):
+        build_data(resolve([f"data.root={root}", "data.masks=labelsTr", "data.plan=false"]).data, 0)

@@ -489,6 +489,11 @@ def _refuse_unused(cfg: Config, given: set[str]) -> None:
             f"data.mask_threshold applies to data.mask_mode=threshold; the masks are read as {d.mask_mode} "
             "(set data.mask_mode=threshold, or drop data.mask_threshold)"
         )
+    if "data.size" in given and d.spatial_dims == 3 and d.size is not None:
+        raise ConfigError(
+            f"data.size={d.size} applies to 2D images; volumes train on data.patch_size patches at their own "
+            "resolution (drop data.size, or set data.patch_size)"
+        )
     if "data.patch_size" in given and d.spatial_dims == 2 and d.size is not None and len(d.patch_size) == 2:
         # said, not refused: a sweep over data.size=[null, [128, 128]] gives its fixed-size runs the patch too
         logging.getLogger("superdiffusion").warning(

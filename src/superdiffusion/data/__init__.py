@@ -63,6 +63,10 @@ def build_data(cfg: DataConfig, seed: int, validation: bool = True, recorded: di
     layout = read_dataset_json(root)
     if layout is not None:
         cfg = apply_dataset_json(cfg, layout)
+        if cfg.masks is not None:  # its labels are where dataset.json says: the setting would do nothing
+            raise DataError(
+                f"{root / 'dataset.json'}: names its labels folder itself; drop data.masks={cfg.masks}"
+            )
     if cfg.spatial_dims == 3:
         data = build_volume_data(cfg, seed, validation, layout, recorded)
         data.class_names = layout.label_names if layout else None
