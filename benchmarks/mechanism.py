@@ -4,7 +4,9 @@ masks the label regime hides (``eval.hidden_labels``), and records the intensity
 (Otsu's threshold, polarity read from the labeled images) beside the teacher's zero-label score.
 
 Grid (one code state, seeds 0-5, 5 % labels, the evidence grid's datasets, split and 96x96):
-PH2: the default, pretraining off, R = 0 and CPS; InP-Pupil: the default and CPS. Primary
+PH2: the default, pretraining off, R = 0, the intensity-prior control (``method.teacher=otsu``:
+the student learns Otsu's classes instead of the diffusion teacher's) and CPS; InP-Pupil: the
+default, the control and CPS. Primary
 outcome: the hidden-label Dice of the student's targets and of its prediction, averaged over the
 last quarter of the evaluated epochs; secondary: honest test Dice. For each variant minus the
 default, paired by seed: the mean, its 90 % interval, the standard deviation of the
@@ -37,13 +39,19 @@ from superdiffusion.experiments.sweep import RunSpec, run_sweep
 SEEDS = [0, 1, 2, 3, 4, 5]
 PLAN = [  # (dataset, method, variant), most important first
     ("ph2-full", "superdiffusion", ""),
+    ("ph2-full", "superdiffusion", "otsu"),
     ("ph2-full", "cps", ""),
     ("pupil", "superdiffusion", ""),
+    ("pupil", "superdiffusion", "otsu"),
     ("pupil", "cps", ""),
     ("ph2-full", "superdiffusion", "nopretrain"),
     ("ph2-full", "superdiffusion", "rounds0"),
 ]
-VARIANTS = {"nopretrain": ["method.pretrain_epochs=0"], "rounds0": ["method.rounds=0"]}
+VARIANTS = {
+    "nopretrain": ["method.pretrain_epochs=0"],
+    "rounds0": ["method.rounds=0"],
+    "otsu": ["method.teacher=otsu", "method.rounds=0", "method.pretrain_epochs=0"],  # the intensity-prior control
+}
 QUICK = ["train.epochs=2", "train.steps_per_epoch=2", "train.lr_step=3", "method.pretrain_epochs=1"]
 
 
@@ -64,7 +72,8 @@ def build_specs(root: Path, size: int, threads: int, quick: bool = False) -> lis
                 *VARIANTS.get(variant, []),
             ]
             if quick:
-                overrides += [o for o in QUICK if method == "superdiffusion" or "pretrain" not in o]
+                own = method == "superdiffusion" and variant != "otsu"
+                overrides += [o for o in QUICK if own or "pretrain" not in o]
             resolve(overrides)  # every setting checked before anything runs
             specs.append(RunSpec(overrides, evidence.folder_for(root, dataset, method, 5, seed, variant)))
     return specs

@@ -348,7 +348,7 @@ def test_eq11_the_rounds_reconstruct_from_the_noised_image_not_from_pure_noise()
 
 # --- the intensity-prior control ------------------------------------------------------------------
 def test_otsu_threshold_by_hand():
-    from superdiffusion.evaluation import otsu_threshold
+    from superdiffusion.data.prior import otsu_threshold
 
     values = torch.tensor([0.0] * 50 + [1.0] * 30 + [4.0] * 20 + [5.0] * 60)
     assert 1.0 < otsu_threshold(values) < 4.0  # the gap between the two groups
@@ -419,3 +419,23 @@ def test_the_papers_targets_are_the_mean_over_the_rounds():
     masks, _ = method.rounds(images, teacher)
     assert len(masks) == 3
     assert torch.allclose(targets, torch.stack([m.softmax(1) for m in masks]).mean(0))
+
+
+def test_the_intensity_prior_can_teach_the_student_in_place_of_the_diffusion_teacher(tmp_path):
+    """method.teacher=otsu: the student's Eq. 9 targets are the intensity prior's classes in the
+    polarity the labeled images give (recorded as results.json's prior); nothing of the teacher
+    trains, and the setting refuses rounds or pretraining it would leave without effect."""
+    with pytest.raises(ConfigError, match="method.teacher=otsu has no diffusion teacher"):
+        resolve(["method=superdiffusion", "method.teacher=otsu"])
+    otsu = ["method.teacher=otsu", "method.rounds=0", "method.pretrain_epochs=0"]
+    method = _method(*otsu)
+    images = _batch().images
+    method.prior_swapped.fill_(True)
+    targets = method.pseudo_targets(images)
+    from superdiffusion.data.prior import intensity_prior
+
+    assert torch.allclose(targets, torch.stack([intensity_prior(i) for i in images]).flip(1))
+    cfg = tiny_config("method=superdiffusion", *otsu, "train.epochs=1", "train.threads=1")
+    results = api.train(cfg, tmp_path / "run")
+    assert set(results["prior"]) == {"dice", "auroc", "swapped"} and results["prior"] == results["intensity_prior"]
+    assert results["updates"] == {"train": 2} and "pretrain" not in results

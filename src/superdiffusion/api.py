@@ -72,6 +72,7 @@ def train(
     Returns the results written to ``run_dir/results.json``.
     """
     folder = RunFolder(run_dir if run_dir else default_run_dir(cfg))
+    code_version()  # read now, as the code is loaded (cached: a sweep's later commits are not this run's)
     cfg.data = with_dataset_json(cfg.data)  # an nnU-Net or MSD folder gives its classes and dimensionality
     rank, world = distributed_setup(cfg)
     if rank == 0:

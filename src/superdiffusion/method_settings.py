@@ -160,6 +160,9 @@ class SuperDiffusionSettings(MethodSettings):
     mask_noise: Literal["paper", "zero"] = "paper"  # paper: the mask input is q(0, t, v); zero: a zero tensor
     pseudo_loss: Literal["ce", "ce_dice"] = "ce"  # ce (Eq. 9, 13); ce_dice: 0.5 (CE + Dice) for CPS and align
     pseudo_confidence: float = Field(0.0, ge=0, lt=1)  # > 0: pseudo-labelled pixels below it are ignored
+    # the student's Eq. 9 targets: diffusion (the paper's teacher) or otsu, the intensity-prior control (Otsu's
+    # threshold on the grey image, polarity read from the labeled images): no teacher to pretrain, no rounds
+    teacher: Literal["diffusion", "otsu"] = "diffusion"
     timesteps: int = Field(1000, ge=2)  # T, the diffusion steps
     # the linear noise schedule beta_t from beta_start to beta_end (DDPM's, the paper's)
     beta_start: float = Field(1e-4, gt=0, lt=1)
@@ -178,6 +181,10 @@ class SuperDiffusionSettings(MethodSettings):
             raise ValueError(f"method.rounds_t_max ({self.rounds_t_max}) exceeds method.timesteps ({self.timesteps})")
         if self.rounds > MAX_ROUNDS:
             raise ValueError(f"method.rounds ({self.rounds}) is above {MAX_ROUNDS} (the paper uses at most 5)")
+        if self.teacher == "otsu" and (self.rounds or self.pretrain_epochs):
+            raise ValueError(
+                "method.teacher=otsu has no diffusion teacher: set method.rounds=0 and method.pretrain_epochs=0"
+            )
         if self.beta_start >= self.beta_end:
             raise ValueError(f"method.beta_start ({self.beta_start}) must be below method.beta_end ({self.beta_end})")
         return self

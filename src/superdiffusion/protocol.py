@@ -25,13 +25,13 @@ from .data import SegmentationData, Split, build_data
 from .data.dataset import class_names
 from .data.folder import read_mask
 from .data.patches import pad_stack
+from .data.prior import intensity_prior
 from .errors import ConfigError
 from .evaluation import (
     best_threshold,
     binary_scores,
     foreground_probability,
     health_flags,
-    intensity_prior,
     label_agreement,
     multiclass_per_case,
     multiclass_scores,

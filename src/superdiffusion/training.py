@@ -32,6 +32,7 @@ from .protocol import (
     Selection,
     example_predictions,
     hidden_label_scores,
+    intensity_prior_agreement,
     labeled_agreement,
     run_health,
     select_epoch,
@@ -313,6 +314,10 @@ class Trainer:
             self.restore(state)  # refuses a state it cannot go on from, before anything is written
             if self.rank == 0:
                 self.folder.write_config(self.cfg)  # e.g. a longer run
+        else:  # a new run: a method that learns from the intensity prior reads its polarity now
+            prior = self.method.begin(lambda: intensity_prior_agreement(self.data.labeled))
+            if prior is not None:
+                self.progress.phase_records["prior"] = prior
         if self.rank == 0 and self.folder.read_splits() is None:
             self.folder.write_splits(split_record(self.data))
         self.leaks = (self.folder.read_splits() or {}).get("leaks", []) if self.rank == 0 else []
@@ -334,6 +339,12 @@ class Trainer:
                 self.monitor.info(
                     f"lambda: max {m.lambda_max:g} ({self.cfg.origin('method.lambda_max')}), ramp {m.ramp} "
                     f"({self.cfg.origin('method.ramp')}), for {', '.join(self.method.unsupervised_terms)}"
+                )
+            if "prior" in self.progress.phase_records:
+                found = self.progress.phase_records["prior"]
+                self.monitor.info(
+                    f"prior: the intensity prior against the labeled training images: dice={found['dice']:.4f}  "
+                    f"auroc={found['auroc']:.4f}  swapped={found['swapped']}"
                 )
             if self.phases[0].name == "pretrain":  # its length, and where it comes from
                 self.monitor.info(

@@ -163,6 +163,12 @@ class Method(nn.Module):
         """The network whose output is the prediction."""
         raise NotImplementedError
 
+    def begin(self, prior) -> dict | None:
+        """Once, before a new run's first update: ``prior()`` scores the intensity-prior control on
+        the labeled training images (``dice``, ``auroc``, ``swapped``); a method that learns from it
+        keeps what it needs (in its state) and returns the record to log, else None."""
+        return None
+
     def pseudo_targets(self, images: torch.Tensor) -> torch.Tensor | None:
         """Class probabilities ``(N, K, *S)`` that the unsupervised terms train the student towards
         on unlabeled ``images`` (no gradient; eval mode is the caller's job), or None for a method

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.prior import intensity_prior
 from ..diffusion import NoiseSchedule
 from ..errors import ConfigError
 from ..method_settings import SuperDiffusionSettings
@@ -51,6 +52,7 @@ class SuperDiffusion(Method):
         self.teacher_mask = self.unets(k + c, k, time_embedding=True)  # f_m: (noisy mask, image) -> mask
         self.teacher_image = self.unets(c + k, c, time_embedding=True)  # f_i: (noisy image, mask) -> noise
         self.student_mask = self.unets(k + c, k, time_embedding=True)
+        self.register_buffer("prior_swapped", torch.zeros((), dtype=torch.bool))  # teacher=otsu: its polarity
 
     # --- the two pathways ------------------------------------------------------------------
     def mask_pathway(
@@ -120,6 +122,19 @@ class SuperDiffusion(Method):
         return torch.randint(0, cap, (batch_size,), device=device)
 
     # --- what the loop calls -----------------------------------------------------------------
+    def begin(self, prior) -> dict | None:
+        """With ``teacher=otsu``: the intensity prior's polarity, read from the labeled images."""
+        if self.params.teacher != "otsu":
+            return None
+        found = prior()
+        self.prior_swapped.fill_(bool(found["swapped"]))
+        return found
+
+    def prior_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """The intensity prior's class probabilities ``(B, 2, *S)``, in the polarity the labels gave."""
+        probs = torch.stack([intensity_prior(image) for image in images]).to(images.dtype)
+        return probs.flip(1) if bool(self.prior_swapped) else probs
+
     def phases(self, epochs: int) -> list[Phase]:
         pre = self.params.pretrain_epochs
         pre = max(1, epochs // 4) if pre < 0 else pre
@@ -132,6 +147,8 @@ class SuperDiffusion(Method):
     def parameters_for(self, phase: str):
         if phase == "pretrain":
             return self._teacher_parameters()
+        if self.params.teacher == "otsu":  # no teacher to train
+            return list(self.student_mask.parameters())
         if self.params.teacher_lr_factor == 1.0:
             return list(self.parameters())
         return [  # the student's group first: the lr the loop logs is train.lr's
@@ -184,6 +201,10 @@ class SuperDiffusion(Method):
         images = batch.images
         b, dev = images.shape[0], images.device
         t = self._t(b, dev)
+        if self.params.teacher == "otsu":  # the control: the student learns the intensity prior's classes
+            student = self.mask_pathway(self.student_mask, images, t)
+            semi = self.pseudo_term(student, self.pseudo_labels(student, self.prior_probs(images)))
+            return {"sup": self.labeled_loss(student, batch), "semi": semi}
         teacher = self.mask_pathway(self.teacher_mask, images, t)  # Eq. 8
         student = self.mask_pathway(self.student_mask, images, t)
         from_student = self.pseudo_labels(student)
@@ -230,6 +251,8 @@ class SuperDiffusion(Method):
     def pseudo_targets(self, images: torch.Tensor) -> torch.Tensor:
         """What the student's Eq. 9 term learns on unlabeled ``images``, as in a co-training step:
         the teacher's round-0 mask, the last round's, or the mean over the rounds."""
+        if self.params.teacher == "otsu":
+            return self.prior_probs(images)
         teacher = self.mask_pathway(self.teacher_mask, images, self._t(images.shape[0], images.device))
         if self.params.pseudo_labels == "round0":
             return teacher.softmax(1)
@@ -250,8 +273,8 @@ class SuperDiffusion(Method):
     def segmenter(self) -> nn.Module:
         return self.student_mask
 
-    def teacher_net(self) -> nn.Module:
-        return self.teacher_mask
+    def teacher_net(self) -> nn.Module | None:
+        return self.teacher_mask if self.params.teacher == "diffusion" else None
 
     @torch.no_grad()
     def predict(
