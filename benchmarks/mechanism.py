@@ -139,6 +139,49 @@ def paired(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The runs and the paired differences as Markdown (``--out`` with ``.md``)."""
+    lines = [
+        f"# Mechanism grid: {result['finished']} of {result['planned']} runs finished "
+        f"(package tree {result['code_state']})",
+        "",
+        "Per run: the teacher's zero-label Dice / AUROC on the labeled images (`pretrain`), the "
+        "intensity-prior control's on the same images, the hidden-label Dice of the student's targets "
+        "and of its prediction (mean over the last quarter of the evaluated epochs), honest test Dice, "
+        "train minutes.",
+        "",
+        "| dataset | run | seed | teacher | Otsu control | hidden targets | hidden student | test | minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        teacher, prior = r.get("teacher_zero_label") or {}, r.get("intensity_prior") or {}
+        hidden = r["hidden_last_quarter"]
+        run = r["method"] + (f" ({r['variant']})" if r["variant"] else "")
+        lines.append(
+            f"| {r['dataset']} | {run}{'' if r['same_code_state'] else ' *'} | {r['seed']} | "
+            f"{_pct(teacher.get('dice'))} / {teacher.get('auroc', float('nan')):.3f} | "
+            f"{_pct(prior.get('dice'))} / {prior.get('auroc', float('nan')):.3f} | {_pct(hidden['targets'])} | "
+            f"{_pct(hidden['student'])} | {_pct(r['honest']['dice'])} | {r['train_minutes']:.1f} |"
+        )
+    lines += ["", "\\* another code state: left out of the paired table.", ""]
+    if result["paired"]:
+        lines += [
+            "| dataset | comparison | outcome | seeds | per seed | mean ± 90 % | SD | detectable (80 %) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for p in result["paired"]:
+            lines.append(
+                f"| {p['dataset']} | {p['comparison']} | {p['outcome']} | {p['seeds']} | "
+                f"{', '.join(f'{d:+.2f}' for d in p['per_seed'])} | {p['mean']:+.2f} ± {p['ci90']:.2f} | "
+                f"{p['sd']:.2f} | {p['detectable_80']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default="runs/mechanism")
@@ -156,7 +199,8 @@ def main() -> None:
         codes = [r["code"] for r in records if r["code"]]
         first = codes[0].get("tree") if codes else None  # the package's files: docs-only commits share it
         for r in records:
-            r["same_code_state"] = bool(r["code"]) and r["code"].get("tree") == first and not r["code"]["modified"]
+            tree = (r["code"] or {}).get("tree")
+            r["same_code_state"] = bool(tree) and tree == first and not r["code"]["modified"]
         comparable = [r for r in records if r["same_code_state"]]
         result = {
             "machine": {"platform": platform.platform(), "processor": platform.processor()},
@@ -170,6 +214,7 @@ def main() -> None:
         }
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
+        out.with_suffix(".md").write_text(markdown(result))
         print(f"{len(records)} of {len(specs)} runs finished ({len(comparable)} at one clean code state) -> {out}")
 
     if not args.report_only:
