@@ -109,7 +109,7 @@ def train(
         results["updates"] = trainer.progress.updates()
         results.update(trainer.progress.phase_records)  # "pretrain": the pretrained teacher's zero-label scores
         if data.num_classes == 2:  # its control: Otsu's threshold on the same labeled images, learning nothing
-            results["intensity_prior"] = intensity_prior_agreement(data.labeled)
+            results["intensity_prior"] = results.get("prior") or intensity_prior_agreement(data.labeled)
         plan = plan or folder.read_plan()  # a resumed run: the plan it was trained with
         if plan:
             results["plan"] = plan

@@ -129,11 +129,8 @@ class Monitor:
             terms += f"  pseudo-label foreground {100 * record['pseudo_fg']:.1f}%"
         self.info(f"{phase} epoch {record['epoch']}/{epochs}  {terms}  ({record['seconds']:.1f}s)")
 
-    _step = 0
-
     def selection(self, choice, improved: bool, record: dict[str, Any], step: int) -> None:
         """One evaluation (a :class:`~superdiffusion.protocol.Selection`) of the selection split."""
-        self._step = step
         split, metric, score = choice.split_name, choice.metric, choice.scores
         if self.writer is not None:
             for k in SELECTION_SCALARS:
@@ -150,13 +147,13 @@ class Monitor:
                 logging.WARNING,
             )
 
-    def hidden(self, scores: dict[str, float]) -> None:
+    def hidden(self, scores: dict[str, float], step: int) -> None:
         """The hidden-label scores of an evaluated epoch: a console line and TensorBoard scalars."""
         if not scores:
             return
         if self.writer is not None:
             for k, v in scores.items():
-                self.writer.add_scalar(f"hidden/{k.removeprefix('hidden_')}", v, self._step)
+                self.writer.add_scalar(f"hidden/{k.removeprefix('hidden_')}", v, step)
         shown = "  ".join(
             f"{who} Dice {100 * scores[f'hidden_{who}_dice']:.1f}"
             + (f" AUROC {scores[f'hidden_{who}_auroc']:.3f}" if f"hidden_{who}_auroc" in scores else "")

@@ -372,10 +372,10 @@ def hidden_label_scores(method: Method, data: SegmentationData, cfg: Config, dev
         finally:
             method.train(was)
         if chunks:
-            masks = split.stack_masks()
-            scores = label_agreement(torch.cat(chunks), masks)
+            masks, targets = split.stack_masks(), torch.cat(chunks)
+            scores = label_agreement(targets, masks)
             found.update({f"hidden_targets_{k}": v for k, v in scores.items() if k in ("dice", "auroc")})
-            found["hidden_targets_fg"] = float((torch.cat(chunks).argmax(1) > 0).float().mean())
+            found["hidden_targets_fg"] = float((targets.argmax(1) > 0).float().mean())
             found["hidden_true_fg"] = float((masks > 0).float().mean())
     return found
 

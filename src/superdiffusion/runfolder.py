@@ -148,10 +148,9 @@ class RunFolder:
         marker holds, is not listed: nothing outside the folder is ever the package's to remove."""
         if not self.owned:
             return set()
-        try:
-            names = json.loads(self.marker_path.read_text())["written"]
-        except (ValueError, KeyError, TypeError):
-            raise RunFolderError(f"{self.marker_path}: not a marker superdiffusion wrote (unreadable)") from None
+        names = read_json_object(self.marker_path).get("written")
+        if not isinstance(names, list):
+            raise RunFolderError(f"{self.marker_path}: not a marker superdiffusion wrote (no list of its files)")
         return {n for n in names if isinstance(n, str) and self._inside(n)}
 
     def _inside(self, name: str) -> bool:
@@ -271,7 +270,7 @@ class RunFolder:
         """The recorded splits, or None for a run written before they were recorded."""
         if not self.splits_path.is_file():
             return None
-        return _json(self.splits_path)
+        return read_json_object(self.splits_path)
 
     @property
     def plan_path(self) -> Path:
@@ -282,10 +281,10 @@ class RunFolder:
         self.write_json(self.plan_path, record)
 
     def read_plan(self) -> dict[str, Any] | None:
-        return _json(self.plan_path) if self.plan_path.is_file() else None
+        return read_json_object(self.plan_path) if self.plan_path.is_file() else None
 
     def read_results(self) -> dict[str, Any]:
-        return _json(self.results_path)
+        return read_json_object(self.results_path)
 
     def write_results(self, results: dict[str, Any]) -> None:
         self.claim(self.results_path)
@@ -493,7 +492,7 @@ def check_saved_model(state: Any, path: Path) -> None:
         raise RunFolderError(f"{path}: not a model superdiffusion saved ({what}); train the run again, or restore the file")
 
 
-def _json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object the package wrote in a run folder; one line when it is not one (edited,
     truncated by a full disk)."""
     try:

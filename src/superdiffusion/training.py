@@ -318,9 +318,11 @@ class Trainer:
             prior = self.method.begin(lambda: intensity_prior_agreement(self.data.labeled))
             if prior is not None:
                 self.progress.phase_records["prior"] = prior
-        if self.rank == 0 and self.folder.read_splits() is None:
-            self.folder.write_splits(split_record(self.data))
-        self.leaks = (self.folder.read_splits() or {}).get("leaks", []) if self.rank == 0 else []
+        splits = self.folder.read_splits() if self.rank == 0 else None
+        if self.rank == 0 and splits is None:
+            splits = split_record(self.data)
+            self.folder.write_splits(splits)
+        self.leaks = (splits or {}).get("leaks", [])
         if self.rank == 0 and plan:
             self.folder.write_plan(plan)
         self.monitor.open()
@@ -449,7 +451,7 @@ class Trainer:
         if self.cfg.eval.hidden_labels:  # the mechanism, against the masks the regime hides (no update reads them)
             hidden = hidden_label_scores(self.method, self.data, self.cfg, self.device)
             self.progress.history[-1].update(hidden)
-            self.monitor.hidden(hidden)
+            self.monitor.hidden(hidden, self.progress.position["step"])
         if improved:
             self.save("best")
         step = self.progress.position["step"]

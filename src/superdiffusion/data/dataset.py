@@ -285,13 +285,21 @@ def dataset_stats(images: list[torch.Tensor], mode: str) -> dict[str, list[float
 SPLITS_FORMAT = 1
 
 
+def _expanded(paths) -> list[Path]:
+    return [Path(f) for p in paths for f in (sorted(Path(p).iterdir()) if Path(p).is_dir() else [p])]
+
+
+def image_files(pair) -> list[Path]:
+    """The files a case's image is read from (one a channel; a DICOM series' slices)."""
+    return _expanded(pair.image if isinstance(pair.image, tuple) else (pair.image,))
+
+
 def pair_files(pair) -> list[Path]:
-    """Every file a case is read from: its image(s) and mask(s) (a 2D Pair's mask, a volume's
-    label), a DICOM series' slices."""
-    images = pair.image if isinstance(pair.image, tuple) else (pair.image,)
+    """Every file a case is read from: its image(s), then its mask(s) (a 2D Pair's mask, a
+    volume's label)."""
     mask = getattr(pair, "mask", None) or getattr(pair, "label", None)
     masks = mask if isinstance(mask, tuple) else (mask,) if mask is not None else ()  # a mask a lesion
-    return [Path(f) for p in (*images, *masks) for f in (sorted(Path(p).iterdir()) if Path(p).is_dir() else [p])]
+    return image_files(pair) + _expanded(masks)
 
 
 def check_names(paths) -> None:
@@ -311,8 +319,9 @@ def check_inside(pairs: list, root: Path) -> None:
     it are read."""
     top = Path(root).resolve()
     for pair in pairs:
-        check_names(pair_files(pair))
-        for path in pair_files(pair):
+        files = pair_files(pair)
+        check_names(files)
+        for path in files:
             real = path.resolve()
             if not real.is_relative_to(top):
                 raise DataError(
@@ -323,12 +332,21 @@ def check_inside(pairs: list, root: Path) -> None:
 
 def fingerprint(pair: Pair) -> str:
     """A short hash of an image's file(s) and its mask: a recorded split names exactly these bytes."""
-    digest = hashlib.blake2b(digest_size=8)
-    for path in pair_files(pair):  # a DICOM series: its slices
+    return _hashes(pair)[0]
+
+
+def _hashes(pair) -> tuple[str, str]:
+    """:func:`fingerprint` (images and masks) and the hash of the image file(s) alone, each file
+    read once."""
+    both, images = hashlib.blake2b(digest_size=8), hashlib.blake2b(digest_size=8)
+    count = len(image_files(pair))
+    for k, path in enumerate(pair_files(pair)):  # images first, then masks
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+                both.update(block)
+                if k < count:
+                    images.update(block)
+    return both.hexdigest(), images.hexdigest()
 
 
 def split_record(data: SegmentationData) -> dict[str, Any]:
@@ -338,23 +356,14 @@ def split_record(data: SegmentationData) -> dict[str, Any]:
     parts = {"labeled": data.labeled, "unlabeled": data.unlabeled, "val": data.val, "test": data.test}
     record: dict[str, Any] = {"format": SPLITS_FORMAT, "grouped_by": data.grouped_by}
     record.update({name: [p.id for p in split.pairs] for name, split in parts.items()})
-    record["files"] = {p.id: fingerprint(p) for split in parts.values() for p in split.pairs}
-    training = {image_digest(p): p.id for name in ("labeled", "unlabeled") for p in parts[name].pairs}
-    leaks = [[training[d], p.id] for name in ("val", "test") for p in parts[name].pairs if (d := image_digest(p)) in training]
+    hashes = {p.id: _hashes(p) for split in parts.values() for p in split.pairs}
+    record["files"] = {i: both for i, (both, _) in hashes.items()}
+    training = {hashes[p.id][1]: p.id for name in ("labeled", "unlabeled") for p in parts[name].pairs}
+    leaks = [[training[hashes[p.id][1]], p.id] for name in ("val", "test") for p in parts[name].pairs
+             if hashes[p.id][1] in training]  # fmt: skip
     if leaks:
         record["leaks"] = leaks
     return record
-
-
-def image_digest(pair) -> str:
-    """A short hash of a case's image file(s) alone (its mask left out)."""
-    digest = hashlib.blake2b(digest_size=8)
-    images = pair.image if isinstance(pair.image, tuple) else (pair.image,)
-    for path in (f for p in images for f in (sorted(Path(p).iterdir()) if Path(p).is_dir() else [Path(p)])):
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def recorded_splits(pairs: list[Pair], recorded: dict[str, Any], root, extra: list = ()) -> dict[str, list[Pair]]:

@@ -324,14 +324,14 @@ def check_detached(path: Path) -> dict[str, str]:
     return header
 
 
-def check_declared_size(path: Path, dataset: str = "image", max_elements: int | None = None) -> None:
+def check_declared_size(path: Path, dataset: str = "image", max_elements: int | None = None) -> tuple[int, ...] | None:
     """Before a file is read: one line if the array its header declares (a NIfTI, NRRD,
     MetaImage or TIFF header, an HDF5 or ``.npz`` member's) would not fit in the memory this
     machine has free as float32, or holds more than ``max_elements`` (2D images: the megapixel
     limit). A 1 KB header may declare 4000^3 voxels, a 3 MB ``.npz`` 3 GB: neither is allocated.
-    DICOM series, whose shape only decoding gives, are not checked here."""
+    DICOM series, whose shape only decoding gives, are not checked here (None). Returns the shape."""
     if is_series(path) or path.name.lower().endswith(".dcm"):
-        return
+        return None
     shape = _arrays(path).get(dataset, ()) if is_container(path) else stored_shape(path)
     elements = int(np.prod(shape, dtype=np.float64)) if shape else 0
     if max_elements is not None and elements > max_elements:
@@ -345,6 +345,7 @@ def check_declared_size(path: Path, dataset: str = "image", max_elements: int | 
             f"{path}: its header declares {'x'.join(map(str, shape))} values ({4 * elements / 1e9:.1f} GB as float32), "
             f"more than the {free / 1e9:.1f} GB this machine has free; it is not read"
         )
+    return shape
 
 
 def _read_array(
@@ -863,7 +864,8 @@ def check_unique_ids(pairs: list[VolumePair], root: Path) -> None:
 def _bytes_held(pair: VolumePair) -> int:
     """The memory a case takes once loaded: float32 channels and one-byte labels, from the headers."""
     files = pair.image if isinstance(pair.image, tuple) else (pair.image,)
-    shapes = [stored_shape(path) for path in files]
+    # each file's declared size checked on its own first (named), then the dataset's total
+    shapes = [check_declared_size(Path(path)) or stored_shape(Path(path)) for path in files]
     voxels = int(np.prod(shapes[0][:3])) if shapes and len(shapes[0]) >= 3 else 0
     channels = sum(int(np.prod(shape[3:])) if len(shape) > 3 else 1 for shape in shapes)
     return voxels * (4 * channels + 1)
@@ -898,9 +900,6 @@ def build_volume_data(cfg: DataConfig, seed: int, validation: bool = True, layou
     unmasked = unlabeled_as_recorded(unmasked, recorded)
     labeled_ids, unlabeled_ids = choose_labeled([p.id for p in by["train"]], cfg, seed, recorded)
     used = [p for group in by.values() for p in group] + unmasked
-    for pair in used:  # a file too large on its own is named before the dataset's total is weighed
-        for path in pair.image if isinstance(pair.image, tuple) else (pair.image,):
-            check_declared_size(Path(path))
     check_memory(root, len(used), sum(_bytes_held(p) for p in used), "volumes")
 
     def make(name: str, keep: set[str] | None = None) -> Split:

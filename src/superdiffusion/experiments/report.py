@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -16,6 +15,7 @@ from scipy import stats
 
 from .. import safefs
 from ..methods import METHODS
+from ..runfolder import read_json_object
 
 METHOD_ORDER = list(METHODS)  # the paper's order
 
@@ -35,12 +35,7 @@ def collect(roots: list[Path]) -> list[dict[str, Any]]:
     rows = []
     for root in roots:
         for path in sorted(Path(root).rglob("results.json")):
-            try:
-                result = json.loads(path.read_text())
-            except (ValueError, UnicodeDecodeError):
-                from ..errors import RunFolderError
-
-                raise RunFolderError(f"{path}: unreadable JSON; restore it, or move its run out of {root}") from None
+            result = read_json_object(path)
             variant = path.parent.name.split("-", 2)[2] if path.parent.name.count("-") >= 2 else ""
             labels = result.get("labels", {})
             if labels.get("source") == "ids":  # a chosen subset, not a seed's draw of the percentage
